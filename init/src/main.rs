@@ -1,0 +1,3 @@
+//! fuse-init: PID 1 inside a fuse image.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! cpio (to be written).

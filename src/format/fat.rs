@@ -1,0 +1,1 @@
+//! fat (to be written).

@@ -1,0 +1,7 @@
+//! Writers (and readers) of on-disk formats: trees and bytes in, bytes out. Pure: no I/O.
+
+pub mod cpio;
+pub mod fat;
+pub mod gpt;
+pub mod squashfs;
+pub mod uki;

