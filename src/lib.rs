@@ -3,3 +3,7 @@
 
 pub mod format;
 pub mod tree;
+pub mod fetch;
+pub mod kernel;
+pub mod manifest;
+pub mod store;

@@ -1,0 +1,282 @@
+//! The kernel layer: vmlinuz and the closure of the modules the init needs, ordered so that
+//! every module comes after the modules it depends on (from each `.ko`'s `.modinfo` `depends=`;
+//! the package ships no modules.dep).
+
+use crate::tree::{Kind, Tree};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Modules the init needs on every target, when the kernel has them as modules.
+/// Names use underscores, as the kernel does.
+pub const BOOT_MODULES: &[&str] = &[
+    // virtio (QEMU/KVM and most clouds)
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "virtio_console",
+    "sd_mod",
+    // NVMe disks (AWS Nitro, GCE, Azure v6)
+    "nvme",
+    // layer file systems and the overlay
+    "squashfs",
+    "overlay",
+    // QEMU fw_cfg, where boot-time configuration arrives locally
+    "qemu_fw_cfg",
+    // cloud NICs
+    "ena",
+    "gve",
+];
+
+/// Modules without which the image cannot boot at all: missing ones are an error.
+pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "squashfs", "overlay"];
+
+/// The kernel as found in its package.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// e.g. "6.1.0-50-amd64"
+    pub release: String,
+    pub vmlinuz: Arc<Vec<u8>>,
+    /// Module files in load order: (path inside the initramfs, bytes, module name).
+    pub modules: Vec<(String, Arc<Vec<u8>>, String)>,
+}
+
+/// The `.modinfo` section of an ELF64 little-endian relocatable object, as key/value pairs.
+pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>> {
+    let u16_at = |o: usize| -> Result<u16> {
+        Ok(u16::from_le_bytes(ko.get(o..o + 2).context("ELF truncated")?.try_into()?))
+    };
+    let u32_at = |o: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(ko.get(o..o + 4).context("ELF truncated")?.try_into()?))
+    };
+    let u64_at = |o: usize| -> Result<u64> {
+        Ok(u64::from_le_bytes(ko.get(o..o + 8).context("ELF truncated")?.try_into()?))
+    };
+    if ko.get(..4) != Some(b"\x7fELF") || ko.get(4) != Some(&2) || ko.get(5) != Some(&1) {
+        bail!("not an ELF64 little-endian object");
+    }
+    let shoff = u64_at(0x28)? as usize;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let shstrndx = u16_at(0x3e)? as usize;
+    if shentsize < 64 || shstrndx >= shnum {
+        bail!("bad ELF section header table");
+    }
+    let section = |i: usize| -> Result<(u32, usize, usize)> {
+        let h = shoff.checked_add(i.checked_mul(shentsize).context("overflow")?).context("overflow")?;
+        let name = u32_at(h)?;
+        let off = u64_at(h + 0x18)? as usize;
+        let size = u64_at(h + 0x20)? as usize;
+        Ok((name, off, size))
+    };
+    let (_, str_off, str_size) = section(shstrndx)?;
+    let strtab = ko.get(str_off..str_off.checked_add(str_size).context("overflow")?).context("ELF truncated")?;
+    for i in 0..shnum {
+        let (name, off, size) = section(i)?;
+        let name = strtab.get(name as usize..).context("bad section name")?;
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if name == b".modinfo" {
+            let data = ko.get(off..off.checked_add(size).context("overflow")?).context("ELF truncated")?;
+            return Ok(data
+                .split(|&b| b == 0)
+                .filter_map(|kv| {
+                    let kv = std::str::from_utf8(kv).ok()?;
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.to_string()))
+                })
+                .collect());
+        }
+    }
+    bail!("no .modinfo section")
+}
+
+/// Kernel module names use '_' where file names may use '-'.
+pub fn module_name(file_name: &str) -> String {
+    file_name.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// Find the kernel release, vmlinuz and the module closure in a kernel image package's tree.
+pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
+    let vmlinuz_path = data
+        .iter()
+        .map(|(p, _)| p)
+        .find(|p| p.starts_with("boot/vmlinuz-") && p.matches('/').count() == 1)
+        .with_context(|| format!("package {package} has no /boot/vmlinuz-*"))?
+        .to_string();
+    let release = vmlinuz_path["boot/vmlinuz-".len()..].to_string();
+    let vmlinuz = match &data.get(&vmlinuz_path).context("vmlinuz vanished")?.kind {
+        Kind::File(d) => d.clone(),
+        _ => bail!("{vmlinuz_path} in {package} is not a regular file"),
+    };
+    let moddir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| format!("{d}/{release}"))
+        .find(|d| data.get(d).is_some())
+        .with_context(|| format!("package {package} has no /lib/modules/{release}"))?;
+
+    // Index every .ko by module name.
+    let mut by_name: BTreeMap<String, (String, Arc<Vec<u8>>)> = BTreeMap::new();
+    for (path, node) in data.iter() {
+        if !path.starts_with(&moddir) || !path.ends_with(".ko") {
+            continue;
+        }
+        if let Kind::File(d) = &node.kind {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            by_name.insert(module_name(file), (path.to_string(), d.clone()));
+        }
+    }
+    let builtin: BTreeSet<String> = match data.get(&format!("{moddir}/modules.builtin")).and_then(|n| n.data()) {
+        Some(text) => String::from_utf8_lossy(text)
+            .lines()
+            .filter_map(|l| l.rsplit('/').next())
+            .map(module_name)
+            .collect(),
+        None => BTreeSet::new(),
+    };
+
+    let mut order: Vec<String> = Vec::new();
+    let mut state: BTreeMap<String, bool> = BTreeMap::new(); // false = visiting, true = done
+    for want in BOOT_MODULES {
+        let want = want.to_string();
+        if by_name.contains_key(&want) {
+            visit(&want, &by_name, &builtin, &mut state, &mut order, &mut vec![])?;
+        } else if builtin.contains(&want) {
+            tracing::debug!("module {want} is built into {release}");
+        } else if REQUIRED_MODULES.contains(&want.as_str()) {
+            bail!("kernel {release} ({package}) has neither a module nor a built-in {want}, which the init needs");
+        } else {
+            tracing::debug!("kernel {release} has no {want}; skipped");
+        }
+    }
+    let modules = order
+        .into_iter()
+        .map(|name| {
+            let (path, data) = by_name[&name].clone();
+            (format!("/{path}"), data, name)
+        })
+        .collect();
+    Ok(Kernel { release, vmlinuz, modules })
+}
+
+fn visit(
+    name: &str,
+    by_name: &BTreeMap<String, (String, Arc<Vec<u8>>)>,
+    builtin: &BTreeSet<String>,
+    state: &mut BTreeMap<String, bool>,
+    order: &mut Vec<String>,
+    chain: &mut Vec<String>,
+) -> Result<()> {
+    match state.get(name) {
+        Some(true) => return Ok(()),
+        Some(false) => bail!("module dependency cycle: {} -> {name}", chain.join(" -> ")),
+        None => {}
+    }
+    let Some((path, data)) = by_name.get(name) else {
+        if builtin.contains(name) {
+            return Ok(());
+        }
+        bail!("module {name} (needed by {}) is not in the kernel package", chain.join(" -> "));
+    };
+    state.insert(name.to_string(), false);
+    chain.push(name.to_string());
+    let info = modinfo(data).with_context(|| format!("cannot read .modinfo of {path}"))?;
+    let deps: BTreeSet<String> = info
+        .iter()
+        .filter(|(k, _)| k == "depends")
+        .flat_map(|(_, v)| v.split(',').filter(|d| !d.is_empty()).map(module_name).collect::<Vec<_>>())
+        .collect();
+    for d in deps {
+        visit(&d, by_name, builtin, state, order, chain)?;
+    }
+    chain.pop();
+    state.insert(name.to_string(), true);
+    order.push(name.to_string());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Node;
+
+    /// A minimal ELF64 LE object with a .modinfo section (and the section-name table).
+    pub fn fake_ko(modinfo: &str) -> Vec<u8> {
+        let shstr = b"\0.modinfo\0.shstrtab\0".to_vec();
+        let info = modinfo.replace(';', "\0").into_bytes();
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        let info_off = f.len();
+        f.extend_from_slice(&info);
+        let str_off = f.len();
+        f.extend_from_slice(&shstr);
+        while f.len() % 8 != 0 {
+            f.push(0);
+        }
+        let shoff = f.len();
+        f[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
+        let mut sh = |name: u32, off: usize, size: usize| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            f.extend_from_slice(&h);
+        };
+        sh(0, 0, 0);
+        sh(1, info_off, info.len());
+        sh(10, str_off, shstr.len());
+        f
+    }
+
+    #[test]
+    fn modinfo_reads_depends() {
+        let ko = fake_ko("license=GPL;depends=virtio,virtio_ring;name=virtio_blk;");
+        let info = modinfo(&ko).unwrap();
+        assert!(info.contains(&("depends".into(), "virtio,virtio_ring".into())));
+        assert!(modinfo(b"not elf").is_err());
+        assert!(modinfo(&ko[..70]).is_err());
+    }
+
+    #[test]
+    fn closure_orders_dependencies_first_and_skips_builtins() {
+        let mut t = Tree::new();
+        t.insert("boot/vmlinuz-6.1.0-9-amd64", Node::file(b"kernel".to_vec(), 0o644)).unwrap();
+        let m = "lib/modules/6.1.0-9-amd64";
+        let ko = |deps: &str| Node::file(fake_ko(&format!("depends={deps};")), 0o644);
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio.ko"), ko("")).unwrap();
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_ring.ko"), ko("")).unwrap();
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_pci.ko"), ko("virtio_pci_modern_dev,virtio,virtio_ring"))
+            .unwrap();
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_pci_modern_dev.ko"), ko("")).unwrap();
+        t.insert(&format!("{m}/kernel/drivers/block/virtio_blk.ko"), ko("virtio,virtio_ring")).unwrap();
+        t.insert(&format!("{m}/kernel/drivers/net/virtio_net.ko"), ko("net_failover,virtio,virtio_ring")).unwrap();
+        t.insert(&format!("{m}/kernel/drivers/net/net_failover.ko"), ko("failover")).unwrap();
+        t.insert(&format!("{m}/kernel/net/core/failover.ko"), ko("")).unwrap();
+        t.insert(&format!("{m}/kernel/fs/overlayfs/overlay.ko"), ko("")).unwrap();
+        t.insert(&format!("{m}/modules.builtin"), Node::file(b"kernel/fs/squashfs/squashfs.ko\n".to_vec(), 0o644))
+            .unwrap();
+        let k = from_package(&t, "linux-image-test").unwrap();
+        assert_eq!(k.release, "6.1.0-9-amd64");
+        let names: Vec<&str> = k.modules.iter().map(|m| m.2.as_str()).collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
+        assert!(pos("virtio") < pos("virtio_pci") && pos("virtio_ring") < pos("virtio_pci"));
+        assert!(pos("virtio_pci_modern_dev") < pos("virtio_pci"));
+        assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
+        assert!(!names.contains(&"squashfs"));
+        assert!(k.modules[0].0.starts_with("/lib/modules/6.1.0-9-amd64/"));
+    }
+
+    #[test]
+    fn missing_required_module_is_an_error() {
+        let mut t = Tree::new();
+        t.insert("boot/vmlinuz-6.1.0-9-amd64", Node::file(b"kernel".to_vec(), 0o644)).unwrap();
+        t.insert("lib/modules/6.1.0-9-amd64/modules.builtin", Node::file(Vec::new(), 0o644)).unwrap();
+        let e = format!("{:#}", from_package(&t, "linux-image-test").unwrap_err());
+        assert!(e.contains("virtio_pci"), "{e}");
+    }
+}

@@ -1,0 +1,388 @@
+//! `fuse.toml` v1: raw serde types (strict, unknown keys rejected) turned into a validated [`Manifest`].
+//!
+//! Every error names the key and the line it is on. Paths are relative to the manifest.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The file name looked for when `fuse build` is given a directory.
+pub const MANIFEST_FILE: &str = "fuse.toml";
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    image: Spanned<RawImage>,
+    app: Spanned<RawApp>,
+    #[serde(default)]
+    health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    runtime: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    server: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    system: Option<Spanned<RawSystem>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: Spanned<String>,
+    version: Spanned<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    kind: Spanned<String>,
+    path: Spanned<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    port: Option<Spanned<i64>>,
+    #[serde(default)]
+    env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    http: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    distribution: Option<Spanned<String>>,
+    kernel: Option<Spanned<String>>,
+    #[serde(default)]
+    packages: Option<Spanned<Vec<String>>>,
+    mirror: Option<Spanned<String>>,
+    keyring: Option<Spanned<String>>,
+}
+
+/// What kind of artifact the app is; decides the runtime layers and the start command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppKind {
+    Binary,
+}
+
+/// A supported distribution release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Distribution {
+    /// "debian"
+    pub vendor: String,
+    /// "bookworm" or "trixie"
+    pub codename: String,
+}
+
+/// A validated manifest: every value checked, every path absolute.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// The manifest file itself.
+    pub file: PathBuf,
+    /// Its exact bytes' sha256 (an input of the image).
+    pub sha256: String,
+    pub name: String,
+    pub version: String,
+    pub kind: AppKind,
+    /// The artifact, absolute.
+    pub app_path: PathBuf,
+    pub args: Vec<String>,
+    pub port: u16,
+    pub env: BTreeMap<String, String>,
+    /// Health-check path for GET, e.g. "/".
+    pub health_http: Option<String>,
+    pub distribution: Distribution,
+    pub kernel: String,
+    pub packages: Vec<String>,
+    pub mirror: Option<String>,
+    /// OpenPGP keyring for the archive, absolute.
+    pub keyring: Option<PathBuf>,
+}
+
+/// 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, span: Range<usize>, msg: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{}:{}: `{}`: {}", self.file.display(), line_of(self.text, span.start), key, msg)
+    }
+}
+
+/// Read and validate `fuse.toml` (a file, or a directory holding one).
+pub fn load(path: &Path) -> Result<Manifest> {
+    let file = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read manifest {}", file.display()))?;
+    parse(&text, &file)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_version(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+}
+
+fn is_env_key(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn is_package_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
+}
+
+/// Parse manifest text; `file` is used for messages and to resolve relative paths.
+pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
+    use sha2::Digest;
+    let raw: RawManifest = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+        anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
+    })?;
+    let cx = Ctx { text, file };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+
+    let image = raw.image.into_inner();
+    if !is_name(image.name.get_ref()) {
+        bail!(cx.err("image.name", image.name.span(), "must be 1-63 characters of [a-z0-9-]"));
+    }
+    if !is_version(image.version.get_ref()) {
+        bail!(cx.err("image.version", image.version.span(), "must be 1-64 characters of [A-Za-z0-9._+~-]"));
+    }
+
+    let app_span = raw.app.span();
+    let app = raw.app.into_inner();
+    let kind = match app.kind.get_ref().as_str() {
+        "binary" => AppKind::Binary,
+        "jar" | "war" | "node" | "python" => bail!(cx.err(
+            "app.kind",
+            app.kind.span(),
+            format!("kind {:?} is not supported by this version of fuse yet (supported: binary)", app.kind.get_ref())
+        )),
+        other => bail!(cx.err(
+            "app.kind",
+            app.kind.span(),
+            format!("unknown kind {other:?} (expected one of binary, jar, war, node, python)")
+        )),
+    };
+    let rel = app.path.get_ref();
+    if rel.is_empty() {
+        bail!(cx.err("app.path", app.path.span(), "must not be empty"));
+    }
+    let app_path = base.join(rel);
+    let meta = std::fs::metadata(&app_path)
+        .map_err(|e| cx.err("app.path", app.path.span(), format!("cannot read {}: {e}", app_path.display())))?;
+    if kind == AppKind::Binary && !meta.is_file() {
+        bail!(cx.err("app.path", app.path.span(), format!("{} is not a file", app_path.display())));
+    }
+    let app_path = std::fs::canonicalize(&app_path).with_context(|| format!("cannot resolve {}", app_path.display()))?;
+    let port = match app.port {
+        None => bail!(cx.err("app.port", app_span, "missing: the port the app listens on")),
+        Some(p) => {
+            let v = *p.get_ref();
+            if !(1..=65535).contains(&v) {
+                bail!(cx.err("app.port", p.span(), format!("{v} is not a TCP port (1-65535)")));
+            }
+            v as u16
+        }
+    };
+    let env_span = app.env.as_ref().map(|e| e.span()).unwrap_or(app_span.clone());
+    let mut env = BTreeMap::new();
+    for (k, v) in app.env.map(Spanned::into_inner).unwrap_or_default() {
+        if !is_env_key(&k) {
+            bail!(cx.err(&format!("app.env.{k}"), env_span.clone(), "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+        }
+        if v.get_ref().contains('\0') {
+            bail!(cx.err(&format!("app.env.{k}"), v.span(), "value contains a NUL byte"));
+        }
+        env.insert(k, v.into_inner());
+    }
+    for a in &app.args {
+        if a.contains('\0') {
+            bail!(cx.err("app.args", app_span.clone(), "an argument contains a NUL byte"));
+        }
+    }
+
+    let health_http = match raw.health {
+        None => None,
+        Some(h) => match h.into_inner().http {
+            None => None,
+            Some(p) => {
+                if !p.get_ref().starts_with('/') || p.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    bail!(cx.err("health.http", p.span(), "must be a path starting with '/' without spaces"));
+                }
+                Some(p.into_inner())
+            }
+        },
+    };
+    if let Some(r) = raw.runtime {
+        bail!(cx.err("runtime", r.span(), "kind \"binary\" takes no [runtime] (runtimes come with jar/node/python)"));
+    }
+    if let Some(s) = raw.server {
+        bail!(cx.err("server", s.span(), "kind \"binary\" takes no [server] ([server] is for kind = \"war\")"));
+    }
+
+    let system = raw.system.map(Spanned::into_inner).unwrap_or_default();
+    let distribution = match &system.distribution {
+        None => Distribution { vendor: "debian".into(), codename: "bookworm".into() },
+        Some(d) => match d.get_ref().as_str() {
+            "debian/bookworm" | "debian/trixie" => {
+                let (v, c) = d.get_ref().split_once('/').unwrap_or(("debian", "bookworm"));
+                Distribution { vendor: v.into(), codename: c.into() }
+            }
+            other => bail!(cx.err(
+                "system.distribution",
+                d.span(),
+                format!("unsupported distribution {other:?} (expected \"debian/bookworm\" or \"debian/trixie\")")
+            )),
+        },
+    };
+    let kernel = match &system.kernel {
+        None => "linux-image-amd64".to_string(),
+        Some(k) if is_package_name(k.get_ref()) && k.get_ref().starts_with("linux-image-") => k.get_ref().clone(),
+        Some(k) => bail!(cx.err("system.kernel", k.span(), format!("{:?} is not a linux-image-* package name", k.get_ref()))),
+    };
+    let mut packages = Vec::new();
+    if let Some(p) = &system.packages {
+        for name in p.get_ref() {
+            if !is_package_name(name) {
+                bail!(cx.err("system.packages", p.span(), format!("{name:?} is not a valid package name")));
+            }
+        }
+        if !p.get_ref().is_empty() {
+            bail!(cx.err(
+                "system.packages",
+                p.span(),
+                "extra packages need the dependency resolver, which this version of fuse does not have yet"
+            ));
+        }
+        packages = p.get_ref().clone();
+    }
+    let mirror = match &system.mirror {
+        None => None,
+        Some(m) => {
+            let u = m.get_ref().trim_end_matches('/');
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                bail!(cx.err("system.mirror", m.span(), "must be an http:// or https:// URL"));
+            }
+            Some(u.to_string())
+        }
+    };
+    let keyring = system.keyring.as_ref().map(|k| base.join(k.get_ref()));
+
+    Ok(Manifest {
+        file: file.to_path_buf(),
+        sha256: hex(&sha2::Sha256::digest(text.as_bytes())),
+        name: image.name.into_inner(),
+        version: image.version.into_inner(),
+        kind,
+        app_path,
+        args: app.args,
+        port,
+        env,
+        health_http,
+        distribution,
+        kernel,
+        packages,
+        mirror,
+        keyring,
+    })
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_app(text: &str) -> (tempfile::TempDir, Result<Manifest>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hello"), b"\x7fELF").unwrap();
+        let file = dir.path().join("fuse.toml");
+        std::fs::write(&file, text).unwrap();
+        let r = load(&file);
+        (dir, r)
+    }
+
+    const GOOD: &str = r#"
+[image]
+name = "hello"
+version = "1.0.0"
+
+[app]
+kind = "binary"
+path = "hello"
+port = 8080
+[app.env]
+GREETING = "world"
+
+[health]
+http = "/"
+"#;
+
+    #[test]
+    fn good_manifest_parses_with_defaults() {
+        let (_d, m) = with_app(GOOD);
+        let m = m.unwrap();
+        assert_eq!(m.name, "hello");
+        assert_eq!(m.port, 8080);
+        assert_eq!(m.env.get("GREETING").map(String::as_str), Some("world"));
+        assert_eq!(m.distribution.codename, "bookworm");
+        assert_eq!(m.kernel, "linux-image-amd64");
+        assert!(m.app_path.is_absolute());
+        assert_eq!(m.sha256.len(), 64);
+    }
+
+    fn err_of(text: &str) -> String {
+        let (_d, m) = with_app(text);
+        format!("{:#}", m.unwrap_err())
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err_of(&GOOD.replace("port = 8080", "port = 8080\nprot = 1"));
+        assert!(e.contains("prot"), "{e}");
+        assert!(e.contains("fuse.toml:10:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let e = err_of(&GOOD.replace("name = \"hello\"", "name = \"Hello_World\""));
+        assert!(e.contains(":3:") && e.contains("image.name"), "{e}");
+        let e = err_of(&GOOD.replace("port = 8080", "port = 70000"));
+        assert!(e.contains(":9:") && e.contains("app.port"), "{e}");
+        let e = err_of(&GOOD.replace("kind = \"binary\"", "kind = \"cobol\""));
+        assert!(e.contains("app.kind") && e.contains("cobol"), "{e}");
+        let e = err_of(&GOOD.replace("path = \"hello\"", "path = \"missing\""));
+        assert!(e.contains("app.path") && e.contains(":8:"), "{e}");
+        let e = err_of(&GOOD.replace("http = \"/\"", "http = \"health\""));
+        assert!(e.contains("health.http"), "{e}");
+        let e = err_of(&format!("{GOOD}\n[system]\ndistribution = \"ubuntu/noble\"\n"));
+        assert!(e.contains("system.distribution") && e.contains("noble"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_and_type_errors() {
+        let e = err_of("[image]\nname = \"x\"\nversion = \"1\"\n");
+        assert!(e.contains("app"), "{e}");
+        let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
+        assert!(e.contains(":9"), "{e}");
+    }
+}

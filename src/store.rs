@@ -1,0 +1,174 @@
+//! The content-addressed download cache: blobs named by their sha256, verified on every read;
+//! every write atomic (temp file in the same directory, fsync, rename, fsync the directory).
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Lower-case hex sha256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    crate::manifest::hex(&Sha256::digest(data))
+}
+
+/// Write `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
+/// On any error the destination is untouched and the temp file is removed.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    tmp.write_all(data).with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("cannot fsync {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", path.display(), e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Give a new file the permissions a plain `open(0666) & ~umask` would: temp files are 0600.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))
+}
+
+/// The cache directory: `FUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/fuse`, else `~/.cache/fuse`.
+pub fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("FUSE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("fuse"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".cache").join("fuse")),
+        None => bail!("no cache directory: set FUSE_CACHE_DIR (or HOME)"),
+    }
+}
+
+/// A content-addressed store of blobs under `<root>/sha256/<hex>`, plus named entries
+/// (e.g. a mirror's last InRelease) under `<root>/named/`.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn check_hex(sha256: &str) -> Result<()> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        bail!("{sha256:?} is not a lower-case hex sha256");
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store> {
+        std::fs::create_dir_all(root.join("sha256"))
+            .with_context(|| format!("cannot create cache directory {}", root.display()))?;
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives (whether or not it is there).
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(sha256)
+    }
+
+    /// A cached blob, verified: `Ok(None)` when absent; an error when present but its
+    /// bytes no longer hash to its name (the cache was tampered with or corrupted).
+    pub fn get(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        check_hex(sha256)?;
+        let path = self.blob_path(sha256);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read cached blob {}", path.display())),
+        };
+        let got = sha256_hex(&data);
+        if got != sha256 {
+            bail!(
+                "cached blob {} is corrupt or was modified: expected sha256 {sha256}, got {got}; \
+                 delete it to download it again",
+                path.display()
+            );
+        }
+        Ok(Some(data))
+    }
+
+    /// Store bytes that must hash to `sha256` (refused, nothing written, otherwise).
+    pub fn put(&self, sha256: &str, data: &[u8]) -> Result<PathBuf> {
+        check_hex(sha256)?;
+        let got = sha256_hex(data);
+        if got != sha256 {
+            bail!("refusing to cache: expected sha256 {sha256}, got {got}");
+        }
+        let path = self.blob_path(sha256);
+        write_atomic(&path, data)?;
+        Ok(path)
+    }
+
+    fn named_path(&self, name: &str) -> PathBuf {
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        self.root.join("named").join(safe)
+    }
+
+    /// A named (not content-addressed) entry, e.g. the last InRelease seen from a mirror.
+    pub fn get_named(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.named_path(name);
+        match std::fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn put_named(&self, name: &str, data: &[u8]) -> Result<()> {
+        write_atomic(&self.named_path(name), data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_roundtrip_and_tamper_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let data = b"hello blob".to_vec();
+        let h = sha256_hex(&data);
+        assert!(s.get(&h).unwrap().is_none());
+        s.put(&h, &data).unwrap();
+        assert_eq!(s.get(&h).unwrap().unwrap(), data);
+        std::fs::write(s.blob_path(&h), b"hello blub").unwrap();
+        let e = format!("{:#}", s.get(&h).unwrap_err());
+        assert!(e.contains("corrupt") && e.contains(&h), "{e}");
+    }
+
+    #[test]
+    fn put_refuses_wrong_hash_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let h = sha256_hex(b"a");
+        assert!(s.put(&h, b"b").is_err());
+        assert!(!s.blob_path(&h).exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x/y.bin");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path().join("x")).unwrap().count(), 1);
+    }
+}
