@@ -1,9 +1,15 @@
 //! fuse: an app manifest plus a signed distribution archive, fused into one
 //! content-addressed, immutable, bootable disk image.
 
-pub mod format;
-pub mod tree;
+pub mod cli;
+pub mod commands;
 pub mod fetch;
+pub mod format;
+pub mod image;
 pub mod kernel;
+pub mod layers;
 pub mod manifest;
+pub mod mirror;
+pub mod qemu;
 pub mod store;
+pub mod tree;

@@ -1,5 +1,33 @@
-//! The `fuse` command: parse arguments, set up logging, run, map errors to exit codes.
+//! The `fuse` command: parse arguments, set up logging, run, map errors to exit codes
+//! (0 ok, 1 differences found, 2 error).
 
-fn main() {
-    println!("fuse");
+use clap::Parser;
+use fuse::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "fuse=info",
+        1 => "fuse=debug",
+        _ => "debug",
+    };
+    let filter = std::env::var("FUSE_LOG").ok().filter(|f| !f.is_empty()).unwrap_or_else(|| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let result = match cli.command {
+        Command::Build(a) => fuse::commands::build::run(&a),
+        Command::Run(a) => fuse::commands::run::run(&a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,4 @@
+//! The commands: orchestration only; the work is done by the pipeline's modules.
+
+pub mod build;
+pub mod run;

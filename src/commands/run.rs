@@ -1,0 +1,135 @@
+//! `fuse run`: boot an image under QEMU + OVMF, forward the app's port, wait for health,
+//! relay the console, and exit with the app's exit code.
+
+use crate::cli::RunArgs;
+use crate::image::read_meta;
+use crate::qemu::{self, BootSpec};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Parse `HOST:GUEST` (or a single `PORT` for both).
+pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
+    let (h, g) = s.split_once(':').unwrap_or((s, s));
+    let h: u16 = h.parse().with_context(|| format!("bad host port in -p {s:?}"))?;
+    let g: u16 = g.parse().with_context(|| format!("bad guest port in -p {s:?}"))?;
+    if h == 0 || g == 0 {
+        bail!("port 0 in -p {s:?}");
+    }
+    Ok((h, g))
+}
+
+/// The app's exit code from the init's last words on the console.
+pub fn exit_code_of(line: &str) -> Option<u8> {
+    let rest = line.split("fuse-init: app exited with code ").nth(1)?;
+    rest.trim().split_whitespace().next()?.parse::<i64>().ok().map(|c| c.clamp(0, 255) as u8)
+}
+
+pub fn run(args: &RunArgs) -> Result<u8> {
+    let bytes = std::fs::read(&args.image).with_context(|| format!("cannot read image {}", args.image.display()))?;
+    let meta = read_meta(&bytes).with_context(|| format!("{} is not a fuse image", args.image.display()))?;
+    drop(bytes);
+    if let Some(cfg) = &args.config {
+        std::fs::metadata(cfg).with_context(|| format!("cannot read config file {}", cfg.display()))?;
+    }
+    let qemu_bin = qemu::qemu_binary()?;
+    let (code, vars_template) = qemu::ovmf()?;
+    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    let vars = tmp.path().join("OVMF_VARS.fd");
+    std::fs::copy(&vars_template, &vars).with_context(|| format!("cannot copy {}", vars_template.display()))?;
+    let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
+        vec![(qemu::free_port()?, meta.app.port)]
+    } else {
+        args.publish.iter().map(|p| parse_publish(p)).collect::<Result<_>>()?
+    };
+    let accel = qemu::choose_accel(&args.accel)?;
+    let image = std::fs::canonicalize(&args.image)?;
+    let spec = BootSpec {
+        image: &image,
+        vars: &vars,
+        code: &code,
+        accel,
+        memory_mib: args.memory,
+        forwards: &forwards,
+        config: args.config.as_deref(),
+    };
+    let mut cmd = qemu::command(&qemu_bin, &spec);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    tracing::info!(
+        "booting {} {} ({}) with {accel}; app port {} on http://127.0.0.1:{}/",
+        meta.name,
+        meta.version,
+        meta.digest.as_deref().unwrap_or("?"),
+        meta.app.port,
+        forwards[0].0
+    );
+    eprintln!("fuse: app port {} forwarded to 127.0.0.1:{}", meta.app.port, forwards[0].0);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", qemu_bin.display()))?;
+    let stdout = child.stdout.take().context("no QEMU stdout")?;
+
+    if let Some(path) = meta.app.health_http.clone() {
+        let url = format!("http://127.0.0.1:{}{}", forwards[0].0, path);
+        std::thread::spawn(move || wait_healthy(&url));
+    }
+    let mut code_seen = None;
+    let mut out = std::io::stdout();
+    for line in BufReader::new(stdout).split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        if let Some(c) = exit_code_of(&text) {
+            code_seen = Some(c);
+        }
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    let status = child.wait().context("waiting for QEMU")?;
+    match code_seen {
+        Some(c) => Ok(c),
+        None if status.success() => bail!("the VM powered off without the app's exit code on the console"),
+        None => bail!("QEMU failed ({status})"),
+    }
+}
+
+fn wait_healthy(url: &str) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = agent.get(url).call() {
+            if r.status().is_success() {
+                eprintln!("fuse: healthy after {:.1}s: {url}", started.elapsed().as_secs_f64());
+                return;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            eprintln!("fuse: no healthy answer from {url} after 10 minutes");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_parses() {
+        assert_eq!(parse_publish("18080:8080").unwrap(), (18080, 8080));
+        assert_eq!(parse_publish("80").unwrap(), (80, 80));
+        assert!(parse_publish("x:1").is_err());
+        assert!(parse_publish("0:1").is_err());
+    }
+
+    #[test]
+    fn exit_code_is_read_from_console() {
+        assert_eq!(exit_code_of("[  3.1] fuse-init: app exited with code 3"), Some(3));
+        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
+        assert_eq!(exit_code_of("hello"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Assemble the disk: one squashfs per layer, the initramfs, the UKI, the ESP, the GPT disk;
+//! and the image's metadata (image.json) and identity (sha256 of the raw disk). Pure.
+
+use crate::format::{cpio, fat, gpt, squashfs, uki};
+use crate::layers::{AppPlan, Layer, PackageRef};
+use crate::store::sha256_hex;
+use crate::tree::{Kind, Tree};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// Version of the image.json format; readers refuse versions they do not know.
+pub const IMAGE_JSON_FORMAT: u32 = 1;
+/// Where the metadata lives on the ESP.
+pub const ESP_IMAGE_JSON: &str = "fuse/image.json";
+pub const ESP_BOOT_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+/// GPT partition name of the ESP; layers are `fuse-<layer>`.
+pub const ESP_PARTITION_NAME: &str = "fuse-esp";
+
+/// image.json: what the image is, what it was built from, what each layer holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageMeta {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    /// `sha256:` of the raw disk. Absent in the copy embedded in the image (it cannot
+    /// contain its own digest); present in the copy written beside it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub digest: Option<String>,
+    pub inputs: Inputs,
+    pub kernel: KernelMeta,
+    pub boot: BootMeta,
+    pub app: AppMeta,
+    pub layers: Vec<LayerMeta>,
+    /// Raw disk size in bytes (present beside the image only, with the digest).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub disk_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inputs {
+    pub manifest_sha256: String,
+    pub app_sha256: String,
+    pub fuse_version: String,
+    pub source_epoch: u64,
+    pub distribution: String,
+    /// The archive's Release date the packages were taken from.
+    pub archive_date: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelMeta {
+    pub package: PackageRef,
+    pub release: String,
+    pub cmdline: String,
+    pub modules: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootMeta {
+    pub stub: PackageRef,
+    pub uki_sha256: String,
+    pub uki_size: u64,
+    pub initramfs_sha256: String,
+    pub initramfs_size: u64,
+    pub esp_size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppMeta {
+    pub kind: String,
+    pub argv: Vec<String>,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health_http: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerMeta {
+    pub name: String,
+    pub partition: String,
+    pub fs: String,
+    pub digest: String,
+    pub size: u64,
+    pub packages: Vec<PackageRef>,
+    pub files: Vec<FileMeta>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileMeta {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<String>,
+}
+
+/// The per-file listing of a tree, as recorded in image.json.
+pub fn file_list(tree: &Tree) -> Vec<FileMeta> {
+    tree.iter()
+        .map(|(path, n)| {
+            let (kind, sha256, target) = match &n.kind {
+                Kind::Dir => ("dir", None, None),
+                Kind::File(d) => ("file", Some(sha256_hex(d)), None),
+                Kind::Symlink(t) => ("symlink", None, Some(t.clone())),
+                Kind::CharDev { major, minor } => ("chardev", None, Some(format!("{major}:{minor}"))),
+            };
+            FileMeta {
+                path: format!("/{path}"),
+                kind: kind.into(),
+                mode: format!("{:04o}", n.mode & 0o7777),
+                uid: n.uid,
+                gid: n.gid,
+                size: n.size(),
+                sha256,
+                target,
+            }
+        })
+        .collect()
+}
+
+/// Everything the disk is made of.
+pub struct DiskInputs<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub inputs: Inputs,
+    pub kernel_package: PackageRef,
+    pub kernel_release: &'a str,
+    pub kernel_modules: Vec<String>,
+    pub vmlinuz: &'a [u8],
+    pub cmdline: String,
+    pub os_release: String,
+    pub stub_package: PackageRef,
+    pub stub: &'a [u8],
+    pub initramfs: &'a Tree,
+    pub layers: &'a [Layer],
+    pub app: AppPlan,
+    pub app_kind: &'a str,
+    pub port: u16,
+    pub health_http: Option<String>,
+    pub epoch: u64,
+}
+
+/// The finished image.
+pub struct Disk {
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
+    /// image.json with digest and disk size filled in (the copy written beside the image).
+    pub meta: ImageMeta,
+    /// Bytes per part, for reporting: (part, size).
+    pub parts: Vec<(String, u64)>,
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = std::time::Instant::now();
+    let r = f();
+    tracing::info!("{what} in {:.2}s", t.elapsed().as_secs_f64());
+    r
+}
+
+/// Derive a GUID from a label and content.
+fn guid_for(label: &str, content_sha256: &str) -> gpt::Guid {
+    let d: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        format!("fuse-guid\0{label}\0{content_sha256}").as_bytes(),
+    ))
+    .into();
+    gpt::Guid::from_hash(&d)
+}
+
+/// Assemble the disk image from its inputs.
+pub fn assemble(i: DiskInputs) -> Result<Disk> {
+    let mut parts = Vec::new();
+    let sq_opts = squashfs::Options { mkfs_time: i.epoch.min(u32::MAX as u64) as u32, ..Default::default() };
+    let mut layer_bytes = Vec::new();
+    let mut layer_meta = Vec::new();
+    for l in i.layers {
+        let bytes = timed(&format!("layer {} ({} entries) written", l.name, l.tree.len()), || {
+            squashfs::write(&l.tree, &sq_opts).with_context(|| format!("cannot write the squashfs of layer {}", l.name))
+        })?;
+        let digest = format!("sha256:{}", sha256_hex(&bytes));
+        parts.push((format!("layer {}", l.name), bytes.len() as u64));
+        layer_meta.push(LayerMeta {
+            name: l.name.clone(),
+            partition: format!("fuse-{}", l.name),
+            fs: "squashfs".into(),
+            digest,
+            size: bytes.len() as u64,
+            packages: l.packages.clone(),
+            files: file_list(&l.tree),
+        });
+        layer_bytes.push(bytes);
+    }
+
+    let initrd = timed("initramfs written", || {
+        let cpio = cpio::write(i.initramfs).context("cannot write the initramfs cpio")?;
+        let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+        gz.write_all(&cpio)?;
+        Ok(gz.finish()?)
+    })?;
+    parts.push(("kernel".into(), i.vmlinuz.len() as u64));
+    parts.push(("initramfs".into(), initrd.len() as u64));
+
+    let uki = timed("UKI built", || {
+        uki::build(
+            i.stub,
+            &uki::Sections { osrel: i.os_release.as_bytes(), cmdline: i.cmdline.as_bytes(), linux: i.vmlinuz, initrd: &initrd },
+        )
+        .context("cannot build the unified kernel image")
+    })?;
+
+    let mut meta = ImageMeta {
+        format: IMAGE_JSON_FORMAT,
+        name: i.name.into(),
+        version: i.version.into(),
+        digest: None,
+        inputs: i.inputs,
+        kernel: KernelMeta {
+            package: i.kernel_package,
+            release: i.kernel_release.into(),
+            cmdline: i.cmdline.clone(),
+            modules: i.kernel_modules,
+        },
+        boot: BootMeta {
+            stub: i.stub_package,
+            uki_sha256: sha256_hex(&uki),
+            uki_size: uki.len() as u64,
+            initramfs_sha256: sha256_hex(&initrd),
+            initramfs_size: initrd.len() as u64,
+            esp_size: 0,
+        },
+        app: AppMeta {
+            kind: i.app_kind.into(),
+            argv: i.app.argv,
+            workdir: i.app.workdir,
+            env: i.app.env,
+            uid: i.app.uid,
+            gid: i.app.gid,
+            port: i.port,
+            health_http: i.health_http,
+        },
+        layers: layer_meta,
+        disk_size: None,
+    };
+    // The ESP size is known only once the ESP is written, and the ESP holds image.json:
+    // size it with a provisional copy, then write the final copy into an ESP of that size.
+    let esp_tree = |meta: &ImageMeta| -> Result<Tree> {
+        let mut t = Tree::new();
+        let mut u = crate::tree::Node::file(uki.clone(), 0o644);
+        u.mtime = i.epoch;
+        t.insert(ESP_BOOT_PATH, u)?;
+        let mut j = serde_json::to_vec_pretty(meta)?;
+        j.push(b'\n');
+        let mut n = crate::tree::Node::file(j, 0o644);
+        n.mtime = i.epoch;
+        t.insert(ESP_IMAGE_JSON, n)?;
+        Ok(t)
+    };
+    let volume_id = u32::from_le_bytes(hex_prefix4(&sha256_hex(&uki)));
+    let fat_opts = |min_size| fat::Options { volume_label: "FUSE-ESP".into(), volume_id, min_size };
+    meta.boot.esp_size = u64::MAX; // widest number: the provisional copy is never shorter than the final one
+    let provisional = fat::write(&esp_tree(&meta)?, &fat_opts(0)).context("cannot write the ESP")?;
+    meta.boot.esp_size = provisional.len() as u64;
+    let esp = timed("ESP written", || fat::write(&esp_tree(&meta)?, &fat_opts(provisional.len() as u64)).context("cannot write the ESP"))?;
+    if esp.len() != provisional.len() {
+        anyhow::bail!("internal error: ESP size changed from {} to {} bytes", provisional.len(), esp.len());
+    }
+    parts.push(("esp".into(), esp.len() as u64));
+
+    let esp_sha = sha256_hex(&esp);
+    let mut specs = vec![gpt::PartitionSpec {
+        name: ESP_PARTITION_NAME.into(),
+        type_guid: gpt::Guid::parse(gpt::ESP_TYPE)?,
+        unique_guid: guid_for(ESP_PARTITION_NAME, &esp_sha),
+        attributes: 0,
+        data: &esp,
+    }];
+    let linux = gpt::Guid::parse(gpt::LINUX_DATA_TYPE)?;
+    for (m, b) in meta.layers.iter().zip(&layer_bytes) {
+        specs.push(gpt::PartitionSpec {
+            name: m.partition.clone(),
+            type_guid: linux,
+            unique_guid: guid_for(&m.partition, &m.digest),
+            // bit 60: read-only (a hint to tools that mount by partition)
+            attributes: 1 << 60,
+            data: b,
+        });
+    }
+    let disk_guid = guid_for("disk", &specs.iter().map(|s| s.unique_guid.to_string()).collect::<Vec<_>>().join(","));
+    let bytes = timed("GPT disk written", || gpt::write_disk(disk_guid, &specs))?;
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    let payload: u64 = parts.iter().filter(|(n, _)| n == "esp" || n.starts_with("layer ")).map(|(_, s)| *s).sum();
+    parts.push(("gpt and alignment".into(), bytes.len() as u64 - payload));
+    meta.digest = Some(digest.clone());
+    meta.disk_size = Some(bytes.len() as u64);
+    Ok(Disk { bytes, digest, meta, parts })
+}
+
+fn hex_prefix4(hex: &str) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
+/// Read the embedded image.json of a raw disk (GPT -> ESP -> FAT), refusing formats it does
+/// not know.
+pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
+    let info = gpt::read_disk(disk).context("cannot read the GPT")?;
+    let esp = info
+        .partitions
+        .iter()
+        .find(|p| p.name == ESP_PARTITION_NAME)
+        .context("no fuse-esp partition")?;
+    let bytes = disk.get(esp.byte_range()).context("ESP partition beyond the end of the disk")?;
+    let tree = fat::read(bytes).context("cannot read the ESP's FAT file system")?;
+    let json = tree.get(ESP_IMAGE_JSON).and_then(|n| n.data()).with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
+    let v: serde_json::Value = serde_json::from_slice(json).context("image.json is not JSON")?;
+    match v.get("format").and_then(|f| f.as_u64()) {
+        Some(f) if f == IMAGE_JSON_FORMAT as u64 => {}
+        Some(f) => anyhow::bail!("image.json format {f} is not known to this fuse (it reads format {IMAGE_JSON_FORMAT})"),
+        None => anyhow::bail!("image.json has no format version"),
+    }
+    serde_json::from_value(v).context("image.json does not match format 1")
+}

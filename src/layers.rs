@@ -1,0 +1,201 @@
+//! Layers as in-memory file trees: the base (system files), the app, and the initramfs
+//! (init + kernel modules + boot plan). Pure: inputs in, trees out.
+
+use crate::kernel::Kernel;
+use crate::manifest::Manifest;
+use crate::tree::{Node, Tree};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The unprivileged user the app runs as.
+pub const APP_UID: u32 = 1000;
+pub const APP_GID: u32 = 1000;
+/// Where the app's artifact lives in the image (and its working directory).
+pub const APP_DIR: &str = "/app";
+
+/// One file-system layer of the image.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// "base", "runtime", "server" or "app"; the GPT partition is named `fuse-<name>`.
+    pub name: String,
+    pub tree: Tree,
+    /// Distribution packages whose files this layer holds.
+    pub packages: Vec<PackageRef>,
+}
+
+/// A distribution package as recorded in the image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PackageRef {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+}
+
+/// The distribution release the image is built from, for os-release.
+#[derive(Clone, Debug)]
+pub struct DistroInfo {
+    /// "debian"
+    pub vendor: String,
+    /// "bookworm"
+    pub codename: String,
+}
+
+/// The boot plan the init reads from `/fuse/boot.json` (the init's `config.rs` mirrors it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootPlan {
+    pub format: u32,
+    pub hostname: String,
+    pub modules: Vec<String>,
+    pub layers: Vec<String>,
+    pub fs_type: String,
+    pub app: AppPlan,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppPlan {
+    pub argv: Vec<String>,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn version_id(codename: &str) -> &'static str {
+    match codename {
+        "bookworm" => "12",
+        "trixie" => "13",
+        _ => "",
+    }
+}
+
+/// `/etc/os-release` of the image: the distribution's identity (so scanners know which
+/// advisories apply) plus the image's own IMAGE_ID / IMAGE_VERSION.
+pub fn os_release(m: &Manifest, d: &DistroInfo) -> String {
+    let vid = version_id(&d.codename);
+    format!(
+        "PRETTY_NAME=\"Debian GNU/Linux {vid} ({code})\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"{vid}\"\n\
+         VERSION=\"{vid} ({code})\"\nVERSION_CODENAME={code}\nID={vendor}\nHOME_URL=\"https://www.debian.org/\"\n\
+         IMAGE_ID={name}\nIMAGE_VERSION={version}\nVARIANT=\"fuse image\"\nVARIANT_ID=fuse\n",
+        code = d.codename,
+        vendor = d.vendor,
+        name = m.name,
+        version = m.version,
+    )
+}
+
+/// `/var/lib/dpkg/status` stanzas for packages in the image, sorted by name.
+pub fn dpkg_status(packages: &[(PackageRef, BTreeMap<String, String>)]) -> String {
+    let mut sorted: Vec<&(PackageRef, BTreeMap<String, String>)> = packages.iter().collect();
+    sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let mut out = String::new();
+    for (p, fields) in sorted {
+        out.push_str(&format!("Package: {}\nStatus: install ok installed\n", p.name));
+        for key in ["Priority", "Section", "Installed-Size", "Maintainer", "Architecture", "Multi-Arch", "Source", "Version", "Provides", "Depends", "Pre-Depends", "Description", "Homepage"] {
+            if let Some(v) = fields.get(key) {
+                out.push_str(&format!("{key}: {v}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The base layer: the system files every image has (users, name service, os-release,
+/// the dpkg status of the packages in the image, mount points).
+pub fn base_layer(
+    m: &Manifest,
+    distro: &DistroInfo,
+    image_packages: &[(PackageRef, BTreeMap<String, String>)],
+    epoch: u64,
+) -> Result<Layer> {
+    let mut t = Tree::new();
+    let file = |data: String, mode: u32| {
+        let mut n = Node::file(data.into_bytes(), mode);
+        n.mtime = epoch;
+        n
+    };
+    let dir = |mode: u32| {
+        let mut n = Node::dir(mode);
+        n.mtime = epoch;
+        n
+    };
+    for (d, mode) in [("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777), ("root", 0o700), ("etc", 0o755), ("var/tmp", 0o1777), ("var/lib/dpkg", 0o755), ("usr/lib", 0o755)] {
+        t.insert(d, dir(mode))?;
+    }
+    t.insert(
+        "etc/passwd",
+        file(
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\napp:x:{APP_UID}:{APP_GID}:{name} app:{APP_DIR}:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+                name = m.name
+            ),
+            0o644,
+        ),
+    )?;
+    t.insert("etc/group", file(format!("root:x:0:\napp:x:{APP_GID}:\nnogroup:x:65534:\n"), 0o644))?;
+    t.insert("etc/hosts", file("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(), 0o644))?;
+    t.insert("etc/hostname", file(format!("{}\n", m.name), 0o644))?;
+    t.insert("etc/nsswitch.conf", file("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into(), 0o644))?;
+    t.insert("etc/resolv.conf", file(String::new(), 0o644))?;
+    let osr = os_release(m, distro);
+    t.insert("usr/lib/os-release", file(osr, 0o644))?;
+    t.insert("etc/os-release", {
+        let mut n = Node::symlink("../usr/lib/os-release");
+        n.mtime = epoch;
+        n
+    })?;
+    t.insert("var/lib/dpkg/status", file(dpkg_status(image_packages), 0o644))?;
+    Ok(Layer { name: "base".into(), tree: t, packages: Vec::new() })
+}
+
+/// The app layer for `kind = "binary"`: the artifact at `/app/<file name>`, root-owned and
+/// read-only to the app user.
+pub fn app_layer(m: &Manifest, app_bytes: &[u8], epoch: u64) -> Result<Layer> {
+    let file_name = m
+        .app_path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .with_context(|| format!("app path {} has no usable file name", m.app_path.display()))?;
+    let mut t = Tree::new();
+    let mut d = Node::dir(0o755);
+    d.mtime = epoch;
+    t.insert(APP_DIR, d)?;
+    let mut f = Node::file(app_bytes.to_vec(), 0o755);
+    f.mtime = epoch;
+    t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
+    Ok(Layer { name: "app".into(), tree: t, packages: Vec::new() })
+}
+
+/// The command, working directory and environment defaults of the app.
+pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
+    let file_name = m.app_path.file_name().and_then(|f| f.to_str()).context("app path has no file name")?;
+    let mut argv = vec![format!("{APP_DIR}/{file_name}")];
+    argv.extend(m.args.iter().cloned());
+    let mut env = m.env.clone();
+    env.entry("PORT".into()).or_insert_with(|| m.port.to_string());
+    Ok(AppPlan { argv, workdir: APP_DIR.into(), env, uid: APP_UID, gid: APP_GID })
+}
+
+/// The initramfs: `/init`, `/dev/console`, the kernel modules, `/fuse/boot.json`.
+pub fn initramfs_tree(init: &[u8], kernel: &Kernel, plan: &BootPlan, epoch: u64) -> Result<Tree> {
+    let mut t = Tree::new();
+    let stamp = |mut n: Node| {
+        n.mtime = epoch;
+        n
+    };
+    for d in ["dev", "proc", "sys", "run", "newroot", "fuse"] {
+        t.insert(d, stamp(Node::dir(0o755)))?;
+    }
+    t.insert("dev/console", stamp(Node::char_dev(5, 1, 0o600)))?;
+    t.insert("init", stamp(Node::file(init.to_vec(), 0o755)))?;
+    for (path, data, _) in &kernel.modules {
+        t.insert(path, stamp(Node::file(data.as_slice().to_vec(), 0o644)))?;
+    }
+    let json = serde_json::to_vec_pretty(plan).context("cannot encode boot.json")?;
+    t.insert("fuse/boot.json", stamp(Node::file(json, 0o644)))?;
+    Ok(t)
+}

@@ -1,0 +1,125 @@
+//! Local booting under QEMU: finding QEMU and OVMF, probing whether KVM really runs a guest
+//! (nested KVM can open /dev/kvm and then hang), and the command line for an image.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// OVMF firmware as Debian's `ovmf` package installs it.
+pub const OVMF_CODE: &[&str] = &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"];
+
+/// The QEMU binary, or an error naming the package to install.
+pub fn qemu_binary() -> Result<PathBuf> {
+    find_in_path(QEMU).with_context(|| format!("{QEMU} not found: install the qemu-system-x86 package"))
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// OVMF code and vars templates (the vars file must be copied before use: QEMU writes it).
+pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
+    for code in OVMF_CODE {
+        let code = Path::new(code);
+        let vars = PathBuf::from(code.to_string_lossy().replace("CODE", "VARS"));
+        if code.is_file() && vars.is_file() {
+            return Ok((code.to_path_buf(), vars));
+        }
+    }
+    bail!("OVMF UEFI firmware not found ({}): install the ovmf package", OVMF_CODE.join(", "))
+}
+
+/// A boot sector that writes 1 to the isa-debug-exit port and spins: QEMU exits with
+/// status (1 << 1) | 1 = 3 as soon as the guest has really executed code.
+fn probe_boot_sector() -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    // mov al, 1 ; out 0xf4, al ; jmp $
+    s[..6].copy_from_slice(&[0xb0, 0x01, 0xe6, 0xf4, 0xeb, 0xfe]);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+/// Does KVM really run a guest here? Boots a 512-byte guest under KVM with a deadline.
+pub fn kvm_works() -> bool {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return false;
+    }
+    let Ok(qemu) = qemu_binary() else { return false };
+    let Ok(dir) = tempfile::tempdir() else { return false };
+    let disk = dir.path().join("probe.img");
+    if std::fs::write(&disk, probe_boot_sector()).is_err() {
+        return false;
+    }
+    let child = Command::new(qemu)
+        .args(["-accel", "kvm", "-machine", "pc", "-m", "16", "-display", "none", "-nodefaults", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-drive"])
+        .arg(format!("format=raw,if=ide,file={}", disk.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.code() == Some(3),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::info!("KVM is present but a guest did not run under it: using TCG");
+                return false;
+            }
+        }
+    }
+}
+
+/// Resolve "auto" | "kvm" | "tcg" to an accelerator.
+pub fn choose_accel(wanted: &str) -> Result<&'static str> {
+    match wanted {
+        "kvm" => Ok("kvm"),
+        "tcg" => Ok("tcg"),
+        "auto" => Ok(if kvm_works() { "kvm" } else { "tcg" }),
+        other => bail!("unknown accelerator {other:?} (expected auto, kvm or tcg)"),
+    }
+}
+
+/// Options for one boot of an image.
+pub struct BootSpec<'a> {
+    pub image: &'a Path,
+    /// A writable copy of OVMF_VARS.
+    pub vars: &'a Path,
+    pub code: &'a Path,
+    pub accel: &'a str,
+    pub memory_mib: u32,
+    /// (host port, guest port) TCP forwards on 127.0.0.1.
+    pub forwards: &'a [(u16, u16)],
+    /// Env file passed as fw_cfg opt/fuse/env.
+    pub config: Option<&'a Path>,
+}
+
+/// The QEMU command that boots an image: q35, OVMF, read-only virtio disk, virtio NIC with
+/// user networking, serial console on stdout.
+pub fn command(qemu: &Path, b: &BootSpec) -> Command {
+    let mut c = Command::new(qemu);
+    c.args(["-machine", "q35", "-accel", b.accel, "-m", &b.memory_mib.to_string(), "-smp", "1"]);
+    c.args(["-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio"]);
+    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.code.display()));
+    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", b.vars.display()));
+    c.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", b.image.display()));
+    let fwd: String = b.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+    c.args(["-netdev", &format!("user,id=n0{fwd}"), "-device", "virtio-net-pci,netdev=n0"]);
+    if let Some(cfg) = b.config {
+        c.arg("-fw_cfg").arg(format!("name=opt/fuse/env,file={}", cfg.display()));
+    }
+    c
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
