@@ -1,3 +1,110 @@
-//! fuse-init: PID 1 inside a fuse image.
+//! fuse-init: PID 1 inside a fuse image. Mounts the layers as one overlay root, brings up
+//! the network, runs the app unprivileged, forwards signals, reaps zombies, and powers the
+//! machine off (printing the app's exit status) when the app exits. Any failure prints
+//! `fuse-init: FATAL: ...` and powers off: PID 1 must never return or panic.
 
-fn main() {}
+mod app;
+mod block;
+mod config;
+mod console;
+mod modules;
+mod mounts;
+mod net;
+mod power;
+mod sys;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// How long to wait for the layer partitions to appear once the drivers are loaded.
+const PARTITION_WAIT: Duration = Duration::from_secs(20);
+/// How often to look for them.
+const POLL: Duration = Duration::from_millis(50);
+
+fn main() {
+    console::ensure_stdio();
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        console::line("must run as PID 1 (the init of a fuse image); refusing to run");
+        std::process::exit(2);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        // SAFETY: getpid has no preconditions.
+        if unsafe { libc::getpid() } != 1 {
+            // A forked child must not power the machine off.
+            console::line(&format!("panic in child: {info}"));
+            // SAFETY: _exit never returns.
+            unsafe { libc::_exit(127) };
+        }
+        power::fatal(&format!("panic: {info}"));
+    }));
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o022) };
+    match run() {
+        Ok(()) => power::shutdown(),
+        Err(e) => power::fatal(&format!("{e:#}")),
+    }
+}
+
+/// Every step up to the app's exit. Returns when the app has exited.
+fn run() -> Result<()> {
+    let mask = app::block_signals()?;
+    log!("starting (fuse-init {})", env!("CARGO_PKG_VERSION"));
+
+    mounts::early().context("mounting /proc, /sys, /dev, /run")?;
+    console::ensure_stdio();
+    log!("mounted /proc /sys /dev /run");
+
+    let cfg = config::load()?;
+    log!(
+        "{}: layers {}, {} modules, app {}",
+        config::BOOT_JSON,
+        cfg.layers.join(" "),
+        cfg.modules.len(),
+        cfg.app.argv.first().map(String::as_str).unwrap_or("")
+    );
+    modules::load_all(&cfg.modules);
+
+    let devices = block::find_partitions(&cfg.layers, PARTITION_WAIT, POLL)?;
+    for layer in &cfg.layers {
+        if let Some(dev) = devices.get(layer) {
+            log!(
+                "layer {layer}: {} ({})",
+                dev.display(),
+                block::partition_name(layer)
+            );
+        }
+    }
+    mounts::root(&cfg.layers, &cfg.fs_type, &devices)?;
+    log!(
+        "mounted {} layers ({}) as the overlay root {}",
+        cfg.layers.len(),
+        cfg.fs_type,
+        mounts::NEWROOT
+    );
+    mounts::api_in_newroot().context("mounting API file systems in the new root")?;
+    log!("mounted /proc /sys /dev /tmp /run in the new root");
+
+    net::setup(&cfg.hostname, mounts::NEWROOT);
+
+    let overrides = app::env_overrides();
+    let env = app::build_env(&cfg.app.workdir, &cfg.app.env, &overrides);
+    log!(
+        "environment: {} variables ({})",
+        env.len(),
+        env.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    let prepared = app::Prepared::new(mounts::NEWROOT, &cfg.app, &env)?;
+    let argv0 = cfg.app.argv.first().map(String::as_str).unwrap_or("");
+    log!(
+        "starting {argv0} as uid {} gid {} in {}",
+        cfg.app.uid,
+        cfg.app.gid,
+        cfg.app.workdir
+    );
+    let pid = app::spawn(&prepared)?;
+    let exit = app::supervise(pid, &mask)?;
+    log!("app {exit}");
+    Ok(())
+}

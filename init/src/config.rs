@@ -1,0 +1,289 @@
+//! `/fuse/boot.json`: what the image builder tells init (modules, layers, the app to run).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Where the image builder puts the boot configuration inside the initramfs.
+pub const BOOT_JSON: &str = "/fuse/boot.json";
+
+/// The only `format` this init understands.
+pub const FORMAT: u32 = 1;
+
+/// The whole of `/fuse/boot.json`. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Version of this file's layout; must be [`FORMAT`].
+    pub format: u32,
+    /// Host name used when DHCP does not hand one out.
+    pub hostname: String,
+    /// Absolute paths of kernel modules inside the initramfs, in dependency order
+    /// (each module after the ones it depends on).
+    pub modules: Vec<String>,
+    /// Layer names, bottom (changes least) to top. Layer `x` is the GPT partition
+    /// named `fuse-x`.
+    pub layers: Vec<String>,
+    /// File system type of every layer partition (e.g. `squashfs`, `erofs`), mounted read-only.
+    pub fs_type: String,
+    /// The program to run once the system is up.
+    pub app: AppConfig,
+}
+
+/// The app: how it is started inside the new root.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Full command line; `argv[0]` is an absolute path inside the image (no PATH search).
+    pub argv: Vec<String>,
+    /// Working directory (absolute, inside the image); also `HOME`.
+    pub workdir: String,
+    /// Default environment; an environment's env file overrides it at boot.
+    pub env: BTreeMap<String, String>,
+    /// User id the app runs as (0 only when explicitly asked for).
+    pub uid: u32,
+    /// Group id the app runs as; supplementary groups are cleared.
+    pub gid: u32,
+}
+
+/// Parses and validates the text of `boot.json`.
+pub fn parse(text: &str) -> Result<BootConfig> {
+    let cfg: BootConfig = serde_json::from_str(text).context("boot.json is not valid")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Reads and parses [`BOOT_JSON`].
+pub fn load() -> Result<BootConfig> {
+    let text =
+        std::fs::read_to_string(BOOT_JSON).with_context(|| format!("reading {BOOT_JSON}"))?;
+    parse(&text)
+}
+
+/// True for an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn valid_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// True for a host name we are willing to set: 1..=64 of `[A-Za-z0-9.-]`, not starting with
+/// `-` or `.`.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// True for a layer name: `[a-z0-9-]+` (it becomes part of a path and of mount options).
+pub fn valid_layer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl BootConfig {
+    /// Checks everything init relies on later, so that mistakes show up as one clear error.
+    pub fn validate(&self) -> Result<()> {
+        if self.format != FORMAT {
+            bail!(
+                "boot.json: format is {}, this init understands format {FORMAT}",
+                self.format
+            );
+        }
+        if !valid_hostname(&self.hostname) {
+            bail!(
+                "boot.json: hostname {:?} is not a valid host name ([A-Za-z0-9.-], at most 64)",
+                self.hostname
+            );
+        }
+        for m in &self.modules {
+            if !m.starts_with('/') || m.contains('\0') {
+                bail!("boot.json: module path {m:?} is not an absolute path");
+            }
+        }
+        if self.layers.is_empty() {
+            bail!("boot.json: layers is empty, need at least one layer");
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if !valid_layer_name(l) {
+                bail!("boot.json: layer name {l:?} is not [a-z0-9-]+");
+            }
+            if self
+                .layers
+                .get(..i)
+                .is_some_and(|before| before.contains(l))
+            {
+                bail!("boot.json: layer {l:?} is listed twice");
+            }
+        }
+        if self.fs_type.is_empty()
+            || !self
+                .fs_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            bail!(
+                "boot.json: fs_type {:?} is not a file system type name",
+                self.fs_type
+            );
+        }
+        let app = &self.app;
+        match app.argv.first() {
+            None => bail!("boot.json: app.argv is empty"),
+            Some(a0) if !a0.starts_with('/') => {
+                bail!("boot.json: app.argv[0] {a0:?} must be an absolute path")
+            }
+            Some(_) => {}
+        }
+        if app.argv.iter().any(|a| a.contains('\0')) {
+            bail!("boot.json: app.argv contains a NUL byte");
+        }
+        if !app.workdir.starts_with('/') || app.workdir.contains('\0') {
+            bail!(
+                "boot.json: app.workdir {:?} must be an absolute path",
+                app.workdir
+            );
+        }
+        for (k, v) in &app.env {
+            if !valid_env_key(k) {
+                bail!("boot.json: app.env key {k:?} is not a valid variable name");
+            }
+            if v.contains('\0') {
+                bail!("boot.json: app.env value of {k} contains a NUL byte");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+      "format": 1,
+      "hostname": "hello",
+      "modules": ["/lib/modules/6.1.0-28-amd64/kernel/drivers/virtio/virtio.ko"],
+      "layers": ["base", "app"],
+      "fs_type": "squashfs",
+      "app": {
+        "argv": ["/app/hello", "--flag"],
+        "workdir": "/app",
+        "env": {"GREETING": "world", "PORT": "8080"},
+        "uid": 1000,
+        "gid": 1000
+      }
+    }"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.format, 1);
+        assert_eq!(c.hostname, "hello");
+        assert_eq!(
+            c.modules,
+            vec!["/lib/modules/6.1.0-28-amd64/kernel/drivers/virtio/virtio.ko"]
+        );
+        assert_eq!(c.layers, vec!["base", "app"]);
+        assert_eq!(c.fs_type, "squashfs");
+        assert_eq!(c.app.argv, vec!["/app/hello", "--flag"]);
+        assert_eq!(c.app.workdir, "/app");
+        assert_eq!(c.app.env.get("GREETING").map(String::as_str), Some("world"));
+        assert_eq!(c.app.env.get("PORT").map(String::as_str), Some("8080"));
+        assert_eq!((c.app.uid, c.app.gid), (1000, 1000));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_at_both_levels() {
+        let top = SAMPLE.replace("\"format\": 1,", "\"format\": 1, \"extra\": true,");
+        let e = format!("{:#}", parse(&top).unwrap_err());
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        let inner = SAMPLE.replace("\"uid\": 1000,", "\"uid\": 1000, \"user\": \"x\",");
+        let e = format!("{:#}", parse(&inner).unwrap_err());
+        assert!(e.contains("unknown field `user`"), "{e}");
+    }
+
+    #[test]
+    fn rejects_missing_keys_and_wrong_types() {
+        let missing = SAMPLE.replace("\"fs_type\": \"squashfs\",", "");
+        assert!(format!("{:#}", parse(&missing).unwrap_err()).contains("fs_type"));
+        let wrong = SAMPLE.replace("\"uid\": 1000", "\"uid\": -1");
+        assert!(parse(&wrong).is_err());
+        assert!(parse("").is_err());
+        assert!(parse("[]").is_err());
+        assert!(parse("{\"format\": 1").is_err());
+    }
+
+    #[test]
+    fn validates_semantics() {
+        let cases = [
+            ("\"format\": 1", "\"format\": 2", "format is 2"),
+            (
+                "\"layers\": [\"base\", \"app\"]",
+                "\"layers\": []",
+                "layers is empty",
+            ),
+            (
+                "\"layers\": [\"base\", \"app\"]",
+                "\"layers\": [\"base\", \"base\"]",
+                "twice",
+            ),
+            (
+                "\"layers\": [\"base\", \"app\"]",
+                "\"layers\": [\"../x\"]",
+                "not [a-z0-9-]+",
+            ),
+            (
+                "\"argv\": [\"/app/hello\", \"--flag\"]",
+                "\"argv\": []",
+                "argv is empty",
+            ),
+            (
+                "\"argv\": [\"/app/hello\", \"--flag\"]",
+                "\"argv\": [\"hello\"]",
+                "absolute",
+            ),
+            ("\"workdir\": \"/app\"", "\"workdir\": \"app\"", "workdir"),
+            ("\"GREETING\"", "\"1BAD\"", "not a valid variable name"),
+            (
+                "\"hostname\": \"hello\"",
+                "\"hostname\": \"a b\"",
+                "host name",
+            ),
+            (
+                "\"fs_type\": \"squashfs\"",
+                "\"fs_type\": \"squash,fs\"",
+                "fs_type",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = SAMPLE.replace(from, to);
+            assert_ne!(text, SAMPLE, "replacement {from} did not apply");
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_key_and_hostname_rules() {
+        assert!(valid_env_key("PATH"));
+        assert!(valid_env_key("_x1"));
+        assert!(!valid_env_key(""));
+        assert!(!valid_env_key("1A"));
+        assert!(!valid_env_key("A-B"));
+        assert!(!valid_env_key("A=B"));
+        assert!(valid_hostname("web-1.example"));
+        assert!(!valid_hostname("-x"));
+        assert!(!valid_hostname(&"a".repeat(65)));
+    }
+}
