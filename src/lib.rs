@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod archive;
 pub mod fetch;
 pub mod format;
 pub mod image;
