@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "fuse", version, about = "Fuse an app into one immutable, content-addressed, bootable disk image")]
+#[command(
+    name = "fuse",
+    version,
+    about = "Fuse an app into one immutable, content-addressed, bootable disk image"
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); FUSE_LOG=<filter> overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

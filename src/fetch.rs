@@ -32,7 +32,10 @@ impl Fetcher {
             .http_status_as_error(false)
             .user_agent(concat!("fuse/", env!("CARGO_PKG_VERSION")))
             .build();
-        Fetcher { agent: config.into(), attempts: 4 }
+        Fetcher {
+            agent: config.into(),
+            attempts: 4,
+        }
     }
 
     /// GET `url` into memory. `expected_size`, when known, is enforced (a short or long
@@ -47,7 +50,10 @@ impl Fetcher {
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(e)) => {
                     if attempt < self.attempts {
-                        tracing::warn!("download of {url} failed (attempt {attempt}/{}): {e:#}; retrying", self.attempts);
+                        tracing::warn!(
+                            "download of {url} failed (attempt {attempt}/{}): {e:#}; retrying",
+                            self.attempts
+                        );
                         std::thread::sleep(delay);
                         delay *= 3;
                     }
@@ -55,10 +61,16 @@ impl Fetcher {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))).with_context(|| format!("cannot download {url}"))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+            .with_context(|| format!("cannot download {url}"))
     }
 
-    fn try_get(&self, url: &str, expected_size: Option<u64>, max_size: u64) -> Result<Vec<u8>, Failure> {
+    fn try_get(
+        &self,
+        url: &str,
+        expected_size: Option<u64>,
+        max_size: u64,
+    ) -> Result<Vec<u8>, Failure> {
         let mut resp = self
             .agent
             .get(url)
@@ -66,10 +78,14 @@ impl Fetcher {
             .map_err(|e| Failure::Retry(anyhow::anyhow!("{e}")))?;
         let status = resp.status().as_u16();
         if status >= 500 || status == 429 || status == 408 {
-            return Err(Failure::Retry(anyhow::anyhow!("server answered HTTP {status}")));
+            return Err(Failure::Retry(anyhow::anyhow!(
+                "server answered HTTP {status}"
+            )));
         }
         if status != 200 {
-            return Err(Failure::Fatal(anyhow::anyhow!("cannot download {url}: server answered HTTP {status}")));
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "cannot download {url}: server answered HTTP {status}"
+            )));
         }
         let limit = expected_size.unwrap_or(max_size);
         let total = expected_size.or(resp.body().content_length());
@@ -78,7 +94,9 @@ impl Fetcher {
         let mut data = Vec::with_capacity(total.unwrap_or(0).min(limit) as usize);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| Failure::Retry(anyhow::anyhow!("reading the body: {e}")))?;
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| Failure::Retry(anyhow::anyhow!("reading the body: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -98,7 +116,9 @@ impl Fetcher {
                 )));
             }
         } else if data.len() as u64 > max_size {
-            return Err(Failure::Fatal(anyhow::anyhow!("{url} is larger than the {max_size}-byte limit")));
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "{url} is larger than the {max_size}-byte limit"
+            )));
         }
         Ok(data)
     }
@@ -112,9 +132,9 @@ fn progress_bar(url: &str, total: Option<u64>) -> Option<indicatif::ProgressBar>
     }
     let name = url.rsplit('/').next().unwrap_or(url).to_string();
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(name);
@@ -123,7 +143,11 @@ fn progress_bar(url: &str, total: Option<u64>) -> Option<indicatif::ProgressBar>
 
 /// Join a base URL and a relative path with exactly one slash.
 pub fn join_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// Refuse URLs that are not plain http(s).
@@ -149,7 +173,10 @@ mod tests {
                 let Ok((mut s, _)) = l.accept() else { return };
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {claimed_len}\r\nConnection: close\r\n\r\n");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {claimed_len}\r\nConnection: close\r\n\r\n"
+                );
                 let _ = s.write_all(body);
             }
         });
@@ -159,19 +186,31 @@ mod tests {
     #[test]
     fn downloads_exact_size() {
         let url = serve(b"0123456789", 10, 1);
-        assert_eq!(Fetcher::new().get(&url, Some(10), 100).unwrap(), b"0123456789");
+        assert_eq!(
+            Fetcher::new().get(&url, Some(10), 100).unwrap(),
+            b"0123456789"
+        );
     }
 
     #[test]
     fn truncated_download_is_an_error() {
         let url = serve(b"01234", 10, 8);
-        let f = Fetcher { attempts: 2, ..Fetcher::new() };
+        let f = Fetcher {
+            attempts: 2,
+            ..Fetcher::new()
+        };
         let e = format!("{:#}", f.get(&url, Some(10), 100).unwrap_err());
-        assert!(e.contains("expected 10 bytes") || e.contains("reading the body"), "{e}");
+        assert!(
+            e.contains("expected 10 bytes") || e.contains("reading the body"),
+            "{e}"
+        );
     }
 
     #[test]
     fn join_url_has_one_slash() {
-        assert_eq!(join_url("http://m/debian/", "/dists/x"), "http://m/debian/dists/x");
+        assert_eq!(
+            join_url("http://m/debian/", "/dists/x"),
+            "http://m/debian/dists/x"
+        );
     }
 }

@@ -114,7 +114,9 @@ pub fn file_list(tree: &Tree) -> Vec<FileMeta> {
                 Kind::Dir => ("dir", None, None),
                 Kind::File(d) => ("file", Some(sha256_hex(d)), None),
                 Kind::Symlink(t) => ("symlink", None, Some(t.clone())),
-                Kind::CharDev { major, minor } => ("chardev", None, Some(format!("{major}:{minor}"))),
+                Kind::CharDev { major, minor } => {
+                    ("chardev", None, Some(format!("{major}:{minor}")))
+                }
             };
             FileMeta {
                 path: format!("/{path}"),
@@ -183,13 +185,20 @@ fn guid_for(label: &str, content_sha256: &str) -> gpt::Guid {
 /// Assemble the disk image from its inputs.
 pub fn assemble(i: DiskInputs) -> Result<Disk> {
     let mut parts = Vec::new();
-    let sq_opts = squashfs::Options { mkfs_time: i.epoch.min(u32::MAX as u64) as u32, ..Default::default() };
+    let sq_opts = squashfs::Options {
+        mkfs_time: i.epoch.min(u32::MAX as u64) as u32,
+        ..Default::default()
+    };
     let mut layer_bytes = Vec::new();
     let mut layer_meta = Vec::new();
     for l in i.layers {
-        let bytes = timed(&format!("layer {} ({} entries) written", l.name, l.tree.len()), || {
-            squashfs::write(&l.tree, &sq_opts).with_context(|| format!("cannot write the squashfs of layer {}", l.name))
-        })?;
+        let bytes = timed(
+            &format!("layer {} ({} entries) written", l.name, l.tree.len()),
+            || {
+                squashfs::write(&l.tree, &sq_opts)
+                    .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
+            },
+        )?;
         let digest = format!("sha256:{}", sha256_hex(&bytes));
         parts.push((format!("layer {}", l.name), bytes.len() as u64));
         layer_meta.push(LayerMeta {
@@ -206,7 +215,9 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
 
     let initrd = timed("initramfs written", || {
         let cpio = cpio::write(i.initramfs).context("cannot write the initramfs cpio")?;
-        let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::best());
         gz.write_all(&cpio)?;
         Ok(gz.finish()?)
     })?;
@@ -216,7 +227,12 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
     let uki = timed("UKI built", || {
         uki::build(
             i.stub,
-            &uki::Sections { osrel: i.os_release.as_bytes(), cmdline: i.cmdline.as_bytes(), linux: i.vmlinuz, initrd: &initrd },
+            &uki::Sections {
+                osrel: i.os_release.as_bytes(),
+                cmdline: i.cmdline.as_bytes(),
+                linux: i.vmlinuz,
+                initrd: &initrd,
+            },
         )
         .context("cannot build the unified kernel image")
     })?;
@@ -269,13 +285,25 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         Ok(t)
     };
     let volume_id = u32::from_le_bytes(hex_prefix4(&sha256_hex(&uki)));
-    let fat_opts = |min_size| fat::Options { volume_label: "FUSE-ESP".into(), volume_id, min_size };
+    let fat_opts = |min_size| fat::Options {
+        volume_label: "FUSE-ESP".into(),
+        volume_id,
+        min_size,
+    };
     meta.boot.esp_size = u64::MAX; // widest number: the provisional copy is never shorter than the final one
-    let provisional = fat::write(&esp_tree(&meta)?, &fat_opts(0)).context("cannot write the ESP")?;
+    let provisional =
+        fat::write(&esp_tree(&meta)?, &fat_opts(0)).context("cannot write the ESP")?;
     meta.boot.esp_size = provisional.len() as u64;
-    let esp = timed("ESP written", || fat::write(&esp_tree(&meta)?, &fat_opts(provisional.len() as u64)).context("cannot write the ESP"))?;
+    let esp = timed("ESP written", || {
+        fat::write(&esp_tree(&meta)?, &fat_opts(provisional.len() as u64))
+            .context("cannot write the ESP")
+    })?;
     if esp.len() != provisional.len() {
-        anyhow::bail!("internal error: ESP size changed from {} to {} bytes", provisional.len(), esp.len());
+        anyhow::bail!(
+            "internal error: ESP size changed from {} to {} bytes",
+            provisional.len(),
+            esp.len()
+        );
     }
     parts.push(("esp".into(), esp.len() as u64));
 
@@ -298,14 +326,30 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             data: b,
         });
     }
-    let disk_guid = guid_for("disk", &specs.iter().map(|s| s.unique_guid.to_string()).collect::<Vec<_>>().join(","));
+    let disk_guid = guid_for(
+        "disk",
+        &specs
+            .iter()
+            .map(|s| s.unique_guid.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     let bytes = timed("GPT disk written", || gpt::write_disk(disk_guid, &specs))?;
     let digest = format!("sha256:{}", sha256_hex(&bytes));
-    let payload: u64 = parts.iter().filter(|(n, _)| n == "esp" || n.starts_with("layer ")).map(|(_, s)| *s).sum();
+    let payload: u64 = parts
+        .iter()
+        .filter(|(n, _)| n == "esp" || n.starts_with("layer "))
+        .map(|(_, s)| *s)
+        .sum();
     parts.push(("gpt and alignment".into(), bytes.len() as u64 - payload));
     meta.digest = Some(digest.clone());
     meta.disk_size = Some(bytes.len() as u64);
-    Ok(Disk { bytes, digest, meta, parts })
+    Ok(Disk {
+        bytes,
+        digest,
+        meta,
+        parts,
+    })
 }
 
 fn hex_prefix4(hex: &str) -> [u8; 4] {
@@ -325,13 +369,20 @@ pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
         .iter()
         .find(|p| p.name == ESP_PARTITION_NAME)
         .context("no fuse-esp partition")?;
-    let bytes = disk.get(esp.byte_range()).context("ESP partition beyond the end of the disk")?;
+    let bytes = disk
+        .get(esp.byte_range())
+        .context("ESP partition beyond the end of the disk")?;
     let tree = fat::read(bytes).context("cannot read the ESP's FAT file system")?;
-    let json = tree.get(ESP_IMAGE_JSON).and_then(|n| n.data()).with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
+    let json = tree
+        .get(ESP_IMAGE_JSON)
+        .and_then(|n| n.data())
+        .with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
     let v: serde_json::Value = serde_json::from_slice(json).context("image.json is not JSON")?;
     match v.get("format").and_then(|f| f.as_u64()) {
         Some(f) if f == IMAGE_JSON_FORMAT as u64 => {}
-        Some(f) => anyhow::bail!("image.json format {f} is not known to this fuse (it reads format {IMAGE_JSON_FORMAT})"),
+        Some(f) => anyhow::bail!(
+            "image.json format {f} is not known to this fuse (it reads format {IMAGE_JSON_FORMAT})"
+        ),
         None => anyhow::bail!("image.json has no format version"),
     }
     serde_json::from_value(v).context("image.json does not match format 1")

@@ -45,13 +45,19 @@ pub struct Kernel {
 /// The `.modinfo` section of an ELF64 little-endian relocatable object, as key/value pairs.
 pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>> {
     let u16_at = |o: usize| -> Result<u16> {
-        Ok(u16::from_le_bytes(ko.get(o..o + 2).context("ELF truncated")?.try_into()?))
+        Ok(u16::from_le_bytes(
+            ko.get(o..o + 2).context("ELF truncated")?.try_into()?,
+        ))
     };
     let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(ko.get(o..o + 4).context("ELF truncated")?.try_into()?))
+        Ok(u32::from_le_bytes(
+            ko.get(o..o + 4).context("ELF truncated")?.try_into()?,
+        ))
     };
     let u64_at = |o: usize| -> Result<u64> {
-        Ok(u64::from_le_bytes(ko.get(o..o + 8).context("ELF truncated")?.try_into()?))
+        Ok(u64::from_le_bytes(
+            ko.get(o..o + 8).context("ELF truncated")?.try_into()?,
+        ))
     };
     if ko.get(..4) != Some(b"\x7fELF") || ko.get(4) != Some(&2) || ko.get(5) != Some(&1) {
         bail!("not an ELF64 little-endian object");
@@ -64,20 +70,26 @@ pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>> {
         bail!("bad ELF section header table");
     }
     let section = |i: usize| -> Result<(u32, usize, usize)> {
-        let h = shoff.checked_add(i.checked_mul(shentsize).context("overflow")?).context("overflow")?;
+        let h = shoff
+            .checked_add(i.checked_mul(shentsize).context("overflow")?)
+            .context("overflow")?;
         let name = u32_at(h)?;
         let off = u64_at(h + 0x18)? as usize;
         let size = u64_at(h + 0x20)? as usize;
         Ok((name, off, size))
     };
     let (_, str_off, str_size) = section(shstrndx)?;
-    let strtab = ko.get(str_off..str_off.checked_add(str_size).context("overflow")?).context("ELF truncated")?;
+    let strtab = ko
+        .get(str_off..str_off.checked_add(str_size).context("overflow")?)
+        .context("ELF truncated")?;
     for i in 0..shnum {
         let (name, off, size) = section(i)?;
         let name = strtab.get(name as usize..).context("bad section name")?;
         let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
         if name == b".modinfo" {
-            let data = ko.get(off..off.checked_add(size).context("overflow")?).context("ELF truncated")?;
+            let data = ko
+                .get(off..off.checked_add(size).context("overflow")?)
+                .context("ELF truncated")?;
             return Ok(data
                 .split(|&b| b == 0)
                 .filter_map(|kv| {
@@ -126,7 +138,10 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
             by_name.insert(module_name(file), (path.to_string(), d.clone()));
         }
     }
-    let builtin: BTreeSet<String> = match data.get(&format!("{moddir}/modules.builtin")).and_then(|n| n.data()) {
+    let builtin: BTreeSet<String> = match data
+        .get(&format!("{moddir}/modules.builtin"))
+        .and_then(|n| n.data())
+    {
         Some(text) => String::from_utf8_lossy(text)
             .lines()
             .filter_map(|l| l.rsplit('/').next())
@@ -140,7 +155,14 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
     for want in BOOT_MODULES {
         let want = want.to_string();
         if by_name.contains_key(&want) {
-            visit(&want, &by_name, &builtin, &mut state, &mut order, &mut vec![])?;
+            visit(
+                &want,
+                &by_name,
+                &builtin,
+                &mut state,
+                &mut order,
+                &mut vec![],
+            )?;
         } else if builtin.contains(&want) {
             tracing::debug!("module {want} is built into {release}");
         } else if REQUIRED_MODULES.contains(&want.as_str()) {
@@ -156,7 +178,11 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
             (format!("/{path}"), data, name)
         })
         .collect();
-    Ok(Kernel { release, vmlinuz, modules })
+    Ok(Kernel {
+        release,
+        vmlinuz,
+        modules,
+    })
 }
 
 fn visit(
@@ -176,7 +202,10 @@ fn visit(
         if builtin.contains(name) {
             return Ok(());
         }
-        bail!("module {name} (needed by {}) is not in the kernel package", chain.join(" -> "));
+        bail!(
+            "module {name} (needed by {}) is not in the kernel package",
+            chain.join(" -> ")
+        );
     };
     state.insert(name.to_string(), false);
     chain.push(name.to_string());
@@ -184,7 +213,12 @@ fn visit(
     let deps: BTreeSet<String> = info
         .iter()
         .filter(|(k, _)| k == "depends")
-        .flat_map(|(_, v)| v.split(',').filter(|d| !d.is_empty()).map(module_name).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter(|d| !d.is_empty())
+                .map(module_name)
+                .collect::<Vec<_>>()
+        })
         .collect();
     for d in deps {
         visit(&d, by_name, builtin, state, order, chain)?;
@@ -212,7 +246,7 @@ mod tests {
         f.extend_from_slice(&info);
         let str_off = f.len();
         f.extend_from_slice(&shstr);
-        while f.len() % 8 != 0 {
+        while !f.len().is_multiple_of(8) {
             f.push(0);
         }
         let shoff = f.len();
@@ -245,25 +279,60 @@ mod tests {
     #[test]
     fn closure_orders_dependencies_first_and_skips_builtins() {
         let mut t = Tree::new();
-        t.insert("boot/vmlinuz-6.1.0-9-amd64", Node::file(b"kernel".to_vec(), 0o644)).unwrap();
+        t.insert(
+            "boot/vmlinuz-6.1.0-9-amd64",
+            Node::file(b"kernel".to_vec(), 0o644),
+        )
+        .unwrap();
         let m = "lib/modules/6.1.0-9-amd64";
         let ko = |deps: &str| Node::file(fake_ko(&format!("depends={deps};")), 0o644);
-        t.insert(&format!("{m}/kernel/drivers/virtio/virtio.ko"), ko("")).unwrap();
-        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_ring.ko"), ko("")).unwrap();
-        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_pci.ko"), ko("virtio_pci_modern_dev,virtio,virtio_ring"))
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio.ko"), ko(""))
             .unwrap();
-        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_pci_modern_dev.ko"), ko("")).unwrap();
-        t.insert(&format!("{m}/kernel/drivers/block/virtio_blk.ko"), ko("virtio,virtio_ring")).unwrap();
-        t.insert(&format!("{m}/kernel/drivers/net/virtio_net.ko"), ko("net_failover,virtio,virtio_ring")).unwrap();
-        t.insert(&format!("{m}/kernel/drivers/net/net_failover.ko"), ko("failover")).unwrap();
-        t.insert(&format!("{m}/kernel/net/core/failover.ko"), ko("")).unwrap();
-        t.insert(&format!("{m}/kernel/fs/overlayfs/overlay.ko"), ko("")).unwrap();
-        t.insert(&format!("{m}/modules.builtin"), Node::file(b"kernel/fs/squashfs/squashfs.ko\n".to_vec(), 0o644))
+        t.insert(&format!("{m}/kernel/drivers/virtio/virtio_ring.ko"), ko(""))
             .unwrap();
+        t.insert(
+            &format!("{m}/kernel/drivers/virtio/virtio_pci.ko"),
+            ko("virtio_pci_modern_dev,virtio,virtio_ring"),
+        )
+        .unwrap();
+        t.insert(
+            &format!("{m}/kernel/drivers/virtio/virtio_pci_modern_dev.ko"),
+            ko(""),
+        )
+        .unwrap();
+        t.insert(
+            &format!("{m}/kernel/drivers/block/virtio_blk.ko"),
+            ko("virtio,virtio_ring"),
+        )
+        .unwrap();
+        t.insert(
+            &format!("{m}/kernel/drivers/net/virtio_net.ko"),
+            ko("net_failover,virtio,virtio_ring"),
+        )
+        .unwrap();
+        t.insert(
+            &format!("{m}/kernel/drivers/net/net_failover.ko"),
+            ko("failover"),
+        )
+        .unwrap();
+        t.insert(&format!("{m}/kernel/net/core/failover.ko"), ko(""))
+            .unwrap();
+        t.insert(&format!("{m}/kernel/fs/overlayfs/overlay.ko"), ko(""))
+            .unwrap();
+        t.insert(
+            &format!("{m}/modules.builtin"),
+            Node::file(b"kernel/fs/squashfs/squashfs.ko\n".to_vec(), 0o644),
+        )
+        .unwrap();
         let k = from_package(&t, "linux-image-test").unwrap();
         assert_eq!(k.release, "6.1.0-9-amd64");
         let names: Vec<&str> = k.modules.iter().map(|m| m.2.as_str()).collect();
-        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or_else(|| panic!("{n} missing in {names:?}"))
+        };
         assert!(pos("virtio") < pos("virtio_pci") && pos("virtio_ring") < pos("virtio_pci"));
         assert!(pos("virtio_pci_modern_dev") < pos("virtio_pci"));
         assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
@@ -274,8 +343,16 @@ mod tests {
     #[test]
     fn missing_required_module_is_an_error() {
         let mut t = Tree::new();
-        t.insert("boot/vmlinuz-6.1.0-9-amd64", Node::file(b"kernel".to_vec(), 0o644)).unwrap();
-        t.insert("lib/modules/6.1.0-9-amd64/modules.builtin", Node::file(Vec::new(), 0o644)).unwrap();
+        t.insert(
+            "boot/vmlinuz-6.1.0-9-amd64",
+            Node::file(b"kernel".to_vec(), 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "lib/modules/6.1.0-9-amd64/modules.builtin",
+            Node::file(Vec::new(), 0o644),
+        )
+        .unwrap();
         let e = format!("{:#}", from_package(&t, "linux-image-test").unwrap_err());
         assert!(e.contains("virtio_pci"), "{e}");
     }

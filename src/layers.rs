@@ -93,8 +93,25 @@ pub fn dpkg_status(packages: &[(PackageRef, BTreeMap<String, String>)]) -> Strin
     sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let mut out = String::new();
     for (p, fields) in sorted {
-        out.push_str(&format!("Package: {}\nStatus: install ok installed\n", p.name));
-        for key in ["Priority", "Section", "Installed-Size", "Maintainer", "Architecture", "Multi-Arch", "Source", "Version", "Provides", "Depends", "Pre-Depends", "Description", "Homepage"] {
+        out.push_str(&format!(
+            "Package: {}\nStatus: install ok installed\n",
+            p.name
+        ));
+        for key in [
+            "Priority",
+            "Section",
+            "Installed-Size",
+            "Maintainer",
+            "Architecture",
+            "Multi-Arch",
+            "Source",
+            "Version",
+            "Provides",
+            "Depends",
+            "Pre-Depends",
+            "Description",
+            "Homepage",
+        ] {
             if let Some(v) = fields.get(key) {
                 out.push_str(&format!("{key}: {v}\n"));
             }
@@ -123,7 +140,18 @@ pub fn base_layer(
         n.mtime = epoch;
         n
     };
-    for (d, mode) in [("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777), ("root", 0o700), ("etc", 0o755), ("var/tmp", 0o1777), ("var/lib/dpkg", 0o755), ("usr/lib", 0o755)] {
+    for (d, mode) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("etc", 0o755),
+        ("var/tmp", 0o1777),
+        ("var/lib/dpkg", 0o755),
+        ("usr/lib", 0o755),
+    ] {
         t.insert(d, dir(mode))?;
     }
     t.insert(
@@ -136,8 +164,20 @@ pub fn base_layer(
             0o644,
         ),
     )?;
-    t.insert("etc/group", file(format!("root:x:0:\napp:x:{APP_GID}:\nnogroup:x:65534:\n"), 0o644))?;
-    t.insert("etc/hosts", file("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(), 0o644))?;
+    t.insert(
+        "etc/group",
+        file(
+            format!("root:x:0:\napp:x:{APP_GID}:\nnogroup:x:65534:\n"),
+            0o644,
+        ),
+    )?;
+    t.insert(
+        "etc/hosts",
+        file(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
+            0o644,
+        ),
+    )?;
     t.insert("etc/hostname", file(format!("{}\n", m.name), 0o644))?;
     t.insert("etc/nsswitch.conf", file("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into(), 0o644))?;
     t.insert("etc/resolv.conf", file(String::new(), 0o644))?;
@@ -148,8 +188,15 @@ pub fn base_layer(
         n.mtime = epoch;
         n
     })?;
-    t.insert("var/lib/dpkg/status", file(dpkg_status(image_packages), 0o644))?;
-    Ok(Layer { name: "base".into(), tree: t, packages: Vec::new() })
+    t.insert(
+        "var/lib/dpkg/status",
+        file(dpkg_status(image_packages), 0o644),
+    )?;
+    Ok(Layer {
+        name: "base".into(),
+        tree: t,
+        packages: Vec::new(),
+    })
 }
 
 /// The app layer for `kind = "binary"`: the artifact at `/app/<file name>`, root-owned and
@@ -167,17 +214,32 @@ pub fn app_layer(m: &Manifest, app_bytes: &[u8], epoch: u64) -> Result<Layer> {
     let mut f = Node::file(app_bytes.to_vec(), 0o755);
     f.mtime = epoch;
     t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
-    Ok(Layer { name: "app".into(), tree: t, packages: Vec::new() })
+    Ok(Layer {
+        name: "app".into(),
+        tree: t,
+        packages: Vec::new(),
+    })
 }
 
 /// The command, working directory and environment defaults of the app.
 pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
-    let file_name = m.app_path.file_name().and_then(|f| f.to_str()).context("app path has no file name")?;
+    let file_name = m
+        .app_path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .context("app path has no file name")?;
     let mut argv = vec![format!("{APP_DIR}/{file_name}")];
     argv.extend(m.args.iter().cloned());
     let mut env = m.env.clone();
-    env.entry("PORT".into()).or_insert_with(|| m.port.to_string());
-    Ok(AppPlan { argv, workdir: APP_DIR.into(), env, uid: APP_UID, gid: APP_GID })
+    env.entry("PORT".into())
+        .or_insert_with(|| m.port.to_string());
+    Ok(AppPlan {
+        argv,
+        workdir: APP_DIR.into(),
+        env,
+        uid: APP_UID,
+        gid: APP_GID,
+    })
 }
 
 /// The initramfs: `/init`, `/dev/console`, the kernel modules, `/fuse/boot.json`.

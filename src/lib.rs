@@ -1,9 +1,9 @@
 //! fuse: an app manifest plus a signed distribution archive, fused into one
 //! content-addressed, immutable, bootable disk image.
 
+pub mod archive;
 pub mod cli;
 pub mod commands;
-pub mod archive;
 pub mod fetch;
 pub mod format;
 pub mod image;

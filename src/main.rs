@@ -12,7 +12,10 @@ fn main() -> ExitCode {
         1 => "fuse=debug",
         _ => "debug",
     };
-    let filter = std::env::var("FUSE_LOG").ok().filter(|f| !f.is_empty()).unwrap_or_else(|| default.into());
+    let filter = std::env::var("FUSE_LOG")
+        .ok()
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

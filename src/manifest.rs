@@ -105,7 +105,11 @@ pub struct Manifest {
 
 /// 1-based line of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 struct Ctx<'a> {
@@ -115,53 +119,89 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: &str, span: Range<usize>, msg: impl std::fmt::Display) -> anyhow::Error {
-        anyhow::anyhow!("{}:{}: `{}`: {}", self.file.display(), line_of(self.text, span.start), key, msg)
+        anyhow::anyhow!(
+            "{}:{}: `{}`: {}",
+            self.file.display(),
+            line_of(self.text, span.start),
+            key,
+            msg
+        )
     }
 }
 
 /// Read and validate `fuse.toml` (a file, or a directory holding one).
 pub fn load(path: &Path) -> Result<Manifest> {
-    let file = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read manifest {}", file.display()))?;
+    let file = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read manifest {}", file.display()))?;
     parse(&text, &file)
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_version(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
 }
 
 fn is_env_key(s: &str) -> bool {
     let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn is_package_name(s: &str) -> bool {
     s.len() >= 2
-        && s.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
+        && s.bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
 }
 
 /// Parse manifest text; `file` is used for messages and to resolve relative paths.
 pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     use sha2::Digest;
     let raw: RawManifest = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+        let line = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
         anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
     })?;
     let cx = Ctx { text, file };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
 
     let image = raw.image.into_inner();
     if !is_name(image.name.get_ref()) {
-        bail!(cx.err("image.name", image.name.span(), "must be 1-63 characters of [a-z0-9-]"));
+        bail!(cx.err(
+            "image.name",
+            image.name.span(),
+            "must be 1-63 characters of [a-z0-9-]"
+        ));
     }
     if !is_version(image.version.get_ref()) {
-        bail!(cx.err("image.version", image.version.span(), "must be 1-64 characters of [A-Za-z0-9._+~-]"));
+        bail!(cx.err(
+            "image.version",
+            image.version.span(),
+            "must be 1-64 characters of [A-Za-z0-9._+~-]"
+        ));
     }
 
     let app_span = raw.app.span();
@@ -171,7 +211,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         "jar" | "war" | "node" | "python" => bail!(cx.err(
             "app.kind",
             app.kind.span(),
-            format!("kind {:?} is not supported by this version of fuse yet (supported: binary)", app.kind.get_ref())
+            format!(
+                "kind {:?} is not supported by this version of fuse yet (supported: binary)",
+                app.kind.get_ref()
+            )
         )),
         other => bail!(cx.err(
             "app.kind",
@@ -184,36 +227,66 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         bail!(cx.err("app.path", app.path.span(), "must not be empty"));
     }
     let app_path = base.join(rel);
-    let meta = std::fs::metadata(&app_path)
-        .map_err(|e| cx.err("app.path", app.path.span(), format!("cannot read {}: {e}", app_path.display())))?;
+    let meta = std::fs::metadata(&app_path).map_err(|e| {
+        cx.err(
+            "app.path",
+            app.path.span(),
+            format!("cannot read {}: {e}", app_path.display()),
+        )
+    })?;
     if kind == AppKind::Binary && !meta.is_file() {
-        bail!(cx.err("app.path", app.path.span(), format!("{} is not a file", app_path.display())));
+        bail!(cx.err(
+            "app.path",
+            app.path.span(),
+            format!("{} is not a file", app_path.display())
+        ));
     }
-    let app_path = std::fs::canonicalize(&app_path).with_context(|| format!("cannot resolve {}", app_path.display()))?;
+    let app_path = std::fs::canonicalize(&app_path)
+        .with_context(|| format!("cannot resolve {}", app_path.display()))?;
     let port = match app.port {
         None => bail!(cx.err("app.port", app_span, "missing: the port the app listens on")),
         Some(p) => {
             let v = *p.get_ref();
             if !(1..=65535).contains(&v) {
-                bail!(cx.err("app.port", p.span(), format!("{v} is not a TCP port (1-65535)")));
+                bail!(cx.err(
+                    "app.port",
+                    p.span(),
+                    format!("{v} is not a TCP port (1-65535)")
+                ));
             }
             v as u16
         }
     };
-    let env_span = app.env.as_ref().map(|e| e.span()).unwrap_or(app_span.clone());
+    let env_span = app
+        .env
+        .as_ref()
+        .map(|e| e.span())
+        .unwrap_or(app_span.clone());
     let mut env = BTreeMap::new();
     for (k, v) in app.env.map(Spanned::into_inner).unwrap_or_default() {
         if !is_env_key(&k) {
-            bail!(cx.err(&format!("app.env.{k}"), env_span.clone(), "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            bail!(cx.err(
+                &format!("app.env.{k}"),
+                env_span.clone(),
+                "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ));
         }
         if v.get_ref().contains('\0') {
-            bail!(cx.err(&format!("app.env.{k}"), v.span(), "value contains a NUL byte"));
+            bail!(cx.err(
+                &format!("app.env.{k}"),
+                v.span(),
+                "value contains a NUL byte"
+            ));
         }
         env.insert(k, v.into_inner());
     }
     for a in &app.args {
         if a.contains('\0') {
-            bail!(cx.err("app.args", app_span.clone(), "an argument contains a NUL byte"));
+            bail!(cx.err(
+                "app.args",
+                app_span.clone(),
+                "an argument contains a NUL byte"
+            ));
         }
     }
 
@@ -222,18 +295,34 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         Some(h) => match h.into_inner().http {
             None => None,
             Some(p) => {
-                if !p.get_ref().starts_with('/') || p.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    bail!(cx.err("health.http", p.span(), "must be a path starting with '/' without spaces"));
+                if !p.get_ref().starts_with('/')
+                    || p.get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control())
+                {
+                    bail!(cx.err(
+                        "health.http",
+                        p.span(),
+                        "must be a path starting with '/' without spaces"
+                    ));
                 }
                 Some(p.into_inner())
             }
         },
     };
     if let Some(r) = raw.runtime {
-        bail!(cx.err("runtime", r.span(), "kind \"binary\" takes no [runtime] (runtimes come with jar/node/python)"));
+        bail!(cx.err(
+            "runtime",
+            r.span(),
+            "kind \"binary\" takes no [runtime] (runtimes come with jar/node/python)"
+        ));
     }
     if let Some(s) = raw.server {
-        bail!(cx.err("server", s.span(), "kind \"binary\" takes no [server] ([server] is for kind = \"war\")"));
+        bail!(cx.err(
+            "server",
+            s.span(),
+            "kind \"binary\" takes no [server] ([server] is for kind = \"war\")"
+        ));
     }
 
     let system = raw.system.map(Spanned::into_inner).unwrap_or_default();
@@ -253,14 +342,24 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     };
     let kernel = match &system.kernel {
         None => "linux-image-amd64".to_string(),
-        Some(k) if is_package_name(k.get_ref()) && k.get_ref().starts_with("linux-image-") => k.get_ref().clone(),
-        Some(k) => bail!(cx.err("system.kernel", k.span(), format!("{:?} is not a linux-image-* package name", k.get_ref()))),
+        Some(k) if is_package_name(k.get_ref()) && k.get_ref().starts_with("linux-image-") => {
+            k.get_ref().clone()
+        }
+        Some(k) => bail!(cx.err(
+            "system.kernel",
+            k.span(),
+            format!("{:?} is not a linux-image-* package name", k.get_ref())
+        )),
     };
     let mut packages = Vec::new();
     if let Some(p) = &system.packages {
         for name in p.get_ref() {
             if !is_package_name(name) {
-                bail!(cx.err("system.packages", p.span(), format!("{name:?} is not a valid package name")));
+                bail!(cx.err(
+                    "system.packages",
+                    p.span(),
+                    format!("{name:?} is not a valid package name")
+                ));
             }
         }
         if !p.get_ref().is_empty() {
@@ -277,7 +376,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         Some(m) => {
             let u = m.get_ref().trim_end_matches('/');
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-                bail!(cx.err("system.mirror", m.span(), "must be an http:// or https:// URL"));
+                bail!(cx.err(
+                    "system.mirror",
+                    m.span(),
+                    "must be an http:// or https:// URL"
+                ));
             }
             Some(u.to_string())
         }
@@ -374,8 +477,13 @@ http = "/"
         assert!(e.contains("app.path") && e.contains(":8:"), "{e}");
         let e = err_of(&GOOD.replace("http = \"/\"", "http = \"health\""));
         assert!(e.contains("health.http"), "{e}");
-        let e = err_of(&format!("{GOOD}\n[system]\ndistribution = \"ubuntu/noble\"\n"));
-        assert!(e.contains("system.distribution") && e.contains("noble"), "{e}");
+        let e = err_of(&format!(
+            "{GOOD}\n[system]\ndistribution = \"ubuntu/noble\"\n"
+        ));
+        assert!(
+            e.contains("system.distribution") && e.contains("noble"),
+            "{e}"
+        );
     }
 
     #[test]

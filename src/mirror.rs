@@ -39,7 +39,9 @@ pub fn host_apt_entries(etc_apt: &Path) -> Vec<AptEntry> {
         files.extend(more);
     }
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         let name = f.to_string_lossy();
         if name.ends_with(".sources") {
             out.extend(parse_deb822_sources(&text));
@@ -65,14 +67,30 @@ fn parse_deb822_sources(text: &str) -> Vec<AptEntry> {
         if fields.get("enabled").is_some_and(|e| e == "no") {
             continue;
         }
-        if !fields.get("types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb")) {
+        if !fields
+            .get("types")
+            .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"))
+        {
             continue;
         }
-        let suites: Vec<String> =
-            fields.get("suites").map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
-        let signed_by = fields.get("signed-by").filter(|s| s.starts_with('/')).map(PathBuf::from);
-        for uri in fields.get("uris").map(|u| u.split_whitespace().collect::<Vec<_>>()).unwrap_or_default() {
-            out.push(AptEntry { uri: uri.trim_end_matches('/').to_string(), suites: suites.clone(), signed_by: signed_by.clone() });
+        let suites: Vec<String> = fields
+            .get("suites")
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let signed_by = fields
+            .get("signed-by")
+            .filter(|s| s.starts_with('/'))
+            .map(PathBuf::from);
+        for uri in fields
+            .get("uris")
+            .map(|u| u.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            out.push(AptEntry {
+                uri: uri.trim_end_matches('/').to_string(),
+                suites: suites.clone(),
+                signed_by: signed_by.clone(),
+            });
         }
     }
     out
@@ -119,7 +137,9 @@ fn parse_one_line_sources(text: &str) -> Vec<AptEntry> {
 /// apt sources (an entry carrying `codename`, else any entry of the same vendor's archive).
 pub fn find_source(mirror: Option<&str>, keyring: Option<&Path>, codename: &str) -> Result<Source> {
     let env_mirror = std::env::var("FUSE_MIRROR").ok().filter(|m| !m.is_empty());
-    let env_keyring = std::env::var_os("FUSE_KEYRING").filter(|k| !k.is_empty()).map(PathBuf::from);
+    let env_keyring = std::env::var_os("FUSE_KEYRING")
+        .filter(|k| !k.is_empty())
+        .map(PathBuf::from);
     let host = host_apt_entries(Path::new("/etc/apt"));
     let (url, host_keyring) = match mirror.map(String::from).or(env_mirror) {
         Some(u) => (u, None),
@@ -143,7 +163,10 @@ pub fn find_source(mirror: Option<&str>, keyring: Option<&Path>, codename: &str)
         .or(env_keyring)
         .or(host_keyring)
         .unwrap_or_else(|| PathBuf::from(HOST_KEYRING));
-    Ok(Source { url: url.trim_end_matches('/').to_string(), keyring })
+    Ok(Source {
+        url: url.trim_end_matches('/').to_string(),
+        keyring,
+    })
 }
 
 /// A suite's verified package index.
@@ -163,19 +186,28 @@ pub struct Trust {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Archive {
     /// Fetch and verify `dists/<codename>/InRelease`, then the `main/binary-amd64` Packages
     /// index it pins. When the mirror cannot be reached, the last InRelease fetched from it is
     /// used (verified again), so a warm cache builds offline.
-    pub fn open(fetcher: &Fetcher, store: &Store, source: &Source, codename: &str, trust: Trust) -> Result<Archive> {
+    pub fn open(
+        fetcher: &Fetcher,
+        store: &Store,
+        source: &Source,
+        codename: &str,
+        trust: Trust,
+    ) -> Result<Archive> {
         let keyring_bytes = std::fs::read(&source.keyring).with_context(|| {
             format!("cannot read archive keyring {} (install debian-archive-keyring, or set [system] keyring)", source.keyring.display())
         })?;
-        let keyring =
-            Keyring::from_bytes(&keyring_bytes).with_context(|| format!("bad keyring {}", source.keyring.display()))?;
+        let keyring = Keyring::from_bytes(&keyring_bytes)
+            .with_context(|| format!("bad keyring {}", source.keyring.display()))?;
         let url = join_url(&source.url, &format!("dists/{codename}/InRelease"));
         let cache_name = format!("inrelease-{}", &sha256_hex(url.as_bytes())[..16]);
         let inrelease = match fetcher.get(&url, None, 64 << 20) {
@@ -188,15 +220,23 @@ impl Archive {
                 None => return Err(e),
             },
         };
-        let opts = VerifyOptions { now_unix: now_unix(), allow_unsigned: trust.allow_unsigned, allow_expired: trust.allow_expired };
+        let opts = VerifyOptions {
+            now_unix: now_unix(),
+            allow_unsigned: trust.allow_unsigned,
+            allow_expired: trust.allow_expired,
+        };
         let release = verify_inrelease(&inrelease, &keyring, &opts)
             .with_context(|| format!("refusing the archive index {url}"))?;
         store.put_named(&cache_name, &inrelease)?;
 
-        let (path, entry) = ["main/binary-amd64/Packages.xz", "main/binary-amd64/Packages.gz", "main/binary-amd64/Packages"]
-            .iter()
-            .find_map(|p| release.files.get(*p).map(|e| (*p, e.clone())))
-            .with_context(|| format!("{url} lists no main/binary-amd64/Packages index"))?;
+        let (path, entry) = [
+            "main/binary-amd64/Packages.xz",
+            "main/binary-amd64/Packages.gz",
+            "main/binary-amd64/Packages",
+        ]
+        .iter()
+        .find_map(|p| release.files.get(*p).map(|e| (*p, e.clone())))
+        .with_context(|| format!("{url} lists no main/binary-amd64/Packages index"))?;
         let compressed = match store.get(&entry.sha256)? {
             Some(b) => b,
             None => {
@@ -217,37 +257,64 @@ impl Archive {
                 b
             }
         };
-        let text = decompress(path, &compressed).with_context(|| format!("cannot decompress {path}"))?;
+        let text =
+            decompress(path, &compressed).with_context(|| format!("cannot decompress {path}"))?;
         let text = String::from_utf8(text).with_context(|| format!("{path} is not UTF-8"))?;
         let mut packages: BTreeMap<String, Vec<Package>> = BTreeMap::new();
-        for p in parse_packages(&text).with_context(|| format!("cannot parse {path} of {codename}"))? {
+        for p in
+            parse_packages(&text).with_context(|| format!("cannot parse {path} of {codename}"))?
+        {
             packages.entry(p.name.clone()).or_default().push(p);
         }
-        Ok(Archive { url: source.url.clone(), codename: codename.to_string(), release, packages })
+        Ok(Archive {
+            url: source.url.clone(),
+            codename: codename.to_string(),
+            release,
+            packages,
+        })
     }
 
     /// The newest version of `name` in the index.
     pub fn newest(&self, name: &str) -> Result<&Package> {
         self.packages
             .get(name)
-            .and_then(|v| v.iter().max_by(|a, b| crate::archive::version::compare_versions(&a.version, &b.version)))
+            .and_then(|v| {
+                v.iter().max_by(|a, b| {
+                    crate::archive::version::compare_versions(&a.version, &b.version)
+                })
+            })
             .with_context(|| format!("package {name} is not in {} {}", self.url, self.codename))
     }
 
     /// A package's .deb bytes, from the cache or the mirror, verified against the index sha256.
     pub fn fetch_deb(&self, fetcher: &Fetcher, store: &Store, pkg: &Package) -> Result<Vec<u8>> {
-        if let Some(b) = store.get(&pkg.sha256).with_context(|| format!("package {} {}", pkg.name, pkg.version))? {
+        if let Some(b) = store
+            .get(&pkg.sha256)
+            .with_context(|| format!("package {} {}", pkg.name, pkg.version))?
+        {
             return Ok(b);
         }
         if pkg.filename.split('/').any(|c| c == ".." || c.is_empty()) {
-            bail!("package {} has a suspicious Filename {:?}", pkg.name, pkg.filename);
+            bail!(
+                "package {} has a suspicious Filename {:?}",
+                pkg.name,
+                pkg.filename
+            );
         }
         let url = join_url(&self.url, &pkg.filename);
-        tracing::info!("fetching {} {} ({} KiB)", pkg.name, pkg.version, pkg.size / 1024);
+        tracing::info!(
+            "fetching {} {} ({} KiB)",
+            pkg.name,
+            pkg.version,
+            pkg.size / 1024
+        );
         let b = fetcher.get(&url, Some(pkg.size), pkg.size)?;
         let got = sha256_hex(&b);
         if got != pkg.sha256 {
-            bail!("{url} does not match the Packages index: expected sha256 {}, got {got}", pkg.sha256);
+            bail!(
+                "{url} does not match the Packages index: expected sha256 {}, got {got}",
+                pkg.sha256
+            );
         }
         store.put(&pkg.sha256, &b)?;
         Ok(b)
@@ -278,7 +345,10 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].uri, "http://mirror.example/debian");
         assert_eq!(e[0].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(e[0].signed_by.as_deref(), Some(Path::new("/usr/share/keyrings/k.gpg")));
+        assert_eq!(
+            e[0].signed_by.as_deref(),
+            Some(Path::new("/usr/share/keyrings/k.gpg"))
+        );
     }
 
     #[test]

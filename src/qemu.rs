@@ -8,15 +8,23 @@ use std::time::{Duration, Instant};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 /// OVMF firmware as Debian's `ovmf` package installs it.
-pub const OVMF_CODE: &[&str] = &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"];
+pub const OVMF_CODE: &[&str] = &[
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/OVMF/OVMF_CODE.fd",
+];
 
 /// The QEMU binary, or an error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
-    find_in_path(QEMU).with_context(|| format!("{QEMU} not found: install the qemu-system-x86 package"))
+    find_in_path(QEMU)
+        .with_context(|| format!("{QEMU} not found: install the qemu-system-x86 package"))
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 /// OVMF code and vars templates (the vars file must be copied before use: QEMU writes it).
@@ -28,35 +36,73 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
             return Ok((code.to_path_buf(), vars));
         }
     }
-    bail!("OVMF UEFI firmware not found ({}): install the ovmf package", OVMF_CODE.join(", "))
+    bail!(
+        "OVMF UEFI firmware not found ({}): install the ovmf package",
+        OVMF_CODE.join(", ")
+    )
 }
 
-/// A boot sector that writes 1 to the isa-debug-exit port and spins: QEMU exits with
-/// status (1 << 1) | 1 = 3 as soon as the guest has really executed code.
-fn probe_boot_sector() -> Vec<u8> {
-    let mut s = vec![0u8; 512];
-    // mov al, 1 ; out 0xf4, al ; jmp $
-    s[..6].copy_from_slice(&[0xb0, 0x01, 0xe6, 0xf4, 0xeb, 0xfe]);
-    s[510] = 0x55;
-    s[511] = 0xaa;
-    s
+/// A 64 KiB flash "firmware" whose reset vector runs `fninit` from flash (as OVMF's SEC
+/// phase does), then writes 1 to the isa-debug-exit port: QEMU exits with status
+/// (1 << 1) | 1 = 3 once the guest really executed it. Under nested KVM, /dev/kvm opens and
+/// a guest running from RAM works, but executing from flash fails with "KVM internal
+/// error ... emulation failure" and the VM stops: this probe sees exactly that.
+fn probe_firmware() -> Vec<u8> {
+    let mut fw = vec![0xffu8; 64 * 1024];
+    // fwait; fninit ; mov al, 1 ; out 0xf4, al ; hlt ; jmp $-1
+    let code = [0x9b, 0xdb, 0xe3, 0xb0, 0x01, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd];
+    let reset = fw.len() - 16;
+    fw[reset..reset + code.len()].copy_from_slice(&code);
+    fw
 }
 
-/// Does KVM really run a guest here? Boots a 512-byte guest under KVM with a deadline.
+/// Does KVM really run a guest here? Boots the probe firmware under KVM with a deadline.
 pub fn kvm_works() -> bool {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return false;
     }
-    let Ok(qemu) = qemu_binary() else { return false };
-    let Ok(dir) = tempfile::tempdir() else { return false };
-    let disk = dir.path().join("probe.img");
-    if std::fs::write(&disk, probe_boot_sector()).is_err() {
+    probe("kvm")
+}
+
+/// Run the probe firmware under `accel`; true when it exited as expected within 10 s.
+pub fn probe(accel: &str) -> bool {
+    let Ok(qemu) = qemu_binary() else {
+        return false;
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let fw = dir.path().join("probe.fd");
+    if std::fs::write(&fw, probe_firmware()).is_err() {
         return false;
     }
     let child = Command::new(qemu)
-        .args(["-accel", "kvm", "-machine", "pc", "-m", "16", "-display", "none", "-nodefaults", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-drive"])
-        .arg(format!("format=raw,if=ide,file={}", disk.display()))
+        .args([
+            "-accel",
+            accel,
+            "-machine",
+            "q35",
+            "-m",
+            "32",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive",
+        ])
+        .arg(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            fw.display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -70,7 +116,7 @@ pub fn kvm_works() -> bool {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                tracing::info!("KVM is present but a guest did not run under it: using TCG");
+                tracing::info!("{accel}: the probe guest did not run; not using {accel}");
                 return false;
             }
         }
@@ -105,15 +151,50 @@ pub struct BootSpec<'a> {
 /// user networking, serial console on stdout.
 pub fn command(qemu: &Path, b: &BootSpec) -> Command {
     let mut c = Command::new(qemu);
-    c.args(["-machine", "q35", "-accel", b.accel, "-m", &b.memory_mib.to_string(), "-smp", "1"]);
-    c.args(["-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio"]);
-    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.code.display()));
-    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", b.vars.display()));
-    c.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", b.image.display()));
-    let fwd: String = b.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
-    c.args(["-netdev", &format!("user,id=n0{fwd}"), "-device", "virtio-net-pci,netdev=n0"]);
+    c.args([
+        "-machine",
+        "q35",
+        "-accel",
+        b.accel,
+        "-m",
+        &b.memory_mib.to_string(),
+        "-smp",
+        "1",
+    ]);
+    c.args([
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    c.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        b.code.display()
+    ));
+    c.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        b.vars.display()
+    ));
+    c.arg("-drive").arg(format!(
+        "if=virtio,format=raw,readonly=on,file={}",
+        b.image.display()
+    ));
+    let fwd: String = b
+        .forwards
+        .iter()
+        .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+        .collect();
+    c.args([
+        "-netdev",
+        &format!("user,id=n0{fwd}"),
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ]);
     if let Some(cfg) = b.config {
-        c.arg("-fw_cfg").arg(format!("name=opt/fuse/env,file={}", cfg.display()));
+        c.arg("-fw_cfg")
+            .arg(format!("name=opt/fuse/env,file={}", cfg.display()));
     }
     c
 }
@@ -122,4 +203,22 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(l.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_firmware_runs_under_tcg() {
+        if qemu_binary().is_err() {
+            eprintln!("SKIPPED: {QEMU} is not installed");
+            return;
+        }
+        // The probe must really detect a running guest, or KVM detection means nothing.
+        assert!(
+            probe("tcg"),
+            "the probe firmware did not exit with status 3 under TCG"
+        );
+    }
 }

@@ -14,15 +14,23 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Write `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
 /// On any error the destination is untouched and the temp file is removed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    tmp.write_all(data).with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("cannot fsync {}", tmp.path().display()))?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", path.display(), e.error))?;
+    tmp.write_all(data)
+        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot fsync {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", path.display(), e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -58,7 +66,11 @@ pub struct Store {
 }
 
 fn check_hex(sha256: &str) -> Result<()> {
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         bail!("{sha256:?} is not a lower-case hex sha256");
     }
     Ok(())
@@ -68,7 +80,9 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         std::fs::create_dir_all(root.join("sha256"))
             .with_context(|| format!("cannot create cache directory {}", root.display()))?;
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -88,7 +102,10 @@ impl Store {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read cached blob {}", path.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read cached blob {}", path.display()))
+            }
         };
         let got = sha256_hex(&data);
         if got != sha256 {
@@ -114,8 +131,16 @@ impl Store {
     }
 
     fn named_path(&self, name: &str) -> PathBuf {
-        let safe: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         self.root.join("named").join(safe)
     }
 
@@ -159,7 +184,12 @@ mod tests {
         let h = sha256_hex(b"a");
         assert!(s.put(&h, b"b").is_err());
         assert!(!s.blob_path(&h).exists());
-        assert_eq!(std::fs::read_dir(dir.path().join("sha256")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -34,10 +34,17 @@ pub struct Built {
 }
 
 pub fn run(args: &BuildArgs) -> Result<u8> {
-    let trust = Trust { allow_unsigned: args.insecure_allow_unsigned, allow_expired: args.allow_expired };
+    let trust = Trust {
+        allow_unsigned: args.insecure_allow_unsigned,
+        allow_expired: args.allow_expired,
+    };
     let built = build(&args.path, args.out.as_deref(), trust)?;
     for (part, size) in &built.parts {
-        tracing::info!("  {part:<18} {:>10} bytes ({:.1} MiB)", size, *size as f64 / 1048576.0);
+        tracing::info!(
+            "  {part:<18} {:>10} bytes ({:.1} MiB)",
+            size,
+            *size as f64 / 1048576.0
+        );
     }
     println!("{}", built.image.display());
     println!("{}", built.digest);
@@ -81,7 +88,9 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
     for _ in 0..4 {
         let is_meta = !pkg.depends.is_empty()
             && pkg.installed_size.unwrap_or(0) < 1024
-            && parse_relations(&pkg.depends)?.iter().any(|alts| alts.iter().any(|r| r.name.starts_with("linux-image-")));
+            && parse_relations(&pkg.depends)?
+                .iter()
+                .any(|alts| alts.iter().any(|r| r.name.starts_with("linux-image-")));
         if !is_meta {
             return Ok(pkg);
         }
@@ -91,7 +100,9 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
             .find(|r| r.name.starts_with("linux-image-"))
             .with_context(|| format!("{} depends on no linux-image-* package", pkg.name))?;
         tracing::info!("kernel {} -> {}", pkg.name, next.name);
-        pkg = archive.newest(&next.name).with_context(|| format!("kernel package needed by {}", pkg.name))?;
+        pkg = archive
+            .newest(&next.name)
+            .with_context(|| format!("kernel package needed by {}", pkg.name))?;
     }
     bail!("kernel meta-package chain from {name} is too long")
 }
@@ -100,41 +111,72 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
 pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
     let started = Instant::now();
     let m: Manifest = manifest::load(path)?;
-    let app_dir = m.file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| app_dir.join("fuse-out"));
-    let app_bytes = std::fs::read(&m.app_path).with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+    let app_dir = m
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| app_dir.join("fuse-out"));
+    let app_bytes = std::fs::read(&m.app_path)
+        .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
 
     let store = Store::open(&store::default_cache_dir()?)?;
     let fetcher = Fetcher::new();
-    let source = mirror::find_source(m.mirror.as_deref(), m.keyring.as_deref(), &m.distribution.codename)?;
+    let source = mirror::find_source(
+        m.mirror.as_deref(),
+        m.keyring.as_deref(),
+        &m.distribution.codename,
+    )?;
     let archive = step("reading the archive index", || {
         Archive::open(&fetcher, &store, &source, &m.distribution.codename, trust)
     })?;
 
     let kernel_pkg = resolve_kernel(&archive, &m.kernel)?;
-    let stub_pkg = archive.newest(STUB_PACKAGE).context("the EFI stub package")?;
+    let stub_pkg = archive
+        .newest(STUB_PACKAGE)
+        .context("the EFI stub package")?;
     let (kernel_deb, stub_deb) = step("fetching the kernel and the EFI stub", || {
-        Ok((archive.fetch_deb(&fetcher, &store, kernel_pkg)?, archive.fetch_deb(&fetcher, &store, stub_pkg)?))
+        Ok((
+            archive.fetch_deb(&fetcher, &store, kernel_pkg)?,
+            archive.fetch_deb(&fetcher, &store, stub_pkg)?,
+        ))
     })?;
     let kernel = step("reading the kernel", || {
-        let deb = read_deb(&kernel_deb).with_context(|| format!("cannot read {} {}", kernel_pkg.name, kernel_pkg.version))?;
+        let deb = read_deb(&kernel_deb)
+            .with_context(|| format!("cannot read {} {}", kernel_pkg.name, kernel_pkg.version))?;
         kernel::from_package(&deb.data, &kernel_pkg.name)
     })?;
     let stub = {
-        let deb = read_deb(&stub_deb).with_context(|| format!("cannot read {} {}", stub_pkg.name, stub_pkg.version))?;
+        let deb = read_deb(&stub_deb)
+            .with_context(|| format!("cannot read {} {}", stub_pkg.name, stub_pkg.version))?;
         deb.data
             .get(STUB_PATH)
             .and_then(|n| n.data())
             .map(<[u8]>::to_vec)
-            .with_context(|| format!("{} {} has no /{STUB_PATH}", stub_pkg.name, stub_pkg.version))?
+            .with_context(|| {
+                format!("{} {} has no /{STUB_PATH}", stub_pkg.name, stub_pkg.version)
+            })?
     };
-    tracing::info!("kernel {} ({}), {} modules", kernel.release, kernel_pkg.version, kernel.modules.len());
+    tracing::info!(
+        "kernel {} ({}), {} modules",
+        kernel.release,
+        kernel_pkg.version,
+        kernel.modules.len()
+    );
 
     let epoch = source_epoch(archive.release.date_unix)?;
-    let distro = DistroInfo { vendor: m.distribution.vendor.clone(), codename: m.distribution.codename.clone() };
+    let distro = DistroInfo {
+        vendor: m.distribution.vendor.clone(),
+        codename: m.distribution.codename.clone(),
+    };
     // The kernel is in the image (in the UKI): list it for scanners.
     let status_pkgs = vec![(package_ref(kernel_pkg), kernel_pkg.fields.clone())];
-    let layers = vec![layers::base_layer(&m, &distro, &status_pkgs, epoch)?, layers::app_layer(&m, &app_bytes, epoch)?];
+    let layers = vec![
+        layers::base_layer(&m, &distro, &status_pkgs, epoch)?,
+        layers::app_layer(&m, &app_bytes, epoch)?,
+    ];
     let app = layers::app_plan(&m)?;
     let plan = BootPlan {
         format: 1,
@@ -193,5 +235,10 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
         disk.bytes.len() as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
     );
-    Ok(Built { image: img_path, json: json_path, digest: disk.digest, parts: disk.parts })
+    Ok(Built {
+        image: img_path,
+        json: json_path,
+        digest: disk.digest,
+        parts: disk.parts,
+    })
 }

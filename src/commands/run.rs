@@ -12,8 +12,12 @@ use std::time::Duration;
 /// Parse `HOST:GUEST` (or a single `PORT` for both).
 pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
     let (h, g) = s.split_once(':').unwrap_or((s, s));
-    let h: u16 = h.parse().with_context(|| format!("bad host port in -p {s:?}"))?;
-    let g: u16 = g.parse().with_context(|| format!("bad guest port in -p {s:?}"))?;
+    let h: u16 = h
+        .parse()
+        .with_context(|| format!("bad host port in -p {s:?}"))?;
+    let g: u16 = g
+        .parse()
+        .with_context(|| format!("bad guest port in -p {s:?}"))?;
     if h == 0 || g == 0 {
         bail!("port 0 in -p {s:?}");
     }
@@ -23,25 +27,37 @@ pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
 /// The app's exit code from the init's last words on the console.
 pub fn exit_code_of(line: &str) -> Option<u8> {
     let rest = line.split("fuse-init: app exited with code ").nth(1)?;
-    rest.trim().split_whitespace().next()?.parse::<i64>().ok().map(|c| c.clamp(0, 255) as u8)
+    rest.split_whitespace()
+        .next()?
+        .parse::<i64>()
+        .ok()
+        .map(|c| c.clamp(0, 255) as u8)
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let bytes = std::fs::read(&args.image).with_context(|| format!("cannot read image {}", args.image.display()))?;
-    let meta = read_meta(&bytes).with_context(|| format!("{} is not a fuse image", args.image.display()))?;
+    let bytes = std::fs::read(&args.image)
+        .with_context(|| format!("cannot read image {}", args.image.display()))?;
+    let meta = read_meta(&bytes)
+        .with_context(|| format!("{} is not a fuse image", args.image.display()))?;
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&bytes));
     drop(bytes);
     if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg).with_context(|| format!("cannot read config file {}", cfg.display()))?;
+        std::fs::metadata(cfg)
+            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
     }
     let qemu_bin = qemu::qemu_binary()?;
     let (code, vars_template) = qemu::ovmf()?;
     let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
     let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars).with_context(|| format!("cannot copy {}", vars_template.display()))?;
+    std::fs::copy(&vars_template, &vars)
+        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(qemu::free_port()?, meta.app.port)]
     } else {
-        args.publish.iter().map(|p| parse_publish(p)).collect::<Result<_>>()?
+        args.publish
+            .iter()
+            .map(|p| parse_publish(p))
+            .collect::<Result<_>>()?
     };
     let accel = qemu::choose_accel(&args.accel)?;
     let image = std::fs::canonicalize(&args.image)?;
@@ -60,12 +76,17 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         "booting {} {} ({}) with {accel}; app port {} on http://127.0.0.1:{}/",
         meta.name,
         meta.version,
-        meta.digest.as_deref().unwrap_or("?"),
+        digest,
         meta.app.port,
         forwards[0].0
     );
-    eprintln!("fuse: app port {} forwarded to 127.0.0.1:{}", meta.app.port, forwards[0].0);
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", qemu_bin.display()))?;
+    eprintln!(
+        "fuse: app port {} forwarded to 127.0.0.1:{}",
+        meta.app.port, forwards[0].0
+    );
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
     let stdout = child.stdout.take().context("no QEMU stdout")?;
 
     if let Some(path) = meta.app.health_http.clone() {
@@ -87,7 +108,9 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     let status = child.wait().context("waiting for QEMU")?;
     match code_seen {
         Some(c) => Ok(c),
-        None if status.success() => bail!("the VM powered off without the app's exit code on the console"),
+        None if status.success() => {
+            bail!("the VM powered off without the app's exit code on the console")
+        }
         None => bail!("QEMU failed ({status})"),
     }
 }
@@ -102,7 +125,10 @@ fn wait_healthy(url: &str) {
     loop {
         if let Ok(r) = agent.get(url).call() {
             if r.status().is_success() {
-                eprintln!("fuse: healthy after {:.1}s: {url}", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "fuse: healthy after {:.1}s: {url}",
+                    started.elapsed().as_secs_f64()
+                );
                 return;
             }
         }
@@ -128,7 +154,10 @@ mod tests {
 
     #[test]
     fn exit_code_is_read_from_console() {
-        assert_eq!(exit_code_of("[  3.1] fuse-init: app exited with code 3"), Some(3));
+        assert_eq!(
+            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
+            Some(3)
+        );
         assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
         assert_eq!(exit_code_of("hello"), None);
     }

@@ -19,9 +19,16 @@ fn example_boots_with_plain_qemu_and_ovmf_and_answers_http() {
     assert_eq!(uid, 1000);
     // The app exits with 3: the init reports it and powers the machine off.
     let _ = http_get(vm.port, "/exit?code=3");
-    assert!(vm.wait_exit(Duration::from_secs(60)), "the VM did not power off; console:\n{}", vm.console());
+    assert!(
+        vm.wait_exit(Duration::from_secs(60)),
+        "the VM did not power off; console:\n{}",
+        vm.console()
+    );
     let console = vm.console();
-    assert!(console.contains("fuse-init: app exited with code 3"), "{console}");
+    assert!(
+        console.contains("fuse-init: app exited with code 3"),
+        "{console}"
+    );
 }
 
 #[test]
@@ -30,7 +37,11 @@ fn fuse_run_injects_config_without_changing_the_image_or_printing_secrets() {
     let before = sha256_file(&b.image);
     let dir = tempfile::tempdir().unwrap();
     let env = dir.path().join("test.env");
-    std::fs::write(&env, "# test environment\nGREETING=test-env\nDB_PASSWORD=s3cret-value\n").unwrap();
+    std::fs::write(
+        &env,
+        "# test environment\nGREETING=test-env\nDB_PASSWORD=s3cret-value\n",
+    )
+    .unwrap();
     let port = fuse::qemu::free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
         .arg("run")
@@ -64,14 +75,24 @@ fn fuse_run_injects_config_without_changing_the_image_or_printing_secrets() {
     }
     let body = body.unwrap_or_else(|| {
         let _ = child.kill();
-        panic!("no answer via fuse run; console:\n{}", console.lock().unwrap())
+        panic!(
+            "no answer via fuse run; console:\n{}",
+            console.lock().unwrap()
+        )
     });
     assert!(body.starts_with("hello, test-env from uid 1000"), "{body}");
     let _ = http_get(port, "/exit?code=7");
     let status = child.wait().unwrap();
     reader.join().unwrap();
     let console = console.lock().unwrap().clone();
-    assert_eq!(status.code(), Some(7), "fuse run exits with the app's code; console:\n{console}");
-    assert!(!console.contains("s3cret-value"), "a config value was printed on the console");
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "fuse run exits with the app's code; console:\n{console}"
+    );
+    assert!(
+        !console.contains("s3cret-value"),
+        "a config value was printed on the console"
+    );
     assert_eq!(sha256_file(&b.image), before, "booting changed the image");
 }

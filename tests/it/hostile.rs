@@ -6,9 +6,16 @@ use std::path::Path;
 
 fn assert_refused(out: &std::process::Output, app: &Path, needle: &str) {
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, stderr:\n{err}"
+    );
     assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
-    assert!(!app.join("fuse-out").exists(), "an output was written despite the error");
+    assert!(
+        !app.join("fuse-out").exists(),
+        "an output was written despite the error"
+    );
 }
 
 #[test]
@@ -17,9 +24,18 @@ fn malformed_manifests_are_refused_naming_key_and_line() {
     let app = example_app(dir.path());
     let good = std::fs::read_to_string(app.join("fuse.toml")).unwrap();
     for (bad, needle) in [
-        (good.replace("port = 8080", "port = 8080\nlisten = 1"), "unknown field `listen`"),
-        (good.replace("name = \"hello\"", "name = \"Hello World\""), "fuse.toml:2: `image.name`"),
-        (good.replace("kind = \"binary\"", "kind = \"exe\""), "`app.kind`"),
+        (
+            good.replace("port = 8080", "port = 8080\nlisten = 1"),
+            "unknown field `listen`",
+        ),
+        (
+            good.replace("name = \"hello\"", "name = \"Hello World\""),
+            "fuse.toml:2: `image.name`",
+        ),
+        (
+            good.replace("kind = \"binary\"", "kind = \"exe\""),
+            "`app.kind`",
+        ),
         (good.replace("[app]", "[app\n"), "fuse.toml:6"),
     ] {
         std::fs::write(app.join("fuse.toml"), bad).unwrap();
@@ -36,7 +52,12 @@ fn a_tampered_cached_package_is_refused() {
     // A private copy of the cache, with the EFI stub's .deb changed by one byte.
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let st = std::process::Command::new("cp").arg("-a").arg(cache_dir()).arg(&cache).status().unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(cache_dir())
+        .arg(&cache)
+        .status()
+        .unwrap();
     assert!(st.success());
     let blob = cache.join("sha256").join(&stub_sha);
     let mut bytes = std::fs::read(&blob).unwrap();
@@ -44,7 +65,10 @@ fn a_tampered_cached_package_is_refused() {
     bytes[mid] ^= 0x55;
     std::fs::write(&blob, bytes).unwrap();
     let app = example_app(dir.path());
-    let out = fuse(&["build", app.to_str().unwrap()], &[("FUSE_CACHE_DIR", cache.to_str().unwrap())]);
+    let out = fuse(
+        &["build", app.to_str().unwrap()],
+        &[("FUSE_CACHE_DIR", cache.to_str().unwrap())],
+    );
     assert_refused(&out, &app, &format!("expected sha256 {stub_sha}"));
 }
 
@@ -60,7 +84,10 @@ fn real_inrelease() -> Vec<u8> {
     std::fs::read(entry.path()).unwrap()
 }
 
-fn build_against(inrelease: Vec<u8>, extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
+fn build_against(
+    inrelease: Vec<u8>,
+    extra: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
     let mut files = BTreeMap::new();
     files.insert("/debian/dists/bookworm/InRelease".to_string(), inrelease);
     let mirror = format!("{}/debian", serve(files));
@@ -86,8 +113,16 @@ fn an_index_whose_signature_does_not_verify_is_refused() {
 fn an_unsigned_index_is_refused() {
     let text_in = String::from_utf8(real_inrelease()).unwrap();
     // The plain Release body, without the OpenPGP armor.
-    let body = text_in.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n");
-    let body = body.split("-----BEGIN PGP SIGNATURE-----").next().unwrap().to_string();
+    let body = text_in
+        .split("\n\n")
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let body = body
+        .split("-----BEGIN PGP SIGNATURE-----")
+        .next()
+        .unwrap()
+        .to_string();
     let (_d, app, out) = build_against(body.into_bytes(), &[]);
     assert_refused(&out, &app, "InRelease");
 }

@@ -45,7 +45,11 @@ pub fn hello_binary() -> PathBuf {
 pub fn example_app(dir: &Path) -> PathBuf {
     let app = dir.join("app");
     std::fs::create_dir_all(&app).unwrap();
-    std::fs::copy(repo_root().join("examples/hello/fuse.toml"), app.join("fuse.toml")).unwrap();
+    std::fs::copy(
+        repo_root().join("examples/hello/fuse.toml"),
+        app.join("fuse.toml"),
+    )
+    .unwrap();
     std::fs::copy(hello_binary(), app.join("hello")).unwrap();
     app
 }
@@ -53,7 +57,9 @@ pub fn example_app(dir: &Path) -> PathBuf {
 /// Run the fuse binary with the shared cache.
 pub fn fuse(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
-    c.args(args).env("FUSE_CACHE_DIR", cache_dir()).env_remove("SOURCE_DATE_EPOCH");
+    c.args(args)
+        .env("FUSE_CACHE_DIR", cache_dir())
+        .env_remove("SOURCE_DATE_EPOCH");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -94,7 +100,10 @@ pub fn shared_image() -> &'static Built {
 
 pub fn sha256_file(p: &Path) -> String {
     use sha2::Digest;
-    format!("sha256:{}", fuse::manifest::hex(&sha2::Sha256::digest(std::fs::read(p).unwrap())))
+    format!(
+        "sha256:{}",
+        fuse::manifest::hex(&sha2::Sha256::digest(std::fs::read(p).unwrap()))
+    )
 }
 
 pub fn have(tool: &str) -> bool {
@@ -120,21 +129,44 @@ impl Vm {
     pub fn boot(image: &Path, guest_port: u16, extra: &[String]) -> Vm {
         let dir = tempfile::tempdir().unwrap();
         let vars = dir.path().join("vars.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF (package ovmf) is needed");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("OVMF (package ovmf) is needed");
         let port = fuse::qemu::free_port().unwrap();
-        let accel = if fuse::qemu::kvm_works() { "kvm" } else { "tcg" };
+        let accel = if fuse::qemu::kvm_works() {
+            "kvm"
+        } else {
+            "tcg"
+        };
         eprintln!("booting {} with -accel {accel}", image.display());
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-accel", accel, "-m", "512", "-display", "none", "-nodefaults"])
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                accel,
+                "-m",
+                "512",
+                "-display",
+                "none",
+                "-nodefaults",
+            ])
             .args(["-no-reboot", "-serial", "stdio"])
             .arg("-drive")
             .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
             .arg("-drive")
-            .arg(format!("if=virtio,format=raw,readonly=on,file={}", image.display()))
+            .arg(format!(
+                "if=virtio,format=raw,readonly=on,file={}",
+                image.display()
+            ))
             .arg("-netdev")
-            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}"))
+            .arg(format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}"
+            ))
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .args(extra)
             .stdin(Stdio::null())
@@ -154,7 +186,12 @@ impl Vm {
                 c2.lock().unwrap().push('\n');
             }
         });
-        Vm { child, console, port, _dir: dir }
+        Vm {
+            child,
+            console,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn console(&self) -> String {
@@ -204,7 +241,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -230,7 +270,11 @@ pub fn serve(files: BTreeMap<String, Vec<u8>>) -> String {
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
                 match files.get(&path) {
                     Some(b) => {
-                        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len());
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        );
                         let _ = s.write_all(b);
                     }
                     None => {
