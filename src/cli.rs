@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Build the image of fuse.toml; prints its digest (sha256:...) as the last line.
     Build(BuildArgs),
+    /// Resolve the manifest's packages and pin them in fuse.lock (without building).
+    Lock(LockArgs),
     /// Boot an image locally under QEMU (UEFI), forward the app's port, wait for health.
     Run(RunArgs),
 }
@@ -33,6 +35,25 @@ pub struct BuildArgs {
     /// Output directory (default: <app dir>/fuse-out).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Accept an archive index that is not signed (never a badly signed one).
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
+    /// Accept an archive index whose Valid-Until has passed.
+    #[arg(long)]
+    pub allow_expired: bool,
+    /// Fail if fuse.lock is missing or does not match the manifest (CI).
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// The app directory holding fuse.toml, or the manifest file itself.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Re-resolve against the archive's current state even if the lock matches.
+    #[arg(long)]
+    pub update: bool,
     /// Accept an archive index that is not signed (never a badly signed one).
     #[arg(long)]
     pub insecure_allow_unsigned: bool,

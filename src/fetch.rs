@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 /// Downloads over HTTP(S) with retries.
@@ -124,6 +125,112 @@ impl Fetcher {
     }
 }
 
+impl Fetcher {
+    /// GET `url` (exactly `size` bytes) through a partial file that survives failures: each
+    /// retry asks only for the bytes still missing (HTTP Range), so a large download cut
+    /// short resumes instead of starting over. The partial file is removed on success.
+    pub fn get_resumable(&self, url: &str, size: u64, partial: &Path) -> Result<Vec<u8>> {
+        if let Some(dir) = partial.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mut delay = Duration::from_millis(500);
+        let mut last = None;
+        for attempt in 1..=self.attempts {
+            match self.try_resume(url, size, partial) {
+                Ok(Some(data)) => {
+                    let _ = std::fs::remove_file(partial);
+                    return Ok(data);
+                }
+                Ok(None) => last = Some(anyhow::anyhow!("short read: the connection ended early")),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e)) => last = Some(e),
+            }
+            if attempt < self.attempts {
+                if let Some(e) = &last {
+                    tracing::warn!(
+                        "download of {url} interrupted (attempt {attempt}/{}): {e:#}; resuming",
+                        self.attempts
+                    );
+                }
+                std::thread::sleep(delay);
+                delay *= 3;
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+            .with_context(|| format!("cannot download {url}"))
+    }
+
+    /// One attempt: Ok(Some(bytes)) when complete, Ok(None) when still short.
+    fn try_resume(&self, url: &str, size: u64, partial: &Path) -> Result<Option<Vec<u8>>, Failure> {
+        let io = |e: std::io::Error| Failure::Fatal(anyhow::anyhow!("{}: {e}", partial.display()));
+        let mut have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+        if have > size {
+            std::fs::remove_file(partial).map_err(io)?;
+            have = 0;
+        }
+        if have < size {
+            let mut req = self.agent.get(url);
+            if have > 0 {
+                req = req.header("Range", &format!("bytes={have}-"));
+            }
+            let mut resp = req
+                .call()
+                .map_err(|e| Failure::Retry(anyhow::anyhow!("{e}")))?;
+            let status = resp.status().as_u16();
+            let append = match status {
+                206 => true,
+                200 => false,
+                416 => {
+                    let _ = std::fs::remove_file(partial);
+                    return Err(Failure::Retry(anyhow::anyhow!(
+                        "server refused the range; starting over"
+                    )));
+                }
+                s if s >= 500 || s == 429 || s == 408 => {
+                    return Err(Failure::Retry(anyhow::anyhow!("server answered HTTP {s}")))
+                }
+                s => {
+                    return Err(Failure::Fatal(anyhow::anyhow!(
+                        "cannot download {url}: server answered HTTP {s}"
+                    )))
+                }
+            };
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(partial)
+                .map_err(io)?;
+            let start = if append { have } else { 0 };
+            let mut reader = resp.body_mut().as_reader().take(size - start + 1);
+            let copied = std::io::copy(&mut reader, &mut f);
+            f.sync_all().map_err(io)?;
+            if let Err(e) = copied {
+                return Err(Failure::Retry(anyhow::anyhow!("reading the body: {e}")));
+            }
+        }
+        let data = std::fs::read(partial).map_err(io)?;
+        match (data.len() as u64).cmp(&size) {
+            std::cmp::Ordering::Equal => Ok(Some(data)),
+            std::cmp::Ordering::Less => Ok(None),
+            std::cmp::Ordering::Greater => {
+                let _ = std::fs::remove_file(partial);
+                Err(Failure::Retry(anyhow::anyhow!(
+                    "oversized download: expected {size} bytes, got {}",
+                    data.len()
+                )))
+            }
+        }
+    }
+}
+
+/// An overall progress bar in bytes for a batch of downloads (stderr, terminals only).
+pub fn total_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    progress_bar("packages", Some(total))
+}
+
 fn progress_bar(url: &str, total: Option<u64>) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     let total = total?;
@@ -204,6 +311,53 @@ mod tests {
             e.contains("expected 10 bytes") || e.contains("reading the body"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn interrupted_download_resumes_with_a_range_request() {
+        let body: &'static [u8] = b"0123456789abcdefghij";
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ranges.clone();
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().take(2).enumerate() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let range = req
+                    .lines()
+                    .find(|l| l.starts_with("range:"))
+                    .map(|l| l.trim().to_string());
+                seen.lock().unwrap().push(range);
+                if i == 0 {
+                    // Promise everything, send half, hang up.
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(&body[..10]);
+                } else {
+                    let _ = write!(s, "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nConnection: close\r\n\r\n");
+                    let _ = s.write_all(&body[10..]);
+                }
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("x.part");
+        let f = Fetcher {
+            attempts: 3,
+            ..Fetcher::new()
+        };
+        let got = f
+            .get_resumable(&format!("http://{addr}/x"), 20, &partial)
+            .unwrap();
+        assert_eq!(got, body);
+        assert!(!partial.exists());
+        let ranges = ranges.lock().unwrap();
+        assert_eq!(ranges[0], None);
+        assert_eq!(ranges[1].as_deref(), Some("range: bytes=10-"));
     }
 
     #[test]

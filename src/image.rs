@@ -41,6 +41,9 @@ pub struct ImageMeta {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Inputs {
     pub manifest_sha256: String,
+    /// sha256 of the fuse.lock text the image was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_sha256: Option<String>,
     pub app_sha256: String,
     pub fuse_version: String,
     pub source_epoch: u64,

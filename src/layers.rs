@@ -261,3 +261,161 @@ pub fn initramfs_tree(init: &[u8], kernel: &Kernel, plan: &BootPlan, epoch: u64)
     t.insert("fuse/boot.json", stamp(Node::file(json, 0o644)))?;
     Ok(t)
 }
+
+/// Dead weight removed from every layer's packages: documentation, manuals, translations
+/// and packaging metadata a running service never reads. Each entry is a path prefix;
+/// `[system] keep` in the manifest exempts paths. Licence files
+/// (`usr/share/doc/<package>/copyright`) are kept.
+pub const DEAD_WEIGHT: &[&str] = &[
+    "usr/share/doc/",
+    "usr/share/doc-base/",
+    "usr/share/man/",
+    "usr/share/info/",
+    "usr/share/locale/",
+    "usr/share/i18n/",
+    "usr/share/lintian/",
+    "usr/share/linda/",
+    "usr/share/bug/",
+    "usr/share/gtk-doc/",
+    "usr/share/help/",
+    "usr/share/menu/",
+    "usr/share/bash-completion/",
+    "usr/share/zsh/",
+    "usr/share/fish/",
+    "etc/init.d/",
+    "etc/rc0.d/",
+    "etc/logrotate.d/",
+    "etc/cron.daily/",
+    "lib/systemd/system/",
+    "usr/lib/systemd/system/",
+    // glibc's iconv converters for legacy character sets (8 MB of 19 MB in a libc6 + libssl3
+    // layer); UTF-8, ASCII and Latin-1 are built into libc. Keep with
+    // `keep = ["usr/lib/x86_64-linux-gnu/gconv"]`.
+    "usr/lib/x86_64-linux-gnu/gconv/",
+];
+
+/// Is `path` (normalised, no leading '/') dead weight, unless kept?
+pub fn is_dead_weight(path: &str, keep: &[String]) -> bool {
+    if keep
+        .iter()
+        .any(|k| path == k || path.starts_with(&format!("{k}/")))
+    {
+        return false;
+    }
+    if path.starts_with("usr/share/doc/") && path.ends_with("/copyright") {
+        return false;
+    }
+    DEAD_WEIGHT.iter().any(|d| path.starts_with(d))
+}
+
+/// A package's files as they go into a layer: dead weight dropped, times clamped to the
+/// epoch. Returns the filtered tree and the bytes dropped.
+pub fn package_files(data: &Tree, keep: &[String], epoch: u64) -> Result<(Tree, u64)> {
+    let mut out = Tree::new();
+    let mut dropped = 0;
+    for (path, node) in data.iter() {
+        if is_dead_weight(path, keep) {
+            dropped += node.size();
+            continue;
+        }
+        let mut n = node.clone();
+        n.mtime = n.mtime.min(epoch);
+        out.insert(path, n)?;
+    }
+    Ok((out, dropped))
+}
+
+/// The CA bundle as `update-ca-certificates` builds it from the ca-certificates package:
+/// every certificate under usr/share/ca-certificates, in path order, concatenated.
+/// None when the tree has no certificates.
+pub fn ca_bundle(tree: &Tree) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for (path, node) in tree.iter() {
+        if path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt") {
+            if let Some(d) = node.data() {
+                out.extend_from_slice(d);
+                if !d.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Add the effects of maintainer scripts that matter (which are never run), natively:
+/// the CA bundle (ca-certificates) and the `/usr/lib/ssl` links OpenSSL looks in.
+pub fn native_effects(t: &mut Tree, epoch: u64) -> Result<Vec<&'static str>> {
+    let mut done = Vec::new();
+    if let Some(bundle) = ca_bundle(t) {
+        let mut n = Node::file(bundle, 0o644);
+        n.mtime = epoch;
+        t.insert("etc/ssl/certs/ca-certificates.crt", n)?;
+        done.push("ca-certificates: /etc/ssl/certs/ca-certificates.crt");
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_weight_filters_docs_but_keeps_licences_and_kept_paths() {
+        let keep = vec!["usr/share/locale/de".to_string()];
+        assert!(is_dead_weight(
+            "usr/share/doc/libc6/changelog.Debian.gz",
+            &keep
+        ));
+        assert!(!is_dead_weight("usr/share/doc/libc6/copyright", &keep));
+        assert!(is_dead_weight("usr/share/man/man1/ls.1.gz", &keep));
+        assert!(is_dead_weight(
+            "usr/share/locale/fr/LC_MESSAGES/x.mo",
+            &keep
+        ));
+        assert!(!is_dead_weight(
+            "usr/share/locale/de/LC_MESSAGES/x.mo",
+            &keep
+        ));
+        assert!(!is_dead_weight("usr/lib/x86_64-linux-gnu/libc.so.6", &keep));
+    }
+
+    #[test]
+    fn package_files_clamps_times_and_counts_dropped_bytes() {
+        let mut t = Tree::new();
+        let mut f = Node::file(b"lib".to_vec(), 0o644);
+        f.mtime = 2_000_000_000;
+        t.insert("usr/lib/libx.so.1", f).unwrap();
+        t.insert("usr/share/man/man1/x.1", Node::file(vec![0; 100], 0o644))
+            .unwrap();
+        let (out, dropped) = package_files(&t, &[], 1_000).unwrap();
+        assert_eq!(dropped, 100);
+        assert!(out.get("usr/share/man/man1/x.1").is_none());
+        assert_eq!(out.get("usr/lib/libx.so.1").unwrap().mtime, 1_000);
+    }
+
+    #[test]
+    fn ca_bundle_concatenates_in_path_order() {
+        let mut t = Tree::new();
+        t.insert(
+            "usr/share/ca-certificates/mozilla/B.crt",
+            Node::file(b"B\n".to_vec(), 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "usr/share/ca-certificates/mozilla/A.crt",
+            Node::file(b"A".to_vec(), 0o644),
+        )
+        .unwrap();
+        assert_eq!(ca_bundle(&t).unwrap(), b"A\nB\n");
+        native_effects(&mut t, 5).unwrap();
+        assert_eq!(
+            t.get("etc/ssl/certs/ca-certificates.crt")
+                .unwrap()
+                .data()
+                .unwrap(),
+            b"A\nB\n"
+        );
+        assert!(ca_bundle(&Tree::new()).is_none());
+    }
+}

@@ -12,5 +12,6 @@ pub mod layers;
 pub mod manifest;
 pub mod mirror;
 pub mod qemu;
+pub mod resolve;
 pub mod store;
 pub mod tree;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(a) => fuse::commands::build::run(&a),
+        Command::Lock(a) => fuse::commands::lock::run(&a),
         Command::Run(a) => fuse::commands::run::run(&a),
     };
     match result {

@@ -61,6 +61,8 @@ struct RawSystem {
     packages: Option<Spanned<Vec<String>>>,
     mirror: Option<Spanned<String>>,
     keyring: Option<Spanned<String>>,
+    #[serde(default)]
+    keep: Option<Spanned<Vec<String>>>,
 }
 
 /// What kind of artifact the app is; decides the runtime layers and the start command.
@@ -101,6 +103,8 @@ pub struct Manifest {
     pub mirror: Option<String>,
     /// OpenPGP keyring for the archive, absolute.
     pub keyring: Option<PathBuf>,
+    /// Path prefixes kept even where the dead-weight filters would drop them.
+    pub keep: Vec<String>,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -362,13 +366,6 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 ));
             }
         }
-        if !p.get_ref().is_empty() {
-            bail!(cx.err(
-                "system.packages",
-                p.span(),
-                "extra packages need the dependency resolver, which this version of fuse does not have yet"
-            ));
-        }
         packages = p.get_ref().clone();
     }
     let mirror = match &system.mirror {
@@ -386,6 +383,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         }
     };
     let keyring = system.keyring.as_ref().map(|k| base.join(k.get_ref()));
+    let mut keep = Vec::new();
+    if let Some(k) = &system.keep {
+        for path in k.get_ref() {
+            match crate::tree::normalize(path) {
+                Ok(p) => keep.push(p),
+                Err(e) => bail!(cx.err("system.keep", k.span(), e)),
+            }
+        }
+    }
 
     Ok(Manifest {
         file: file.to_path_buf(),
@@ -403,6 +409,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         packages,
         mirror,
         keyring,
+        keep,
     })
 }
 

@@ -229,34 +229,15 @@ impl Archive {
             .with_context(|| format!("refusing the archive index {url}"))?;
         store.put_named(&cache_name, &inrelease)?;
 
-        let (path, entry) = [
+        let path = [
             "main/binary-amd64/Packages.xz",
             "main/binary-amd64/Packages.gz",
             "main/binary-amd64/Packages",
         ]
         .iter()
-        .find_map(|p| release.files.get(*p).map(|e| (*p, e.clone())))
+        .find(|p| release.files.contains_key(**p))
         .with_context(|| format!("{url} lists no main/binary-amd64/Packages index"))?;
-        let compressed = match store.get(&entry.sha256)? {
-            Some(b) => b,
-            None => {
-                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                let rel = if release.acquire_by_hash {
-                    format!("dists/{codename}/{dir}/by-hash/SHA256/{}", entry.sha256)
-                } else {
-                    format!("dists/{codename}/{path}")
-                };
-                let idx_url = join_url(&source.url, &rel);
-                tracing::info!("fetching {idx_url}");
-                let b = fetcher.get(&idx_url, Some(entry.size), entry.size)?;
-                let got = sha256_hex(&b);
-                if got != entry.sha256 {
-                    bail!("Packages index {idx_url} does not match InRelease: expected sha256 {}, got {got}", entry.sha256);
-                }
-                store.put(&entry.sha256, &b)?;
-                b
-            }
-        };
+        let compressed = index_file(fetcher, store, &source.url, codename, &release, path)?;
         let text =
             decompress(path, &compressed).with_context(|| format!("cannot decompress {path}"))?;
         let text = String::from_utf8(text).with_context(|| format!("{path} is not UTF-8"))?;
@@ -272,6 +253,40 @@ impl Archive {
             release,
             packages,
         })
+    }
+
+    /// The Contents index's library entries (file name -> packages shipping it), for
+    /// mapping sonames to packages.
+    pub fn contents_libraries(
+        &self,
+        fetcher: &Fetcher,
+        store: &Store,
+    ) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>> {
+        let path = [
+            "main/Contents-amd64.gz",
+            "main/Contents-amd64.xz",
+            "main/Contents-amd64",
+        ]
+        .iter()
+        .find(|p| self.release.files.contains_key(**p))
+        .with_context(|| {
+            format!(
+                "{} {} has no main/Contents-amd64 index",
+                self.url, self.codename
+            )
+        })?;
+        let data = index_file(
+            fetcher,
+            store,
+            &self.url,
+            &self.codename,
+            &self.release,
+            path,
+        )?;
+        let text = decompress(path, &data).with_context(|| format!("cannot decompress {path}"))?;
+        Ok(crate::resolve::elf::contents_libraries(
+            &String::from_utf8_lossy(&text),
+        ))
     }
 
     /// The newest version of `name` in the index.
@@ -319,6 +334,122 @@ impl Archive {
         store.put(&pkg.sha256, &b)?;
         Ok(b)
     }
+}
+
+/// An index file named in the verified Release (`dists/<codename>/<path>`), from the cache or
+/// the mirror (by-hash when offered), its size and sha256 checked against the Release.
+fn index_file(
+    fetcher: &Fetcher,
+    store: &Store,
+    base: &str,
+    codename: &str,
+    release: &Release,
+    path: &str,
+) -> Result<Vec<u8>> {
+    let entry = release
+        .files
+        .get(path)
+        .with_context(|| format!("the Release file does not list {path}"))?;
+    if let Some(b) = store.get(&entry.sha256)? {
+        return Ok(b);
+    }
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let rel = if release.acquire_by_hash {
+        format!("dists/{codename}/{dir}/by-hash/SHA256/{}", entry.sha256)
+    } else {
+        format!("dists/{codename}/{path}")
+    };
+    let url = join_url(base, &rel);
+    tracing::info!("fetching {url}");
+    let b = fetcher.get(&url, Some(entry.size), entry.size)?;
+    let got = sha256_hex(&b);
+    if got != entry.sha256 {
+        bail!(
+            "index {url} does not match InRelease: expected sha256 {}, got {got}",
+            entry.sha256
+        );
+    }
+    store.put(&entry.sha256, &b)?;
+    Ok(b)
+}
+
+/// Download every pinned package not yet in the cache, several at a time, each checked
+/// against its pinned size and sha256 before it enters the cache; then return all of them
+/// (from the cache, verified again) in the order given. `mirror` is asked for only when
+/// something must be downloaded, so a warm cache builds without any network access.
+pub fn fetch_pins(
+    fetcher: &Fetcher,
+    store: &Store,
+    mirror: &dyn Fn() -> Result<String>,
+    pins: &[crate::resolve::lock::Pin],
+) -> Result<Vec<Vec<u8>>> {
+    let missing: Vec<&crate::resolve::lock::Pin> = pins
+        .iter()
+        .filter(|p| !store.blob_path(&p.sha256).exists())
+        .collect();
+    if !missing.is_empty() {
+        let base = mirror()?;
+        let total: u64 = missing.iter().map(|p| p.size).sum();
+        tracing::info!(
+            "downloading {} packages ({:.1} MiB)",
+            missing.len(),
+            total as f64 / 1048576.0
+        );
+        let bar = crate::fetch::total_bar(total);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let errors = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..4.min(missing.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(p) = missing.get(i) else { break };
+                    let r = (|| -> Result<()> {
+                        if p.path.split('/').any(|c| c == ".." || c.is_empty()) {
+                            bail!("suspicious path {:?}", p.path);
+                        }
+                        let url = join_url(&base, &p.path);
+                        let partial = store
+                            .root()
+                            .join("partial")
+                            .join(format!("{}.part", p.sha256));
+                        let b = fetcher.get_resumable(&url, p.size, &partial)?;
+                        let got = sha256_hex(&b);
+                        if got != p.sha256 {
+                            bail!("{url}: expected sha256 {}, got {got}", p.sha256);
+                        }
+                        store.put(&p.sha256, &b)?;
+                        if let Some(bar) = &bar {
+                            bar.inc(p.size);
+                        }
+                        Ok(())
+                    })()
+                    .with_context(|| format!("cannot fetch package {} {}", p.name, p.version));
+                    if let Err(e) = r {
+                        if let Ok(mut v) = errors.lock() {
+                            v.push(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let mut errors = errors.into_inner().unwrap_or_default();
+        if !errors.is_empty() {
+            return Err(errors.remove(0));
+        }
+    }
+    pins.iter()
+        .map(|p| {
+            store
+                .get(&p.sha256)
+                .with_context(|| format!("package {} {}", p.name, p.version))?
+                .with_context(|| {
+                    format!("package {} {} vanished from the cache", p.name, p.version)
+                })
+        })
+        .collect()
 }
 
 fn decompress(path: &str, data: &[u8]) -> Result<Vec<u8>> {

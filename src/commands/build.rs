@@ -1,7 +1,7 @@
-//! `fuse build`: manifest -> packages -> layers -> disk, written atomically to the output
-//! directory; the digest is the last line of stdout.
+//! `fuse build`: manifest -> lock (resolved, or read from fuse.lock) -> packages -> layers ->
+//! disk, written atomically to the output directory; the digest is the last line of stdout.
 
-use crate::archive::deb::read_deb;
+use crate::archive::deb::{read_deb, Deb};
 use crate::archive::packages::{parse_relations, Package};
 use crate::cli::BuildArgs;
 use crate::fetch::Fetcher;
@@ -10,8 +10,14 @@ use crate::kernel;
 use crate::layers::{self, BootPlan, DistroInfo, PackageRef};
 use crate::manifest::{self, Manifest};
 use crate::mirror::{self, Archive, Trust};
+use crate::resolve::elf::{self, Dynamic};
+use crate::resolve::lock::{
+    AppPin, ArchiveSnapshot, Lock, Pin, ResolveInputs, LOCK_FILE, LOCK_VERSION,
+};
+use crate::resolve::{self, Index};
 use crate::store::{self, sha256_hex, Store};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,6 +31,16 @@ pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 /// The kernel command line of every image.
 pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
 
+/// How a build treats fuse.lock and the archive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub trust: Trust,
+    /// Fail instead of re-resolving when the lock is missing or does not match.
+    pub locked: bool,
+    /// Re-resolve against the archive even when the lock matches.
+    pub update: bool,
+}
+
 /// What a build produced.
 pub struct Built {
     pub image: PathBuf,
@@ -34,11 +50,15 @@ pub struct Built {
 }
 
 pub fn run(args: &BuildArgs) -> Result<u8> {
-    let trust = Trust {
-        allow_unsigned: args.insecure_allow_unsigned,
-        allow_expired: args.allow_expired,
+    let opts = Options {
+        trust: Trust {
+            allow_unsigned: args.insecure_allow_unsigned,
+            allow_expired: args.allow_expired,
+        },
+        locked: args.locked,
+        update: false,
     };
-    let built = build(&args.path, args.out.as_deref(), trust)?;
+    let built = build(&args.path, args.out.as_deref(), opts)?;
     for (part, size) in &built.parts {
         tracing::info!(
             "  {part:<18} {:>10} bytes ({:.1} MiB)",
@@ -60,24 +80,27 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// The reproducibility clock: SOURCE_DATE_EPOCH when set (malformed is an error), else the
-/// archive's Release date.
-pub fn source_epoch(release_date: Option<i64>) -> Result<u64> {
+/// locked archive's Release date.
+pub fn source_epoch(locked: u64) -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) if !s.is_empty() => s
             .trim()
             .parse::<u64>()
             .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a whole number of seconds")),
-        _ => Ok(release_date.unwrap_or(0).max(0) as u64),
+        _ => Ok(locked),
     }
 }
 
-fn package_ref(p: &Package) -> PackageRef {
+fn package_ref(p: &Pin, deb: &Deb) -> PackageRef {
     PackageRef {
         name: p.name.clone(),
         version: p.version.clone(),
-        arch: p.architecture.clone(),
+        arch: p.arch.clone(),
         sha256: p.sha256.clone(),
-        source: p.source.clone(),
+        source: deb
+            .control
+            .get("Source")
+            .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
     }
 }
 
@@ -107,8 +130,246 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
     bail!("kernel meta-package chain from {name} is too long")
 }
 
+/// What the app needs from the dynamic linker (static apps: nothing).
+pub fn app_dynamic(m: &Manifest, app: &[u8]) -> Result<Dynamic> {
+    if !elf::is_elf(app) {
+        bail!(
+            "{}: kind \"binary\" needs an ELF executable",
+            m.app_path.display()
+        );
+    }
+    elf::dynamic(app)
+        .with_context(|| format!("cannot read the ELF headers of {}", m.app_path.display()))
+}
+
+/// The resolution inputs of a manifest + app.
+pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic) -> ResolveInputs {
+    let mut packages = m.packages.clone();
+    packages.sort();
+    packages.dedup();
+    let mut needed = dynamic.needed.clone();
+    needed.sort();
+    needed.dedup();
+    ResolveInputs {
+        distribution: format!("{}/{}", m.distribution.vendor, m.distribution.codename),
+        kernel: m.kernel.clone(),
+        packages,
+        interpreter: dynamic.interpreter.clone(),
+        needed,
+    }
+}
+
+/// Shared state of a command that may talk to the archive.
+pub struct Session {
+    pub store: Store,
+    pub fetcher: Fetcher,
+}
+
+impl Session {
+    pub fn open() -> Result<Session> {
+        Ok(Session {
+            store: Store::open(&store::default_cache_dir()?)?,
+            fetcher: Fetcher::new(),
+        })
+    }
+}
+
+/// Choose the soname's package from the Contents index candidates: the first (by name) that
+/// the Packages index has, preferring runtime packages over -dev/-dbg ones.
+fn package_for_file(
+    file: &str,
+    contents: &BTreeMap<String, std::collections::BTreeSet<String>>,
+    idx: &Index,
+) -> Option<String> {
+    let cands = contents.get(file)?;
+    let ok = |n: &&String| idx.newest(n).is_some();
+    cands
+        .iter()
+        .filter(ok)
+        .find(|n| !n.ends_with("-dev") && !n.ends_with("-dbg") && !n.ends_with("-dbgsym"))
+        .or_else(|| cands.iter().find(ok))
+        .cloned()
+}
+
+/// Resolve a fresh lock against the archive: kernel, stub, the manifest's packages, and the
+/// packages that ship every library in the app's closure (found through the Contents index,
+/// then checked by walking DT_NEEDED through the chosen packages' files).
+pub fn resolve_lock(
+    s: &Session,
+    m: &Manifest,
+    inputs: &ResolveInputs,
+    app_sha256: &str,
+    trust: Trust,
+) -> Result<Lock> {
+    let source = mirror::find_source(
+        m.mirror.as_deref(),
+        m.keyring.as_deref(),
+        &m.distribution.codename,
+    )?;
+    let archive = step("reading the archive index", || {
+        Archive::open(
+            &s.fetcher,
+            &s.store,
+            &source,
+            &m.distribution.codename,
+            trust,
+        )
+    })?;
+    let kernel_pkg = resolve_kernel(&archive, &m.kernel)?;
+    let stub_pkg = archive
+        .newest(STUB_PACKAGE)
+        .context("the EFI stub package")?;
+    let idx = Index::new(archive.packages.values().flatten().cloned(), "amd64")?;
+
+    let mut roots: Vec<String> = inputs.packages.clone();
+    let dynamic = Dynamic {
+        interpreter: inputs.interpreter.clone(),
+        needed: inputs.needed.clone(),
+        runpath: Vec::new(),
+    };
+    let mut packages = if dynamic.is_static() && roots.is_empty() {
+        Vec::new()
+    } else {
+        resolve::resolve(&idx, &roots)?
+    };
+    if !dynamic.is_static() {
+        let contents = step("reading the Contents index", || {
+            archive.contents_libraries(&s.fetcher, &s.store)
+        })?;
+        for _round in 0..8 {
+            let pins: Vec<Pin> = packages.iter().map(Pin::of).collect();
+            let debs = mirror::fetch_pins(&s.fetcher, &s.store, &|| Ok(source.url.clone()), &pins)?;
+            let mut tree = crate::tree::Tree::new();
+            for (p, d) in pins.iter().zip(&debs) {
+                let deb =
+                    read_deb(d).with_context(|| format!("cannot read {} {}", p.name, p.version))?;
+                tree.merge(&deb.data)?;
+            }
+            let (missing, _) = elf::missing_libraries(&tree, &dynamic)?;
+            if missing.is_empty() {
+                break;
+            }
+            let before = roots.clone();
+            let mut added = false;
+            for file in &missing {
+                let base = file.rsplit('/').next().unwrap_or(file);
+                match package_for_file(base, &contents, &idx) {
+                    Some(p) if !before.contains(&p) => {
+                        tracing::info!("{file} is in package {p}");
+                        if !roots.contains(&p) {
+                            roots.push(p);
+                        }
+                        added = true;
+                    }
+                    Some(p) => bail!("package {p} should provide {file} but does not"),
+                    None => bail!(
+                        "no package of {} ships {file}, which the app needs",
+                        m.distribution.codename
+                    ),
+                }
+            }
+            if !added {
+                break;
+            }
+            packages = resolve::resolve(&idx, &roots)?;
+        }
+        let pins: Vec<Pin> = packages.iter().map(Pin::of).collect();
+        let debs = mirror::fetch_pins(&s.fetcher, &s.store, &|| Ok(source.url.clone()), &pins)?;
+        let mut tree = crate::tree::Tree::new();
+        for d in &debs {
+            tree.merge(&read_deb(d)?.data)?;
+        }
+        let (missing, _) = elf::missing_libraries(&tree, &dynamic)?;
+        if !missing.is_empty() {
+            bail!(
+                "the app needs {} but no resolution provides it",
+                missing.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    tracing::info!(
+        "resolved {} packages: {}",
+        packages.len(),
+        resolve::names(&packages)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut pins: Vec<Pin> = packages.iter().map(Pin::of).collect();
+    pins.sort();
+    Ok(Lock {
+        version: LOCK_VERSION,
+        archive: ArchiveSnapshot {
+            distribution: inputs.distribution.clone(),
+            suite: archive.release.suite.clone(),
+            codename: m.distribution.codename.clone(),
+            date: archive.release.date.clone(),
+            epoch: archive.release.date_unix.unwrap_or(0).max(0) as u64,
+        },
+        inputs: inputs.clone(),
+        app: AppPin {
+            sha256: app_sha256.to_string(),
+        },
+        kernel: Pin::of(kernel_pkg),
+        stub: Pin::of(stub_pkg),
+        packages: pins,
+    })
+}
+
+/// The lock to build from: fuse.lock when it matches the manifest and app (or `--update`
+/// was not asked), else a fresh resolution written back to fuse.lock (refused with
+/// `--locked`, saying what differs).
+pub fn obtain_lock(s: &Session, m: &Manifest, app: &[u8], opts: Options) -> Result<Lock> {
+    let dir = m
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let lock_path = dir.join(LOCK_FILE);
+    let dynamic = app_dynamic(m, app)?;
+    let inputs = resolve_inputs(m, &dynamic);
+    let app_sha256 = sha256_hex(app);
+    let existing = Lock::load(&lock_path)?;
+    if let Some(lock) = &existing {
+        let diffs = lock.input_differences(&inputs);
+        if diffs.is_empty() && !opts.update {
+            tracing::info!("using {}", lock_path.display());
+            if lock.app.sha256 != app_sha256 && !opts.locked {
+                let mut l = lock.clone();
+                l.app.sha256 = app_sha256;
+                l.save(&lock_path)?;
+                return Ok(l);
+            }
+            return Ok(lock.clone());
+        }
+        if opts.locked {
+            bail!(
+                "{} does not match the manifest (--locked):\n  {}",
+                lock_path.display(),
+                diffs.join("\n  ")
+            );
+        }
+        if !diffs.is_empty() {
+            tracing::info!(
+                "{} is out of date ({}); resolving again",
+                lock_path.display(),
+                diffs.join("; ")
+            );
+        }
+    } else if opts.locked {
+        bail!(
+            "--locked, but there is no {}: run `fuse lock` first",
+            lock_path.display()
+        );
+    }
+    let lock = resolve_lock(s, m, &inputs, &app_sha256, opts.trust)?;
+    lock.save(&lock_path)?;
+    tracing::info!("wrote {}", lock_path.display());
+    Ok(lock)
+}
+
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
-pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
+pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let started = Instant::now();
     let m: Manifest = manifest::load(path)?;
     let app_dir = m
@@ -121,62 +382,91 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
         .unwrap_or_else(|| app_dir.join("fuse-out"));
     let app_bytes = std::fs::read(&m.app_path)
         .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+    let s = Session::open()?;
+    let lock = obtain_lock(&s, &m, &app_bytes, opts)?;
 
-    let store = Store::open(&store::default_cache_dir()?)?;
-    let fetcher = Fetcher::new();
-    let source = mirror::find_source(
-        m.mirror.as_deref(),
-        m.keyring.as_deref(),
-        &m.distribution.codename,
-    )?;
-    let archive = step("reading the archive index", || {
-        Archive::open(&fetcher, &store, &source, &m.distribution.codename, trust)
-    })?;
-
-    let kernel_pkg = resolve_kernel(&archive, &m.kernel)?;
-    let stub_pkg = archive
-        .newest(STUB_PACKAGE)
-        .context("the EFI stub package")?;
-    let (kernel_deb, stub_deb) = step("fetching the kernel and the EFI stub", || {
-        Ok((
-            archive.fetch_deb(&fetcher, &store, kernel_pkg)?,
-            archive.fetch_deb(&fetcher, &store, stub_pkg)?,
-        ))
-    })?;
-    let kernel = step("reading the kernel", || {
-        let deb = read_deb(&kernel_deb)
-            .with_context(|| format!("cannot read {} {}", kernel_pkg.name, kernel_pkg.version))?;
-        kernel::from_package(&deb.data, &kernel_pkg.name)
-    })?;
-    let stub = {
-        let deb = read_deb(&stub_deb)
-            .with_context(|| format!("cannot read {} {}", stub_pkg.name, stub_pkg.version))?;
-        deb.data
-            .get(STUB_PATH)
-            .and_then(|n| n.data())
-            .map(<[u8]>::to_vec)
-            .with_context(|| {
-                format!("{} {} has no /{STUB_PATH}", stub_pkg.name, stub_pkg.version)
-            })?
+    // Every pinned package, from the cache or the mirror (asked for only when needed).
+    let mirror_url = || -> Result<String> {
+        Ok(mirror::find_source(
+            m.mirror.as_deref(),
+            m.keyring.as_deref(),
+            &m.distribution.codename,
+        )?
+        .url)
     };
+    let mut pins = vec![lock.kernel.clone(), lock.stub.clone()];
+    pins.extend(lock.packages.iter().cloned());
+    let debs = step("fetching packages", || {
+        mirror::fetch_pins(&s.fetcher, &s.store, &mirror_url, &pins)
+    })?;
+    let mut debs = debs.into_iter();
+    let (kernel_deb, stub_deb) = (debs.next().context("kernel")?, debs.next().context("stub")?);
+
+    let kernel_deb = read_deb(&kernel_deb)
+        .with_context(|| format!("cannot read {} {}", lock.kernel.name, lock.kernel.version))?;
+    let kernel = step("reading the kernel", || {
+        kernel::from_package(&kernel_deb.data, &lock.kernel.name)
+    })?;
+    let stub_deb = read_deb(&stub_deb)
+        .with_context(|| format!("cannot read {} {}", lock.stub.name, lock.stub.version))?;
+    let stub = stub_deb
+        .data
+        .get(STUB_PATH)
+        .and_then(|n| n.data())
+        .map(<[u8]>::to_vec)
+        .with_context(|| {
+            format!(
+                "{} {} has no /{STUB_PATH}",
+                lock.stub.name, lock.stub.version
+            )
+        })?;
     tracing::info!(
         "kernel {} ({}), {} modules",
         kernel.release,
-        kernel_pkg.version,
+        lock.kernel.version,
         kernel.modules.len()
     );
 
-    let epoch = source_epoch(archive.release.date_unix)?;
+    let epoch = source_epoch(lock.archive.epoch)?;
     let distro = DistroInfo {
         vendor: m.distribution.vendor.clone(),
         codename: m.distribution.codename.clone(),
     };
-    // The kernel is in the image (in the UKI): list it for scanners.
-    let status_pkgs = vec![(package_ref(kernel_pkg), kernel_pkg.fields.clone())];
-    let layers = vec![
-        layers::base_layer(&m, &distro, &status_pkgs, epoch)?,
-        layers::app_layer(&m, &app_bytes, epoch)?,
-    ];
+
+    // The libraries: every pinned package's files (dead weight dropped) in the base layer.
+    let mut lib_tree = crate::tree::Tree::new();
+    let mut lib_refs = Vec::new();
+    let mut status = vec![(
+        package_ref(&lock.kernel, &kernel_deb),
+        kernel_deb.control.clone(),
+    )];
+    let mut dropped = 0;
+    for (pin, bytes) in lock.packages.iter().zip(debs) {
+        let deb = read_deb(&bytes)
+            .with_context(|| format!("cannot read {} {}", pin.name, pin.version))?;
+        let (files, d) = layers::package_files(&deb.data, &m.keep, epoch)?;
+        dropped += d;
+        lib_tree
+            .merge(&files)
+            .with_context(|| format!("package {}", pin.name))?;
+        let r = package_ref(pin, &deb);
+        status.push((r.clone(), deb.control.clone()));
+        lib_refs.push(r);
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "dropped {:.1} MiB of docs, manuals and translations",
+            dropped as f64 / 1048576.0
+        );
+    }
+    for effect in layers::native_effects(&mut lib_tree, epoch)? {
+        tracing::info!("native effect: {effect}");
+    }
+    let mut base = layers::base_layer(&m, &distro, &status, epoch)?;
+    lib_tree.merge(&base.tree)?;
+    base.tree = lib_tree;
+    base.packages = lib_refs;
+    let layers = vec![base, layers::app_layer(&m, &app_bytes, epoch)?];
     let app = layers::app_plan(&m)?;
     let plan = BootPlan {
         format: 1,
@@ -187,6 +477,7 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
         app: app.clone(),
     };
     let initramfs = layers::initramfs_tree(INIT, &kernel, &plan, epoch)?;
+    let lock_text = lock.to_text()?;
 
     let disk = step("assembling the disk", || {
         image::assemble(DiskInputs {
@@ -194,19 +485,20 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
             version: &m.version,
             inputs: Inputs {
                 manifest_sha256: m.sha256.clone(),
+                lock_sha256: Some(sha256_hex(lock_text.as_bytes())),
                 app_sha256: sha256_hex(&app_bytes),
                 fuse_version: env!("CARGO_PKG_VERSION").into(),
                 source_epoch: epoch,
                 distribution: format!("{}/{}", m.distribution.vendor, m.distribution.codename),
-                archive_date: archive.release.date.clone(),
+                archive_date: lock.archive.date.clone(),
             },
-            kernel_package: package_ref(kernel_pkg),
+            kernel_package: package_ref(&lock.kernel, &kernel_deb),
             kernel_release: &kernel.release,
             kernel_modules: kernel.modules.iter().map(|(_, _, n)| n.clone()).collect(),
             vmlinuz: &kernel.vmlinuz,
             cmdline: CMDLINE.into(),
             os_release: layers::os_release(&m, &distro),
-            stub_package: package_ref(stub_pkg),
+            stub_package: package_ref(&lock.stub, &stub_deb),
             stub: &stub,
             initramfs: &initramfs,
             layers: &layers,

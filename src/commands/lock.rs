@@ -1,0 +1,29 @@
+//! `fuse lock`: resolve the manifest (and the app's libraries) against the archive and pin
+//! the result in fuse.lock; `--update` re-resolves even when the lock still matches.
+
+use crate::cli::LockArgs;
+use crate::commands::build::{obtain_lock, Options, Session};
+use crate::mirror::Trust;
+use anyhow::{Context, Result};
+
+pub fn run(args: &LockArgs) -> Result<u8> {
+    let m = crate::manifest::load(&args.path)?;
+    let app = std::fs::read(&m.app_path)
+        .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+    let s = Session::open()?;
+    let opts = Options {
+        trust: Trust {
+            allow_unsigned: args.insecure_allow_unsigned,
+            allow_expired: args.allow_expired,
+        },
+        locked: false,
+        update: args.update,
+    };
+    let lock = obtain_lock(&s, &m, &app, opts)?;
+    let dir = m.file.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    println!("{}", dir.join(crate::resolve::lock::LOCK_FILE).display());
+    for p in &lock.packages {
+        println!("{} {} {}", p.name, p.version, p.arch);
+    }
+    Ok(0)
+}

@@ -1,0 +1,393 @@
+//! ELF dynamic-linking facts: the interpreter (PT_INTERP) and the DT_NEEDED sonames of an
+//! ELF64 little-endian object, and the library closure of a binary inside a file tree.
+
+use crate::tree::{Kind, Tree};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What an ELF object needs from the dynamic linker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// PT_INTERP, e.g. "/lib64/ld-linux-x86-64.so.2"; None for static binaries and most libraries.
+    pub interpreter: Option<String>,
+    /// DT_NEEDED sonames in file order.
+    pub needed: Vec<String>,
+    /// DT_RUNPATH / DT_RPATH entries.
+    pub runpath: Vec<String>,
+}
+
+impl Dynamic {
+    pub fn is_static(&self) -> bool {
+        self.interpreter.is_none() && self.needed.is_empty()
+    }
+}
+
+fn rd<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N]> {
+    let end = off.checked_add(N).context("ELF offset overflow")?;
+    Ok(b.get(off..end).context("ELF truncated")?.try_into()?)
+}
+fn u16_at(b: &[u8], o: usize) -> Result<u16> {
+    Ok(u16::from_le_bytes(rd(b, o)?))
+}
+fn u32_at(b: &[u8], o: usize) -> Result<u32> {
+    Ok(u32::from_le_bytes(rd(b, o)?))
+}
+fn u64_at(b: &[u8], o: usize) -> Result<u64> {
+    Ok(u64::from_le_bytes(rd(b, o)?))
+}
+
+/// Is this an ELF file at all?
+pub fn is_elf(b: &[u8]) -> bool {
+    b.starts_with(b"\x7fELF")
+}
+
+fn cstr(b: &[u8], off: usize) -> Result<String> {
+    let s = b.get(off..).context("string offset beyond the file")?;
+    let end = s
+        .iter()
+        .position(|&c| c == 0)
+        .context("unterminated string")?;
+    Ok(String::from_utf8_lossy(&s[..end]).into_owned())
+}
+
+/// Read the dynamic-linking facts of an ELF64 LE x86-64 object.
+pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
+    if !is_elf(b) {
+        bail!("not an ELF file");
+    }
+    if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    let phoff = u64_at(b, 0x20)? as usize;
+    let phentsize = u16_at(b, 0x36)? as usize;
+    let phnum = u16_at(b, 0x38)? as usize;
+    if phentsize < 56 {
+        bail!("bad ELF program header size {phentsize}");
+    }
+    let mut out = Dynamic::default();
+    let mut loads = Vec::new(); // (vaddr, offset, filesz)
+    let mut dynamic_seg = None;
+    for i in 0..phnum {
+        let h = phoff
+            .checked_add(i * phentsize)
+            .context("ELF header overflow")?;
+        let ty = u32_at(b, h)?;
+        let off = u64_at(b, h + 8)? as usize;
+        let vaddr = u64_at(b, h + 16)?;
+        let filesz = u64_at(b, h + 32)? as usize;
+        match ty {
+            1 => loads.push((vaddr, off, filesz)),
+            2 => dynamic_seg = Some((off, filesz)),
+            3 => {
+                let s = b
+                    .get(off..off.checked_add(filesz).context("overflow")?)
+                    .context("PT_INTERP beyond the file")?;
+                let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+                out.interpreter = Some(String::from_utf8_lossy(&s[..end]).into_owned());
+            }
+            _ => {}
+        }
+    }
+    let Some((doff, dsize)) = dynamic_seg else {
+        return Ok(out);
+    };
+    let mut needed_offs = Vec::new();
+    let mut runpath_offs = Vec::new();
+    let mut strtab_vaddr = None;
+    let mut i = 0;
+    while i + 16 <= dsize {
+        let tag = u64_at(b, doff + i)?;
+        let val = u64_at(b, doff + i + 8)?;
+        match tag {
+            0 => break,
+            1 => needed_offs.push(val as usize),
+            5 => strtab_vaddr = Some(val),
+            15 | 29 => runpath_offs.push(val as usize),
+            _ => {}
+        }
+        i += 16;
+    }
+    if needed_offs.is_empty() && runpath_offs.is_empty() {
+        return Ok(out);
+    }
+    let strtab_vaddr = strtab_vaddr.context("DT_NEEDED without DT_STRTAB")?;
+    let strtab = loads
+        .iter()
+        .find(|(va, _, sz)| strtab_vaddr >= *va && strtab_vaddr < va + *sz as u64)
+        .map(|(va, off, _)| (strtab_vaddr - va) as usize + off)
+        .context("DT_STRTAB is outside every loaded segment")?;
+    for o in needed_offs {
+        out.needed
+            .push(cstr(b, strtab.checked_add(o).context("overflow")?)?);
+    }
+    for o in runpath_offs {
+        for p in cstr(b, strtab.checked_add(o).context("overflow")?)?.split(':') {
+            if !p.is_empty() && !p.contains("$ORIGIN") {
+                out.runpath.push(p.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The directories the dynamic linker searches on Debian amd64, in order.
+pub const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "usr/lib64",
+    "lib",
+    "usr/lib",
+];
+
+/// Resolve a path inside a tree, following symlinks (absolute or relative) up to 40 hops.
+pub fn follow<'a>(tree: &'a Tree, path: &str) -> Option<(String, &'a crate::tree::Node)> {
+    let mut p = crate::tree::normalize(path).ok()?;
+    for _ in 0..40 {
+        // Resolve symlinks in the parent directories too (e.g. /lib -> usr/lib on merged-/usr).
+        let mut resolved = String::new();
+        let mut parts = p.split('/').peekable();
+        let mut redirected = None;
+        while let Some(c) = parts.next() {
+            let cur = if resolved.is_empty() {
+                c.to_string()
+            } else {
+                format!("{resolved}/{c}")
+            };
+            match tree.get(&cur) {
+                Some(n) => match &n.kind {
+                    Kind::Symlink(t) => {
+                        let base = resolved.clone();
+                        let target = if t.starts_with('/') {
+                            t.clone()
+                        } else {
+                            format!("{base}/{t}")
+                        };
+                        let rest: Vec<&str> = parts.collect();
+                        let joined = if rest.is_empty() {
+                            target
+                        } else {
+                            format!("{target}/{}", rest.join("/"))
+                        };
+                        redirected = Some(joined);
+                        break;
+                    }
+                    _ => resolved = cur,
+                },
+                None => return None,
+            }
+            if parts.peek().is_none() {
+                return tree.get(&resolved).map(|n| (resolved.clone(), n));
+            }
+        }
+        match redirected {
+            Some(r) => p = normalize_dots(&r)?,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Normalise a path that may contain `..` (clamped at the root, as the kernel does).
+fn normalize_dots(p: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        None
+    } else {
+        Some(out.join("/"))
+    }
+}
+
+/// Find `soname` in the library directories of `tree` (plus `runpath`).
+pub fn find_library(tree: &Tree, soname: &str, runpath: &[String]) -> Option<String> {
+    runpath
+        .iter()
+        .map(|d| d.trim_start_matches('/').to_string())
+        .chain(LIB_DIRS.iter().map(|d| d.to_string()))
+        .find_map(|d| {
+            follow(tree, &format!("{d}/{soname}"))
+                .filter(|(_, n)| n.data().is_some())
+                .map(|(p, _)| p)
+        })
+}
+
+/// Walk the library closure of `root` (an ELF's dynamic facts) through `tree`: the sonames
+/// that are not found there, and the files that were.
+pub fn missing_libraries(
+    tree: &Tree,
+    root: &Dynamic,
+) -> Result<(BTreeSet<String>, BTreeMap<String, String>)> {
+    let mut missing = BTreeSet::new();
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    let mut todo: Vec<(String, Vec<String>)> = root
+        .needed
+        .iter()
+        .map(|n| (n.clone(), root.runpath.clone()))
+        .collect();
+    if let Some(interp) = &root.interpreter {
+        if follow(tree, interp).is_none() {
+            missing.insert(interp.clone());
+        }
+    }
+    while let Some((soname, runpath)) = todo.pop() {
+        if found.contains_key(&soname) || missing.contains(&soname) {
+            continue;
+        }
+        match find_library(tree, &soname, &runpath) {
+            None => {
+                missing.insert(soname);
+            }
+            Some(path) => {
+                let data = tree.get(&path).and_then(|n| n.data()).unwrap_or(&[]);
+                let d =
+                    dynamic(data).with_context(|| format!("cannot read /{path} (for {soname})"))?;
+                for n in &d.needed {
+                    todo.push((n.clone(), d.runpath.clone()));
+                }
+                found.insert(soname, path);
+            }
+        }
+    }
+    Ok((missing, found))
+}
+
+/// From a Contents index (lines `path<ws>section/package[,section/package...]`), the packages
+/// that ship each file name in the library directories: file name -> packages.
+pub fn contents_libraries(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((path, pkgs)) = line.rsplit_once(|c: char| c.is_whitespace()) else {
+            continue;
+        };
+        let path = path.trim_end();
+        let Some((dir, file)) = path.rsplit_once('/') else {
+            continue;
+        };
+        if !LIB_DIRS.contains(&dir) || !file.contains(".so") {
+            continue;
+        }
+        let set = out.entry(file.to_string()).or_default();
+        for p in pkgs.split(',') {
+            if let Some(name) = p.rsplit('/').next() {
+                set.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Node;
+
+    #[test]
+    fn reads_a_real_dynamic_binary_when_available() {
+        // /bin/sh on the build host is a dynamic ELF; cross-check with readelf when installed.
+        let Ok(b) = std::fs::read("/bin/sh") else {
+            return;
+        };
+        let d = dynamic(&b).unwrap();
+        assert!(
+            d.interpreter
+                .as_deref()
+                .is_some_and(|i| i.contains("ld-linux")),
+            "{d:?}"
+        );
+        assert!(d.needed.iter().any(|n| n.starts_with("libc.so")), "{d:?}");
+        if let Ok(out) = std::process::Command::new("readelf")
+            .args(["-d", "/bin/sh"])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let theirs: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("(NEEDED)"))
+                .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+                .collect();
+            assert_eq!(d.needed, theirs);
+        } else {
+            eprintln!("SKIPPED cross-check: readelf is not installed");
+        }
+    }
+
+    #[test]
+    fn hostile_elf_is_an_error_not_a_panic() {
+        assert!(dynamic(b"not elf").is_err());
+        let mut b = b"\x7fELF\x02\x01".to_vec();
+        b.resize(64, 0);
+        b[0x20] = 0xff; // phoff beyond the file
+        b[0x36] = 56;
+        b[0x38] = 1;
+        assert!(dynamic(&b).is_err());
+        if let Ok(real) = std::fs::read("/bin/sh") {
+            for cut in [64usize, 200, 1000, real.len() / 2] {
+                let _ = dynamic(&real[..cut.min(real.len())]);
+            }
+        }
+    }
+
+    #[test]
+    fn follow_resolves_relative_absolute_and_parent_symlinks() {
+        let mut t = Tree::new();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/libz.so.1.2.13",
+            Node::file(b"z".to_vec(), 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/libz.so.1",
+            Node::symlink("libz.so.1.2.13"),
+        )
+        .unwrap();
+        t.insert("lib", Node::symlink("usr/lib")).unwrap();
+        t.insert(
+            "lib64/ld.so",
+            Node::symlink("/lib/x86_64-linux-gnu/libz.so.1"),
+        )
+        .unwrap();
+        assert_eq!(
+            follow(&t, "lib/x86_64-linux-gnu/libz.so.1").unwrap().0,
+            "usr/lib/x86_64-linux-gnu/libz.so.1.2.13"
+        );
+        assert_eq!(
+            follow(&t, "/lib64/ld.so").unwrap().0,
+            "usr/lib/x86_64-linux-gnu/libz.so.1.2.13"
+        );
+        assert!(follow(&t, "lib/nope").is_none());
+        assert_eq!(
+            find_library(&t, "libz.so.1", &[]).unwrap(),
+            "usr/lib/x86_64-linux-gnu/libz.so.1.2.13"
+        );
+    }
+
+    #[test]
+    fn symlink_loops_end() {
+        let mut t = Tree::new();
+        t.insert("a", Node::symlink("b")).unwrap();
+        t.insert("b", Node::symlink("a")).unwrap();
+        assert!(follow(&t, "a").is_none());
+    }
+
+    #[test]
+    fn contents_index_maps_libraries_to_packages() {
+        let text = "usr/lib/x86_64-linux-gnu/libz.so.1                          libs/zlib1g\n\
+                    usr/lib/x86_64-linux-gnu/libcrypto.so.3                     libs/libssl3,libs/libssl3-dbg\n\
+                    usr/bin/zcat                                                utils/gzip\n\
+                    lib64/ld-linux-x86-64.so.2                                  libs/libc6\n";
+        let m = contents_libraries(text);
+        assert_eq!(m["libz.so.1"].iter().collect::<Vec<_>>(), ["zlib1g"]);
+        assert_eq!(m["libcrypto.so.3"].len(), 2);
+        assert!(m.contains_key("ld-linux-x86-64.so.2"));
+        assert!(!m.contains_key("zcat"));
+    }
+}

@@ -1,0 +1,289 @@
+//! `fuse.lock`: every input of an image pinned: the archive snapshot (suite, Release date),
+//! the resolution inputs, the kernel, the EFI stub, every package (name, version, arch,
+//! sha256, size, path) and the app artifact digest. Versioned, sorted, human-diffable TOML.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The lock format this fuse reads and writes.
+pub const LOCK_VERSION: u32 = 1;
+pub const LOCK_FILE: &str = "fuse.lock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    pub archive: ArchiveSnapshot,
+    pub inputs: ResolveInputs,
+    pub app: AppPin,
+    pub kernel: Pin,
+    pub stub: Pin,
+    #[serde(default, rename = "package", skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<Pin>,
+}
+
+/// Which state of the archive the pins come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSnapshot {
+    /// "debian/bookworm"
+    pub distribution: String,
+    pub suite: Option<String>,
+    pub codename: String,
+    /// The Release `Date:` the index was read at.
+    pub date: Option<String>,
+    /// Source epoch for file times (the Release date, as unix seconds).
+    pub epoch: u64,
+}
+
+/// What the resolution was computed from: when these are unchanged, the pins stand.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveInputs {
+    pub distribution: String,
+    pub kernel: String,
+    /// `[system] packages` of the manifest, sorted.
+    pub packages: Vec<String>,
+    /// The app's ELF interpreter (binary apps), if dynamic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
+    /// The app's DT_NEEDED sonames, sorted.
+    #[serde(default)]
+    pub needed: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppPin {
+    /// sha256 of the app artifact the lock was last written for (informational: a new app
+    /// build keeps the pins as long as its resolution inputs are unchanged).
+    pub sha256: String,
+}
+
+/// One exact package.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Path of the .deb relative to the mirror root (the index's Filename).
+    pub path: String,
+}
+
+impl Pin {
+    pub fn of(p: &crate::archive::packages::Package) -> Pin {
+        Pin {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            sha256: p.sha256.clone(),
+            size: p.size,
+            path: p.filename.clone(),
+        }
+    }
+}
+
+impl Lock {
+    /// Read a lock; `Ok(None)` when there is none. Refuses versions it does not know.
+    pub fn load(path: &Path) -> Result<Option<Lock>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let v: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        match v.get("version").and_then(|v| v.as_integer()) {
+            Some(n) if n == LOCK_VERSION as i64 => {}
+            Some(n) => bail!(
+                "{} has lock format version {n}, but this fuse reads version {LOCK_VERSION}: \
+                 upgrade fuse, or run `fuse lock --update` to rewrite it",
+                path.display()
+            ),
+            None => bail!("{} has no `version`", path.display()),
+        }
+        let lock: Lock = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid fuse.lock", path.display()))?;
+        for p in lock.packages.iter().chain([&lock.kernel, &lock.stub]) {
+            if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "{}: package {} has a malformed sha256",
+                    path.display(),
+                    p.name
+                );
+            }
+            if p.path.split('/').any(|c| c == ".." || c.is_empty()) {
+                bail!(
+                    "{}: package {} has a suspicious path {:?}",
+                    path.display(),
+                    p.name,
+                    p.path
+                );
+            }
+        }
+        Ok(Some(lock))
+    }
+
+    /// The lock as text: fixed key order, packages sorted by name.
+    pub fn to_text(&self) -> Result<String> {
+        let mut sorted = self.clone();
+        sorted.packages.sort();
+        sorted.inputs.packages.sort();
+        sorted.inputs.needed.sort();
+        let body = toml::to_string(&sorted).context("cannot encode fuse.lock")?;
+        Ok(format!("# fuse.lock: every input of the image, pinned. Written by `fuse lock` / `fuse build`; commit it.\n{body}"))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = self.to_text()?;
+        crate::store::write_atomic(path, text.as_bytes())?;
+        crate::store::set_mode(path, 0o644)
+    }
+
+    /// Human description of how `current` inputs differ from the locked ones (empty: same).
+    pub fn input_differences(&self, current: &ResolveInputs) -> Vec<String> {
+        let l = &self.inputs;
+        let mut d = Vec::new();
+        if l.distribution != current.distribution {
+            d.push(format!(
+                "distribution: lock has {}, manifest has {}",
+                l.distribution, current.distribution
+            ));
+        }
+        if l.kernel != current.kernel {
+            d.push(format!(
+                "kernel: lock has {}, manifest has {}",
+                l.kernel, current.kernel
+            ));
+        }
+        let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        let (lp, cp) = (set(&l.packages), set(&current.packages));
+        for p in cp.difference(&lp) {
+            d.push(format!(
+                "package {p} is in the manifest but not in the lock"
+            ));
+        }
+        for p in lp.difference(&cp) {
+            d.push(format!(
+                "package {p} is in the lock but no longer in the manifest"
+            ));
+        }
+        if l.interpreter != current.interpreter {
+            d.push(format!(
+                "app interpreter: lock has {:?}, app has {:?}",
+                l.interpreter, current.interpreter
+            ));
+        }
+        let (ln, cn) = (set(&l.needed), set(&current.needed));
+        for n in cn.difference(&ln) {
+            d.push(format!(
+                "the app now needs {n}, which the lock does not cover"
+            ));
+        }
+        for n in ln.difference(&cn) {
+            d.push(format!("the app no longer needs {n}"));
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(name: &str) -> Pin {
+        Pin {
+            name: name.into(),
+            version: "1".into(),
+            arch: "amd64".into(),
+            sha256: "a".repeat(64),
+            size: 1,
+            path: format!("pool/{name}.deb"),
+        }
+    }
+
+    fn sample() -> Lock {
+        Lock {
+            version: LOCK_VERSION,
+            archive: ArchiveSnapshot {
+                distribution: "debian/bookworm".into(),
+                suite: Some("oldstable".into()),
+                codename: "bookworm".into(),
+                date: Some("Sat, 11 Jul 2026 10:16:37 UTC".into()),
+                epoch: 1783765000,
+            },
+            inputs: ResolveInputs {
+                distribution: "debian/bookworm".into(),
+                kernel: "linux-image-amd64".into(),
+                packages: vec![],
+                interpreter: Some("/lib64/ld-linux-x86-64.so.2".into()),
+                needed: vec!["libz.so.1".into(), "libc.so.6".into()],
+            },
+            app: AppPin {
+                sha256: "b".repeat(64),
+            },
+            kernel: pin("linux-image-6.1.0-50-amd64"),
+            stub: pin("systemd-boot-efi"),
+            packages: vec![pin("zlib1g"), pin("libc6")],
+        }
+    }
+
+    #[test]
+    fn roundtrip_sorted_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(LOCK_FILE);
+        sample().save(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.find("name = \"libc6\"").unwrap() < text.find("name = \"zlib1g\"").unwrap(),
+            "{text}"
+        );
+        assert!(text.contains("version = 1"));
+        let back = Lock::load(&p).unwrap().unwrap();
+        assert_eq!(back.packages[0].name, "libc6");
+        assert_eq!(back.inputs.needed, ["libc.so.6", "libz.so.1"]);
+        // Writing what was read gives the same text.
+        back.save(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+    }
+
+    #[test]
+    fn unknown_version_and_bad_pins_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(LOCK_FILE);
+        let text = sample().to_text().unwrap();
+        std::fs::write(&p, text.replace("version = 1\n", "version = 7\n")).unwrap();
+        let e = format!("{:#}", Lock::load(&p).unwrap_err());
+        assert!(
+            e.contains("version 7") && e.contains("reads version 1"),
+            "{e}"
+        );
+        std::fs::write(&p, text.replace("pool/zlib1g.deb", "../../etc/passwd")).unwrap();
+        assert!(format!("{:#}", Lock::load(&p).unwrap_err()).contains("suspicious path"));
+        assert!(Lock::load(&dir.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn differences_say_what_changed() {
+        let l = sample();
+        let mut cur = l.inputs.clone();
+        assert!(l.input_differences(&cur).is_empty());
+        cur.packages.push("curl".into());
+        cur.needed.push("libssl.so.3".into());
+        cur.kernel = "linux-image-cloud-amd64".into();
+        let d = l.input_differences(&cur).join("\n");
+        assert!(
+            d.contains("package curl is in the manifest but not in the lock"),
+            "{d}"
+        );
+        assert!(d.contains("needs libssl.so.3"), "{d}");
+        assert!(
+            d.contains("kernel: lock has linux-image-amd64, manifest has linux-image-cloud-amd64"),
+            "{d}"
+        );
+    }
+}
