@@ -142,7 +142,12 @@ impl Fetcher {
                     let _ = std::fs::remove_file(partial);
                     return Ok(data);
                 }
-                Ok(None) => last = Some(anyhow::anyhow!("short read: the connection ended early")),
+                Ok(None) => {
+                    let got = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+                    last = Some(anyhow::anyhow!(
+                        "truncated download: got {got} of {size} bytes"
+                    ))
+                }
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(e)) => last = Some(e),
             }
@@ -208,7 +213,10 @@ impl Fetcher {
             let copied = std::io::copy(&mut reader, &mut f);
             f.sync_all().map_err(io)?;
             if let Err(e) = copied {
-                return Err(Failure::Retry(anyhow::anyhow!("reading the body: {e}")));
+                let got = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+                return Err(Failure::Retry(anyhow::anyhow!(
+                    "truncated download: got {got} of {size} bytes ({e})"
+                )));
             }
         }
         let data = std::fs::read(partial).map_err(io)?;

@@ -319,7 +319,9 @@ pub fn resolve_lock(
 /// The lock to build from: fuse.lock when it matches the manifest and app (or `--update`
 /// was not asked), else a fresh resolution written back to fuse.lock (refused with
 /// `--locked`, saying what differs).
-pub fn obtain_lock(s: &Session, m: &Manifest, app: &[u8], opts: Options) -> Result<Lock> {
+/// Returns the lock and whether it must still be written (fresh or updated): `fuse build`
+/// writes it only once the image is built, so a refused package never gets pinned.
+pub fn obtain_lock(s: &Session, m: &Manifest, app: &[u8], opts: Options) -> Result<(Lock, bool)> {
     let dir = m
         .file
         .parent()
@@ -337,10 +339,9 @@ pub fn obtain_lock(s: &Session, m: &Manifest, app: &[u8], opts: Options) -> Resu
             if lock.app.sha256 != app_sha256 && !opts.locked {
                 let mut l = lock.clone();
                 l.app.sha256 = app_sha256;
-                l.save(&lock_path)?;
-                return Ok(l);
+                return Ok((l, true));
             }
-            return Ok(lock.clone());
+            return Ok((lock.clone(), false));
         }
         if opts.locked {
             bail!(
@@ -362,10 +363,28 @@ pub fn obtain_lock(s: &Session, m: &Manifest, app: &[u8], opts: Options) -> Resu
             lock_path.display()
         );
     }
-    let lock = resolve_lock(s, m, &inputs, &app_sha256, opts.trust)?;
-    lock.save(&lock_path)?;
-    tracing::info!("wrote {}", lock_path.display());
-    Ok(lock)
+    Ok((resolve_lock(s, m, &inputs, &app_sha256, opts.trust)?, true))
+}
+
+/// Where a manifest's lock lives.
+pub fn lock_path(m: &Manifest) -> PathBuf {
+    m.file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(LOCK_FILE)
+}
+
+/// Read a pinned .deb; a package that cannot be read (hostile paths, corrupt archive) is
+/// removed from the cache so that nothing refused stays there.
+fn read_pinned(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<Deb> {
+    read_deb(bytes).map_err(|e| {
+        let _ = std::fs::remove_file(s.store.blob_path(&pin.sha256));
+        e.context(format!(
+            "refusing package {} {} (removed from the cache)",
+            pin.name, pin.version
+        ))
+    })
 }
 
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
@@ -383,7 +402,7 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let app_bytes = std::fs::read(&m.app_path)
         .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
     let s = Session::open()?;
-    let lock = obtain_lock(&s, &m, &app_bytes, opts)?;
+    let (lock, lock_changed) = obtain_lock(&s, &m, &app_bytes, opts)?;
 
     // Every pinned package, from the cache or the mirror (asked for only when needed).
     let mirror_url = || -> Result<String> {
@@ -402,13 +421,11 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let mut debs = debs.into_iter();
     let (kernel_deb, stub_deb) = (debs.next().context("kernel")?, debs.next().context("stub")?);
 
-    let kernel_deb = read_deb(&kernel_deb)
-        .with_context(|| format!("cannot read {} {}", lock.kernel.name, lock.kernel.version))?;
+    let kernel_deb = read_pinned(&s, &lock.kernel, &kernel_deb)?;
     let kernel = step("reading the kernel", || {
         kernel::from_package(&kernel_deb.data, &lock.kernel.name)
     })?;
-    let stub_deb = read_deb(&stub_deb)
-        .with_context(|| format!("cannot read {} {}", lock.stub.name, lock.stub.version))?;
+    let stub_deb = read_pinned(&s, &lock.stub, &stub_deb)?;
     let stub = stub_deb
         .data
         .get(STUB_PATH)
@@ -442,8 +459,7 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     )];
     let mut dropped = 0;
     for (pin, bytes) in lock.packages.iter().zip(debs) {
-        let deb = read_deb(&bytes)
-            .with_context(|| format!("cannot read {} {}", pin.name, pin.version))?;
+        let deb = read_pinned(&s, pin, &bytes)?;
         let (files, d) = layers::package_files(&deb.data, &m.keep, epoch)?;
         dropped += d;
         lib_tree
@@ -521,6 +537,10 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
         store::write_atomic(&json_path, &json)?;
         store::set_mode(&json_path, 0o644)
     })?;
+    if lock_changed {
+        lock.save(&lock_path(&m))?;
+        tracing::info!("wrote {}", lock_path(&m).display());
+    }
     tracing::info!(
         "built {} ({:.1} MiB) in {:.1}s",
         img_path.display(),

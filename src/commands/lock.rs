@@ -19,9 +19,12 @@ pub fn run(args: &LockArgs) -> Result<u8> {
         locked: false,
         update: args.update,
     };
-    let lock = obtain_lock(&s, &m, &app, opts)?;
-    let dir = m.file.parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    println!("{}", dir.join(crate::resolve::lock::LOCK_FILE).display());
+    let (lock, changed) = obtain_lock(&s, &m, &app, opts)?;
+    let path = crate::commands::build::lock_path(&m);
+    if changed {
+        lock.save(&path)?;
+    }
+    println!("{}", path.display());
     for p in &lock.packages {
         println!("{} {} {}", p.name, p.version, p.arch);
     }

@@ -97,14 +97,6 @@ fn a_changed_app_changes_only_the_app_layer() {
     );
 }
 
-#[test]
-fn static_image_is_at_most_16_mb() {
-    let b = shared_image();
-    let size = std::fs::metadata(&b.image).unwrap().len();
-    eprintln!("image size: {size} bytes\n{}", b.stderr);
-    assert!(size <= 16_000_000, "image is {size} bytes");
-}
-
 /// Partition (start, size) in bytes and name, as the reference tool sfdisk sees them.
 fn sfdisk_partitions(img: &std::path::Path) -> Vec<(u64, u64, String)> {
     let out = Command::new("sfdisk")

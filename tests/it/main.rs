@@ -3,5 +3,8 @@
 
 mod boot;
 mod build;
+mod fixture;
 mod hostile;
+mod libs;
+mod lock;
 mod support;

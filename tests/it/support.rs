@@ -75,7 +75,6 @@ pub struct Built {
     pub image: PathBuf,
     pub json: PathBuf,
     pub digest: String,
-    pub stderr: String,
 }
 
 pub fn shared_image() -> &'static Built {
@@ -85,15 +84,17 @@ pub fn shared_image() -> &'static Built {
         let _ = std::fs::remove_dir_all(&dir);
         let app = example_app(&dir);
         let out = fuse(&["build", app.to_str().unwrap()], &[]);
-        let stderr = text(&out.stderr);
-        assert!(out.status.success(), "fuse build failed:\n{stderr}");
+        assert!(
+            out.status.success(),
+            "fuse build failed:\n{}",
+            text(&out.stderr)
+        );
         let stdout = text(&out.stdout);
         let digest = stdout.lines().last().unwrap_or("").to_string();
         Built {
             image: app.join("fuse-out/hello-1.0.0.img"),
             json: app.join("fuse-out/hello-1.0.0.json"),
             digest,
-            stderr,
         }
     })
 }
