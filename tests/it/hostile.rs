@@ -1,7 +1,7 @@
 //! Hostile input: each a clear error, exit status 2, and no image written.
 
+use crate::fixture::Server;
 use crate::support::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 fn assert_refused(out: &std::process::Output, app: &Path, needle: &str) {
@@ -91,10 +91,12 @@ fn build_against(
     inrelease: Vec<u8>,
     extra: &[&str],
 ) -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
-    let mut files = BTreeMap::new();
-    files.insert("/debian/dists/bookworm/InRelease".to_string(), inrelease);
-    let mirror = format!("{}/debian", serve(files));
     let dir = tempfile::tempdir().unwrap();
+    let dists = dir.path().join("www/debian/dists/bookworm");
+    std::fs::create_dir_all(&dists).unwrap();
+    std::fs::write(dists.join("InRelease"), inrelease).unwrap();
+    let server = Server::start(&dir.path().join("www"));
+    let mirror = format!("{}/debian", server.url);
     let app = example_app(dir.path());
     let mut args = vec!["build", app.to_str().unwrap()];
     args.extend_from_slice(extra);
