@@ -41,6 +41,9 @@ pub struct ImageMeta {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Inputs {
     pub manifest_sha256: String,
+    /// sha256 of fuse.lock, when the build used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_sha256: Option<String>,
     pub app_sha256: String,
     pub fuse_version: String,
     pub source_epoch: u64,
@@ -377,6 +380,11 @@ pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
         .get(ESP_IMAGE_JSON)
         .and_then(|n| n.data())
         .with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
+    parse_meta(json)
+}
+
+/// Parse image.json (either copy), refusing formats this fuse does not know.
+pub fn parse_meta(json: &[u8]) -> Result<ImageMeta> {
     let v: serde_json::Value = serde_json::from_slice(json).context("image.json is not JSON")?;
     match v.get("format").and_then(|f| f.as_u64()) {
         Some(f) if f == IMAGE_JSON_FORMAT as u64 => {}

@@ -78,6 +78,7 @@ fn package_ref(p: &Package) -> PackageRef {
         arch: p.architecture.clone(),
         sha256: p.sha256.clone(),
         source: p.source.clone(),
+        license: None,
     }
 }
 
@@ -143,21 +144,25 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
             archive.fetch_deb(&fetcher, &store, stub_pkg)?,
         ))
     })?;
-    let kernel = step("reading the kernel", || {
+    let (kernel, kernel_license) = step("reading the kernel", || {
         let deb = read_deb(&kernel_deb)
             .with_context(|| format!("cannot read {} {}", kernel_pkg.name, kernel_pkg.version))?;
-        kernel::from_package(&deb.data, &kernel_pkg.name)
+        let license = layers::license_of(&deb.data, &kernel_pkg.name);
+        Ok((kernel::from_package(&deb.data, &kernel_pkg.name)?, license))
     })?;
-    let stub = {
+    let (stub, stub_license) = {
         let deb = read_deb(&stub_deb)
             .with_context(|| format!("cannot read {} {}", stub_pkg.name, stub_pkg.version))?;
-        deb.data
+        let license = layers::license_of(&deb.data, &stub_pkg.name);
+        let stub = deb
+            .data
             .get(STUB_PATH)
             .and_then(|n| n.data())
             .map(<[u8]>::to_vec)
             .with_context(|| {
                 format!("{} {} has no /{STUB_PATH}", stub_pkg.name, stub_pkg.version)
-            })?
+            })?;
+        (stub, license)
     };
     tracing::info!(
         "kernel {} ({}), {} modules",
@@ -194,19 +199,26 @@ pub fn build(path: &Path, out: Option<&Path>, trust: Trust) -> Result<Built> {
             version: &m.version,
             inputs: Inputs {
                 manifest_sha256: m.sha256.clone(),
+                lock_sha256: None,
                 app_sha256: sha256_hex(&app_bytes),
                 fuse_version: env!("CARGO_PKG_VERSION").into(),
                 source_epoch: epoch,
                 distribution: format!("{}/{}", m.distribution.vendor, m.distribution.codename),
                 archive_date: archive.release.date.clone(),
             },
-            kernel_package: package_ref(kernel_pkg),
+            kernel_package: PackageRef {
+                license: kernel_license,
+                ..package_ref(kernel_pkg)
+            },
             kernel_release: &kernel.release,
             kernel_modules: kernel.modules.iter().map(|(_, _, n)| n.clone()).collect(),
             vmlinuz: &kernel.vmlinuz,
             cmdline: CMDLINE.into(),
             os_release: layers::os_release(&m, &distro),
-            stub_package: package_ref(stub_pkg),
+            stub_package: PackageRef {
+                license: stub_license,
+                ..package_ref(stub_pkg)
+            },
             stub: &stub,
             initramfs: &initramfs,
             layers: &layers,

@@ -1,4 +1,5 @@
 //! The commands: orchestration only; the work is done by the pipeline's modules.
 
 pub mod build;
+pub mod inspect;
 pub mod run;

@@ -4,4 +4,5 @@
 mod boot;
 mod build;
 mod hostile;
+mod inspect;
 mod support;
