@@ -3,7 +3,9 @@
 //! two images differ, 2 on any error, a failed verification included.
 
 use crate::cli::{InspectArgs, SbomKind};
-use crate::inspect::{self, diff, render, verify, DiffJson, Image, InspectJson, SbomFormat};
+use crate::inspect::{
+    self, diff, render, verify, DiffJson, Image, InspectJson, SbomFormat, VerificationFailed,
+};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -51,14 +53,34 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     Ok(s)
 }
 
+/// One error for two images that both fail verification, each problem naming its file.
+fn both_failed(a: VerificationFailed, b: VerificationFailed) -> VerificationFailed {
+    let mut problems = Vec::new();
+    for e in [&a, &b] {
+        for p in &e.problems {
+            problems.push(verify::Problem {
+                part: format!("{}: {}", e.image, p.part),
+                problem: p.problem.clone(),
+            });
+        }
+    }
+    VerificationFailed {
+        image: format!("{} and {}", a.image, b.image),
+        problems,
+    }
+}
+
 pub fn run(a: &InspectArgs) -> Result<u8> {
     let name = a.image.display().to_string();
     let (disk, mut img) = load(&a.image)?;
     if let Some(new) = &a.new {
         let new_name = new.display().to_string();
         let (_, new_img) = load(new)?;
-        let old_meta = img.verified(&name)?;
-        let new_meta = new_img.verified(&new_name)?;
+        let (old_meta, new_meta) = match (img.verified(&name), new_img.verified(&new_name)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e.into()),
+            (Err(a), Err(b)) => return Err(both_failed(a, b).into()),
+        };
         let d = diff::diff(&name, old_meta, &new_name, new_meta);
         if a.json {
             print(&json(&DiffJson {

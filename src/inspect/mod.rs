@@ -184,6 +184,28 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_byte_outside_the_partitions_is_reported() {
+        let f = fixture::build(b"app v1", |_| {});
+        let app = partition(&f.disk, "fuse-app");
+        for at in [
+            2 * 512 + 128 * 128 + 5, // after the primary entry array, before the ESP
+            app.end + 7,             // after the last partition, before the backup array
+        ] {
+            let mut disk = f.disk.clone();
+            disk[at] = 0x5a;
+            let img = verify::read(&disk, None);
+            assert_eq!(parts(&img), ["disk"], "offset {at}");
+            assert!(
+                img.report.problems[0]
+                    .problem
+                    .contains(&format!("non-zero byte at offset {at}")),
+                "{:?}",
+                img.report.problems
+            );
+        }
+    }
+
+    #[test]
     fn a_beside_copy_that_disagrees_is_reported() {
         let f = fixture::build(b"app v1", |_| {});
         let other = fixture::build(b"app v2", |_| {});

@@ -135,11 +135,11 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     ));
     if img.report.ok() {
         o.push_str(&format!(
-            "  verified  image digest, GPT, ESP and UKI, {} layer digest{}{}\n",
+            "  verified  GPT, ESP and UKI, {} layer digest{}{}\n",
             m.layers.len(),
             if m.layers.len() == 1 { "" } else { "s" },
             if img.report.checked.iter().any(|c| c.contains("beside")) {
-                ", the image.json beside it"
+                ", the image.json beside it (digest and content)"
             } else {
                 ""
             }

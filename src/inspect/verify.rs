@@ -1,5 +1,6 @@
 //! Verification of an image from its own bytes: the disk digest, the GPT (both headers and
-//! entry arrays, by their CRCs), the ESP's FAT and embedded image.json, the UKI against its
+//! entry arrays, by their CRCs; zeros everywhere outside them and the partitions), the
+//! ESP's FAT and embedded image.json, the UKI against its
 //! recorded sha256, every layer partition against its recorded digest and size (and zero
 //! padding after it), and the copy of image.json written beside the image. Pure.
 
@@ -13,7 +14,8 @@ use std::fmt;
 /// One thing that did not verify, and where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// What failed: `disk`, `gpt`, `esp`, `image.json`, `uki`, `layer <name>`, `beside <file>`.
+    /// What failed: `gpt`, `disk` (bytes outside partitions and GPT), `esp`, `image.json`,
+    /// `uki`, `layer <name>`, `beside <file>`.
     pub part: String,
     pub problem: String,
 }
@@ -182,6 +184,10 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
             }
         })
         .collect();
+    r.check("space outside the partitions and GPT structures is zero");
+    if let Some(p) = unallocated_nonzero(disk, &info) {
+        r.fail("disk", p);
+    }
     let part_bytes = |name: &str| -> Result<&[u8], String> {
         let p = info
             .partitions
@@ -274,6 +280,59 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
         }
     }
     (Some(meta), partitions, r)
+}
+
+fn le_u64(disk: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    let b: [u8; 8] = disk.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+fn le_u32(disk: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    let b: [u8; 4] = disk.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+/// The first non-zero byte outside the protective MBR, both GPT headers, both entry arrays
+/// and the partitions (fuse writes zeros there; the CRCs and digests cover everything else).
+/// Called after `gpt::read_disk` verified the headers.
+fn unallocated_nonzero(disk: &[u8], info: &gpt::DiskInfo) -> Option<String> {
+    let sector = gpt::SECTOR;
+    let mut used: Vec<(u64, u64)> = vec![(0, 2 * sector)]; // MBR + primary header
+    let array = |header_lba: u64| -> Option<(u64, u64)> {
+        let h = header_lba.checked_mul(sector)?;
+        let lba = le_u64(disk, h + 72)?;
+        let len = u64::from(le_u32(disk, h + 80)?) * u64::from(le_u32(disk, h + 84)?);
+        let start = lba.checked_mul(sector)?;
+        Some((start, start.checked_add(len)?))
+    };
+    let backup_lba = le_u64(disk, sector + 32)?;
+    used.push((backup_lba * sector, (backup_lba + 1) * sector));
+    used.extend(array(1));
+    used.extend(array(backup_lba));
+    for p in &info.partitions {
+        let r = p.byte_range();
+        used.push((r.start as u64, r.end as u64));
+    }
+    used.sort();
+    let mut pos = 0u64;
+    for (start, end) in used
+        .into_iter()
+        .chain([(disk.len() as u64, disk.len() as u64)])
+    {
+        if start > pos {
+            let gap = disk.get(pos as usize..(start as usize).min(disk.len()))?;
+            if let Some(at) = gap.iter().position(|&b| b != 0) {
+                return Some(format!(
+                    "non-zero byte at offset {} (outside every partition and GPT structure)",
+                    pos + at as u64
+                ));
+            }
+        }
+        pos = pos.max(end);
+    }
+    None
 }
 
 fn check_esp(meta: &ImageMeta, esp_bytes: &[u8], tree: &Tree, r: &mut Report) {

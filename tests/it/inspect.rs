@@ -71,7 +71,7 @@ fn inspect_summarises_and_verifies_the_example() {
     for want in [
         b.digest.as_str(),
         "hello 1.0.0",
-        "verified  image digest, GPT, ESP and UKI, 2 layer digests, the image.json beside it",
+        "verified  GPT, ESP and UKI, 2 layer digests, the image.json beside it (digest and content)",
         "entrypoint  /app/hello",
         "GREETING=world",
         "HTTP GET / answers 2xx",
@@ -140,6 +140,20 @@ fn a_flipped_byte_in_a_layer_fails_verification_naming_the_layer() {
                 );
             }
         }
+    }
+    // Comparing two damaged images names both, each problem with its file.
+    let (fa, fb) = (
+        dir.path().join("flipped-app.img"),
+        dir.path().join("flipped-base.img"),
+    );
+    let out = inspect(&[&fa, &fb], &[]);
+    let e = text(&out.stderr);
+    assert_eq!(code(&out), 2, "{e}");
+    for want in [
+        format!("{}: layer app: digest mismatch", fa.display()),
+        format!("{}: layer base: digest mismatch", fb.display()),
+    ] {
+        assert!(e.contains(&want), "{want:?} not in:\n{e}");
     }
     // A copy beside a stale image.json: the beside copy's digest no longer matches.
     let copy = dir.path().join("hello-1.0.0.img");
