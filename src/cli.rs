@@ -1,6 +1,6 @@
 //! Command-line types (clap) only: parsing, no behaviour.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -25,6 +25,8 @@ pub enum Command {
     Lock(LockArgs),
     /// Boot an image locally under QEMU (UEFI), forward the app's port, wait for health.
     Run(RunArgs),
+    /// What is inside an image (verified from its bytes), or what changed between two.
+    Inspect(InspectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -78,4 +80,26 @@ pub struct RunArgs {
     /// Accelerator: auto (KVM when it really boots, else TCG), kvm, or tcg.
     #[arg(long, default_value = "auto")]
     pub accel: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The raw image (.img); with NEW, the old side of the comparison.
+    pub image: PathBuf,
+    /// A second image: print what changed from IMAGE to NEW (exit 1 when anything did).
+    pub new: Option<PathBuf>,
+    /// JSON on stdout, in the stable structure of docs/inspect.md.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a software bill of materials of IMAGE instead of the summary.
+    #[arg(long, value_enum, conflicts_with_all = ["new", "json"])]
+    pub sbom: Option<SbomKind>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbomKind {
+    /// SPDX 2.3 JSON
+    Spdx,
+    /// CycloneDX 1.5 JSON
+    Cyclonedx,
 }

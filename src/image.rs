@@ -380,6 +380,11 @@ pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
         .get(ESP_IMAGE_JSON)
         .and_then(|n| n.data())
         .with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
+    parse_meta(json)
+}
+
+/// Parse image.json (either copy), refusing formats this fuse does not know.
+pub fn parse_meta(json: &[u8]) -> Result<ImageMeta> {
     let v: serde_json::Value = serde_json::from_slice(json).context("image.json is not JSON")?;
     match v.get("format").and_then(|f| f.as_u64()) {
         Some(f) if f == IMAGE_JSON_FORMAT as u64 => {}

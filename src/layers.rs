@@ -33,6 +33,10 @@ pub struct PackageRef {
     pub sha256: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<String>,
+    /// The licences the package states in its machine-readable (DEP-5) copyright file, as
+    /// written there (Debian short names), e.g. `GPL-2 and (LGPL-2.1+ or MIT)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 /// The distribution release the image is built from, for os-release.
@@ -356,6 +360,75 @@ pub fn native_effects(t: &mut Tree, epoch: u64) -> Result<Vec<&'static str>> {
     Ok(done)
 }
 
+/// The licences a package states in its machine-readable copyright file
+/// (`/usr/share/doc/<package>/copyright` in DEP-5 format, from the package's data tree):
+/// the `License:` short names of the header and every `Files:` paragraph, deduplicated,
+/// sorted, joined with ` and ` (compound ones in parentheses), as written there.
+/// `None` when the file is missing or not in the machine-readable format.
+pub fn license_of(data: &Tree, package: &str) -> Option<String> {
+    let text = data
+        .get(&format!("usr/share/doc/{package}/copyright"))?
+        .data()?;
+    dep5_licenses(&String::from_utf8_lossy(text))
+}
+
+/// The licence expression of a DEP-5 copyright file's text (see [`license_of`]).
+pub fn dep5_licenses(text: &str) -> Option<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut first = true;
+    // Paragraphs are separated by lines that are empty or hold only white space.
+    let mut paras: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if paras.last().is_some_and(|p| !p.is_empty()) {
+                paras.push(Vec::new());
+            }
+        } else if let Some(p) = paras.last_mut() {
+            p.push(line);
+        }
+    }
+    for para in paras.iter().filter(|p| !p.is_empty()) {
+        // field name (lower case) -> first line of its value
+        let mut fields: BTreeMap<String, String> = BTreeMap::new();
+        for line in para {
+            if line.starts_with([' ', '\t']) || line.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        if first {
+            first = false;
+            if !fields
+                .get("format")
+                .is_some_and(|f| f.contains("copyright-format") || f.contains("dep5"))
+            {
+                return None;
+            }
+        } else if !fields.contains_key("files") {
+            continue; // a standalone License paragraph: the text of a name used elsewhere
+        }
+        if let Some(l) = fields.get("license") {
+            let l = l.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !l.is_empty() {
+                names.insert(l);
+            }
+        }
+    }
+    match names.len() {
+        0 => None,
+        1 => names.into_iter().next(),
+        _ => Some(
+            names
+                .into_iter()
+                .map(|n| if n.contains(' ') { format!("({n})") } else { n })
+                .collect::<Vec<_>>()
+                .join(" and "),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +490,56 @@ mod tests {
             b"A\nB\n"
         );
         assert!(ca_bundle(&Tree::new()).is_none());
+    }
+
+    const DEP5: &str = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: example
+
+Files: *
+Copyright: 2020 Someone
+License: GPL-2
+
+Files: lib/*
+Copyright: 2021 Someone Else
+License: LGPL-2.1+   or   MIT
+Comment: License: not-a-field (continuation lines are skipped)
+ License: BSD-3-clause
+
+Files: extra/*
+Copyright: 2022 A Third
+License: GPL-2
+ \t  
+
+License: GPL-2
+ The text of the GPL, which names License: Apache-2.0 in passing.
+
+License: Unused-by-files
+ A standalone licence paragraph no Files paragraph refers to.
+";
+
+    #[test]
+    fn dep5_licences_are_collected_from_files_paragraphs() {
+        assert_eq!(
+            dep5_licenses(DEP5).as_deref(),
+            Some("GPL-2 and (LGPL-2.1+ or MIT)")
+        );
+        let mut t = Tree::new();
+        t.insert("usr/share/doc/example/copyright", Node::file(DEP5, 0o644))
+            .unwrap();
+        assert_eq!(
+            license_of(&t, "example").as_deref(),
+            Some("GPL-2 and (LGPL-2.1+ or MIT)")
+        );
+        assert_eq!(license_of(&t, "other"), None);
+    }
+
+    #[test]
+    fn a_header_licence_counts_and_free_form_files_do_not() {
+        let one = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\r\nLicense: Expat\r\n";
+        assert_eq!(dep5_licenses(one).as_deref(), Some("Expat"));
+        // Not machine-readable: no guessing from prose.
+        let prose = "This package was debianized by someone.\n\nLicense: GPL-2\n";
+        assert_eq!(dep5_licenses(prose), None);
+        assert_eq!(dep5_licenses(""), None);
     }
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod fetch;
 pub mod format;
 pub mod image;
+pub mod inspect;
 pub mod kernel;
 pub mod layers;
 pub mod manifest;

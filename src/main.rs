@@ -26,9 +26,12 @@ fn main() -> ExitCode {
         Command::Build(a) => fuse::commands::build::run(&a),
         Command::Lock(a) => fuse::commands::lock::run(&a),
         Command::Run(a) => fuse::commands::run::run(&a),
+        Command::Inspect(a) => fuse::commands::inspect::run(&a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // Every error is 2, a failed verification (fuse::inspect::VerificationFailed)
+        // included: 1 means "differences found" and comes only as Ok(1).
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -101,6 +101,7 @@ fn package_ref(p: &Pin, deb: &Deb) -> PackageRef {
             .control
             .get("Source")
             .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
+        license: layers::license_of(&deb.data, &p.name),
     }
 }
 

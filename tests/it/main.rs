@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod fixture;
 mod hostile;
+mod inspect;
 mod libs;
 mod lock;
 mod support;

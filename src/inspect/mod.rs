@@ -1,0 +1,416 @@
+//! `fuse inspect`: what is inside an image and what changed between two, answered from the
+//! image's own bytes (GPT, FAT and squashfs are parsed by fuse, never mounted). Pure
+//! functions over bytes and image.json values; the command only reads files and prints.
+//!
+//! - [`verify`]: read an image and verify it (digest, GPT CRCs, ESP, UKI, layer digests).
+//! - [`diff`]: compare two verified images.
+//! - [`sbom`]: SPDX 2.3 and CycloneDX 1.5 documents.
+//! - [`render`]: the human-readable text.
+
+pub mod diff;
+pub mod render;
+pub mod sbom;
+pub mod verify;
+
+pub use verify::{Image, VerificationFailed};
+
+use crate::image::ImageMeta;
+use serde::Serialize;
+
+/// Version of the `--json` output structure (docs/inspect.md); bumped on incompatible change.
+pub const JSON_FORMAT: u32 = 1;
+
+/// `fuse inspect IMAGE --json`.
+#[derive(Serialize)]
+pub struct InspectJson<'a> {
+    pub fuse_inspect: u32,
+    pub file: &'a str,
+    pub digest: &'a str,
+    pub size: u64,
+    pub verification: Verification<'a>,
+    pub partitions: &'a [verify::Partition],
+    /// image.json as embedded, with `digest` and `disk_size` from the bytes (null when it
+    /// could not be read).
+    pub metadata: Option<&'a ImageMeta>,
+}
+
+#[derive(Serialize)]
+pub struct Verification<'a> {
+    pub ok: bool,
+    pub checked: &'a [String],
+    pub problems: &'a [verify::Problem],
+}
+
+impl<'a> InspectJson<'a> {
+    pub fn new(file: &'a str, img: &'a Image) -> InspectJson<'a> {
+        InspectJson {
+            fuse_inspect: JSON_FORMAT,
+            file,
+            digest: &img.digest,
+            size: img.size,
+            verification: Verification {
+                ok: img.report.ok(),
+                checked: &img.report.checked,
+                problems: &img.report.problems,
+            },
+            partitions: &img.partitions,
+            metadata: img.meta.as_ref(),
+        }
+    }
+}
+
+/// `fuse inspect OLD NEW --json`.
+#[derive(Serialize)]
+pub struct DiffJson<'a> {
+    pub fuse_inspect: u32,
+    #[serde(flatten)]
+    pub diff: &'a diff::ImageDiff,
+}
+
+/// Which SBOM to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbomFormat {
+    Spdx,
+    CycloneDx,
+}
+
+/// The SBOM of a verified image. Reads every layer's file system back from its partition
+/// and checks its file list against image.json first (problems go to the image's report,
+/// and then no document is made).
+pub fn sbom(disk: &[u8], img: &mut Image, format: SbomFormat) -> Option<serde_json::Value> {
+    let meta = img.meta.clone()?;
+    if !img.report.ok() {
+        return None;
+    }
+    let mut report = std::mem::take(&mut img.report);
+    let mut trees = Vec::new();
+    for l in &meta.layers {
+        if let Some(t) = verify::check_layer_files(disk, img, l, &mut report) {
+            trees.push((l, t));
+        }
+    }
+    img.report = report;
+    if !img.report.ok() {
+        return None;
+    }
+    let layers: Vec<sbom::LayerContent> = trees
+        .iter()
+        .map(|(l, t)| sbom::LayerContent { meta: l, tree: t })
+        .collect();
+    Some(match format {
+        SbomFormat::Spdx => sbom::spdx(&meta, &layers),
+        SbomFormat::CycloneDx => sbom::cyclonedx(&meta, &layers),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fixture;
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{self, partition};
+    use super::*;
+    use crate::store::sha256_hex;
+
+    fn read(disk: &[u8], beside: &[u8]) -> Image {
+        verify::read(disk, Some(("hello-1.0.0.json", beside)))
+    }
+
+    fn parts(img: &Image) -> Vec<&str> {
+        img.report
+            .problems
+            .iter()
+            .map(|p| p.part.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_good_image_verifies_and_reads_back_its_metadata() {
+        let f = fixture::build(b"app v1", |_| {});
+        let img = read(&f.disk, &f.beside);
+        assert!(img.report.ok(), "{:?}", img.report.problems);
+        assert_eq!(img.digest, format!("sha256:{}", sha256_hex(&f.disk)));
+        assert_eq!(img.meta.as_ref(), Some(&f.meta));
+        let names: Vec<&str> = img.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["fuse-esp", "fuse-base", "fuse-app"]);
+        assert!(img.verified("x").is_ok());
+        // Without the beside copy it verifies too, and says less.
+        let alone = verify::read(&f.disk, None);
+        assert!(alone.report.ok());
+        assert!(alone.report.checked.len() < img.report.checked.len());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_layer_names_that_layer() {
+        let f = fixture::build(b"app v1", |_| {});
+        let mut disk = f.disk.clone();
+        let app = partition(&disk, "fuse-app");
+        disk[app.start + 10] ^= 0x40;
+        let img = verify::read(&disk, None);
+        assert_eq!(parts(&img), ["layer app"], "{:?}", img.report.problems);
+        assert!(img.report.problems[0].problem.contains("digest mismatch"));
+        let err = img.verified("copy.img").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("copy.img failed verification"), "{text}");
+        assert!(text.contains("layer app: digest mismatch"), "{text}");
+        // The typed error survives anyhow, so callers can tell it from other failures.
+        let any: anyhow::Error = err.into();
+        assert!(any.downcast_ref::<VerificationFailed>().is_some());
+
+        // With the beside copy, the disk digest no longer matches it either.
+        let img = read(&disk, &f.beside);
+        assert_eq!(parts(&img), ["layer app", "beside hello-1.0.0.json"]);
+    }
+
+    #[test]
+    fn a_damaged_uki_or_gpt_is_reported() {
+        let f = fixture::build(b"app v1", |_| {});
+        let needle = b"stand-in for a unified";
+        let at = f
+            .disk
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let mut disk = f.disk.clone();
+        disk[at] ^= 1;
+        assert_eq!(parts(&verify::read(&disk, None)), ["uki"]);
+
+        let mut disk = f.disk.clone();
+        disk[1024 + 40] ^= 1; // the first partition entry's first LBA
+        let img = verify::read(&disk, None);
+        assert_eq!(parts(&img), ["gpt"]);
+        assert!(img.meta.is_none());
+        assert!(img.verified("x").is_err());
+    }
+
+    #[test]
+    fn a_changed_byte_outside_the_partitions_is_reported() {
+        let f = fixture::build(b"app v1", |_| {});
+        let app = partition(&f.disk, "fuse-app");
+        for at in [
+            2 * 512 + 128 * 128 + 5, // after the primary entry array, before the ESP
+            app.end + 7,             // after the last partition, before the backup array
+        ] {
+            let mut disk = f.disk.clone();
+            disk[at] = 0x5a;
+            let img = verify::read(&disk, None);
+            assert_eq!(parts(&img), ["disk"], "offset {at}");
+            assert!(
+                img.report.problems[0]
+                    .problem
+                    .contains(&format!("non-zero byte at offset {at}")),
+                "{:?}",
+                img.report.problems
+            );
+        }
+    }
+
+    #[test]
+    fn a_beside_copy_that_disagrees_is_reported() {
+        let f = fixture::build(b"app v1", |_| {});
+        let other = fixture::build(b"app v2", |_| {});
+        let img = read(&f.disk, &other.beside);
+        assert_eq!(
+            parts(&img),
+            [
+                "beside hello-1.0.0.json",
+                "beside hello-1.0.0.json",
+                "beside hello-1.0.0.json"
+            ][..img.report.problems.len()]
+        );
+        let all = img
+            .report
+            .problems
+            .iter()
+            .map(|p| p.problem.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains("records digest"), "{all}");
+        assert!(
+            all.contains("differs from the image.json embedded"),
+            "{all}"
+        );
+        let img = read(&f.disk, b"{ not json");
+        assert_eq!(parts(&img), ["beside hello-1.0.0.json"]);
+    }
+
+    #[test]
+    fn diff_of_two_fixtures() {
+        let a = fixture::build(b"app v1", |_| {});
+        let b = fixture::build(b"app v1 with more bytes", |_| {});
+        let (ia, ib) = (verify::read(&a.disk, None), verify::read(&b.disk, None));
+        let (ma, mb) = (ia.verified("a").unwrap(), ib.verified("b").unwrap());
+        let d = diff::diff("a.img", ma, "b.img", mb);
+        assert!(!d.identical);
+        let st: Vec<(&str, diff::Status)> = d
+            .layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.status))
+            .collect();
+        assert_eq!(
+            st,
+            [
+                ("base", diff::Status::Unchanged),
+                ("app", diff::Status::Changed)
+            ]
+        );
+        let m = &d.layers[1].files.modified;
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].path.as_str(), m[0].size_delta), ("/app/hello", 16));
+        let text = render::diff(&d);
+        assert!(text.contains("/app/hello  6 -> 22 bytes (+16)"), "{text}");
+        assert!(!text.contains("identical"), "{text}");
+        let same = diff::diff("a.img", ma, "a2.img", ma);
+        assert!(same.identical);
+        assert!(render::diff(&same).contains("identical"));
+        // The summary of one image names what matters.
+        let s = render::summary("a.img", &ia, ma);
+        for want in [
+            ia.digest.as_str(),
+            "/app/hello",
+            "PORT=8080",
+            "HTTP GET /",
+            "libc6",
+            "fuse-app",
+        ] {
+            assert!(s.contains(want), "{want:?} not in:\n{s}");
+        }
+    }
+
+    fn regular_files(t: &crate::tree::Tree) -> Vec<(String, String)> {
+        t.iter()
+            .filter_map(|(p, n)| n.data().map(|d| (format!("./{p}"), sha256_hex(d))))
+            .collect()
+    }
+
+    #[test]
+    fn spdx_lists_the_files_each_layer_really_holds() {
+        let f = fixture::build(b"app v1", |_| {});
+        let mut img = verify::read(&f.disk, None);
+        let doc = sbom(&f.disk, &mut img, SbomFormat::Spdx).expect("an SBOM");
+        assert!(img.report.ok());
+        let again = sbom(&f.disk, &mut verify::read(&f.disk, None), SbomFormat::Spdx).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&doc).unwrap(),
+            serde_json::to_vec(&again).unwrap(),
+            "not deterministic"
+        );
+        let files = doc["files"].as_array().unwrap();
+        for (layer, tree) in [
+            ("base", fixture::base_tree()),
+            ("app", fixture::app_tree(b"app v1")),
+        ] {
+            let pkg = doc["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["SPDXID"] == format!("SPDXRef-Layer-{layer}"))
+                .unwrap();
+            let mut listed: Vec<(String, String)> = pkg["hasFiles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| {
+                    let f = files.iter().find(|f| &f["SPDXID"] == id).unwrap();
+                    let sha = f["checksums"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|c| c["algorithm"] == "SHA256")
+                        .unwrap()["checksumValue"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    (f["fileName"].as_str().unwrap().to_string(), sha)
+                })
+                .collect();
+            listed.sort();
+            assert_eq!(listed, regular_files(&tree), "layer {layer}");
+        }
+        let libc = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "libc6")
+            .unwrap();
+        assert_eq!(
+            libc["licenseDeclared"],
+            "LGPL-2.1-or-later AND GPL-2.0-only"
+        );
+        assert_eq!(
+            libc["externalRefs"][0]["referenceLocator"],
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12"
+        );
+        assert_eq!(doc["creationInfo"]["created"], "2023-11-14T22:13:20Z");
+
+        let cdx = sbom(
+            &f.disk,
+            &mut verify::read(&f.disk, None),
+            SbomFormat::CycloneDx,
+        )
+        .unwrap();
+        assert_eq!(cdx["bomFormat"], "CycloneDX");
+        let app = cdx["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "layer app")
+            .unwrap();
+        assert_eq!(app["components"][0]["name"], "/app/hello");
+        assert_eq!(
+            app["components"][0]["hashes"][1]["content"],
+            sha256_hex(b"app v1")
+        );
+    }
+
+    #[test]
+    fn spdx_is_refused_when_image_json_lies_about_a_layers_files() {
+        let f = fixture::build(b"app v1", |m| {
+            m.layers[0].files.retain(|f| f.path != "/etc/passwd");
+        });
+        let mut img = verify::read(&f.disk, None);
+        assert!(img.report.ok(), "digests alone cannot see it");
+        assert!(sbom(&f.disk, &mut img, SbomFormat::Spdx).is_none());
+        assert_eq!(parts(&img), ["layer base"]);
+        assert!(
+            img.report.problems[0]
+                .problem
+                .contains("/etc/passwd is in the file system, not in image.json"),
+            "{:?}",
+            img.report.problems
+        );
+    }
+
+    #[test]
+    fn spdx_of_the_fixture_validates_against_the_official_schema() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/spdx-schema-2.3.json"
+        );
+        let schema: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let f = fixture::build(b"app v1", |_| {});
+        let doc = sbom(&f.disk, &mut verify::read(&f.disk, None), SbomFormat::Spdx).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        // Every LicenseRef used is defined in the document, as SPDX requires.
+        let defined: Vec<&str> = doc["hasExtractedLicensingInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["licenseId"].as_str().unwrap())
+            .collect();
+        assert_eq!(defined, ["LicenseRef-public-domain"]);
+        let stub = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "systemd-boot-efi")
+            .unwrap();
+        assert_eq!(
+            stub["licenseDeclared"],
+            "LGPL-2.1-or-later AND LicenseRef-public-domain"
+        );
+    }
+}

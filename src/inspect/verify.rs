@@ -1,0 +1,575 @@
+//! Verification of an image from its own bytes: the disk digest, the GPT (both headers and
+//! entry arrays, by their CRCs; zeros everywhere outside them and the partitions), the
+//! ESP's FAT and embedded image.json, the UKI against its
+//! recorded sha256, every layer partition against its recorded digest and size (and zero
+//! padding after it), and the copy of image.json written beside the image. Pure.
+
+use crate::format::{fat, gpt, squashfs};
+use crate::image::{self, ImageMeta, ESP_BOOT_PATH, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
+use crate::store::sha256_hex;
+use crate::tree::Tree;
+use serde::Serialize;
+use std::fmt;
+
+/// One thing that did not verify, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What failed: `gpt`, `disk` (bytes outside partitions and GPT), `esp`, `image.json`,
+    /// `uki`, `layer <name>`, `beside <file>`.
+    pub part: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.part, self.problem)
+    }
+}
+
+/// What was checked and what failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Each check that was made, in order (whether it passed or not).
+    pub checked: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+    fn check(&mut self, what: impl Into<String>) {
+        self.checked.push(what.into());
+    }
+    fn fail(&mut self, part: impl Into<String>, problem: impl Into<String>) {
+        self.problems.push(Problem {
+            part: part.into(),
+            problem: problem.into(),
+        });
+    }
+}
+
+/// The error of an image that does not verify (the command exits 2 with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerificationFailed {
+    /// The image as the user named it.
+    pub image: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for VerificationFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed verification ({} problem{})",
+            self.image,
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for VerificationFailed {}
+
+/// A partition as found in the GPT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Partition {
+    pub index: u32,
+    pub name: String,
+    /// Byte offset on the disk.
+    pub offset: u64,
+    /// Bytes (the partition's extent, padding included).
+    pub size: u64,
+}
+
+/// An image read from its bytes and verified.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `sha256:` of the whole file.
+    pub digest: String,
+    pub size: u64,
+    /// The embedded image.json, with `digest` and `disk_size` filled in from the bytes
+    /// (the shape of the copy written beside the image). `None` when it could not be read.
+    pub meta: Option<ImageMeta>,
+    pub partitions: Vec<Partition>,
+    pub report: Report,
+}
+
+impl Image {
+    /// The metadata, or the verification error when the image could not be read far
+    /// enough to have any.
+    pub fn meta_or_err(&self, name: &str) -> Result<&ImageMeta, VerificationFailed> {
+        self.meta.as_ref().ok_or_else(|| VerificationFailed {
+            image: name.into(),
+            problems: self.report.problems.clone(),
+        })
+    }
+    /// `Err` with every problem when anything failed.
+    pub fn verified(&self, name: &str) -> Result<&ImageMeta, VerificationFailed> {
+        match &self.meta {
+            Some(m) if self.report.ok() => Ok(m),
+            _ => Err(VerificationFailed {
+                image: name.into(),
+                problems: self.report.problems.clone(),
+            }),
+        }
+    }
+}
+
+/// The bytes of a layer's file system inside its partition (`size` bytes from the start).
+pub fn layer_bytes<'a>(disk: &'a [u8], img: &Image, layer: &str) -> Option<&'a [u8]> {
+    let meta = img.meta.as_ref()?;
+    let l = meta.layers.iter().find(|l| l.name == layer)?;
+    let p = img.partitions.iter().find(|p| p.name == l.partition)?;
+    let start = usize::try_from(p.offset).ok()?;
+    let len = usize::try_from(l.size.min(p.size)).ok()?;
+    disk.get(start..start.checked_add(len)?)
+}
+
+/// Read and verify a raw fuse image. `beside` is the content of the image.json written next
+/// to the image, when there is one, with its file name for messages. Never fails: whatever
+/// cannot be read is a problem in the report (and then `meta` may be `None`).
+pub fn read(disk: &[u8], beside: Option<(&str, &[u8])>) -> Image {
+    // The whole-disk digest runs beside the partition checks (2 cores: about half the time).
+    std::thread::scope(|s| {
+        let whole = s.spawn(|| sha256_hex(disk));
+        let (meta, partitions, mut report) = read_parts(disk);
+        let digest = format!(
+            "sha256:{}",
+            whole.join().unwrap_or_else(|_| sha256_hex(disk))
+        );
+        report.check("image digest (sha256 of the whole file)");
+        let mut meta = meta;
+        if let Some(m) = meta.as_mut() {
+            m.digest = Some(digest.clone());
+            m.disk_size = Some(disk.len() as u64);
+        }
+        if let (Some(m), Some((name, json))) = (meta.as_ref(), beside) {
+            check_beside(m, name, json, &mut report);
+        }
+        Image {
+            digest,
+            size: disk.len() as u64,
+            meta,
+            partitions,
+            report,
+        }
+    })
+}
+
+fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
+    let mut r = Report::default();
+    r.check("GPT headers and partition entry arrays (CRC32, primary = backup)");
+    let info = match gpt::read_disk(disk) {
+        Ok(i) => i,
+        Err(e) => {
+            r.fail("gpt", format!("{e:#}"));
+            return (None, Vec::new(), r);
+        }
+    };
+    let partitions: Vec<Partition> = info
+        .partitions
+        .iter()
+        .map(|p| {
+            let range = p.byte_range();
+            Partition {
+                index: p.index,
+                name: p.name.clone(),
+                offset: range.start as u64,
+                size: range.len() as u64,
+            }
+        })
+        .collect();
+    r.check("space outside the partitions and GPT structures is zero");
+    if let Some(p) = unallocated_nonzero(disk, &info) {
+        r.fail("disk", p);
+    }
+    let part_bytes = |name: &str| -> Result<&[u8], String> {
+        let p = info
+            .partitions
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| format!("no partition named {name}"))?;
+        disk.get(p.byte_range())
+            .ok_or_else(|| format!("partition {name} extends beyond the end of the disk"))
+    };
+
+    // The ESP: FAT, image.json, the UKI.
+    r.check(format!("{ESP_PARTITION_NAME}: FAT file system"));
+    let esp = match part_bytes(ESP_PARTITION_NAME).and_then(|b| {
+        fat::read(b)
+            .map(|t| (b, t))
+            .map_err(|e| format!("cannot read its FAT file system: {e:#}"))
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            r.fail("esp", e);
+            return (None, partitions, r);
+        }
+    };
+    let (esp_bytes, esp_tree) = esp;
+    r.check(format!("/{ESP_IMAGE_JSON} on the ESP (format)"));
+    let meta = match esp_tree
+        .get(ESP_IMAGE_JSON)
+        .and_then(|n| n.data())
+        .ok_or_else(|| format!("no /{ESP_IMAGE_JSON}"))
+        .and_then(|j| image::parse_meta(j).map_err(|e| format!("{e:#}")))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            r.fail("image.json", e);
+            return (None, partitions, r);
+        }
+    };
+    if meta.digest.is_some() || meta.disk_size.is_some() {
+        r.fail(
+            "image.json",
+            "the embedded copy records a digest or disk size (it cannot know its own)",
+        );
+    }
+    check_esp(&meta, esp_bytes, &esp_tree, &mut r);
+
+    // The partition table must be exactly the ESP and the layers, in that order.
+    let expected: Vec<&str> = std::iter::once(ESP_PARTITION_NAME)
+        .chain(meta.layers.iter().map(|l| l.partition.as_str()))
+        .collect();
+    let found: Vec<&str> = info.partitions.iter().map(|p| p.name.as_str()).collect();
+    r.check("partition table matches image.json (ESP, then one partition per layer)");
+    if expected != found {
+        r.fail(
+            "gpt",
+            format!(
+                "partitions are [{}], image.json describes [{}]",
+                found.join(", "),
+                expected.join(", ")
+            ),
+        );
+    }
+
+    // Layers: digest of the first `size` bytes, zeros after them.
+    let mut checks: Vec<(String, Result<&[u8], String>)> = Vec::new();
+    for l in &meta.layers {
+        checks.push((l.name.clone(), part_bytes(&l.partition)));
+    }
+    let results: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = meta
+            .layers
+            .iter()
+            .zip(&checks)
+            .map(|(l, (_, bytes))| s.spawn(move || check_layer(l, bytes.clone())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["internal error: the check panicked".into()])
+            })
+            .collect()
+    });
+    for (l, problems) in meta.layers.iter().zip(results) {
+        r.check(format!(
+            "layer {}: {} bytes of {} match {}, zero padding after them",
+            l.name, l.size, l.partition, l.digest
+        ));
+        for p in problems {
+            r.fail(format!("layer {}", l.name), p);
+        }
+    }
+    (Some(meta), partitions, r)
+}
+
+fn le_u64(disk: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    let b: [u8; 8] = disk.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+fn le_u32(disk: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    let b: [u8; 4] = disk.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+/// The first non-zero byte outside the protective MBR, both GPT headers, both entry arrays
+/// and the partitions (fuse writes zeros there; the CRCs and digests cover everything else).
+/// Called after `gpt::read_disk` verified the headers.
+fn unallocated_nonzero(disk: &[u8], info: &gpt::DiskInfo) -> Option<String> {
+    let sector = gpt::SECTOR;
+    let mut used: Vec<(u64, u64)> = vec![(0, 2 * sector)]; // MBR + primary header
+    let array = |header_lba: u64| -> Option<(u64, u64)> {
+        let h = header_lba.checked_mul(sector)?;
+        let lba = le_u64(disk, h + 72)?;
+        let len = u64::from(le_u32(disk, h + 80)?) * u64::from(le_u32(disk, h + 84)?);
+        let start = lba.checked_mul(sector)?;
+        Some((start, start.checked_add(len)?))
+    };
+    let backup_lba = le_u64(disk, sector + 32)?;
+    used.push((backup_lba * sector, (backup_lba + 1) * sector));
+    used.extend(array(1));
+    used.extend(array(backup_lba));
+    for p in &info.partitions {
+        let r = p.byte_range();
+        used.push((r.start as u64, r.end as u64));
+    }
+    used.sort();
+    let mut pos = 0u64;
+    for (start, end) in used
+        .into_iter()
+        .chain([(disk.len() as u64, disk.len() as u64)])
+    {
+        if start > pos {
+            let gap = disk.get(pos as usize..(start as usize).min(disk.len()))?;
+            if let Some(at) = gap.iter().position(|&b| b != 0) {
+                return Some(format!(
+                    "non-zero byte at offset {} (outside every partition and GPT structure)",
+                    pos + at as u64
+                ));
+            }
+        }
+        pos = pos.max(end);
+    }
+    None
+}
+
+fn check_esp(meta: &ImageMeta, esp_bytes: &[u8], tree: &Tree, r: &mut Report) {
+    r.check(format!(
+        "/{ESP_BOOT_PATH} (the UKI) matches boot.uki_sha256 and boot.uki_size"
+    ));
+    match tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) {
+        None => r.fail("uki", format!("no /{ESP_BOOT_PATH} on the ESP")),
+        Some(uki) => {
+            if uki.len() as u64 != meta.boot.uki_size {
+                r.fail(
+                    "uki",
+                    format!(
+                        "/{ESP_BOOT_PATH} is {} bytes, image.json says {}",
+                        uki.len(),
+                        meta.boot.uki_size
+                    ),
+                );
+            }
+            let sha = sha256_hex(uki);
+            if sha != meta.boot.uki_sha256 {
+                r.fail(
+                    "uki",
+                    format!(
+                        "/{ESP_BOOT_PATH} has sha256 {sha}, image.json says {}",
+                        meta.boot.uki_sha256
+                    ),
+                );
+            }
+        }
+    }
+    r.check("ESP size matches boot.esp_size, zero padding after it");
+    let size = meta.boot.esp_size;
+    match usize::try_from(size).ok().and_then(|s| esp_bytes.get(s..)) {
+        None => r.fail(
+            "esp",
+            format!(
+                "image.json says the ESP is {size} bytes, its partition holds {}",
+                esp_bytes.len()
+            ),
+        ),
+        Some(pad) => {
+            if let Some(at) = pad.iter().position(|&b| b != 0) {
+                r.fail(
+                    "esp",
+                    format!(
+                        "non-zero byte at offset {} of the partition, after the {size} bytes of the ESP",
+                        size as usize + at
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Problems of one layer's partition bytes against its metadata.
+fn check_layer(l: &image::LayerMeta, bytes: Result<&[u8], String>) -> Vec<String> {
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    let Some(fs) = usize::try_from(l.size).ok().and_then(|s| bytes.get(..s)) else {
+        return vec![format!(
+            "image.json says {} bytes, partition {} holds only {}",
+            l.size,
+            l.partition,
+            bytes.len()
+        )];
+    };
+    let digest = format!("sha256:{}", sha256_hex(fs));
+    if digest != l.digest {
+        problems.push(format!(
+            "digest mismatch: the {} bytes of partition {} hash to {digest}, image.json says {}",
+            l.size, l.partition, l.digest
+        ));
+    }
+    if let Some(at) = bytes[fs.len()..].iter().position(|&b| b != 0) {
+        problems.push(format!(
+            "non-zero byte at offset {} of partition {}, after the {} bytes of the file system",
+            fs.len() + at,
+            l.partition,
+            l.size
+        ));
+    }
+    problems
+}
+
+fn check_beside(embedded: &ImageMeta, name: &str, json: &[u8], r: &mut Report) {
+    let part = format!("beside {name}");
+    r.check(format!(
+        "{name} (written beside the image) matches the image"
+    ));
+    let beside = match image::parse_meta(json) {
+        Ok(m) => m,
+        Err(e) => {
+            r.fail(part, format!("{e:#}"));
+            return;
+        }
+    };
+    if beside.digest != embedded.digest {
+        r.fail(
+            &part,
+            format!(
+                "records digest {}, the image is {}",
+                beside.digest.as_deref().unwrap_or("(none)"),
+                embedded.digest.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    if beside.disk_size != embedded.disk_size {
+        r.fail(
+            &part,
+            format!(
+                "records disk_size {}, the image is {} bytes",
+                beside.disk_size.map_or("(none)".into(), |s| s.to_string()),
+                embedded.disk_size.unwrap_or(0)
+            ),
+        );
+    }
+    let strip = |m: &ImageMeta| ImageMeta {
+        digest: None,
+        disk_size: None,
+        ..m.clone()
+    };
+    if strip(&beside) != strip(embedded) {
+        r.fail(
+            &part,
+            format!(
+                "differs from the image.json embedded in the image ({})",
+                meta_differences(&strip(&beside), &strip(embedded)).join(", ")
+            ),
+        );
+    }
+}
+
+/// Top-level fields (and layers by name) where two image.json values differ.
+fn meta_differences(a: &ImageMeta, b: &ImageMeta) -> Vec<String> {
+    let (Ok(va), Ok(vb)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return vec!["unserialisable".into()];
+    };
+    let mut out = Vec::new();
+    if let (Some(oa), Some(ob)) = (va.as_object(), vb.as_object()) {
+        let keys: std::collections::BTreeSet<&String> = oa.keys().chain(ob.keys()).collect();
+        for k in keys {
+            if oa.get(k) != ob.get(k) {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Read a layer's file system back and compare its listing with image.json's: every
+/// path, type, mode, owner, size, sha256 and link target must agree. The tree is returned
+/// for callers that need the contents (the SBOM).
+pub fn check_layer_files(
+    disk: &[u8],
+    img: &Image,
+    layer: &image::LayerMeta,
+    report: &mut Report,
+) -> Option<Tree> {
+    let part = format!("layer {}", layer.name);
+    report.check(format!(
+        "layer {}: file list of its squashfs matches image.json",
+        layer.name
+    ));
+    let Some(bytes) = layer_bytes(disk, img, &layer.name) else {
+        report.fail(part, "its partition cannot be read");
+        return None;
+    };
+    let tree = match squashfs::read(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            report.fail(part, format!("cannot read its squashfs: {e:#}"));
+            return None;
+        }
+    };
+    let actual = image::file_list(&tree);
+    if actual != layer.files {
+        let recorded: std::collections::BTreeMap<&str, &image::FileMeta> =
+            layer.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let real: std::collections::BTreeMap<&str, &image::FileMeta> =
+            actual.iter().map(|f| (f.path.as_str(), f)).collect();
+        let mut diffs = Vec::new();
+        for (p, f) in &real {
+            match recorded.get(p) {
+                None => diffs.push(format!("{p} is in the file system, not in image.json")),
+                Some(g) if g != f => diffs.push(format!("{p} differs from image.json")),
+                _ => {}
+            }
+        }
+        for p in recorded.keys().filter(|p| !real.contains_key(*p)) {
+            diffs.push(format!("{p} is in image.json, not in the file system"));
+        }
+        if diffs.is_empty() {
+            diffs.push("the order of the listing differs".into());
+        }
+        let more = diffs.len().saturating_sub(5);
+        diffs.truncate(5);
+        if more > 0 {
+            diffs.push(format!("{more} more"));
+        }
+        report.fail(part, diffs.join("; "));
+    }
+    Some(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_is_its_size_in_bytes_then_zeros() {
+        // fuse's squashfs writer pads to 4 KiB itself, so real layers fill their
+        // partitions; a shorter file system is followed by zeros that are checked too.
+        let fs = b"a file system of 31 bytes, say.";
+        let mut part = fs.to_vec();
+        part.resize(4096, 0);
+        let l = image::LayerMeta {
+            name: "app".into(),
+            partition: "fuse-app".into(),
+            fs: "squashfs".into(),
+            digest: format!("sha256:{}", sha256_hex(fs)),
+            size: fs.len() as u64,
+            packages: vec![],
+            files: vec![],
+        };
+        assert!(check_layer(&l, Ok(&part)).is_empty());
+        let mut bad = part.clone();
+        bad[4000] = 7;
+        let p = check_layer(&l, Ok(&bad));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("non-zero byte at offset 4000"), "{p:?}");
+        bad[3] ^= 1;
+        assert_eq!(check_layer(&l, Ok(&bad)).len(), 2);
+        let long = image::LayerMeta { size: 5000, ..l };
+        assert!(check_layer(&long, Ok(&part))[0].contains("holds only 4096"));
+    }
+}
