@@ -1,4 +1,8 @@
 //! The commands: orchestration only; the work is done by the pipeline's modules.
 
 pub mod build;
+pub mod configdisk;
+pub mod images;
+pub mod promote;
+pub mod registry;
 pub mod run;

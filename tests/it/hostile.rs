@@ -36,7 +36,10 @@ fn malformed_manifests_are_refused_naming_key_and_line() {
             good.replace("kind = \"binary\"", "kind = \"exe\""),
             "`app.kind`",
         ),
-        (good.replace("[app]", "[app\n"), "fuse.toml:5: invalid table header"),
+        (
+            good.replace("[app]", "[app\n"),
+            "fuse.toml:5: invalid table header",
+        ),
     ] {
         std::fs::write(app.join("fuse.toml"), bad).unwrap();
         let out = fuse(&["build", app.to_str().unwrap()], &[]);

@@ -3,5 +3,8 @@
 
 mod boot;
 mod build;
+mod config;
 mod hostile;
+mod promote;
+mod registry;
 mod support;
