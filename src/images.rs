@@ -2,10 +2,12 @@
 //! index of `name:version` tags. Lives in the user's data directory (`FUSE_DATA_DIR`, else
 //! `$XDG_DATA_HOME/fuse`, else `~/.local/share/fuse`):
 //!
-//!     images/sha256/<hex>   raw disk bytes (read-only, named by their sha256)
-//!     images/index.json     {"format":1,"images":{digest:{name,version,size,created}},
-//!                            "tags":{"name:version":{digest,created}}}
-//!     images/lock           flock(2) held for every change
+//! ```text
+//! images/sha256/<hex>   raw disk bytes (read-only, named by their sha256)
+//! images/index.json     {"format":1,"images":{digest:{name,version,size,created}},
+//!                        "tags":{"name:version":{digest,created}}}
+//! images/lock           flock(2) held for every change
+//! ```
 //!
 //! Every change (blob and index) happens under the lock, and every write is atomic (temp
 //! file, fsync, rename), so concurrent `fuse build`s never lose each other's entries and a

@@ -5,8 +5,10 @@
 //!
 //! The promotion order comes from a project file, `fuse-envs.toml`:
 //!
-//!     order = ["test", "staging", "prod"]   # promoting to an env needs the one before it
-//!     ledger = "fuse-ledger.jsonl"          # optional, relative to this file
+//! ```toml
+//! order = ["test", "staging", "prod"]   # promoting to an env needs the one before it
+//! ledger = "fuse-ledger.jsonl"          # optional, relative to this file
+//! ```
 //!
 //! Without `ledger`, the ledger is `<data dir>/ledger.jsonl`. A promotion checks the order
 //! and appends its line while holding flock(2) on the ledger, so concurrent promotions are
