@@ -27,6 +27,24 @@ pub enum Command {
     Run(RunArgs),
     /// What is inside an image (verified from its bytes), or what changed between two.
     Inspect(InspectArgs),
+    /// Write a config disk (FAT, label FUSECONFIG, /env) for hypervisors without fw_cfg.
+    ConfigDisk(ConfigDiskArgs),
+    /// List the images in the local store: name, version, digest, size, age.
+    Ls(LsArgs),
+    /// Tag an image of the store (or add an image file) as NAME:VERSION.
+    Tag(TagArgs),
+    /// Remove tags, or images by digest, from the local store.
+    Rm(RmArgs),
+    /// Delete store images no tag (and no environment's current digest) refers to.
+    Gc(GcArgs),
+    /// Record that an environment runs an image's digest (append-only ledger).
+    Promote(PromoteArgs),
+    /// Show each environment's current digest and the promotion history.
+    Envs(EnvsArgs),
+    /// Upload an image to an OCI registry as an artifact.
+    Push(PushArgs),
+    /// Download an image from an OCI registry, verified, into a file and the local store.
+    Pull(PullArgs),
 }
 
 #[derive(Args, Debug)]
@@ -66,7 +84,8 @@ pub struct LockArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The raw image (.img) to boot.
+    /// The raw image (.img) to boot, or NAME:VERSION, digest or unique digest prefix of an
+    /// image in the local store.
     pub image: PathBuf,
     /// Env file (KEY=VALUE lines) passed to the app at boot, over the image's defaults.
     #[arg(long)]
@@ -102,4 +121,120 @@ pub enum SbomKind {
     Spdx,
     /// CycloneDX 1.5 JSON
     Cyclonedx,
+}
+
+/// Registry connection options shared by push, pull and promote.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP to the registry (and to its token service).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry user name; the password comes from FUSE_REGISTRY_PASSWORD. Without it,
+    /// FUSE_REGISTRY_USERNAME or the Docker config's auths are used when present.
+    #[arg(long)]
+    pub username: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigDiskArgs {
+    /// The env file (KEY=VALUE lines) to put on the disk as /env.
+    pub file: PathBuf,
+    /// The raw disk to write (FAT, label FUSECONFIG); attach it as a second disk.
+    #[arg(short = 'o', long = "out")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Machine-readable output (full digests, Unix times).
+    #[arg(long)]
+    pub json: bool,
+    /// Full digests in the table.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// An image in the store (NAME:VERSION, digest, unique prefix) or an image file to add.
+    pub source: String,
+    /// The new tag, NAME:VERSION.
+    pub tag: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// NAME:VERSION removes that tag; a digest or unique prefix removes the image, its tags
+    /// and its bytes.
+    #[arg(required = true)]
+    pub refs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Only report what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The project file whose ledger's current digests are kept (default ./fuse-envs.toml).
+    #[arg(long)]
+    pub envs: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The image: a file, or NAME:VERSION, digest or unique prefix in the local store.
+    pub image: String,
+    /// The environment that now runs it (e.g. test, staging, prod).
+    pub env: String,
+    /// Who promotes (default $USER).
+    #[arg(long)]
+    pub who: Option<String>,
+    /// The env file the environment runs the image with; its sha256 is recorded.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The project file with the promotion order (default ./fuse-envs.toml when present).
+    #[arg(long)]
+    pub envs: Option<PathBuf>,
+    /// Also tag the image (already pushed to REGISTRY/REPOSITORY) in the registry, by its
+    /// manifest digest; the tag is the environment unless REF names one.
+    #[arg(long, value_name = "REF")]
+    pub registry: Option<String>,
+    #[command(flatten)]
+    pub reg: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EnvsArgs {
+    /// Only this image name.
+    pub image: Option<String>,
+    /// The project file (default ./fuse-envs.toml when present).
+    #[arg(long)]
+    pub envs: Option<PathBuf>,
+    /// Machine-readable output: {"current": [...], "history": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The image: a file, or NAME:VERSION, digest or unique prefix in the local store.
+    pub image: String,
+    /// REGISTRY/REPOSITORY[:TAG] (the tag defaults to the image's version).
+    pub reference: String,
+    /// Send the raw disk as one blob instead of one blob per partition.
+    #[arg(long)]
+    pub whole: bool,
+    #[command(flatten)]
+    pub reg: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:<manifest digest>.
+    pub reference: String,
+    /// Where to write <name>-<version>.img and .json (default: the current directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub reg: RegistryArgs,
 }

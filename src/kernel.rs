@@ -24,6 +24,10 @@ pub const BOOT_MODULES: &[&str] = &[
     "overlay",
     // QEMU fw_cfg, where boot-time configuration arrives locally
     "qemu_fw_cfg",
+    // the config disk (FAT, label FUSECONFIG), mounted vfat with codepage=437,iocharset=ascii
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
     // cloud NICs
     "ena",
     "gve",

@@ -27,6 +27,15 @@ fn main() -> ExitCode {
         Command::Lock(a) => fuse::commands::lock::run(&a),
         Command::Run(a) => fuse::commands::run::run(&a),
         Command::Inspect(a) => fuse::commands::inspect::run(&a),
+        Command::ConfigDisk(a) => fuse::commands::configdisk::run(&a),
+        Command::Ls(a) => fuse::commands::images::ls(&a),
+        Command::Tag(a) => fuse::commands::images::tag(&a),
+        Command::Rm(a) => fuse::commands::images::rm(&a),
+        Command::Gc(a) => fuse::commands::images::gc(&a),
+        Command::Promote(a) => fuse::commands::promote::promote(&a),
+        Command::Envs(a) => fuse::commands::promote::envs(&a),
+        Command::Push(a) => fuse::commands::registry::push(&a),
+        Command::Pull(a) => fuse::commands::registry::pull(&a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

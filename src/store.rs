@@ -6,6 +6,9 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A file path or a reference into the local image store (see [`crate::images`]).
+pub use crate::images::resolve_image_ref;
+
 /// Lower-case hex sha256 of bytes.
 pub fn sha256_hex(data: &[u8]) -> String {
     crate::manifest::hex(&Sha256::digest(data))

@@ -13,9 +13,6 @@ use crate::console;
 /// PATH the app starts with.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Environment overrides passed by QEMU as the fw_cfg entry `opt/fuse/env`.
-pub const FW_CFG_ENV: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/fuse/env/raw";
-
 /// Signals PID 1 passes on to the app.
 pub const FORWARDED: [libc::c_int; 6] = [
     libc::SIGTERM,
@@ -87,29 +84,6 @@ pub fn build_env(
         env.insert(k.clone(), v.clone());
     }
     env
-}
-
-/// Reads the fw_cfg env file if present and logs what it did (key names only).
-pub fn env_overrides() -> BTreeMap<String, String> {
-    match std::fs::read(FW_CFG_ENV) {
-        Ok(data) => {
-            let f = parse_env_file(&data);
-            for n in &f.bad_lines {
-                crate::log!("warning: env file line {n} is not KEY=VALUE; ignored");
-            }
-            crate::log!(
-                "env file: {} variables ({})",
-                f.vars.len(),
-                f.vars.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-            f.vars
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => {
-            crate::log!("warning: cannot read env file {FW_CFG_ENV}: {e}");
-            BTreeMap::new()
-        }
-    }
 }
 
 /// Everything the child needs, built before fork so the child does no parsing.

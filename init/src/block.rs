@@ -75,12 +75,12 @@ pub fn match_layers(layers: &[String], devices: &[(String, String)]) -> Matched 
 }
 
 /// A device name we are willing to join to `/dev/`: no `..`, no leading `/`.
-fn valid_devname(dev: &str) -> bool {
+pub fn valid_devname(dev: &str) -> bool {
     !dev.is_empty() && !dev.starts_with('/') && !dev.split('/').any(|c| c == ".." || c.is_empty())
 }
 
 /// Reads every `/sys/class/block/*/uevent`, sorted by device name.
-fn scan() -> Vec<(String, String)> {
+pub fn scan() -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(SYS_BLOCK) {
         for entry in rd.flatten() {

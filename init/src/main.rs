@@ -5,13 +5,16 @@
 
 mod app;
 mod block;
+mod cloud;
 mod config;
+mod configdisk;
 mod console;
 mod modules;
 mod mounts;
 mod net;
 mod power;
 mod sys;
+mod userconfig;
 
 use std::time::Duration;
 
@@ -88,7 +91,7 @@ fn run() -> Result<()> {
 
     net::setup(&cfg.hostname, mounts::NEWROOT);
 
-    let overrides = app::env_overrides();
+    let overrides = userconfig::load();
     let env = app::build_env(&cfg.app.workdir, &cfg.app.env, &overrides);
     log!(
         "environment: {} variables ({})",

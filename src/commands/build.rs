@@ -66,6 +66,14 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
             *size as f64 / 1048576.0
         );
     }
+    // Add the image to the local store (a failure there does not fail the build).
+    let added = std::fs::read(&built.image)
+        .with_context(|| format!("cannot read {}", built.image.display()))
+        .and_then(|bytes| crate::images::Images::open_default()?.add(&bytes));
+    match added {
+        Ok(_) => tracing::info!("added to the local image store"),
+        Err(e) => tracing::warn!("not added to the local image store: {e:#}"),
+    }
     println!("{}", built.image.display());
     println!("{}", built.digest);
     Ok(0)

@@ -1,6 +1,10 @@
 //! The commands: orchestration only; the work is done by the pipeline's modules.
 
 pub mod build;
+pub mod configdisk;
+pub mod images;
 pub mod inspect;
 pub mod lock;
+pub mod promote;
+pub mod registry;
 pub mod run;

@@ -35,10 +35,15 @@ pub fn exit_code_of(line: &str) -> Option<u8> {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let bytes = std::fs::read(&args.image)
-        .with_context(|| format!("cannot read image {}", args.image.display()))?;
+    let image_path = if args.image.is_file() {
+        args.image.clone()
+    } else {
+        crate::images::resolve_image_ref(&args.image.to_string_lossy())?
+    };
+    let bytes = std::fs::read(&image_path)
+        .with_context(|| format!("cannot read image {}", image_path.display()))?;
     let meta = read_meta(&bytes)
-        .with_context(|| format!("{} is not a fuse image", args.image.display()))?;
+        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
     let digest = format!("sha256:{}", crate::store::sha256_hex(&bytes));
     drop(bytes);
     if let Some(cfg) = &args.config {
@@ -60,7 +65,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .collect::<Result<_>>()?
     };
     let accel = qemu::choose_accel(&args.accel)?;
-    let image = std::fs::canonicalize(&args.image)?;
+    let image = std::fs::canonicalize(&image_path)?;
     let spec = BootSpec {
         image: &image,
         vars: &vars,

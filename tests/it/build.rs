@@ -49,6 +49,7 @@ fn same_inputs_give_identical_bytes_across_dirs_umask_and_tz() {
             .arg(&app)
             .arg(dir.path().join("elsewhere"))
             .env("FUSE_CACHE_DIR", cache_dir())
+            .env("FUSE_DATA_DIR", data_dir())
             .env("TZ", tz)
             .env("LANG", lang)
             .env_remove("SOURCE_DATE_EPOCH")

@@ -3,9 +3,12 @@
 
 mod boot;
 mod build;
+mod config;
 mod fixture;
 mod hostile;
 mod inspect;
 mod libs;
 mod lock;
+mod promote;
+mod registry;
 mod support;

@@ -52,11 +52,17 @@ pub fn example_app(dir: &Path) -> PathBuf {
     app
 }
 
+/// The local image store used by the tests' builds (never the user's own).
+pub fn data_dir() -> PathBuf {
+    tmp_root().join("fuse-data")
+}
+
 /// Run the fuse binary with the shared cache.
 pub fn fuse(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
     c.args(args)
         .env("FUSE_CACHE_DIR", cache_dir())
+        .env("FUSE_DATA_DIR", data_dir())
         .env_remove("SOURCE_DATE_EPOCH");
     for (k, v) in env {
         c.env(k, v);

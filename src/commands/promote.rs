@@ -1,0 +1,183 @@
+//! `fuse promote IMAGE ENV` and `fuse envs`: which digest each environment runs, recorded in
+//! the append-only ledger, with the promotion order of the project's fuse-envs.toml enforced.
+
+use crate::cli::{EnvsArgs, PromoteArgs};
+use crate::commands::images::print_table;
+use crate::commands::registry::client;
+use crate::images::{default_data_dir, now_unix, resolve_image_ref};
+use crate::ledger::{self, Entry};
+use crate::oci::{self, Reference};
+use crate::store::sha256_hex;
+use crate::{envfile, image};
+use anyhow::{bail, Context, Result};
+
+fn who(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn promote(args: &PromoteArgs) -> Result<u8> {
+    ledger::check_env(&args.env)?;
+    let path = resolve_image_ref(&args.image)?;
+    let disk =
+        std::fs::read(&path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let meta = image::read_meta(&disk)
+        .with_context(|| format!("{} is not a fuse image", path.display()))?;
+    let digest = format!("sha256:{}", sha256_hex(&disk));
+    let config = match &args.config {
+        Some(f) => {
+            let data =
+                std::fs::read(f).with_context(|| format!("cannot read config {}", f.display()))?;
+            envfile::check(&data).with_context(|| format!("{}", f.display()))?;
+            Some(format!("sha256:{}", sha256_hex(&data)))
+        }
+        None => None,
+    };
+    let project = ledger::load_project(args.envs.as_deref(), &default_data_dir()?)?;
+    let who = who(args.who.as_deref());
+    let entry = ledger::append(&project.ledger, |history| {
+        let from =
+            ledger::check_promotion(history, &project.order, &meta.name, &args.env, &digest)?;
+        let registry = match &args.registry {
+            Some(r) => Some(tag_in_registry(r, args, &disk)?),
+            None => None,
+        };
+        Ok(Entry {
+            time: ledger::rfc3339(now_unix()),
+            who: who.clone(),
+            image: meta.name.clone(),
+            version: meta.version.clone(),
+            env: args.env.clone(),
+            digest: digest.clone(),
+            from,
+            config: config.clone(),
+            registry,
+        })
+    })?;
+    tracing::info!("ledger {}", project.ledger.display());
+    println!(
+        "promoted {} {} {} to {}{}{}",
+        entry.image,
+        entry.version,
+        entry.digest,
+        entry.env,
+        entry
+            .from
+            .as_deref()
+            .map(|f| format!(" (from {f})"))
+            .unwrap_or_default(),
+        entry
+            .registry
+            .as_deref()
+            .map(|r| format!("; tagged {r}"))
+            .unwrap_or_default()
+    );
+    Ok(0)
+}
+
+/// Points the tag (REF's, else the environment's name) at the manifest this image was
+/// pushed as, found by its digest (chunked or whole; both are pure functions of the image):
+/// the manifest's bytes are fetched and put back under the tag, no blob is sent.
+fn tag_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<String> {
+    let r = Reference::parse(reference)?;
+    let tag = r.tag.clone().unwrap_or_else(|| args.env.clone());
+    let r = r.with_tag(&tag);
+    let c = client(&r, &args.reg, true)?;
+    for whole in [false, true] {
+        let art = oci::artifact(disk, whole)?;
+        if c.manifest_exists(&art.manifest_digest)? {
+            let bytes = c.get_manifest(&art.manifest_digest)?;
+            if sha256_hex(&bytes) != art.manifest_digest["sha256:".len()..] {
+                bail!(
+                    "the registry's manifest {} does not match its digest",
+                    art.manifest_digest
+                );
+            }
+            c.put_manifest(&tag, &bytes)?;
+            return Ok(format!("{r}@{}", art.manifest_digest));
+        }
+    }
+    bail!(
+        "{} is not in {}/{}: push it first (fuse push IMAGE {}/{})",
+        args.image,
+        r.registry,
+        r.repository,
+        r.registry,
+        r.repository
+    )
+}
+
+pub fn envs(args: &EnvsArgs) -> Result<u8> {
+    let project = ledger::load_project(args.envs.as_deref(), &default_data_dir()?)?;
+    let all = ledger::read(&project.ledger)?;
+    let history: Vec<&Entry> = all
+        .iter()
+        .filter(|e| args.image.as_deref().is_none_or(|i| e.image == i))
+        .collect();
+    let current = ledger::current(&all);
+    let rank = |env: &str| {
+        project
+            .order
+            .iter()
+            .position(|e| e == env)
+            .unwrap_or(usize::MAX)
+    };
+    let mut cur: Vec<&Entry> = current
+        .values()
+        .copied()
+        .filter(|e| args.image.as_deref().is_none_or(|i| e.image == i))
+        .collect();
+    cur.sort_by(|a, b| (&a.image, rank(&a.env), &a.env).cmp(&(&b.image, rank(&b.env), &b.env)));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ledger": project.ledger,
+                "order": project.order,
+                "current": cur,
+                "history": history,
+            }))?
+        );
+        return Ok(0);
+    }
+    if !project.order.is_empty() {
+        println!("order: {}", project.order.join(" -> "));
+    }
+    let rows: Vec<[String; 6]> = cur
+        .iter()
+        .map(|e| {
+            [
+                e.image.clone(),
+                e.env.clone(),
+                e.version.clone(),
+                e.digest.clone(),
+                e.time.clone(),
+                e.who.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["IMAGE", "ENV", "VERSION", "DIGEST", "SINCE", "BY"], &rows);
+    println!();
+    println!("history ({}):", project.ledger.display());
+    for e in history {
+        let mut line = format!(
+            "{} {} {} {} -> {} {}",
+            e.time, e.who, e.image, e.version, e.env, e.digest
+        );
+        if let Some(f) = &e.from {
+            line.push_str(&format!(" from {f}"));
+        }
+        if let Some(c) = &e.config {
+            line.push_str(&format!(" config {c}"));
+        }
+        if let Some(r) = &e.registry {
+            line.push_str(&format!(" registry {r}"));
+        }
+        println!("{line}");
+    }
+    Ok(0)
+}

@@ -1,0 +1,352 @@
+//! A small OCI distribution-spec v2 client on `ureq`: blob HEAD / monolithic upload (POST +
+//! PUT with the digest) / GET, manifest PUT / GET / HEAD, with Basic auth and the Bearer
+//! token flow answered when the registry challenges (401 + `WWW-Authenticate`). Plain HTTP
+//! only when the caller allows it. Counts the request body bytes it sends.
+
+use super::auth::{self, Credentials};
+use super::{Descriptor, Reference, MANIFEST_TYPE};
+use anyhow::{bail, Context, Result};
+use std::cell::{Cell, RefCell};
+use std::io::Read;
+use std::time::Duration;
+use ureq::http::Response;
+
+/// Largest manifest accepted (the distribution spec's registries use 4 MiB).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    repo: String,
+    registry: String,
+    insecure: bool,
+    creds: Option<Credentials>,
+    /// Actions asked for in token scopes: `pull` or `pull,push`.
+    actions: &'static str,
+    /// The current `Authorization` header value, once a challenge was answered.
+    authorization: RefCell<Option<String>>,
+    sent: Cell<u64>,
+}
+
+/// Why a request failed, with the registry's own error text when it sent one.
+fn describe(method: &str, url: &str, resp: &mut Response<ureq::Body>) -> String {
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_vec()
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let errs = v.get("errors")?.as_array()?.clone();
+            Some(
+                errs.iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e.get("code").and_then(|c| c.as_str()).unwrap_or("?"),
+                            e.get("message").and_then(|c| c.as_str()).unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{method} {url}: HTTP {}{}",
+        status.as_u16(),
+        if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({detail})")
+        }
+    )
+}
+
+impl Client {
+    /// A client for `r`'s repository. `push` asks tokens for pull and push.
+    pub fn new(r: &Reference, insecure: bool, creds: Option<Credentials>, push: bool) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
+            .https_only(!insecure)
+            .user_agent(format!("fuse/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client {
+            agent,
+            base: r.base_url(insecure),
+            repo: r.repository.clone(),
+            registry: r.registry.clone(),
+            insecure,
+            creds,
+            actions: if push { "pull,push" } else { "pull" },
+            authorization: RefCell::new(None),
+            sent: Cell::new(0),
+        }
+    }
+
+    /// Request body bytes sent so far (blob uploads and manifests).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.get()
+    }
+
+    fn once(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Response<ureq::Body>> {
+        let mut b = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        if let Some(a) = self.authorization.borrow().as_deref() {
+            b = b.header("Authorization", a);
+        }
+        let r = match body {
+            Some(data) => {
+                let req = b
+                    .body(data)
+                    .with_context(|| format!("bad request {method} {url}"))?;
+                let r = self.agent.run(req);
+                if r.is_ok() {
+                    self.sent.set(self.sent.get() + data.len() as u64);
+                }
+                r
+            }
+            None => {
+                let req = b
+                    .body(())
+                    .with_context(|| format!("bad request {method} {url}"))?;
+                self.agent.run(req)
+            }
+        };
+        r.with_context(|| format!("{method} {url}"))
+    }
+
+    /// One request; on 401 answers the challenge (Basic or Bearer) and retries once.
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Response<ureq::Body>> {
+        let resp = self.once(method, url, headers, body)?;
+        if resp.status().as_u16() != 401 {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .with_context(|| {
+                format!("{method} {url}: HTTP 401 without a WWW-Authenticate challenge")
+            })?;
+        self.answer(&challenge)
+            .with_context(|| format!("authenticating to {}", self.registry))?;
+        self.once(method, url, headers, body)
+    }
+
+    fn answer(&self, header: &str) -> Result<()> {
+        let c = auth::parse_challenge(header)?;
+        let need_creds = || {
+            format!(
+                "{} asks for credentials: give --username (password in FUSE_REGISTRY_PASSWORD) \
+                 or log in with docker (auths in ~/.docker/config.json)",
+                self.registry
+            )
+        };
+        match c.scheme.as_str() {
+            "basic" => {
+                let creds = self.creds.as_ref().with_context(need_creds)?;
+                if !self.insecure && self.base.starts_with("http://") {
+                    bail!("refusing to send a password over plain HTTP");
+                }
+                *self.authorization.borrow_mut() = Some(creds.basic_header());
+                Ok(())
+            }
+            "bearer" => {
+                let scope = format!("repository:{}:{}", self.repo, self.actions);
+                let url = auth::token_url(&c, &scope, self.insecure)?;
+                let mut b = ureq::http::Request::builder().method("GET").uri(&url);
+                if let Some(creds) = &self.creds {
+                    b = b.header("Authorization", creds.basic_header());
+                }
+                let req = b.body(()).context("bad token request")?;
+                let mut resp = self.agent.run(req).with_context(|| format!("GET {url}"))?;
+                if resp.status().as_u16() == 401 && self.creds.is_none() {
+                    bail!(need_creds());
+                }
+                if !resp.status().is_success() {
+                    bail!(
+                        "token request refused: {}",
+                        describe("GET", &url, &mut resp)
+                    );
+                }
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_vec()
+                    .with_context(|| format!("GET {url}"))?;
+                let token = auth::parse_token(&body).with_context(|| format!("GET {url}"))?;
+                *self.authorization.borrow_mut() = Some(format!("Bearer {token}"));
+                Ok(())
+            }
+            other => bail!("unsupported authentication scheme {other:?}"),
+        }
+    }
+
+    fn url(&self, rest: &str) -> String {
+        format!("{}/v2/{}/{rest}", self.base, self.repo)
+    }
+
+    /// Checks the registry speaks the v2 API (and that the credentials, if any, work).
+    pub fn ping(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let mut r = self.request("GET", &url, &[], None)?;
+        if !r.status().is_success() {
+            bail!(
+                "{} is not an OCI registry: {}",
+                self.base,
+                describe("GET", &url, &mut r)
+            );
+        }
+        Ok(())
+    }
+
+    /// Does the repository have this blob?
+    pub fn blob_exists(&self, digest: &str) -> Result<bool> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let mut r = self.request("HEAD", &url, &[], None)?;
+        match r.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => bail!(describe("HEAD", &url, &mut r)),
+        }
+    }
+
+    /// Monolithic upload: POST to open an upload session, PUT the bytes with their digest.
+    pub fn upload_blob(&self, digest: &str, data: &[u8]) -> Result<()> {
+        let url = self.url("blobs/uploads/");
+        let mut r = self.request("POST", &url, &[], Some(&[]))?;
+        if r.status().as_u16() != 202 {
+            bail!(describe("POST", &url, &mut r));
+        }
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .with_context(|| format!("POST {url}: no Location for the upload"))?
+            .to_string();
+        let mut put = if location.starts_with("http://") || location.starts_with("https://") {
+            location
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            bail!("POST {url}: unusable upload Location {location:?}");
+        };
+        put.push(if put.contains('?') { '&' } else { '?' });
+        put.push_str(&format!("digest={}", auth::urlencode(digest)));
+        let mut r = self.request(
+            "PUT",
+            &put,
+            &[("Content-Type", "application/octet-stream")],
+            Some(data),
+        )?;
+        if r.status().as_u16() != 201 {
+            bail!(describe("PUT", &put, &mut r));
+        }
+        Ok(())
+    }
+
+    /// PUT a manifest under a tag (or its digest); returns the digest the registry reports.
+    pub fn put_manifest(&self, reference: &str, bytes: &[u8]) -> Result<Option<String>> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let mut r = self.request("PUT", &url, &[("Content-Type", MANIFEST_TYPE)], Some(bytes))?;
+        if r.status().as_u16() != 201 {
+            bail!(describe("PUT", &url, &mut r));
+        }
+        Ok(r.headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
+    /// Is this manifest digest in the repository?
+    pub fn manifest_exists(&self, digest: &str) -> Result<bool> {
+        let url = self.url(&format!("manifests/{digest}"));
+        let mut r = self.request("HEAD", &url, &[("Accept", MANIFEST_TYPE)], None)?;
+        match r.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => bail!(describe("HEAD", &url, &mut r)),
+        }
+    }
+
+    /// The manifest bytes for a tag or digest.
+    pub fn get_manifest(&self, reference: &str) -> Result<Vec<u8>> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let mut r = self.request("GET", &url, &[("Accept", MANIFEST_TYPE)], None)?;
+        if r.status().as_u16() != 200 {
+            bail!(describe("GET", &url, &mut r));
+        }
+        r.body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .with_context(|| format!("GET {url}"))
+    }
+
+    /// A blob's bytes, at most `d.size + 1` of them (the caller verifies size and digest).
+    pub fn get_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        let url = self.url(&format!("blobs/{}", d.digest));
+        let mut r = self.request("GET", &url, &[], None)?;
+        if r.status().as_u16() != 200 {
+            bail!(describe("GET", &url, &mut r));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(d.size).unwrap_or(0).min(1 << 30));
+        r.body_mut()
+            .as_reader()
+            .take(d.size.saturating_add(1))
+            .read_to_end(&mut out)
+            .with_context(|| format!("GET {url}"))?;
+        Ok(out)
+    }
+}
+
+/// Credentials for `r`: `--username` with `FUSE_REGISTRY_PASSWORD`, else the Docker config
+/// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else none.
+pub fn credentials(r: &Reference, username: Option<&str>) -> Result<Option<Credentials>> {
+    let user = username
+        .map(str::to_string)
+        .or_else(|| std::env::var("FUSE_REGISTRY_USERNAME").ok())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = user {
+        let password = std::env::var("FUSE_REGISTRY_PASSWORD").with_context(|| {
+            format!("--username {u}: set the password in FUSE_REGISTRY_PASSWORD")
+        })?;
+        return Ok(Some(Credentials {
+            username: u,
+            password,
+        }));
+    }
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
+    if let Some(dir) = dir {
+        if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
+            return Ok(auth::from_docker_config(&text, &r.registry));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,704 @@
+//! OCI registry tests against the real distribution registry (Debian's `docker-registry`),
+//! started on loopback per test, with a small loopback proxy in front that counts the blob
+//! bytes really sent and can demand Basic or Bearer-token authentication.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A `docker-registry` serving on 127.0.0.1, storing in a temp dir; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).is_file(),
+            "{REGISTRY_BIN} (package docker-registry) is needed: scripts/setup.sh installs it"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = fuse::qemu::free_port().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start docker-registry");
+        let r = Registry { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(port, "/v2/") {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "docker-registry did not answer on 127.0.0.1:{port}: {}",
+            std::fs::read_to_string(r.dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Basic,
+    Bearer,
+}
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "s3cret-pw";
+const TOKEN: &str = "token-42";
+
+/// A loopback proxy in front of a registry: one request per connection, counts the bytes of
+/// blob upload bodies, enforces `auth`.
+pub struct Proxy {
+    pub port: u16,
+    pub uploaded: Arc<AtomicU64>,
+}
+
+/// Request line, headers, body.
+type Request = (String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(s: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    s.read_line(&mut line).ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if s.read_line(&mut h).ok()? == 0 || h == "\r\n" {
+            break;
+        }
+        let (k, v) = h.trim_end().split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((line.trim_end().to_string(), headers, body))
+}
+
+fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    let _ = s.write_all(r.as_bytes());
+    let _ = s.write_all(body);
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, auth: Auth) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let up = uploaded.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let up = up.clone();
+                std::thread::spawn(move || handle(conn, upstream, port, auth, &up));
+            }
+        });
+        Proxy { port, uploaded }
+    }
+}
+
+fn handle(conn: TcpStream, upstream: u16, port: u16, auth: Auth, uploaded: &AtomicU64) {
+    let mut first = [0u8; 1];
+    if conn.peek(&mut first).is_err() || first[0] == 0x16 {
+        return; // a TLS ClientHello: this proxy speaks plain HTTP only; hang up at once
+    }
+    let mut out = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    let Some((line, headers, body)) = read_request(&mut r) else {
+        return;
+    };
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let authz = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let basic = fuse::oci::auth::Credentials {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    }
+    .basic_header();
+    if auth == Auth::Bearer && path.starts_with("/token") {
+        if authz == basic {
+            respond(
+                &mut out,
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                format!("{{\"token\":\"{TOKEN}\"}}").as_bytes(),
+            );
+        } else {
+            respond(&mut out, "401 Unauthorized", &[], b"{}");
+        }
+        return;
+    }
+    let ok = match auth {
+        Auth::None => true,
+        Auth::Basic => authz == basic,
+        Auth::Bearer => authz == format!("Bearer {TOKEN}"),
+    };
+    if !ok {
+        let challenge = match auth {
+            Auth::Basic => "Basic realm=\"test-registry\"".to_string(),
+            _ => {
+                let repo = path
+                    .strip_prefix("/v2/")
+                    .and_then(|p| p.split("/blobs/").next())
+                    .and_then(|p| p.split("/manifests/").next())
+                    .unwrap_or("");
+                format!(
+                    "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:{repo}:pull,push\""
+                )
+            }
+        };
+        respond(
+            &mut out,
+            "401 Unauthorized",
+            &[("WWW-Authenticate", challenge)],
+            b"{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}",
+        );
+        return;
+    }
+    if method == "PUT" && path.contains("/blobs/uploads/") {
+        uploaded.fetch_add(body.len() as u64, Ordering::SeqCst);
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+    let mut req = format!("{line}\r\n");
+    for (k, v) in &headers {
+        if k.eq_ignore_ascii_case("connection") || k.eq_ignore_ascii_case("authorization") {
+            continue;
+        }
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    up.write_all(req.as_bytes()).unwrap();
+    up.write_all(&body).unwrap();
+    let mut resp = Vec::new();
+    let _ = up.read_to_end(&mut resp);
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&resp[..end]).to_string();
+    let mut new_head = String::new();
+    for l in head.split("\r\n") {
+        if l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        new_head.push_str(l);
+        new_head.push_str("\r\n");
+    }
+    new_head.push_str("Connection: close\r\n\r\n");
+    let _ = out.write_all(new_head.as_bytes());
+    let _ = out.write_all(&resp[end + 4..]);
+}
+
+/// Run fuse with its own store and no Docker credentials of the host.
+pub fn fuse_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all: Vec<(&str, &str)> = vec![
+        ("FUSE_DATA_DIR", data.to_str().unwrap()),
+        ("DOCKER_CONFIG", data.to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
+    c.args(args)
+        .env("FUSE_CACHE_DIR", cache_dir())
+        .env_remove("FUSE_REGISTRY_USERNAME")
+        .env_remove("FUSE_REGISTRY_PASSWORD");
+    for (k, v) in all {
+        c.env(k, v);
+    }
+    c.output().expect("cannot run fuse")
+}
+
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The example with a changed app binary (same manifest, same version): built once.
+pub fn changed_image() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tmp_root().join("changed-app-build");
+        let _ = std::fs::remove_dir_all(&dir);
+        let app = example_app(&dir);
+        let mut bytes = std::fs::read(app.join("hello")).unwrap();
+        bytes.extend_from_slice(b"\0second version of the app");
+        std::fs::write(app.join("hello"), bytes).unwrap();
+        let out = fuse(&["build", app.to_str().unwrap()], &[]);
+        assert!(
+            out.status.success(),
+            "fuse build failed:\n{}",
+            text(&out.stderr)
+        );
+        Built {
+            image: app.join("fuse-out/hello-1.0.0.img"),
+            json: app.join("fuse-out/hello-1.0.0.json"),
+            digest: text(&out.stdout).lines().last().unwrap_or("").to_string(),
+        }
+    })
+}
+
+/// The "push: N bytes sent" figure fuse reports on stderr.
+fn reported_bytes(stderr: &str) -> u64 {
+    let i = stderr.find("push: ").expect("no push summary on stderr");
+    stderr[i + 6..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn push_pull_is_byte_identical_and_a_new_app_sends_only_changed_blobs() {
+    let a = shared_image();
+    let b = changed_image();
+    let reg = Registry::start();
+    let proxy = Proxy::start(reg.port, Auth::None);
+    let data = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let disk_a = std::fs::read(&a.image).unwrap();
+    let disk_b = std::fs::read(&b.image).unwrap();
+    let art_a = fuse::oci::artifact(&disk_a, false).unwrap();
+    let art_b = fuse::oci::artifact(&disk_b, false).unwrap();
+
+    // Without --insecure, plain HTTP is refused.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            a.image.to_str().unwrap(),
+            &format!("{host}/team/hello"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(proxy.uploaded.load(Ordering::SeqCst), 0);
+
+    // First push: everything is sent.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            a.image.to_str().unwrap(),
+            &format!("{host}/team/hello"),
+            "--insecure",
+        ],
+        &[],
+    );
+    let stdout = ok(&out, "push A");
+    let first = proxy.uploaded.swap(0, Ordering::SeqCst);
+    assert_eq!(
+        stdout.lines().next().unwrap(),
+        format!("{host}/team/hello:1.0.0@{}", art_a.manifest_digest),
+        "the tag defaults to the version; the manifest digest is the artifact's"
+    );
+    assert_eq!(stdout.lines().last().unwrap(), a.digest);
+    let total_a = disk_a.len() as u64 + art_a.config.len() as u64;
+    assert_eq!(
+        first, total_a,
+        "the first push sends the disk and image.json once"
+    );
+    assert_eq!(reported_bytes(&text(&out.stderr)), first);
+
+    // Pushing the same image again sends no blob at all.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            a.image.to_str().unwrap(),
+            &format!("{host}/team/hello:again"),
+            "--insecure",
+        ],
+        &[],
+    );
+    ok(&out, "push A again");
+    assert_eq!(proxy.uploaded.swap(0, Ordering::SeqCst), 0);
+
+    // Second version, only the app changed: only the changed chunks go over the wire.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            b.image.to_str().unwrap(),
+            &format!("{host}/team/hello:v2"),
+            "--insecure",
+        ],
+        &[],
+    );
+    ok(&out, "push B");
+    let second = proxy.uploaded.swap(0, Ordering::SeqCst);
+    let known: std::collections::BTreeSet<&str> = art_a
+        .blobs
+        .iter()
+        .map(|(d, _)| d.digest.as_str())
+        .chain([art_a.manifest.config.digest.as_str()])
+        .collect();
+    let changed: u64 = art_b
+        .blobs
+        .iter()
+        .map(|(d, _)| d)
+        .chain([&art_b.manifest.config])
+        .filter(|d| !known.contains(d.digest.as_str()))
+        .map(|d| d.size)
+        .sum();
+    let title = |d: &fuse::oci::Descriptor| {
+        d.annotations
+            .get(fuse::oci::ANN_TITLE)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut changed_names: Vec<String> = art_b
+        .blobs
+        .iter()
+        .map(|(d, _)| d)
+        .filter(|d| !known.contains(d.digest.as_str()))
+        .map(title)
+        .collect();
+    changed_names.sort();
+    assert_eq!(
+        changed_names,
+        [
+            "fuse-app",
+            "fuse-esp/fuse/image.json",
+            "gpt-backup",
+            "gpt-header"
+        ],
+        "an app change changes the app layer, image.json and the GPT's GUIDs, nothing else \
+         (the UKI, the base layer and the padding are the same blobs)"
+    );
+    let base = art_b
+        .blobs
+        .iter()
+        .find(|(d, _)| {
+            d.annotations.get(fuse::oci::ANN_TITLE).map(String::as_str) == Some("fuse-base")
+        })
+        .map(|(d, _)| d.clone())
+        .expect("a fuse-base chunk");
+    assert!(
+        known.contains(base.digest.as_str()),
+        "the base layer is unchanged"
+    );
+    eprintln!(
+        "first push {first} bytes; second push {second} bytes (changed chunks {changed}; base layer {} bytes not re-sent)",
+        base.size
+    );
+    assert_eq!(second, changed, "bytes on the wire = the changed chunks");
+    assert_eq!(reported_bytes(&text(&out.stderr)), second);
+    assert!(second + base.size <= disk_b.len() as u64 + art_b.config.len() as u64);
+    assert!(second < first);
+
+    // Pull by tag: the identical bytes, written as <name>-<version>.img, and stored.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = fuse_with(
+        data.path(),
+        &[
+            "pull",
+            &format!("{host}/team/hello:1.0.0"),
+            "--out",
+            out_dir.path().to_str().unwrap(),
+            "--insecure",
+        ],
+        &[],
+    );
+    let stdout = ok(&out, "pull A");
+    assert_eq!(stdout.lines().last().unwrap(), a.digest);
+    let pulled = out_dir.path().join("hello-1.0.0.img");
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        disk_a,
+        "pulled bytes differ"
+    );
+    assert_eq!(
+        std::fs::read(out_dir.path().join("hello-1.0.0.json")).unwrap(),
+        std::fs::read(&a.json).unwrap(),
+        "image.json differs from the one fuse build wrote"
+    );
+    let ls = ok(&fuse_with(data.path(), &["ls", "--json"], &[]), "ls");
+    assert!(ls.contains(&a.digest), "{ls}");
+
+    // Pull by manifest digest gives the second version.
+    let out2 = tempfile::tempdir().unwrap();
+    let out = fuse_with(
+        data.path(),
+        &[
+            "pull",
+            &format!("{host}/team/hello@{}", art_b.manifest_digest),
+            "--out",
+            out2.path().to_str().unwrap(),
+            "--insecure",
+        ],
+        &[],
+    );
+    ok(&out, "pull B by digest");
+    assert_eq!(
+        std::fs::read(out2.path().join("hello-1.0.0.img")).unwrap(),
+        disk_b
+    );
+
+    // A single-blob push round-trips too.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            a.image.to_str().unwrap(),
+            &format!("{host}/whole:1"),
+            "--whole",
+            "--insecure",
+        ],
+        &[],
+    );
+    ok(&out, "push --whole");
+    let out3 = tempfile::tempdir().unwrap();
+    let out = fuse_with(
+        data.path(),
+        &[
+            "pull",
+            &format!("{host}/whole:1"),
+            "--out",
+            out3.path().to_str().unwrap(),
+            "--insecure",
+        ],
+        &[],
+    );
+    ok(&out, "pull whole");
+    assert_eq!(
+        std::fs::read(out3.path().join("hello-1.0.0.img")).unwrap(),
+        disk_a
+    );
+}
+
+#[test]
+fn a_corrupted_blob_is_detected_and_nothing_is_stored() {
+    let a = shared_image();
+    let reg = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", reg.port);
+    ok(
+        &fuse_with(
+            data.path(),
+            &[
+                "push",
+                a.image.to_str().unwrap(),
+                &format!("{host}/hello:1"),
+                "--insecure",
+            ],
+            &[],
+        ),
+        "push",
+    );
+    // Flip one byte in the middle of the app layer's blob in the registry's storage.
+    let art = fuse::oci::artifact(&std::fs::read(&a.image).unwrap(), false).unwrap();
+    let app = art
+        .blobs
+        .iter()
+        .find(|(d, _)| {
+            d.annotations.get(fuse::oci::ANN_TITLE).map(String::as_str) == Some("fuse-app")
+        })
+        .unwrap()
+        .0
+        .clone();
+    let file = reg.blob_file(&app.digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out_dir = fresh.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = fuse_with(
+        fresh.path(),
+        &[
+            "pull",
+            &format!("{host}/hello:1"),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--insecure",
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not match its digest") && stderr.contains(&app.digest),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "a file was written"
+    );
+    let ls = ok(&fuse_with(fresh.path(), &["ls", "--json"], &[]), "ls");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ls).unwrap(),
+        serde_json::json!([])
+    );
+    assert!(
+        !fresh.path().join("images/sha256").exists()
+            || std::fs::read_dir(fresh.path().join("images/sha256"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
+
+#[test]
+fn bearer_token_and_basic_auth_are_answered() {
+    let a = shared_image();
+    let reg = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let image = a.image.to_str().unwrap();
+    for auth in [Auth::Bearer, Auth::Basic] {
+        let proxy = Proxy::start(reg.port, auth);
+        let r = format!("127.0.0.1:{}/secure/hello:1", proxy.port);
+        // No credentials: a clear error, nothing uploaded.
+        let out = fuse_with(data.path(), &["push", image, &r, "--insecure"], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{auth:?}: {stderr}");
+        assert!(
+            stderr.contains("asks for credentials"),
+            "{auth:?}: {stderr}"
+        );
+        assert_eq!(proxy.uploaded.load(Ordering::SeqCst), 0);
+        // Wrong password: refused.
+        let out = fuse_with(
+            data.path(),
+            &["push", image, &r, "--insecure", "--username", USER],
+            &[("FUSE_REGISTRY_PASSWORD", "wrong")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{auth:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("wrong"),
+            "the password was printed"
+        );
+        // Right password: pushed and pulled back.
+        ok(
+            &fuse_with(
+                data.path(),
+                &["push", image, &r, "--insecure", "--username", USER],
+                &[("FUSE_REGISTRY_PASSWORD", PASSWORD)],
+            ),
+            "push with credentials",
+        );
+        let out_dir = tempfile::tempdir().unwrap();
+        ok(
+            &fuse_with(
+                data.path(),
+                &[
+                    "pull",
+                    &r,
+                    "--insecure",
+                    "--out",
+                    out_dir.path().to_str().unwrap(),
+                ],
+                &[
+                    ("FUSE_REGISTRY_USERNAME", USER),
+                    ("FUSE_REGISTRY_PASSWORD", PASSWORD),
+                ],
+            ),
+            "pull with credentials",
+        );
+        assert_eq!(
+            sha256_file(&out_dir.path().join("hello-1.0.0.img")),
+            a.digest,
+            "{auth:?}"
+        );
+    }
+    // Credentials from a Docker config.json work too.
+    let proxy = Proxy::start(reg.port, Auth::Basic);
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = fuse::oci::auth::base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
+    std::fs::write(
+        cfg.path().join("config.json"),
+        format!(
+            "{{\"auths\":{{\"127.0.0.1:{}\":{{\"auth\":\"{auth}\"}}}}}}",
+            proxy.port
+        ),
+    )
+    .unwrap();
+    ok(
+        &fuse_with(
+            data.path(),
+            &[
+                "push",
+                image,
+                &format!("127.0.0.1:{}/docker-cfg/hello:1", proxy.port),
+                "--insecure",
+            ],
+            &[("DOCKER_CONFIG", cfg.path().to_str().unwrap())],
+        ),
+        "push with Docker config credentials",
+    );
+}
