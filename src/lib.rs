@@ -13,5 +13,6 @@ pub mod manifest;
 pub mod mirror;
 pub mod qemu;
 pub mod resolve;
+pub mod runtimes;
 pub mod store;
 pub mod tree;

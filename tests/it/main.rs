@@ -7,4 +7,5 @@ mod fixture;
 mod hostile;
 mod libs;
 mod lock;
+mod runtimes;
 mod support;
