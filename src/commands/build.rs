@@ -490,8 +490,52 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     )];
     let mut dropped = 0;
     let mut dropped_runtime = 0;
+    let mut pinned = Vec::new();
     for (pin, bytes) in lock.packages.iter().zip(debs) {
-        let deb = read_pinned(&s, pin, &bytes)?;
+        pinned.push((pin, read_pinned(&s, pin, &bytes)?));
+    }
+    let unused: Vec<&str> = requests
+        .iter()
+        .flat_map(|(_, r)| crate::runtimes::unused_packages(r).iter().copied())
+        .collect();
+    if !unused.is_empty() {
+        let graph: BTreeMap<String, (String, String)> = pinned
+            .iter()
+            .map(|(p, d)| {
+                let f = |k: &str| d.control.get(k).cloned().unwrap_or_default();
+                let deps = [f("Pre-Depends"), f("Depends")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (p.name.clone(), (deps, f("Provides")))
+            })
+            .collect();
+        let mut roots = m.packages.clone();
+        for (_, r) in &requests {
+            roots.extend(crate::runtimes::roots(r));
+        }
+        let needed = crate::runtimes::needed_packages(&graph, &roots, &unused)?;
+        let cut: Vec<String> = pinned
+            .iter()
+            .filter(|(p, _)| !needed.contains(&p.name))
+            .map(|(p, _)| p.name.clone())
+            .collect();
+        if !cut.is_empty() {
+            tracing::info!(
+                "left out {} packages a headless {} never loads: {}",
+                cut.len(),
+                requests
+                    .iter()
+                    .map(|(_, r)| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                cut.join(" ")
+            );
+        }
+        pinned.retain(|(p, _)| needed.contains(&p.name));
+    }
+    for (pin, deb) in pinned {
         let (mut files, d) = layers::package_files(&deb.data, &m.keep, epoch)?;
         dropped += d;
         let layer = requests
