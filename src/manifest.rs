@@ -696,4 +696,85 @@ http = "/"
         let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
         assert!(e.contains(":9"), "{e}");
     }
+
+    fn load_in(dir: &Path, text: &str) -> Result<Manifest> {
+        let file = dir.join("fuse.toml");
+        std::fs::write(&file, text).unwrap();
+        load(&file)
+    }
+
+    const HEAD: &str = "[image]\nname = \"x\"\nversion = \"1\"\n";
+
+    #[test]
+    fn runtime_kinds_are_checked_at_manifest_time() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.war"), b"not a zip").unwrap();
+        std::fs::write(d.path().join("app.jar"), b"not a zip").unwrap();
+        std::fs::create_dir(d.path().join("py")).unwrap();
+        std::fs::write(d.path().join("py/server.py"), b"").unwrap();
+        // war without a server
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"war\"\npath = \"app.war\"\nport = 8080\n")
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("`server`") && e.contains("tomcat = \"10\""),
+            "{e}"
+        );
+        // a jar that is not a zip / has no Main-Class
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"jar\"\npath = \"app.jar\"\nport = 8080\n")
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("app.path") && e.contains("not a readable jar"),
+            "{e}"
+        );
+        // the wrong runtime for the kind; a server for a kind without one
+        let e = format!(
+            "{:#}",
+            load_in(d.path(), &format!("{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"server.py\"]\nport = 1\n[runtime]\njava = \"17\"\n"))
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("runtime.java") && e.contains("runs on python"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nport = 1\n")
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("app.args") && e.contains("__main__.py"), "{e}");
+        let m = load_in(
+            d.path(),
+            &format!(
+                "{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"server.py\"]\nport = 1\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(m.runtime.unwrap().key(), "python=3.11");
+        // node: package.json main must exist
+        std::fs::create_dir(d.path().join("js")).unwrap();
+        std::fs::write(d.path().join("js/package.json"), br#"{"main": "srv.js"}"#).unwrap();
+        let node = format!("{HEAD}[app]\nkind = \"node\"\npath = \"js\"\nport = 1\n");
+        let e = format!("{:#}", load_in(d.path(), &node).unwrap_err());
+        assert!(e.contains("srv.js"), "{e}");
+        std::fs::write(d.path().join("js/srv.js"), b"").unwrap();
+        assert_eq!(
+            load_in(d.path(), &node).unwrap().node_main.as_deref(),
+            Some("srv.js")
+        );
+    }
 }

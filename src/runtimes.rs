@@ -155,36 +155,29 @@ pub fn dead_weight(r: &Request) -> Vec<String> {
     let v = &r.version;
     match r.name.as_str() {
         "java" => {
-            let lib = format!("usr/lib/jvm/java-{v}-openjdk-amd64/lib");
+            let home = format!("usr/lib/jvm/java-{v}-openjdk-amd64");
             vec![
-                // X11 toolkit, splash screen and sound: never loaded by a headless JVM.
-                format!("{lib}/libawt_xawt.so"),
-                format!("{lib}/libsplashscreen.so"),
-                format!("{lib}/libjsound.so"),
-                // Class data sharing archive for the client VM with the non-default GC.
-                format!("{lib}/server/classes_nocoops.jsa"),
-                format!("usr/lib/jvm/java-{v}-openjdk-amd64/man/"),
-                format!("usr/lib/jvm/java-{v}-openjdk-amd64/legal/"),
-                format!("usr/share/doc/openjdk-{v}-jre-headless/"),
+                // The class-data-sharing archive for heaps over 32 GB (uncompressed oops);
+                // the default archive (classes.jsa) stays.
+                format!("{home}/lib/server/classes_nocoops.jsa"),
+                // Sound: never loaded by a headless server.
+                format!("{home}/lib/libjsound.so"),
+                format!("{home}/man/"),
             ]
         }
         "python" => {
             let lib = format!("usr/lib/python{v}");
             vec![
+                // CPython's own regression-test support package.
                 format!("{lib}/test/"),
-                format!("{lib}/idlelib/"),
-                format!("{lib}/tkinter/"),
-                format!("{lib}/turtledemo/"),
-                format!("{lib}/ensurepip/"),
-                format!("{lib}/lib2to3/tests/"),
-                format!("{lib}/unittest/test/"),
+                // The text of the interactive help() topics.
                 format!("{lib}/pydoc_data/"),
             ]
         }
         "node" => vec![
-            "usr/include/".into(),
-            "usr/share/doc/nodejs/".into(),
-            "usr/share/nodejs/typescript/".into(),
+            // TypeScript declarations of Node's API (for editors and tsc, not for node).
+            "usr/share/nodejs/@types/".into(),
+            "usr/share/systemtap/".into(),
         ],
         _ => Vec::new(),
     }
@@ -448,13 +441,36 @@ pub fn java_cacerts(tree: &crate::tree::Tree, epoch: u64) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The global web.xml (the distribution ships it in the `tomcat10` service package, not in
+/// the library packages): static files by the default servlet, JSPs by Jasper.
+const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<web-app xmlns="https://jakarta.ee/xml/ns/jakartaee" version="6.0">
+  <servlet>
+    <servlet-name>default</servlet-name>
+    <servlet-class>org.apache.catalina.servlets.DefaultServlet</servlet-class>
+    <init-param><param-name>listings</param-name><param-value>false</param-value></init-param>
+    <load-on-startup>1</load-on-startup>
+  </servlet>
+  <servlet>
+    <servlet-name>jsp</servlet-name>
+    <servlet-class>org.apache.jasper.servlet.JspServlet</servlet-class>
+    <load-on-startup>3</load-on-startup>
+  </servlet>
+  <servlet-mapping><servlet-name>default</servlet-name><url-pattern>/</url-pattern></servlet-mapping>
+  <servlet-mapping><servlet-name>jsp</servlet-name><url-pattern>*.jsp</url-pattern></servlet-mapping>
+  <welcome-file-list>
+    <welcome-file>index.html</welcome-file>
+    <welcome-file>index.jsp</welcome-file>
+  </welcome-file-list>
+</web-app>
+"#;
+
 /// Tomcat's catalina.base for the image, laid out in the server layer (read-only): the
 /// server configuration (the `[app] port`, the ROOT context from `/app/ROOT.war` run
-/// without unpacking, the work directory in the /tmp tmpfs, no shutdown port) and logging
-/// to the console only; the rest links to the package's defaults in catalina.home.
+/// without unpacking, the work directory in the /tmp tmpfs, no shutdown port), logging
+/// to the console only, and the global web.xml.
 pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::Tree> {
     use crate::tree::{Node, Tree};
-    let home = format!("/usr/share/tomcat{version}");
     let server_xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by fuse: Tomcat {version} serving /app/ROOT.war as the ROOT context. -->
@@ -494,12 +510,15 @@ pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::
         &format!("{base}/conf/logging.properties"),
         stamp(Node::file(logging.as_bytes().to_vec(), 0o644)),
     )?;
-    for f in ["web.xml", "context.xml", "catalina.properties"] {
-        t.insert(
-            &format!("{base}/conf/{f}"),
-            stamp(Node::symlink(format!("{home}/etc/{f}"))),
-        )?;
-    }
+    t.insert(
+        &format!("{base}/conf/web.xml"),
+        stamp(Node::file(DEFAULT_WEB_XML.as_bytes().to_vec(), 0o644)),
+    )?;
+    // Where Tomcat looks for context descriptors (it only reads it here).
+    t.insert(
+        &format!("{base}/conf/Catalina/localhost"),
+        stamp(Node::dir(0o755)),
+    )?;
     t.insert(&format!("{base}/lib"), stamp(Node::dir(0o755)))?;
     Ok(t)
 }
@@ -763,7 +782,12 @@ mod tests {
         assert_eq!(roots(&j), ["openjdk-17-jre-headless"]);
         assert!(is_dead_weight(
             &dead_weight(&j),
-            "usr/lib/jvm/java-17-openjdk-amd64/lib/libawt_xawt.so",
+            "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes_nocoops.jsa",
+            &[]
+        ));
+        assert!(!is_dead_weight(
+            &dead_weight(&j),
+            "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes.jsa",
             &[]
         ));
     }
