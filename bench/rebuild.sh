@@ -4,8 +4,8 @@
 # "Rebuild": only the app changed; every other layer comes from the layer cache.
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release -q
-FUSE=$PWD/target/release/fuse
+# FUSE_BIN: a fuse binary to measure (default: a release build).
+if [ -n "${FUSE_BIN:-}" ]; then FUSE=$FUSE_BIN; else cargo build --release -q; FUSE=$PWD/target/release/fuse; fi
 export FUSE_CACHE_DIR="${FUSE_CACHE_DIR:-$PWD/target/bench-cache}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -413,6 +413,86 @@ fn read_pinned(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<Deb> {
     })
 }
 
+/// The kernel (vmlinuz and modules) of a pinned kernel package, and the package's control
+/// fields (its data left empty): from the cache when this package was read before (the
+/// package is 70 MB of xz; a rebuild should not decompress it again), else read and
+/// cached. The cached bytes are content-addressed and verified when read back.
+fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, Deb)> {
+    use std::sync::Arc;
+    let key = format!("kernel-{}-{}", env!("CARGO_PKG_VERSION"), pin.sha256);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Header {
+        release: String,
+        control: BTreeMap<String, String>,
+        vmlinuz: usize,
+        modules: Vec<(String, String, usize)>,
+    }
+    let decode = |blob: &[u8]| -> Option<(kernel::Kernel, Deb)> {
+        let nl = blob.iter().position(|&b| b == b'\n')?;
+        let h: Header = serde_json::from_slice(blob.get(..nl)?).ok()?;
+        let mut at = nl + 1;
+        let mut take = |n: usize| -> Option<Arc<Vec<u8>>> {
+            let d = blob.get(at..at.checked_add(n)?)?.to_vec();
+            at += n;
+            Some(Arc::new(d))
+        };
+        let vmlinuz = take(h.vmlinuz)?;
+        let mut modules = Vec::new();
+        for (path, name, len) in h.modules {
+            modules.push((path, take(len)?, name));
+        }
+        let deb = Deb {
+            control: h.control,
+            control_files: BTreeMap::new(),
+            data: crate::tree::Tree::new(),
+        };
+        Some((
+            kernel::Kernel {
+                release: h.release,
+                vmlinuz,
+                modules,
+            },
+            deb,
+        ))
+    };
+    if let Some(sha) = s.store.get_named(&key)? {
+        let sha = String::from_utf8_lossy(&sha).trim().to_string();
+        if let Ok(Some(blob)) = s.store.get(&sha) {
+            if let Some(k) = decode(&blob) {
+                tracing::info!("kernel {} from the cache", k.0.release);
+                return Ok(k);
+            }
+        }
+    }
+    let deb = read_pinned(s, pin, bytes)?;
+    let k = kernel::from_package(&deb.data, &pin.name)?;
+    let h = Header {
+        release: k.release.clone(),
+        control: deb.control.clone(),
+        vmlinuz: k.vmlinuz.len(),
+        modules: k
+            .modules
+            .iter()
+            .map(|(p, d, n)| (p.clone(), n.clone(), d.len()))
+            .collect(),
+    };
+    let mut blob = serde_json::to_vec(&h)?;
+    blob.push(b'\n');
+    blob.extend_from_slice(&k.vmlinuz);
+    for (_, d, _) in &k.modules {
+        blob.extend_from_slice(d);
+    }
+    let sha = sha256_hex(&blob);
+    s.store.put(&sha, &blob)?;
+    s.store.put_named(&key, sha.as_bytes())?;
+    let deb = Deb {
+        control: deb.control,
+        control_files: BTreeMap::new(),
+        data: crate::tree::Tree::new(),
+    };
+    Ok((k, deb))
+}
+
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
 pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let started = Instant::now();
@@ -446,9 +526,8 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let mut debs = debs.into_iter();
     let (kernel_deb, stub_deb) = (debs.next().context("kernel")?, debs.next().context("stub")?);
 
-    let kernel_deb = read_pinned(&s, &lock.kernel, &kernel_deb)?;
-    let kernel = step("reading the kernel", || {
-        kernel::from_package(&kernel_deb.data, &lock.kernel.name)
+    let (kernel, kernel_deb) = step("reading the kernel", || {
+        read_kernel(&s, &lock.kernel, &kernel_deb)
     })?;
     let stub_deb = read_pinned(&s, &lock.stub, &stub_deb)?;
     let stub = stub_deb
