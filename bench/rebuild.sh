@@ -15,7 +15,7 @@ for ex in ${*:-python-hello node-hello jar-hello war-hello}; do
     rm -rf "$work/$ex/fuse-out" "$work/$ex/fuse.lock"
     "$work/$ex/build.sh" >/dev/null
     "$FUSE" build "$work/$ex" >/dev/null 2>&1          # downloads, lock
-    rm -f "$FUSE_CACHE_DIR"/named/layer-*                # forget every built layer
+    rm -f "$FUSE_CACHE_DIR"/named/layer-* "$FUSE_CACHE_DIR"/named/kernel-*   # forget built layers and the read kernel
     t0=$(now); "$FUSE" build "$work/$ex" >/dev/null 2>"$work/first.log"; t1=$(now)
     case $ex in
         python-hello) echo "# changed" >> "$work/$ex/app/hello/__init__.py" ;;
