@@ -264,7 +264,7 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
             a.extend([
                 format!("-Dcatalina.home={home}"),
                 format!("-Dcatalina.base={CATALINA_BASE}"),
-                format!("-Djava.io.tmpdir=/tmp"),
+                "-Djava.io.tmpdir=/tmp".to_string(),
                 "-Djava.util.logging.manager=org.apache.juli.ClassLoaderLogManager".into(),
                 format!("-Djava.util.logging.config.file={CATALINA_BASE}/conf/logging.properties"),
             ]);
