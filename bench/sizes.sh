@@ -1,6 +1,7 @@
 #!/bin/sh
 # Size figures of the example images, part by part, against the targets:
-#   static app image (kernel included) <= 16 MB; libraries layer of the dynamic C app <= 4 MB.
+#   static app image (kernel included) <= 16 MB; libraries layer of the dynamic C app <= 4 MB;
+#   runtimes (raw disk): jar <= 80 MB, war + Tomcat <= 85 MB, node <= 70 MB, python <= 50 MB.
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release -q
@@ -21,5 +22,20 @@ for ex in hello zhello; do
             echo "libraries layer: $base bytes"
             [ "$base" -le 4000000 ] && echo "target <= 4 MB: ok" || { echo "target <= 4 MB: FAILED"; fail=1; } ;;
     esac
+done
+for ex in python-hello node-hello jar-hello war-hello; do
+    echo "== $ex"
+    "examples/$ex/build.sh" >/dev/null
+    ./target/release/fuse build "examples/$ex" 2>"/tmp/fuse-size-$ex.log" >/dev/null
+    python3 - "examples/$ex/fuse-out/$ex-1.0.0.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for l in m["layers"]:
+    print("layer %-8s %10d bytes (%5.1f MiB), %d packages" % (l["name"], l["size"], l["size"] / 1048576, len(l["packages"])))
+PY
+    size=$(stat -c %s "examples/$ex/fuse-out/$ex-1.0.0.img")
+    case $ex in python-hello) t=50;; node-hello) t=70;; jar-hello) t=80;; war-hello) t=85;; esac
+    echo "disk: $size bytes ($(awk -v s="$size" 'BEGIN{printf "%.1f", s/1e6}') MB)"
+    [ "$size" -le $((t * 1000000)) ] && echo "target <= $t MB: ok" || { echo "target <= $t MB: FAILED"; fail=1; }
 done
 exit $fail

@@ -3,7 +3,7 @@
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PKGS="qemu-system-x86 ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl docker-registry"
+PKGS="qemu-system-x86 ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl docker-registry openjdk-17-jdk-headless libtomcat10-java"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

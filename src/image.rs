@@ -78,6 +78,8 @@ pub struct AppMeta {
     pub env: BTreeMap<String, String>,
     pub uid: u32,
     pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub env_args: Option<crate::layers::EnvArgs>,
     pub port: u16,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub health_http: Option<String>,
@@ -155,6 +157,9 @@ pub struct DiskInputs<'a> {
     pub port: u16,
     pub health_http: Option<String>,
     pub epoch: u64,
+    /// Where written layers are cached by the digest of their content (an unchanged layer
+    /// is then not compressed again); None: always write.
+    pub layer_cache: Option<&'a crate::store::Store>,
 }
 
 /// The finished image.
@@ -195,13 +200,11 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
     let mut layer_bytes = Vec::new();
     let mut layer_meta = Vec::new();
     for l in i.layers {
-        let bytes = timed(
-            &format!("layer {} ({} entries) written", l.name, l.tree.len()),
-            || {
-                squashfs::write(&l.tree, &sq_opts)
-                    .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
-            },
-        )?;
+        let files = file_list(&l.tree);
+        let bytes = match i.layer_cache {
+            Some(store) => cached_layer(store, l, &files, &sq_opts)?,
+            None => write_layer(l, &sq_opts)?,
+        };
         let digest = format!("sha256:{}", sha256_hex(&bytes));
         parts.push((format!("layer {}", l.name), bytes.len() as u64));
         layer_meta.push(LayerMeta {
@@ -211,7 +214,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             digest,
             size: bytes.len() as u64,
             packages: l.packages.clone(),
-            files: file_list(&l.tree),
+            files,
         });
         layer_bytes.push(bytes);
     }
@@ -267,6 +270,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             env: i.app.env,
             uid: i.app.uid,
             gid: i.app.gid,
+            env_args: i.app.env_args,
             port: i.port,
             health_http: i.health_http,
         },
@@ -353,6 +357,58 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         meta,
         parts,
     })
+}
+
+fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<Vec<u8>> {
+    timed(
+        &format!("layer {} ({} entries) written", l.name, l.tree.len()),
+        || {
+            squashfs::write(&l.tree, opts)
+                .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
+        },
+    )
+}
+
+/// A layer's squashfs from the cache when a layer of the same content (every file's path,
+/// type, mode, owner, size, sha256, link target; mtimes; writer options; fuse version) was
+/// written before, else written and cached. The key names the content; the bytes are
+/// stored by their own sha256 and verified when read back.
+fn cached_layer(
+    store: &crate::store::Store,
+    l: &Layer,
+    files: &[FileMeta],
+    opts: &squashfs::Options,
+) -> Result<Vec<u8>> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(
+        format!(
+            "fuse {} squashfs layer\0{opts:?}\0",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
+    h.update(serde_json::to_vec(files)?);
+    for (path, n) in l.tree.iter() {
+        h.update(format!("{path}\0{}\0", n.mtime).as_bytes());
+    }
+    let key = format!("layer-{}", crate::manifest::hex(&h.finalize()));
+    if let Some(sha) = store.get_named(&key)? {
+        let sha = String::from_utf8_lossy(&sha).trim().to_string();
+        if let Ok(Some(bytes)) = store.get(&sha) {
+            tracing::info!(
+                "layer {} reused from the cache ({} bytes)",
+                l.name,
+                bytes.len()
+            );
+            return Ok(bytes);
+        }
+    }
+    let bytes = write_layer(l, opts)?;
+    let sha = sha256_hex(&bytes);
+    store.put(&sha, &bytes)?;
+    store.put_named(&key, sha.as_bytes())?;
+    Ok(bytes)
 }
 
 fn hex_prefix4(hex: &str) -> [u8; 4] {

@@ -2,7 +2,7 @@
 //! (init + kernel modules + boot plan). Pure: inputs in, trees out.
 
 use crate::kernel::Kernel;
-use crate::manifest::Manifest;
+use crate::manifest::{AppKind, Manifest};
 use crate::tree::{Node, Tree};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,18 @@ pub struct AppPlan {
     pub env: BTreeMap<String, String>,
     pub uid: u32,
     pub gid: u32,
+    /// Words of an environment variable inserted into argv at boot (JAVA_OPTS for Java):
+    /// the init splits the variable's value on whitespace, so no shell is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_args: Option<EnvArgs>,
+}
+
+/// `env_args` of the boot plan.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvArgs {
+    pub var: String,
+    /// argv index the words go to (1..=argv.len()).
+    pub at: usize,
 }
 
 fn version_id(codename: &str) -> &'static str {
@@ -203,21 +215,94 @@ pub fn base_layer(
     })
 }
 
-/// The app layer for `kind = "binary"`: the artifact at `/app/<file name>`, root-owned and
-/// read-only to the app user.
-pub fn app_layer(m: &Manifest, app_bytes: &[u8], epoch: u64) -> Result<Layer> {
-    let file_name = m
-        .app_path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .with_context(|| format!("app path {} has no usable file name", m.app_path.display()))?;
+/// Names never taken from an app directory: fuse's own files and version control.
+const APP_DIR_SKIP: &[&str] = &["fuse.toml", "fuse.lock", "fuse-out", ".git"];
+
+/// Add the files of a host directory to `t` under `dest`, sorted, root-owned, 0644 or 0755
+/// (owner-executable files), times set to the epoch. Symlinks are kept as they are;
+/// anything else (sockets, devices) is refused.
+pub fn add_dir(t: &mut Tree, src: &std::path::Path, dest: &str, epoch: u64) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src)
+        .with_context(|| format!("cannot read directory {}", src.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read directory {}", src.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name = name
+            .to_str()
+            .with_context(|| format!("{}: file name is not UTF-8", e.path().display()))?;
+        if dest == APP_DIR && APP_DIR_SKIP.contains(&name) {
+            continue;
+        }
+        let path = format!("{dest}/{name}");
+        let ft = e
+            .file_type()
+            .with_context(|| format!("cannot stat {}", e.path().display()))?;
+        let mut node = if ft.is_symlink() {
+            let target = std::fs::read_link(e.path())
+                .with_context(|| format!("cannot read link {}", e.path().display()))?;
+            Node::symlink(target.to_string_lossy().into_owned())
+        } else if ft.is_dir() {
+            let mut d = Node::dir(0o755);
+            d.mtime = epoch;
+            t.insert(&path, d)?;
+            add_dir(t, &e.path(), &path, epoch)?;
+            continue;
+        } else if ft.is_file() {
+            let meta = e
+                .metadata()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?;
+            let mode = if meta.permissions().mode() & 0o100 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let data = std::fs::read(e.path())
+                .with_context(|| format!("cannot read {}", e.path().display()))?;
+            Node::file(data, mode)
+        } else {
+            anyhow::bail!("{} is not a file, directory or symlink", e.path().display());
+        };
+        node.mtime = epoch;
+        t.insert(&path, node)?;
+    }
+    Ok(())
+}
+
+/// The app layer: for file kinds (binary, jar, war) the artifact at `/app/<file name>`
+/// (a war as `/app/ROOT.war`, Tomcat's ROOT context); for directory kinds (node, python)
+/// the app directory's files under `/app`. Root-owned, read-only to the app user.
+pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
     let mut t = Tree::new();
     let mut d = Node::dir(0o755);
     d.mtime = epoch;
     t.insert(APP_DIR, d)?;
-    let mut f = Node::file(app_bytes.to_vec(), 0o755);
-    f.mtime = epoch;
-    t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
+    if m.kind.is_dir() {
+        add_dir(&mut t, &m.app_path, APP_DIR, epoch)?;
+    } else {
+        let file_name = match m.kind {
+            AppKind::War => "ROOT.war",
+            _ => m
+                .app_path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .with_context(|| {
+                    format!("app path {} has no usable file name", m.app_path.display())
+                })?,
+        };
+        let bytes = std::fs::read(&m.app_path)
+            .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+        let mode = if m.kind == AppKind::Binary {
+            0o755
+        } else {
+            0o644
+        };
+        let mut f = Node::file(bytes, mode);
+        f.mtime = epoch;
+        t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
+    }
     Ok(Layer {
         name: "app".into(),
         tree: t,
@@ -227,22 +312,33 @@ pub fn app_layer(m: &Manifest, app_bytes: &[u8], epoch: u64) -> Result<Layer> {
 
 /// The command, working directory and environment defaults of the app.
 pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
-    let file_name = m
-        .app_path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .context("app path has no file name")?;
-    let mut argv = vec![format!("{APP_DIR}/{file_name}")];
-    argv.extend(m.args.iter().cloned());
+    let (argv, at) = crate::runtimes::argv(m)?;
     let mut env = m.env.clone();
     env.entry("PORT".into())
         .or_insert_with(|| m.port.to_string());
+    match m.kind {
+        AppKind::Python => {
+            env.entry("PYTHONDONTWRITEBYTECODE".into())
+                .or_insert_with(|| "1".into());
+            env.entry("PYTHONUNBUFFERED".into())
+                .or_insert_with(|| "1".into());
+        }
+        AppKind::Node => {
+            env.entry("NODE_ENV".into())
+                .or_insert_with(|| "production".into());
+        }
+        _ => {}
+    }
     Ok(AppPlan {
         argv,
         workdir: APP_DIR.into(),
         env,
         uid: APP_UID,
         gid: APP_GID,
+        env_args: at.map(|at| EnvArgs {
+            var: "JAVA_OPTS".into(),
+            at,
+        }),
     })
 }
 

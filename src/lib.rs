@@ -19,5 +19,6 @@ pub mod mirror;
 pub mod oci;
 pub mod qemu;
 pub mod resolve;
+pub mod runtimes;
 pub mod store;
 pub mod tree;

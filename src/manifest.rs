@@ -69,6 +69,27 @@ struct RawSystem {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppKind {
     Binary,
+    Jar,
+    War,
+    Node,
+    Python,
+}
+
+impl AppKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Binary => "binary",
+            AppKind::Jar => "jar",
+            AppKind::War => "war",
+            AppKind::Node => "node",
+            AppKind::Python => "python",
+        }
+    }
+
+    /// Is the artifact a directory (node, python) rather than one file?
+    pub fn is_dir(self) -> bool {
+        matches!(self, AppKind::Node | AppKind::Python)
+    }
 }
 
 /// A supported distribution release.
@@ -105,6 +126,14 @@ pub struct Manifest {
     pub keyring: Option<PathBuf>,
     /// Path prefixes kept even where the dead-weight filters would drop them.
     pub keep: Vec<String>,
+    /// The language runtime (`[runtime]`, or the kind's default version).
+    pub runtime: Option<crate::runtimes::Request>,
+    /// The app server (`[server]`, kind war).
+    pub server: Option<crate::runtimes::Request>,
+    /// A jar's Main-Class (kind jar).
+    pub main_class: Option<String>,
+    /// package.json's `main` (kind node), relative to the app directory.
+    pub node_main: Option<String>,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -212,14 +241,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     let app = raw.app.into_inner();
     let kind = match app.kind.get_ref().as_str() {
         "binary" => AppKind::Binary,
-        "jar" | "war" | "node" | "python" => bail!(cx.err(
-            "app.kind",
-            app.kind.span(),
-            format!(
-                "kind {:?} is not supported by this version of fuse yet (supported: binary)",
-                app.kind.get_ref()
-            )
-        )),
+        "jar" => AppKind::Jar,
+        "war" => AppKind::War,
+        "node" => AppKind::Node,
+        "python" => AppKind::Python,
         other => bail!(cx.err(
             "app.kind",
             app.kind.span(),
@@ -238,11 +263,22 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             format!("cannot read {}: {e}", app_path.display()),
         )
     })?;
-    if kind == AppKind::Binary && !meta.is_file() {
+    if !kind.is_dir() && !meta.is_file() {
         bail!(cx.err(
             "app.path",
             app.path.span(),
             format!("{} is not a file", app_path.display())
+        ));
+    }
+    if kind.is_dir() && !meta.is_dir() {
+        bail!(cx.err(
+            "app.path",
+            app.path.span(),
+            format!(
+                "kind {:?} takes the app directory, and {} is not a directory",
+                kind.name(),
+                app_path.display()
+            )
         ));
     }
     let app_path = std::fs::canonicalize(&app_path)
@@ -314,18 +350,174 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             }
         },
     };
-    if let Some(r) = raw.runtime {
-        bail!(cx.err(
+    let runtime = match (crate::runtimes::runtime_of(kind), raw.runtime) {
+        (None, Some(r)) => bail!(cx.err(
             "runtime",
             r.span(),
-            "kind \"binary\" takes no [runtime] (runtimes come with jar/node/python)"
-        ));
-    }
-    if let Some(s) = raw.server {
-        bail!(cx.err(
+            "kind \"binary\" takes no [runtime] (runtimes come with jar, war, node, python)"
+        )),
+        (None, None) => None,
+        (Some((want, default)), r) => {
+            let span = r.as_ref().map(|r| r.span()).unwrap_or(app_span.clone());
+            let table = r.map(Spanned::into_inner).unwrap_or_default();
+            let mut version = default.to_string();
+            for (k, v) in &table {
+                if k != want {
+                    bail!(cx.err(
+                        &format!("runtime.{k}"),
+                        span.clone(),
+                        format!(
+                            "kind {:?} runs on {want}; expected `{want} = \"<version>\"`",
+                            kind.name()
+                        )
+                    ));
+                }
+                match v.as_str() {
+                    Some(s)
+                        if !s.is_empty()
+                            && s.len() <= 16
+                            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+                    {
+                        version = s.to_string()
+                    }
+                    _ => bail!(cx.err(
+                        &format!("runtime.{k}"),
+                        span.clone(),
+                        "must be a version string of digits and dots, e.g. \"17\" or \"3.11\""
+                    )),
+                }
+            }
+            Some(crate::runtimes::Request {
+                name: want.into(),
+                version,
+            })
+        }
+    };
+    let server = match (kind, raw.server) {
+        (AppKind::War, None) => bail!(cx.err(
+            "server",
+            app_span.clone(),
+            "kind \"war\" needs an app server: add [server] with tomcat = \"10\""
+        )),
+        (AppKind::War, Some(s)) => {
+            let span = s.span();
+            let table = s.into_inner();
+            let mut out = None;
+            for (k, v) in &table {
+                if k != "tomcat" {
+                    bail!(cx.err(
+                        &format!("server.{k}"),
+                        span.clone(),
+                        "unknown server (supported: tomcat)"
+                    ));
+                }
+                match v.as_str() {
+                    Some(s)
+                        if !s.is_empty()
+                            && s.len() <= 16
+                            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+                    {
+                        out = Some(crate::runtimes::Request {
+                            name: "tomcat".into(),
+                            version: s.into(),
+                        })
+                    }
+                    _ => bail!(cx.err(
+                        "server.tomcat",
+                        span.clone(),
+                        "must be a version string, e.g. \"10\""
+                    )),
+                }
+            }
+            Some(out.ok_or_else(|| cx.err("server", span, "names no server: add tomcat = \"10\""))?)
+        }
+        (_, Some(s)) => bail!(cx.err(
             "server",
             s.span(),
-            "kind \"binary\" takes no [server] ([server] is for kind = \"war\")"
+            format!(
+                "kind {:?} takes no [server] ([server] is for kind = \"war\")",
+                kind.name()
+            )
+        )),
+        (_, None) => None,
+    };
+    let main_class = if kind == AppKind::Jar {
+        let jar = std::fs::read(&app_path).map_err(|e| {
+            cx.err(
+                "app.path",
+                app.path.span(),
+                format!("cannot read {}: {e}", app_path.display()),
+            )
+        })?;
+        match crate::runtimes::jar_main_class(&jar) {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => bail!(cx.err(
+                "app.path",
+                app.path.span(),
+                format!("{} has no Main-Class in META-INF/MANIFEST.MF: build an executable jar (jar --main-class, or the build tool's manifest setting)", app_path.display())
+            )),
+            Err(e) => bail!(cx.err("app.path", app.path.span(), format!("{} is not a readable jar: {e:#}", app_path.display()))),
+        }
+    } else {
+        None
+    };
+    if kind == AppKind::War {
+        let war = std::fs::read(&app_path).map_err(|e| {
+            cx.err(
+                "app.path",
+                app.path.span(),
+                format!("cannot read {}: {e}", app_path.display()),
+            )
+        })?;
+        if let Err(e) = crate::runtimes::zip_entry(&war, "WEB-INF/web.xml") {
+            bail!(cx.err(
+                "app.path",
+                app.path.span(),
+                format!("{} is not a readable war: {e:#}", app_path.display())
+            ));
+        }
+    }
+    let node_main = if kind == AppKind::Node && app.args.is_empty() {
+        let pj = app_path.join("package.json");
+        let main = match std::fs::read(&pj) {
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| {
+                    cx.err(
+                        "app.path",
+                        app.path.span(),
+                        format!("{} is not JSON: {e}", pj.display()),
+                    )
+                })?;
+                v.get("main")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("index.js")
+                    .to_string()
+            }
+            Err(_) => "index.js".to_string(),
+        };
+        let main = crate::tree::normalize(&main).map_err(|e| {
+            cx.err(
+                "app.path",
+                app.path.span(),
+                format!("package.json main: {e}"),
+            )
+        })?;
+        if !app_path.join(&main).is_file() {
+            bail!(cx.err(
+                "app.args",
+                app_span.clone(),
+                format!("no args, and the app's entry point {} (package.json `main`, else index.js) is not a file", app_path.join(&main).display())
+            ));
+        }
+        Some(main)
+    } else {
+        None
+    };
+    if kind == AppKind::Python && app.args.is_empty() && !app_path.join("__main__.py").is_file() {
+        bail!(cx.err(
+            "app.args",
+            app_span.clone(),
+            "kind \"python\" needs args (e.g. [\"-m\", \"myapp\"] or [\"server.py\"]) or a __main__.py in the app directory"
         ));
     }
 
@@ -410,6 +602,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         mirror,
         keyring,
         keep,
+        runtime,
+        server,
+        main_class,
+        node_main,
     })
 }
 
@@ -499,5 +695,86 @@ http = "/"
         assert!(e.contains("app"), "{e}");
         let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
         assert!(e.contains(":9"), "{e}");
+    }
+
+    fn load_in(dir: &Path, text: &str) -> Result<Manifest> {
+        let file = dir.join("fuse.toml");
+        std::fs::write(&file, text).unwrap();
+        load(&file)
+    }
+
+    const HEAD: &str = "[image]\nname = \"x\"\nversion = \"1\"\n";
+
+    #[test]
+    fn runtime_kinds_are_checked_at_manifest_time() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.war"), b"not a zip").unwrap();
+        std::fs::write(d.path().join("app.jar"), b"not a zip").unwrap();
+        std::fs::create_dir(d.path().join("py")).unwrap();
+        std::fs::write(d.path().join("py/server.py"), b"").unwrap();
+        // war without a server
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"war\"\npath = \"app.war\"\nport = 8080\n")
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("`server`") && e.contains("tomcat = \"10\""),
+            "{e}"
+        );
+        // a jar that is not a zip / has no Main-Class
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"jar\"\npath = \"app.jar\"\nport = 8080\n")
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("app.path") && e.contains("not a readable jar"),
+            "{e}"
+        );
+        // the wrong runtime for the kind; a server for a kind without one
+        let e = format!(
+            "{:#}",
+            load_in(d.path(), &format!("{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"server.py\"]\nport = 1\n[runtime]\njava = \"17\"\n"))
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("runtime.java") && e.contains("runs on python"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nport = 1\n")
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("app.args") && e.contains("__main__.py"), "{e}");
+        let m = load_in(
+            d.path(),
+            &format!(
+                "{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"server.py\"]\nport = 1\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(m.runtime.unwrap().key(), "python=3.11");
+        // node: package.json main must exist
+        std::fs::create_dir(d.path().join("js")).unwrap();
+        std::fs::write(d.path().join("js/package.json"), br#"{"main": "srv.js"}"#).unwrap();
+        let node = format!("{HEAD}[app]\nkind = \"node\"\npath = \"js\"\nport = 1\n");
+        let e = format!("{:#}", load_in(d.path(), &node).unwrap_err());
+        assert!(e.contains("srv.js"), "{e}");
+        std::fs::write(d.path().join("js/srv.js"), b"").unwrap();
+        assert_eq!(
+            load_in(d.path(), &node).unwrap().node_main.as_deref(),
+            Some("srv.js")
+        );
     }
 }

@@ -86,6 +86,22 @@ pub fn build_env(
     env
 }
 
+/// The app's argv with the words of `env_args`'s variable (if set) inserted at its index.
+pub fn with_env_args(app: &AppConfig, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut argv = app.argv.clone();
+    if let Some(e) = &app.env_args {
+        if let Some(v) = env.get(&e.var) {
+            let at = e.at.min(argv.len());
+            let words: Vec<String> = v.split_whitespace().map(str::to_string).collect();
+            if !words.is_empty() {
+                crate::log!("{}: {} words added to the command line", e.var, words.len());
+            }
+            argv.splice(at..at, words);
+        }
+    }
+    argv
+}
+
 /// Everything the child needs, built before fork so the child does no parsing.
 pub struct Prepared {
     root: CString,
@@ -114,10 +130,11 @@ impl Prepared {
                     .map_err(|_| anyhow!("environment variable {k} contains a NUL byte"))?,
             );
         }
+        let argv = with_env_args(app, env);
         Ok(Prepared {
             root: cs(root)?,
             path: cs(&argv0)?,
-            argv: app.argv.iter().map(|a| cs(a)).collect::<Result<_>>()?,
+            argv: argv.iter().map(|a| cs(a)).collect::<Result<_>>()?,
             envp,
             workdir: cs(&app.workdir)?,
             uid: app.uid,
@@ -339,6 +356,40 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t) -> Result<Exit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_args_words_go_after_the_defaults() {
+        let app = AppConfig {
+            argv: vec![
+                "/java".into(),
+                "-Xdefault".into(),
+                "-jar".into(),
+                "/app/a.jar".into(),
+            ],
+            workdir: "/app".into(),
+            env: BTreeMap::new(),
+            uid: 1000,
+            gid: 1000,
+            env_args: Some(crate::config::EnvArgs {
+                var: "JAVA_OPTS".into(),
+                at: 2,
+            }),
+        };
+        let mut env = BTreeMap::new();
+        assert_eq!(with_env_args(&app, &env), app.argv);
+        env.insert("JAVA_OPTS".to_string(), "  -Xmx64m\t-Dx=y ".to_string());
+        assert_eq!(
+            with_env_args(&app, &env),
+            [
+                "/java",
+                "-Xdefault",
+                "-Xmx64m",
+                "-Dx=y",
+                "-jar",
+                "/app/a.jar"
+            ]
+        );
+    }
 
     #[test]
     fn env_file_lines() {

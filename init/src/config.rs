@@ -45,6 +45,18 @@ pub struct AppConfig {
     pub uid: u32,
     /// Group id the app runs as; supplementary groups are cleared.
     pub gid: u32,
+    /// An environment variable whose whitespace-separated words are inserted into argv at
+    /// index `at` (e.g. JAVA_OPTS after the JVM's default flags), so no shell is needed.
+    #[serde(default)]
+    pub env_args: Option<EnvArgs>,
+}
+
+/// See [`AppConfig::env_args`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvArgs {
+    pub var: String,
+    pub at: usize,
 }
 
 /// Parses and validates the text of `boot.json`.
@@ -153,6 +165,15 @@ impl BootConfig {
                 "boot.json: app.workdir {:?} must be an absolute path",
                 app.workdir
             );
+        }
+        if let Some(e) = &app.env_args {
+            if !valid_env_key(&e.var) || e.at == 0 || e.at > app.argv.len() {
+                bail!(
+                    "boot.json: app.env_args {:?} at {} is not a variable inserted within argv",
+                    e.var,
+                    e.at
+                );
+            }
         }
         for (k, v) in &app.env {
             if !valid_env_key(k) {

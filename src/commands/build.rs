@@ -139,8 +139,24 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
     bail!("kernel meta-package chain from {name} is too long")
 }
 
-/// What the app needs from the dynamic linker (static apps: nothing).
+/// The bytes that identify the app: the artifact itself, or for an app directory the
+/// canonical listing (path, type, mode, size, sha256 of every file) of its files.
+pub fn app_artifact(m: &Manifest) -> Result<Vec<u8>> {
+    if m.kind.is_dir() {
+        let layer = layers::app_layer(m, 0)?;
+        Ok(serde_json::to_vec(&image::file_list(&layer.tree))?)
+    } else {
+        std::fs::read(&m.app_path)
+            .with_context(|| format!("cannot read the app {}", m.app_path.display()))
+    }
+}
+
+/// What the app needs from the dynamic linker (static apps, and apps run by a runtime:
+/// nothing).
 pub fn app_dynamic(m: &Manifest, app: &[u8]) -> Result<Dynamic> {
+    if m.kind != manifest::AppKind::Binary {
+        return Ok(Dynamic::default());
+    }
     if !elf::is_elf(app) {
         bail!(
             "{}: kind \"binary\" needs an ELF executable",
@@ -165,6 +181,12 @@ pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic) -> ResolveInputs {
         packages,
         interpreter: dynamic.interpreter.clone(),
         needed,
+        runtime: m
+            .runtime
+            .iter()
+            .chain(m.server.iter())
+            .map(|r| r.key())
+            .collect(),
     }
 }
 
@@ -231,6 +253,10 @@ pub fn resolve_lock(
     let idx = Index::new(archive.packages.values().flatten().cloned(), "amd64")?;
 
     let mut roots: Vec<String> = inputs.packages.clone();
+    for r in m.runtime.iter().chain(m.server.iter()) {
+        crate::runtimes::check_available(&idx, r, &inputs.distribution)?;
+        roots.extend(crate::runtimes::roots(r));
+    }
     let dynamic = Dynamic {
         interpreter: inputs.interpreter.clone(),
         needed: inputs.needed.clone(),
@@ -396,6 +422,86 @@ fn read_pinned(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<Deb> {
     })
 }
 
+/// The kernel (vmlinuz and modules) of a pinned kernel package, and the package's control
+/// fields (its data left empty): from the cache when this package was read before (the
+/// package is 70 MB of xz; a rebuild should not decompress it again), else read and
+/// cached. The cached bytes are content-addressed and verified when read back.
+fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, Deb)> {
+    use std::sync::Arc;
+    let key = format!("kernel-{}-{}", env!("CARGO_PKG_VERSION"), pin.sha256);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Header {
+        release: String,
+        control: BTreeMap<String, String>,
+        vmlinuz: usize,
+        modules: Vec<(String, String, usize)>,
+    }
+    let decode = |blob: &[u8]| -> Option<(kernel::Kernel, Deb)> {
+        let nl = blob.iter().position(|&b| b == b'\n')?;
+        let h: Header = serde_json::from_slice(blob.get(..nl)?).ok()?;
+        let mut at = nl + 1;
+        let mut take = |n: usize| -> Option<Arc<Vec<u8>>> {
+            let d = blob.get(at..at.checked_add(n)?)?.to_vec();
+            at += n;
+            Some(Arc::new(d))
+        };
+        let vmlinuz = take(h.vmlinuz)?;
+        let mut modules = Vec::new();
+        for (path, name, len) in h.modules {
+            modules.push((path, take(len)?, name));
+        }
+        let deb = Deb {
+            control: h.control,
+            control_files: BTreeMap::new(),
+            data: crate::tree::Tree::new(),
+        };
+        Some((
+            kernel::Kernel {
+                release: h.release,
+                vmlinuz,
+                modules,
+            },
+            deb,
+        ))
+    };
+    if let Some(sha) = s.store.get_named(&key)? {
+        let sha = String::from_utf8_lossy(&sha).trim().to_string();
+        if let Ok(Some(blob)) = s.store.get(&sha) {
+            if let Some(k) = decode(&blob) {
+                tracing::info!("kernel {} from the cache", k.0.release);
+                return Ok(k);
+            }
+        }
+    }
+    let deb = read_pinned(s, pin, bytes)?;
+    let k = kernel::from_package(&deb.data, &pin.name)?;
+    let h = Header {
+        release: k.release.clone(),
+        control: deb.control.clone(),
+        vmlinuz: k.vmlinuz.len(),
+        modules: k
+            .modules
+            .iter()
+            .map(|(p, d, n)| (p.clone(), n.clone(), d.len()))
+            .collect(),
+    };
+    let mut blob = serde_json::to_vec(&h)?;
+    blob.push(b'\n');
+    blob.extend_from_slice(&k.vmlinuz);
+    for (_, d, _) in &k.modules {
+        blob.extend_from_slice(d);
+    }
+    let sha = sha256_hex(&blob);
+    s.store.put(&sha, &blob)?;
+    s.store.put_named(&key, sha.as_bytes())?;
+    let deb = Deb {
+        control: deb.control,
+        control_files: BTreeMap::new(),
+        data: crate::tree::Tree::new(),
+    };
+    Ok((k, deb))
+}
+
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
 pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let started = Instant::now();
@@ -408,8 +514,7 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| app_dir.join("fuse-out"));
-    let app_bytes = std::fs::read(&m.app_path)
-        .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+    let app_bytes = app_artifact(&m)?;
     let s = Session::open()?;
     let (lock, lock_changed) = obtain_lock(&s, &m, &app_bytes, opts)?;
 
@@ -430,9 +535,8 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let mut debs = debs.into_iter();
     let (kernel_deb, stub_deb) = (debs.next().context("kernel")?, debs.next().context("stub")?);
 
-    let kernel_deb = read_pinned(&s, &lock.kernel, &kernel_deb)?;
-    let kernel = step("reading the kernel", || {
-        kernel::from_package(&kernel_deb.data, &lock.kernel.name)
+    let (kernel, kernel_deb) = step("reading the kernel", || {
+        read_kernel(&s, &lock.kernel, &kernel_deb)
     })?;
     let stub_deb = read_pinned(&s, &lock.stub, &stub_deb)?;
     let stub = stub_deb
@@ -459,24 +563,94 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
         codename: m.distribution.codename.clone(),
     };
 
-    // The libraries: every pinned package's files (dead weight dropped) in the base layer.
-    let mut lib_tree = crate::tree::Tree::new();
-    let mut lib_refs = Vec::new();
+    // Every pinned package's files (dead weight dropped): the runtime's and the server's
+    // own packages in their layers, the rest (libraries) in the base layer.
+    let requests: Vec<(&str, &crate::runtimes::Request)> = m
+        .runtime
+        .iter()
+        .map(|r| ("runtime", r))
+        .chain(m.server.iter().map(|r| ("server", r)))
+        .collect();
+    let mut parts: BTreeMap<&str, (crate::tree::Tree, Vec<PackageRef>)> = BTreeMap::new();
     let mut status = vec![(
         package_ref(&lock.kernel, &kernel_deb),
         kernel_deb.control.clone(),
     )];
     let mut dropped = 0;
+    let mut dropped_runtime = 0;
+    let mut pinned = Vec::new();
     for (pin, bytes) in lock.packages.iter().zip(debs) {
-        let deb = read_pinned(&s, pin, &bytes)?;
-        let (files, d) = layers::package_files(&deb.data, &m.keep, epoch)?;
+        pinned.push((pin, read_pinned(&s, pin, &bytes)?));
+    }
+    let unused: Vec<&str> = requests
+        .iter()
+        .flat_map(|(_, r)| crate::runtimes::unused_packages(r).iter().copied())
+        .collect();
+    if !unused.is_empty() {
+        let graph: BTreeMap<String, (String, String)> = pinned
+            .iter()
+            .map(|(p, d)| {
+                let f = |k: &str| d.control.get(k).cloned().unwrap_or_default();
+                let deps = [f("Pre-Depends"), f("Depends")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (p.name.clone(), (deps, f("Provides")))
+            })
+            .collect();
+        let mut roots = m.packages.clone();
+        for (_, r) in &requests {
+            roots.extend(crate::runtimes::roots(r));
+        }
+        let needed = crate::runtimes::needed_packages(&graph, &roots, &unused)?;
+        let cut: Vec<String> = pinned
+            .iter()
+            .filter(|(p, _)| !needed.contains(&p.name))
+            .map(|(p, _)| p.name.clone())
+            .collect();
+        if !cut.is_empty() {
+            tracing::info!(
+                "left out {} packages a headless {} never loads: {}",
+                cut.len(),
+                requests
+                    .iter()
+                    .map(|(_, r)| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                cut.join(" ")
+            );
+        }
+        pinned.retain(|(p, _)| needed.contains(&p.name));
+    }
+    for (pin, deb) in pinned {
+        let (mut files, d) = layers::package_files(&deb.data, &m.keep, epoch)?;
         dropped += d;
-        lib_tree
+        let layer = requests
+            .iter()
+            .find(|(_, r)| crate::runtimes::owns(r, &pin.name))
+            .map(|(l, _)| *l)
+            .unwrap_or("base");
+        for (_, r) in &requests {
+            let dw = crate::runtimes::dead_weight(r);
+            let drop: Vec<String> = files
+                .iter()
+                .filter(|(p, _)| crate::runtimes::is_dead_weight(&dw, p, &m.keep))
+                .map(|(p, _)| p.to_string())
+                .collect();
+            for p in drop {
+                if let Some(n) = files.remove(&p) {
+                    dropped_runtime += n.size();
+                }
+            }
+        }
+        let part = parts.entry(layer).or_default();
+        part.0
             .merge(&files)
             .with_context(|| format!("package {}", pin.name))?;
         let r = package_ref(pin, &deb);
         status.push((r.clone(), deb.control.clone()));
-        lib_refs.push(r);
+        part.1.push(r);
     }
     if dropped > 0 {
         tracing::info!(
@@ -484,14 +658,48 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
             dropped as f64 / 1048576.0
         );
     }
+    if dropped_runtime > 0 {
+        tracing::info!(
+            "dropped {:.1} MiB of runtime files a headless server does not use",
+            dropped_runtime as f64 / 1048576.0
+        );
+    }
+    let (mut lib_tree, lib_refs) = parts.remove("base").unwrap_or_default();
     for effect in layers::native_effects(&mut lib_tree, epoch)? {
         tracing::info!("native effect: {effect}");
+    }
+    if m.runtime.as_ref().is_some_and(|r| r.name == "java") {
+        let jks = crate::runtimes::java_cacerts(&lib_tree, epoch).context(
+            "the Java runtime needs CA certificates, but the packages have none (ca-certificates)",
+        )?;
+        let mut n = crate::tree::Node::file(jks, 0o644);
+        n.mtime = epoch;
+        lib_tree.insert("etc/ssl/certs/java/cacerts", n)?;
+        tracing::info!("native effect: ca-certificates-java: /etc/ssl/certs/java/cacerts");
     }
     let mut base = layers::base_layer(&m, &distro, &status, epoch)?;
     lib_tree.merge(&base.tree)?;
     base.tree = lib_tree;
     base.packages = lib_refs;
-    let layers = vec![base, layers::app_layer(&m, &app_bytes, epoch)?];
+    let mut layers = vec![base];
+    if let Some(server) = &m.server {
+        let (tree, _) = parts.entry("server").or_default();
+        tree.merge(&crate::runtimes::tomcat_base(
+            &server.version,
+            m.port,
+            epoch,
+        )?)?;
+    }
+    for name in ["runtime", "server"] {
+        if let Some((tree, packages)) = parts.remove(name) {
+            layers.push(layers::Layer {
+                name: name.into(),
+                tree,
+                packages,
+            });
+        }
+    }
+    layers.push(layers::app_layer(&m, epoch)?);
     let app = layers::app_plan(&m)?;
     let plan = BootPlan {
         format: 1,
@@ -528,10 +736,11 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
             initramfs: &initramfs,
             layers: &layers,
             app,
-            app_kind: "binary",
+            app_kind: m.kind.name(),
             port: m.port,
             health_http: m.health_http.clone(),
             epoch,
+            layer_cache: Some(&s.store),
         })
     })?;
 

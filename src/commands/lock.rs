@@ -4,12 +4,11 @@
 use crate::cli::LockArgs;
 use crate::commands::build::{obtain_lock, Options, Session};
 use crate::mirror::Trust;
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub fn run(args: &LockArgs) -> Result<u8> {
     let m = crate::manifest::load(&args.path)?;
-    let app = std::fs::read(&m.app_path)
-        .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+    let app = crate::commands::build::app_artifact(&m)?;
     let s = Session::open()?;
     let opts = Options {
         trust: Trust {

@@ -634,6 +634,7 @@ pub(crate) mod tests {
                 gid: 1000,
                 port: 8080,
                 health_http: Some("/".into()),
+                env_args: None,
             },
             layers: vec![
                 LayerMeta {

@@ -126,6 +126,7 @@ pub(crate) fn build(app: &[u8], doctor: impl FnOnce(&mut ImageMeta)) -> Fixture 
             gid: 1000,
             port: 8080,
             health_http: Some("/".into()),
+            env_args: None,
         },
         layers,
         disk_size: None,

@@ -51,6 +51,10 @@ pub struct ResolveInputs {
     /// The app's DT_NEEDED sonames, sorted.
     #[serde(default)]
     pub needed: Vec<String>,
+    /// The language runtime and app server asked for (`java=17`, `tomcat=10`), in that
+    /// order; absent for binary apps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,6 +191,13 @@ impl Lock {
         for n in ln.difference(&cn) {
             d.push(format!("the app no longer needs {n}"));
         }
+        if l.runtime != current.runtime {
+            d.push(format!(
+                "runtime: lock has [{}], manifest has [{}]",
+                l.runtime.join(", "),
+                current.runtime.join(", ")
+            ));
+        }
         d
     }
 }
@@ -222,6 +233,7 @@ mod tests {
                 packages: vec![],
                 interpreter: Some("/lib64/ld-linux-x86-64.so.2".into()),
                 needed: vec!["libz.so.1".into(), "libc.so.6".into()],
+                runtime: vec![],
             },
             app: AppPin {
                 sha256: "b".repeat(64),
@@ -275,7 +287,12 @@ mod tests {
         cur.packages.push("curl".into());
         cur.needed.push("libssl.so.3".into());
         cur.kernel = "linux-image-cloud-amd64".into();
+        cur.runtime = vec!["java=17".into()];
         let d = l.input_differences(&cur).join("\n");
+        assert!(
+            d.contains("runtime: lock has [], manifest has [java=17]"),
+            "{d}"
+        );
         assert!(
             d.contains("package curl is in the manifest but not in the lock"),
             "{d}"

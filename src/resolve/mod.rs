@@ -55,6 +55,11 @@ impl Index {
         self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Every package name of the index, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     pub fn newest(&self, name: &str) -> Option<&Package> {
         self.versions(name).first()
     }

@@ -225,9 +225,19 @@ fn a_changed_app_shows_as_the_only_changed_layer() {
     assert_eq!(v["kernel"]["changed"], false);
     assert_eq!(v["boot"]["changed"], false);
     // The app digest changed (and with it fuse.lock's record of it); nothing else did.
-    let inputs: Vec<&str> = v["inputs"].as_array().unwrap().iter().map(|i| i["field"].as_str().unwrap()).collect();
+    let inputs: Vec<&str> = v["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["field"].as_str().unwrap())
+        .collect();
     assert!(inputs.contains(&"app_sha256"), "{inputs:?}");
-    assert!(inputs.iter().all(|f| *f == "app_sha256" || *f == "lock_sha256"), "{inputs:?}");
+    assert!(
+        inputs
+            .iter()
+            .all(|f| *f == "app_sha256" || *f == "lock_sha256"),
+        "{inputs:?}"
+    );
 }
 
 #[test]

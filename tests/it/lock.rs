@@ -236,7 +236,12 @@ fn hostile_archives_are_refused_and_nothing_is_cached() {
 fn lock_update_moves_one_package_and_inspect_names_both_versions() {
     let mut a = Archive::new();
     a.add_kernel_and_stub();
-    a.add_package("libfoo1", "1.0", "", &[("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo 1.0")]);
+    a.add_package(
+        "libfoo1",
+        "1.0",
+        "",
+        &[("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo 1.0")],
+    );
     a.publish(None, None);
     let server = Server::start(&a.www());
     let dir = tempfile::tempdir().unwrap();
@@ -247,25 +252,55 @@ fn lock_update_moves_one_package_and_inspect_names_both_versions() {
     std::fs::copy(app.join("fuse-out/hello-1.0.0.img"), &old).unwrap();
 
     // The archive moves on; the lock keeps the build where it was until asked to move.
-    a.add_package("libfoo1", "1.1", "", &[("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo 1.1, longer")]);
+    a.add_package(
+        "libfoo1",
+        "1.1",
+        "",
+        &[("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo 1.1, longer")],
+    );
     a.publish(None, None);
     let same = digest_of(&build_with_cache(&app, &cache, &[]));
-    assert_eq!(same, sha256_file(&old), "the lock did not hold the package at 1.0");
+    assert_eq!(
+        same,
+        sha256_file(&old),
+        "the lock did not hold the package at 1.0"
+    );
     let cache_env = [("FUSE_CACHE_DIR", cache.to_str().unwrap())];
     let out = fuse(&["lock", app.to_str().unwrap(), "--update"], &cache_env);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(std::fs::read_to_string(app.join("fuse.lock")).unwrap().contains("version = \"1.1\""));
+    assert!(std::fs::read_to_string(app.join("fuse.lock"))
+        .unwrap()
+        .contains("version = \"1.1\""));
     digest_of(&build_with_cache(&app, &cache, &[]));
     let new = app.join("fuse-out/hello-1.0.0.img");
 
-    let out = fuse(&["inspect", old.to_str().unwrap(), new.to_str().unwrap()], &cache_env);
+    let out = fuse(
+        &["inspect", old.to_str().unwrap(), new.to_str().unwrap()],
+        &cache_env,
+    );
     let human = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{human}{}", text(&out.stderr));
-    let line = human.lines().find(|l| l.contains("libfoo1")).unwrap_or_else(|| panic!("{human}"));
+    let line = human
+        .lines()
+        .find(|l| l.contains("libfoo1"))
+        .unwrap_or_else(|| panic!("{human}"));
     assert!(line.contains("1.0") && line.contains("1.1"), "{line}");
-    let out = fuse(&["inspect", old.to_str().unwrap(), new.to_str().unwrap(), "--json"], &cache_env);
+    let out = fuse(
+        &[
+            "inspect",
+            old.to_str().unwrap(),
+            new.to_str().unwrap(),
+            "--json",
+        ],
+        &cache_env,
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let base = v["layers"].as_array().unwrap().iter().find(|l| l["name"] == "base").unwrap();
+    let base = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "base")
+        .unwrap();
     let changed = &base["packages"]["changed"][0];
     assert_eq!(changed["name"], "libfoo1");
     assert_eq!(changed["from"], "1.0");

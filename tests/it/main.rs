@@ -11,4 +11,5 @@ mod libs;
 mod lock;
 mod promote;
 mod registry;
+mod runtimes;
 mod support;

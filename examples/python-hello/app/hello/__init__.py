@@ -1,0 +1,1 @@
+"""A tiny HTTP service for the fuse python example."""

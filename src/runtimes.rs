@@ -1,0 +1,794 @@
+//! Language runtimes (Java, Node.js, Python) and app servers (Tomcat) from the distribution:
+//! which packages to resolve, which of them form the runtime and server layers, what the
+//! archive offers, how the app is started, and the per-runtime dead weight. Pure.
+
+use crate::layers::APP_DIR;
+use crate::manifest::{AppKind, Manifest};
+use crate::resolve::Index;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+
+/// Tomcat's writable catalina.base: a skeleton in the server layer whose logs/, work/ and
+/// temp/ point into the /tmp tmpfs.
+pub const CATALINA_BASE: &str = "/var/lib/fuse-tomcat";
+
+/// A `[runtime]` or `[server]` request: `java = "17"`, `tomcat = "10"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// "java", "node", "python" or "tomcat"
+    pub name: String,
+    pub version: String,
+}
+
+impl Request {
+    /// As recorded in fuse.lock's inputs: `java=17`.
+    pub fn key(&self) -> String {
+        format!("{}={}", self.name, self.version)
+    }
+}
+
+/// The runtime a kind needs and the distribution's default version of it.
+pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
+    match kind {
+        AppKind::Binary => None,
+        AppKind::Jar | AppKind::War => Some(("java", "17")),
+        AppKind::Node => Some(("node", "18")),
+        AppKind::Python => Some(("python", "3.11")),
+    }
+}
+
+/// Java's home in the image.
+pub fn java_home(version: &str) -> String {
+    format!("/usr/lib/jvm/java-{version}-openjdk-amd64")
+}
+
+/// The packages to resolve for a runtime or server request.
+pub fn roots(r: &Request) -> Vec<String> {
+    match r.name.as_str() {
+        "java" => vec![format!("openjdk-{}-jre-headless", r.version)],
+        "node" => vec!["nodejs".into()],
+        "python" => vec![
+            format!("python{}-minimal", r.version),
+            format!("libpython{}-stdlib", r.version),
+        ],
+        "tomcat" => vec![
+            format!("tomcat{}-common", r.version),
+            format!("libtomcat{}-java", r.version),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Does package `name` belong to the layer of request `r` (the runtime's or server's own
+/// packages; everything else of the closure goes to the base layer)?
+pub fn owns(r: &Request, name: &str) -> bool {
+    let v = &r.version;
+    match r.name.as_str() {
+        "java" => name == format!("openjdk-{v}-jre-headless"),
+        "node" => name == "nodejs" || name.starts_with("libnode") || name.starts_with("node-"),
+        "python" => {
+            name == format!("python{v}-minimal")
+                || name == format!("libpython{v}-minimal")
+                || name == format!("libpython{v}-stdlib")
+        }
+        "tomcat" => {
+            name == format!("libtomcat{v}-java")
+                || name == format!("tomcat{v}-common")
+                || name == "libeclipse-jdt-core-java"
+        }
+        _ => false,
+    }
+}
+
+/// The versions of a runtime the index has, sorted.
+pub fn available(idx: &Index, name: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in idx.names() {
+        let v = match name {
+            "java" => n
+                .strip_prefix("openjdk-")
+                .and_then(|r| r.strip_suffix("-jre-headless"))
+                .map(str::to_string),
+            "python" => n
+                .strip_prefix("python")
+                .and_then(|r| r.strip_suffix("-minimal"))
+                .filter(|v| v.starts_with("3.") && v.len() > 2)
+                .map(str::to_string),
+            "tomcat" => n
+                .strip_prefix("libtomcat")
+                .and_then(|r| r.strip_suffix("-java"))
+                .map(str::to_string),
+            "node" if n == "nodejs" => {
+                for p in idx.versions(n) {
+                    // "18.19.0+dfsg-6~deb12u2" (an epoch-less upstream version)
+                    let up = p.version.split(':').next_back().unwrap_or(&p.version);
+                    if let Some(major) = up.split('.').next() {
+                        out.insert(major.to_string());
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(v) = v {
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                out.insert(v);
+            }
+        }
+    }
+    out
+}
+
+/// Fail early, naming the manifest key, when the archive lacks the requested version.
+pub fn check_available(idx: &Index, r: &Request, distribution: &str) -> Result<()> {
+    let have = available(idx, &r.name);
+    let ok = match r.name.as_str() {
+        "node" => have.contains(&r.version),
+        _ => have.contains(&r.version) && roots(r).iter().all(|p| idx.newest(p).is_some()),
+    };
+    if !ok {
+        let section = if r.name == "tomcat" {
+            "server"
+        } else {
+            "runtime"
+        };
+        bail!(
+            "`{section}.{}` = {:?}: {distribution} has no {} {} (it has: {})",
+            r.name,
+            r.version,
+            r.name,
+            r.version,
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.into_iter().collect::<Vec<_>>().join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Dead weight of a runtime's own packages that a headless server never reads (on top of
+/// the common filters in layers.rs). Path prefixes, no leading '/'. docs/packages.md lists
+/// each with its measured saving.
+pub fn dead_weight(r: &Request) -> Vec<String> {
+    let v = &r.version;
+    match r.name.as_str() {
+        "java" => {
+            let home = format!("usr/lib/jvm/java-{v}-openjdk-amd64");
+            vec![
+                // The class-data-sharing archive for heaps over 32 GB (uncompressed oops);
+                // the default archive (classes.jsa) stays.
+                format!("{home}/lib/server/classes_nocoops.jsa"),
+                // Sound: never loaded by a headless server.
+                format!("{home}/lib/libjsound.so"),
+                format!("{home}/man/"),
+            ]
+        }
+        "python" => {
+            let lib = format!("usr/lib/python{v}");
+            vec![
+                // CPython's own regression-test support package.
+                format!("{lib}/test/"),
+                // The text of the interactive help() topics.
+                format!("{lib}/pydoc_data/"),
+            ]
+        }
+        "node" => vec![
+            // TypeScript declarations of Node's API (for editors and tsc, not for node).
+            "usr/share/nodejs/@types/".into(),
+            "usr/share/systemtap/".into(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Is `path` dead weight for the runtime?
+pub fn is_dead_weight(prefixes: &[String], path: &str, keep: &[String]) -> bool {
+    if keep
+        .iter()
+        .any(|k| path == k || path.starts_with(&format!("{k}/")))
+    {
+        return false;
+    }
+    prefixes
+        .iter()
+        .any(|p| path == p.trim_end_matches('/') || path.starts_with(p.as_str()))
+}
+
+/// The default JVM flags: heap sized from the VM's memory, no perf-data file, serial GC
+/// (one or two CPUs). `JAVA_OPTS` words are inserted after these, so they win.
+pub const JAVA_DEFAULTS: &[&str] = &[
+    "-XX:MaxRAMPercentage=75",
+    "-XX:InitialRAMPercentage=25",
+    "-XX:+UseSerialGC",
+    "-XX:-UsePerfData",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.security.egd=file:/dev/urandom",
+];
+
+/// The start command of the app (argv), and the argv index at which the words of
+/// `JAVA_OPTS` are inserted at boot (Java kinds).
+pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
+    let rt = m.runtime.as_ref();
+    let version = rt.map(|r| r.version.clone()).unwrap_or_default();
+    Ok(match m.kind {
+        AppKind::Binary => {
+            let file_name = m
+                .app_path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .context("app path has no file name")?;
+            let mut a = vec![format!("{APP_DIR}/{file_name}")];
+            a.extend(m.args.iter().cloned());
+            (a, None)
+        }
+        AppKind::Python => {
+            let mut a = vec![format!("/usr/bin/python{version}")];
+            if m.args.is_empty() {
+                a.push(APP_DIR.into());
+            } else {
+                a.extend(m.args.iter().cloned());
+            }
+            (a, None)
+        }
+        AppKind::Node => {
+            let mut a = vec!["/usr/bin/node".to_string()];
+            if m.args.is_empty() {
+                let main = m.node_main.clone().unwrap_or_else(|| "index.js".into());
+                a.push(format!("{APP_DIR}/{main}"));
+            } else {
+                a.extend(m.args.iter().cloned());
+            }
+            (a, None)
+        }
+        AppKind::Jar => {
+            let file_name = m
+                .app_path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .context("app path has no file name")?;
+            let mut a = vec![format!("{}/bin/java", java_home(&version))];
+            a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
+            let at = a.len();
+            a.push("-jar".into());
+            a.push(format!("{APP_DIR}/{file_name}"));
+            a.extend(m.args.iter().cloned());
+            (a, Some(at))
+        }
+        AppKind::War => {
+            let server = m.server.as_ref().context("kind war needs a [server]")?;
+            let home = format!("/usr/share/tomcat{}", server.version);
+            let mut a = vec![format!("{}/bin/java", java_home(&version))];
+            a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
+            a.extend([
+                format!("-Dcatalina.home={home}"),
+                format!("-Dcatalina.base={CATALINA_BASE}"),
+                "-Djava.io.tmpdir=/tmp".to_string(),
+                "-Djava.util.logging.manager=org.apache.juli.ClassLoaderLogManager".into(),
+                format!("-Djava.util.logging.config.file={CATALINA_BASE}/conf/logging.properties"),
+            ]);
+            let at = a.len();
+            a.extend([
+                "-cp".into(),
+                format!("{home}/bin/bootstrap.jar:{home}/bin/tomcat-juli.jar"),
+                "org.apache.catalina.startup.Bootstrap".into(),
+                "start".into(),
+            ]);
+            (a, Some(at))
+        }
+    })
+}
+
+/// Read the `Main-Class` of a jar's META-INF/MANIFEST.MF (a zip read by hand: end of
+/// central directory, central directory, local header, stored or deflated data).
+pub fn jar_main_class(jar: &[u8]) -> Result<Option<String>> {
+    let mf = match zip_entry(jar, "META-INF/MANIFEST.MF")? {
+        Some(d) => d,
+        None => return Ok(None),
+    };
+    let text = String::from_utf8_lossy(&mf);
+    // Continuation lines start with one space.
+    let mut logical: Vec<String> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if let Some(cont) = line.strip_prefix(' ') {
+            if let Some(last) = logical.last_mut() {
+                last.push_str(cont);
+                continue;
+            }
+        }
+        if line.is_empty() {
+            // the main section ends at the first blank line
+            if !logical.is_empty() {
+                break;
+            }
+            continue;
+        }
+        logical.push(line.to_string());
+    }
+    Ok(logical.iter().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim().eq_ignore_ascii_case("Main-Class") && !v.trim().is_empty())
+            .then(|| v.trim().to_string())
+    }))
+}
+
+fn le16(b: &[u8], o: usize) -> Result<usize> {
+    let s = b.get(o..o + 2).context("zip truncated")?;
+    Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
+}
+fn le32(b: &[u8], o: usize) -> Result<usize> {
+    let s = b.get(o..o + 4).context("zip truncated")?;
+    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+}
+
+/// One entry of a zip archive by name, decompressed; None when absent.
+pub fn zip_entry(zip: &[u8], name: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    if zip.len() < 22 {
+        bail!("not a zip archive (too short)");
+    }
+    // The end-of-central-directory record is in the last 64 KiB + 22 bytes.
+    let lo = zip.len().saturating_sub(22 + 65535);
+    let eocd = (lo..=zip.len() - 22)
+        .rev()
+        .find(|&i| zip[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+        .context("not a zip archive (no end of central directory)")?;
+    let count = le16(zip, eocd + 10)?;
+    let mut at = le32(zip, eocd + 16)?;
+    for _ in 0..count {
+        if zip.get(at..at + 4) != Some(&[0x50, 0x4b, 0x01, 0x02][..]) {
+            bail!("zip central directory is corrupt");
+        }
+        let method = le16(zip, at + 10)?;
+        let csize = le32(zip, at + 20)?;
+        let usize_ = le32(zip, at + 24)?;
+        let nlen = le16(zip, at + 28)?;
+        let xlen = le16(zip, at + 30)?;
+        let clen = le16(zip, at + 32)?;
+        let local = le32(zip, at + 42)?;
+        let ename = zip.get(at + 46..at + 46 + nlen).context("zip truncated")?;
+        if ename == name.as_bytes() {
+            if zip.get(local..local + 4) != Some(&[0x50, 0x4b, 0x03, 0x04][..]) {
+                bail!("zip local header of {name} is corrupt");
+            }
+            let start = local + 30 + le16(zip, local + 26)? + le16(zip, local + 28)?;
+            let data = zip
+                .get(start..start.checked_add(csize).context("zip size overflow")?)
+                .context("zip entry beyond the end of the archive")?;
+            if usize_ > 16 << 20 {
+                bail!("zip entry {name} is too large ({usize_} bytes)");
+            }
+            return Ok(Some(match method {
+                0 => data.to_vec(),
+                8 => {
+                    let mut out = Vec::with_capacity(usize_);
+                    flate2::read::DeflateDecoder::new(data)
+                        .take(16 << 20)
+                        .read_to_end(&mut out)
+                        .with_context(|| format!("cannot inflate {name}"))?;
+                    out
+                }
+                m => bail!("zip entry {name} uses compression method {m} (only 0 and 8 are read)"),
+            }));
+        }
+        at += 46 + nlen + xlen + clen;
+    }
+    Ok(None)
+}
+
+/// Decode the first PEM `CERTIFICATE` block of `pem` to DER.
+pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    let text = std::str::from_utf8(pem).ok()?;
+    let start = text.find(BEGIN)? + BEGIN.len();
+    let end = start + text.get(start..)?.find("-----END CERTIFICATE-----")?;
+    let b64: String = text
+        .get(start..end)?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// Java's CA keystore, made natively from the distribution's CA certificates (the
+/// ca-certificates-java hook needs a JVM): a JKS file (magic 0xFEEDFEED, version 2) with
+/// one trusted-certificate entry per `usr/share/ca-certificates/**.crt`, aliased
+/// `debian:<file name>.pem`, sorted, dated `epoch`, sealed with the SHA-1 keyed by the
+/// default password "changeit". None when the tree has no certificates.
+pub fn java_cacerts(tree: &crate::tree::Tree, epoch: u64) -> Option<Vec<u8>> {
+    use sha1::Digest;
+    let mut certs: Vec<(String, Vec<u8>)> = Vec::new();
+    for (path, node) in tree.iter() {
+        if path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt") {
+            if let Some(der) = node.data().and_then(pem_to_der) {
+                let name = path.rsplit('/').next().unwrap_or(path).to_lowercase();
+                let alias = format!("debian:{}", name.replace(".crt", ".pem"));
+                certs.push((alias, der));
+            }
+        }
+    }
+    if certs.is_empty() {
+        return None;
+    }
+    certs.sort();
+    certs.dedup_by(|a, b| a.0 == b.0);
+    let utf = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xFEED_FEEDu32.to_be_bytes());
+    out.extend_from_slice(&2u32.to_be_bytes());
+    out.extend_from_slice(&(certs.len() as u32).to_be_bytes());
+    for (alias, der) in &certs {
+        out.extend_from_slice(&2u32.to_be_bytes()); // trusted certificate entry
+        utf(&mut out, alias);
+        out.extend_from_slice(&epoch.saturating_mul(1000).to_be_bytes());
+        utf(&mut out, "X.509");
+        out.extend_from_slice(&(der.len() as u32).to_be_bytes());
+        out.extend_from_slice(der);
+    }
+    let mut h = sha1::Sha1::new();
+    for c in "changeit".encode_utf16() {
+        h.update(c.to_be_bytes());
+    }
+    h.update(b"Mighty Aphrodite");
+    h.update(&out);
+    out.extend_from_slice(&h.finalize());
+    Some(out)
+}
+
+/// The global web.xml (the distribution ships it in the `tomcat10` service package, not in
+/// the library packages): static files by the default servlet, JSPs by Jasper.
+const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<web-app xmlns="https://jakarta.ee/xml/ns/jakartaee" version="6.0">
+  <servlet>
+    <servlet-name>default</servlet-name>
+    <servlet-class>org.apache.catalina.servlets.DefaultServlet</servlet-class>
+    <init-param><param-name>listings</param-name><param-value>false</param-value></init-param>
+    <load-on-startup>1</load-on-startup>
+  </servlet>
+  <servlet>
+    <servlet-name>jsp</servlet-name>
+    <servlet-class>org.apache.jasper.servlet.JspServlet</servlet-class>
+    <load-on-startup>3</load-on-startup>
+  </servlet>
+  <servlet-mapping><servlet-name>default</servlet-name><url-pattern>/</url-pattern></servlet-mapping>
+  <servlet-mapping><servlet-name>jsp</servlet-name><url-pattern>*.jsp</url-pattern></servlet-mapping>
+  <welcome-file-list>
+    <welcome-file>index.html</welcome-file>
+    <welcome-file>index.jsp</welcome-file>
+  </welcome-file-list>
+</web-app>
+"#;
+
+/// Tomcat's catalina.base for the image, laid out in the server layer (read-only): the
+/// server configuration (the `[app] port`, the ROOT context from `/app/ROOT.war` run
+/// without unpacking, the work directory in the /tmp tmpfs, no shutdown port), logging
+/// to the console only, and the global web.xml.
+pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::Tree> {
+    use crate::tree::{Node, Tree};
+    let server_xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by fuse: Tomcat {version} serving /app/ROOT.war as the ROOT context. -->
+<Server port="-1" shutdown="SHUTDOWN">
+  <Listener className="org.apache.catalina.startup.VersionLoggerListener" />
+  <Listener className="org.apache.catalina.core.JreMemoryLeakPreventionListener" />
+  <Listener className="org.apache.catalina.mbeans.GlobalResourcesLifecycleListener" />
+  <Listener className="org.apache.catalina.core.ThreadLocalLeakPreventionListener" />
+  <Service name="Catalina">
+    <Connector port="{port}" protocol="HTTP/1.1" connectionTimeout="20000" />
+    <Engine name="Catalina" defaultHost="localhost">
+      <Host name="localhost" appBase="/app" workDir="/tmp/tomcat/work"
+            unpackWARs="false" autoDeploy="false" deployOnStartup="true" />
+    </Engine>
+  </Service>
+</Server>
+"#
+    );
+    let logging = "handlers = java.util.logging.ConsoleHandler\n\
+        .handlers = java.util.logging.ConsoleHandler\n\
+        java.util.logging.ConsoleHandler.level = FINE\n\
+        java.util.logging.ConsoleHandler.formatter = org.apache.juli.OneLineFormatter\n\
+        java.util.logging.ConsoleHandler.encoding = UTF-8\n";
+    let mut t = Tree::new();
+    let base = CATALINA_BASE.trim_start_matches('/');
+    let stamp = |mut n: Node| {
+        n.mtime = epoch;
+        n
+    };
+    t.insert(base, stamp(Node::dir(0o755)))?;
+    t.insert(&format!("{base}/conf"), stamp(Node::dir(0o755)))?;
+    t.insert(
+        &format!("{base}/conf/server.xml"),
+        stamp(Node::file(server_xml.into_bytes(), 0o644)),
+    )?;
+    t.insert(
+        &format!("{base}/conf/logging.properties"),
+        stamp(Node::file(logging.as_bytes().to_vec(), 0o644)),
+    )?;
+    t.insert(
+        &format!("{base}/conf/web.xml"),
+        stamp(Node::file(DEFAULT_WEB_XML.as_bytes().to_vec(), 0o644)),
+    )?;
+    // Where Tomcat looks for context descriptors (it only reads it here).
+    t.insert(
+        &format!("{base}/conf/Catalina/localhost"),
+        stamp(Node::dir(0o755)),
+    )?;
+    t.insert(&format!("{base}/lib"), stamp(Node::dir(0o755)))?;
+    Ok(t)
+}
+
+/// Packages a runtime depends on only for what a headless server never does (AWT fonts
+/// and images, printing, sound, smart cards, the NSS PKCS#11 provider, util-linux's tools):
+/// their files are left out of the image along with whatever only they pulled in. List
+/// one in `[system] packages` to keep it.
+pub fn unused_packages(r: &Request) -> &'static [&'static str] {
+    match r.name.as_str() {
+        "java" => &[
+            "libcups2",
+            "libfontconfig1",
+            "libfreetype6",
+            "libharfbuzz0b",
+            "liblcms2-2",
+            "libjpeg62-turbo",
+            "libasound2",
+            "libpcsclite1",
+            "libnss3",
+            "util-linux",
+        ],
+        _ => &[],
+    }
+}
+
+/// The names of the packages still needed once `unused` are cut out of the dependency
+/// graph of `pins` (name -> Depends and Pre-Depends fields, Provides field), walking from
+/// `roots`. Every alternative present in the set is followed (an over-approximation).
+pub fn needed_packages(
+    pins: &std::collections::BTreeMap<String, (String, String)>,
+    roots: &[String],
+    unused: &[&str],
+) -> Result<BTreeSet<String>> {
+    use crate::archive::packages::parse_relations;
+    let mut providers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, (_, provides)) in pins {
+        providers
+            .entry(name.clone())
+            .or_default()
+            .push(name.clone());
+        for alts in parse_relations(provides)? {
+            for r in alts {
+                providers.entry(r.name).or_default().push(name.clone());
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = roots.to_vec();
+    while let Some(n) = todo.pop() {
+        let Some(names) = providers.get(&n) else {
+            continue;
+        };
+        for p in names {
+            if (unused.contains(&p.as_str()) && !roots.contains(p)) || !seen.insert(p.clone()) {
+                continue;
+            }
+            if let Some((deps, _)) = pins.get(p) {
+                for alts in
+                    parse_relations(deps).with_context(|| format!("the dependencies of {p}"))?
+                {
+                    todo.extend(alts.into_iter().map(|r| r.name));
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zip written by hand: one stored entry and one deflated entry.
+    fn zip_of(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, data, deflate) in entries {
+            let (method, body) = if *deflate {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(data).unwrap();
+                (8u16, e.finish().unwrap())
+            } else {
+                (0u16, data.to_vec())
+            };
+            let off = out.len() as u32;
+            out.extend_from_slice(&[0x50, 0x4b, 0x03, 0x04, 20, 0, 0, 0]);
+            out.extend_from_slice(&method.to_le_bytes());
+            out.extend_from_slice(&[0; 8]); // time, date, crc (not checked)
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&body);
+            central.extend_from_slice(&[0x50, 0x4b, 0x01, 0x02, 20, 0, 20, 0, 0, 0]);
+            central.extend_from_slice(&method.to_le_bytes());
+            central.extend_from_slice(&[0; 8]);
+            central.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            central.extend_from_slice(&[0; 12]);
+            central.extend_from_slice(&off.to_le_bytes());
+            central.extend_from_slice(name.as_bytes());
+        }
+        let cd = out.len() as u32;
+        out.extend_from_slice(&central);
+        out.extend_from_slice(&[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0]);
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+        out.extend_from_slice(&cd.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    #[test]
+    fn main_class_is_read_from_stored_and_deflated_manifests() {
+        let mf = b"Manifest-Version: 1.0\r\nCreated-By: 17 (Debian)\r\nMain-Class: com.example.Ver\r\n yLongMain\r\n\r\nName: x\r\nMain-Class: no\r\n";
+        for deflate in [false, true] {
+            let z = zip_of(&[
+                ("a.txt", b"x", false),
+                ("META-INF/MANIFEST.MF", mf, deflate),
+            ]);
+            assert_eq!(
+                jar_main_class(&z).unwrap().as_deref(),
+                Some("com.example.VeryLongMain")
+            );
+        }
+        let z = zip_of(&[("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\n", true)]);
+        assert_eq!(jar_main_class(&z).unwrap(), None);
+        let z = zip_of(&[("x", b"y", false)]);
+        assert_eq!(jar_main_class(&z).unwrap(), None);
+        assert!(jar_main_class(b"not a zip at all, clearly").is_err());
+    }
+
+    #[test]
+    fn cross_check_with_the_jar_tool_when_present() {
+        if !std::path::Path::new("/usr/bin/jar").exists() {
+            eprintln!("SKIPPED cross-check: jar is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("m.txt"), "Main-Class: a.b.C\n").unwrap();
+        std::fs::write(d.path().join("f"), "x").unwrap();
+        let st = std::process::Command::new("/usr/bin/jar")
+            .current_dir(d.path())
+            .args(["cfm", "t.jar", "m.txt", "f"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let jar = std::fs::read(d.path().join("t.jar")).unwrap();
+        assert_eq!(jar_main_class(&jar).unwrap().as_deref(), Some("a.b.C"));
+    }
+
+    #[test]
+    fn java_keystore_is_read_by_keytool() {
+        // A certificate made by openssl, the keystore checked with keytool (when present).
+        let d = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("openssl")
+            .current_dir(d.path())
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem",
+            ])
+            .args(["-out", "c.crt", "-subj", "/CN=fuse test CA", "-days", "1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIPPED: openssl is not installed");
+            return;
+        }
+        let pem = std::fs::read(d.path().join("c.crt")).unwrap();
+        let mut t = crate::tree::Tree::new();
+        t.insert(
+            "usr/share/ca-certificates/test/Fuse_Test.crt",
+            crate::tree::Node::file(pem.clone(), 0o644),
+        )
+        .unwrap();
+        let jks = java_cacerts(&t, 1_700_000_000).unwrap();
+        assert_eq!(&jks[..8], &[0xfe, 0xed, 0xfe, 0xed, 0, 0, 0, 2]);
+        assert!(java_cacerts(&crate::tree::Tree::new(), 0).is_none());
+        let der = pem_to_der(&pem).unwrap();
+        assert!(jks.windows(der.len()).any(|w| w == der));
+        if !std::path::Path::new("/usr/bin/keytool").exists() {
+            eprintln!("SKIPPED cross-check: keytool is not installed");
+            return;
+        }
+        std::fs::write(d.path().join("cacerts"), &jks).unwrap();
+        let o = std::process::Command::new("/usr/bin/keytool")
+            .args(["-list", "-v", "-storepass", "changeit", "-keystore"])
+            .arg(d.path().join("cacerts"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("debian:fuse_test.pem"), "{out}");
+        assert!(out.contains("trustedCertEntry"), "{out}");
+        assert!(out.contains("CN=fuse test CA"), "{out}");
+    }
+
+    #[test]
+    fn unused_packages_and_what_only_they_need_are_cut() {
+        let mut pins = std::collections::BTreeMap::new();
+        let mut add = |n: &str, d: &str, p: &str| {
+            pins.insert(n.to_string(), (d.to_string(), p.to_string()));
+        };
+        add(
+            "jre",
+            "libc6, libcups2, java-common, zlib1g | libz-virtual",
+            "",
+        );
+        add("libcups2", "libavahi, libc6", "");
+        add("libavahi", "libc6", "");
+        add("libc6", "", "");
+        add("java-common", "", "");
+        add("zlib1g", "libc6", "libz-virtual");
+        let keep = needed_packages(&pins, &["jre".to_string()], &["libcups2"]).unwrap();
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        assert_eq!(keep, ["java-common", "jre", "libc6", "zlib1g"]);
+        // Asked for explicitly: kept with what it needs.
+        let keep = needed_packages(
+            &pins,
+            &["jre".to_string(), "libcups2".to_string()],
+            &["libcups2"],
+        )
+        .unwrap();
+        assert!(keep.contains("libavahi"));
+    }
+
+    #[test]
+    fn layer_ownership_and_dead_weight() {
+        let py = Request {
+            name: "python".into(),
+            version: "3.11".into(),
+        };
+        assert!(owns(&py, "libpython3.11-stdlib"));
+        assert!(!owns(&py, "libffi8"));
+        let dw = dead_weight(&py);
+        assert!(is_dead_weight(
+            &dw,
+            "usr/lib/python3.11/test/test_os.py",
+            &[]
+        ));
+        assert!(!is_dead_weight(&dw, "usr/lib/python3.11/os.py", &[]));
+        assert!(!is_dead_weight(
+            &dw,
+            "usr/lib/python3.11/test/x.py",
+            &["usr/lib/python3.11/test".to_string()]
+        ));
+        let j = Request {
+            name: "java".into(),
+            version: "17".into(),
+        };
+        assert_eq!(roots(&j), ["openjdk-17-jre-headless"]);
+        assert!(is_dead_weight(
+            &dead_weight(&j),
+            "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes_nocoops.jsa",
+            &[]
+        ));
+        assert!(!is_dead_weight(
+            &dead_weight(&j),
+            "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes.jsa",
+            &[]
+        ));
+    }
+}

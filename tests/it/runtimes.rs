@@ -1,0 +1,212 @@
+//! Language runtimes and app servers: each example (python, node, jar, war on Tomcat) is
+//! built from its sources, booted, and asked over HTTP like a client; the runtime and
+//! server come from the archive as their own layers; rebuilding after an app change keeps
+//! every other layer byte for byte; unsupported combinations fail early.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == "fuse-out" || name == "fuse.lock" || name == "__pycache__" {
+            continue;
+        }
+        let to = dst.join(&name);
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A copy of examples/<name> in `dir`, built with its build.sh.
+fn example(name: &str, dir: &Path) -> PathBuf {
+    let app = dir.join(name);
+    copy_dir(&repo_root().join("examples").join(name), &app);
+    let st = Command::new(app.join("build.sh")).status().unwrap();
+    assert!(st.success(), "examples/{name}/build.sh failed");
+    app
+}
+
+fn build(app: &Path) -> serde_json::Value {
+    let out = fuse(&["build", app.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let name = app.file_name().unwrap().to_str().unwrap();
+    serde_json::from_slice(&std::fs::read(app.join(format!("fuse-out/{name}-1.0.0.json"))).unwrap())
+        .unwrap()
+}
+
+fn layer_names(meta: &serde_json::Value) -> Vec<String> {
+    meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn packages_of(meta: &serde_json::Value, layer: &str) -> Vec<String> {
+    let l = meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == layer)
+        .unwrap_or_else(|| panic!("no layer {layer}"));
+    l["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn report_sizes(meta: &serde_json::Value) {
+    for l in meta["layers"].as_array().unwrap() {
+        eprintln!("layer {}: {} bytes", l["name"], l["size"]);
+    }
+    eprintln!("disk: {} bytes", meta["disk_size"]);
+}
+
+fn boot_and_get(app: &Path, extra: &[String], timeout: u64) -> String {
+    let name = app.file_name().unwrap().to_str().unwrap();
+    let mut vm = Vm::boot(&app.join(format!("fuse-out/{name}-1.0.0.img")), 8080, extra);
+    let body = vm.get_until_ok("/", Duration::from_secs(timeout));
+    body.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()))
+}
+
+#[test]
+fn python_app_boots_on_the_distribution_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("python-hello", dir.path());
+    let meta = build(&app);
+    report_sizes(&meta);
+    assert_eq!(layer_names(&meta), ["base", "runtime", "app"]);
+    let rt = packages_of(&meta, "runtime");
+    assert!(rt.contains(&"libpython3.11-stdlib".to_string()), "{rt:?}");
+    assert!(!packages_of(&meta, "base")
+        .iter()
+        .any(|p| p.contains("python3.11")));
+    assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3.11");
+    assert_eq!(meta["app"]["workdir"], "/app");
+    let body = boot_and_get(&app, &[], 240);
+    assert!(body.contains("uid=1000 "), "{body}");
+    assert!(body.contains("python=3.11."), "{body}");
+    assert!(body.contains("cwd=/app "), "{body}");
+    assert!(body.contains("hello from python"), "{body}");
+}
+
+#[test]
+fn node_app_boots_with_the_main_of_its_package_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("node-hello", dir.path());
+    let meta = build(&app);
+    report_sizes(&meta);
+    assert_eq!(layer_names(&meta), ["base", "runtime", "app"]);
+    assert!(packages_of(&meta, "runtime").contains(&"nodejs".to_string()));
+    assert_eq!(
+        meta["app"]["argv"],
+        serde_json::json!(["/usr/bin/node", "/app/server.js"])
+    );
+    let body = boot_and_get(&app, &[], 300);
+    assert!(body.contains("uid=1000 "), "{body}");
+    assert!(body.contains("node=v18."), "{body}");
+    assert!(body.contains("cwd=/app "), "{body}");
+    assert!(body.contains("hello from node"), "{body}");
+}
+
+#[test]
+fn jar_boots_on_the_jre_with_java_opts_and_a_ca_keystore() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("jar-hello", dir.path());
+    let meta = build(&app);
+    report_sizes(&meta);
+    assert_eq!(layer_names(&meta), ["base", "runtime", "app"]);
+    assert_eq!(packages_of(&meta, "runtime"), ["openjdk-17-jre-headless"]);
+    // JAVA_OPTS given at boot (fw_cfg env file) reaches the JVM.
+    let extra = [
+        "-fw_cfg".to_string(),
+        "name=opt/fuse/env,string=JAVA_OPTS=-Dgreeting=bonjour -Xmx100m".to_string(),
+    ];
+    let body = boot_and_get(&app, &extra, 400);
+    assert!(body.contains("uid=1000 "), "{body}");
+    assert!(body.contains("java=17."), "{body}");
+    assert!(body.contains("bonjour from java"), "{body}");
+    assert!(
+        body.contains("maxheap=9"),
+        "JAVA_OPTS -Xmx100m not applied: {body}"
+    );
+    let cas: u32 = body
+        .split("cas=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(cas > 100, "the JVM trusts {cas} CAs: {body}");
+}
+
+#[test]
+fn war_is_served_by_tomcat_as_the_root_context() {
+    if !Path::new("/usr/share/java/tomcat10-servlet-api.jar").exists() {
+        panic!("libtomcat10-java is needed to compile the example (scripts/setup.sh)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("war-hello", dir.path());
+    let meta = build(&app);
+    report_sizes(&meta);
+    assert_eq!(layer_names(&meta), ["base", "runtime", "server", "app"]);
+    assert!(packages_of(&meta, "server").contains(&"libtomcat10-java".to_string()));
+    let body = boot_and_get(&app, &[], 600);
+    assert!(body.contains("uid=1000 "), "{body}");
+    assert!(body.contains("server=Apache Tomcat/10."), "{body}");
+    assert!(body.contains("hello from a war"), "{body}");
+}
+
+#[test]
+fn changing_only_the_app_keeps_every_other_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("python-hello", dir.path());
+    let a = build(&app);
+    let main = app.join("app/hello/__main__.py");
+    let src = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, src.replace("hello from python", "hello again")).unwrap();
+    let b = build(&app);
+    let (la, lb) = (
+        a["layers"].as_array().unwrap(),
+        b["layers"].as_array().unwrap(),
+    );
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(lb) {
+        assert_eq!(x["name"], y["name"]);
+        if x["name"] == "app" {
+            assert_ne!(x["digest"], y["digest"], "app layer did not change");
+        } else {
+            assert_eq!(x["digest"], y["digest"], "layer {} changed", x["name"]);
+        }
+    }
+    assert_ne!(a["digest"], b["digest"]);
+}
+
+#[test]
+fn a_runtime_version_the_archive_lacks_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("python-hello", dir.path());
+    let m = std::fs::read_to_string(app.join("fuse.toml")).unwrap();
+    std::fs::write(
+        app.join("fuse.toml"),
+        m.replace("python = \"3.11\"", "python = \"3.7\""),
+    )
+    .unwrap();
+    let out = fuse(&["build", app.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("runtime.python") && e.contains("3.7") && e.contains("it has: 3.11"),
+        "{e}"
+    );
+}
