@@ -428,11 +428,24 @@ fn read_pinned(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<Deb> {
 /// cached. The cached bytes are content-addressed and verified when read back.
 fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, Deb)> {
     use std::sync::Arc;
-    let key = format!("kernel-{}-{}", env!("CARGO_PKG_VERSION"), pin.sha256);
+    let key = format!("kernel2-{}-{}", env!("CARGO_PKG_VERSION"), pin.sha256);
+    // Of the package's files, only the licence is kept beside the kernel (for image.json).
+    let copyright_path = format!("usr/share/doc/{}/copyright", pin.name);
+    let with_copyright = |text: &Option<String>| -> Result<crate::tree::Tree> {
+        let mut t = crate::tree::Tree::new();
+        if let Some(c) = text {
+            t.insert(
+                &copyright_path,
+                crate::tree::Node::file(c.as_bytes().to_vec(), 0o644),
+            )?;
+        }
+        Ok(t)
+    };
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Header {
         release: String,
         control: BTreeMap<String, String>,
+        copyright: Option<String>,
         vmlinuz: usize,
         modules: Vec<(String, String, usize)>,
     }
@@ -453,7 +466,7 @@ fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, 
         let deb = Deb {
             control: h.control,
             control_files: BTreeMap::new(),
-            data: crate::tree::Tree::new(),
+            data: with_copyright(&h.copyright).ok()?,
         };
         Some((
             kernel::Kernel {
@@ -475,9 +488,15 @@ fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, 
     }
     let deb = read_pinned(s, pin, bytes)?;
     let k = kernel::from_package(&deb.data, &pin.name)?;
+    let copyright = deb
+        .data
+        .get(&copyright_path)
+        .and_then(|n| n.data())
+        .map(|d| String::from_utf8_lossy(d).into_owned());
     let h = Header {
         release: k.release.clone(),
         control: deb.control.clone(),
+        copyright: copyright.clone(),
         vmlinuz: k.vmlinuz.len(),
         modules: k
             .modules
@@ -497,7 +516,7 @@ fn read_kernel(s: &Session, pin: &Pin, bytes: &[u8]) -> Result<(kernel::Kernel, 
     let deb = Deb {
         control: deb.control,
         control_files: BTreeMap::new(),
-        data: crate::tree::Tree::new(),
+        data: with_copyright(&copyright)?,
     };
     Ok((k, deb))
 }
