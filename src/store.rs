@@ -2,7 +2,6 @@
 //! every write atomic (temp file in the same directory, fsync, rename, fsync the directory).
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -10,9 +9,7 @@ use std::path::{Path, PathBuf};
 pub use crate::images::resolve_image_ref;
 
 /// Lower-case hex sha256 of bytes.
-pub fn sha256_hex(data: &[u8]) -> String {
-    crate::manifest::hex(&Sha256::digest(data))
-}
+pub use crate::archive::sha256_hex;
 
 /// Write `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
 /// On any error the destination is untouched and the temp file is removed.

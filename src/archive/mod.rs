@@ -20,14 +20,9 @@ pub use version::compare_versions;
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 
-/// Lower-case hex SHA-256 of `data`.
+/// Lower-case hex SHA-256 of `data` (the one implementation; `store` re-exports it).
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    crate::manifest::hex(&Sha256::digest(data))
 }
 
 /// The error for a checksum that does not match: names what was checked,

@@ -271,6 +271,9 @@ pub fn resolve_lock(
         let contents = step("reading the Contents index", || {
             archive.contents_libraries(&s.fetcher, &s.store)
         })?;
+        // Each round walks DT_NEEDED through the chosen packages' files; a library still
+        // missing adds the package that ships it. A fixed point ends the loop.
+        let mut complete = false;
         for _round in 0..8 {
             let pins: Vec<Pin> = packages.iter().map(Pin::of).collect();
             let debs = mirror::fetch_pins(&s.fetcher, &s.store, &|| Ok(source.url.clone()), &pins)?;
@@ -282,10 +285,10 @@ pub fn resolve_lock(
             }
             let (missing, _) = elf::missing_libraries(&tree, &dynamic)?;
             if missing.is_empty() {
+                complete = true;
                 break;
             }
             let before = roots.clone();
-            let mut added = false;
             for file in &missing {
                 let base = file.rsplit('/').next().unwrap_or(file);
                 match package_for_file(base, &contents, &idx) {
@@ -294,7 +297,6 @@ pub fn resolve_lock(
                         if !roots.contains(&p) {
                             roots.push(p);
                         }
-                        added = true;
                     }
                     Some(p) => bail!("package {p} should provide {file} but does not"),
                     None => bail!(
@@ -303,23 +305,10 @@ pub fn resolve_lock(
                     ),
                 }
             }
-            if !added {
-                break;
-            }
             packages = resolve::resolve(&idx, &roots)?;
         }
-        let pins: Vec<Pin> = packages.iter().map(Pin::of).collect();
-        let debs = mirror::fetch_pins(&s.fetcher, &s.store, &|| Ok(source.url.clone()), &pins)?;
-        let mut tree = crate::tree::Tree::new();
-        for d in &debs {
-            tree.merge(&read_deb(d)?.data)?;
-        }
-        let (missing, _) = elf::missing_libraries(&tree, &dynamic)?;
-        if !missing.is_empty() {
-            bail!(
-                "the app needs {} but no resolution provides it",
-                missing.into_iter().collect::<Vec<_>>().join(", ")
-            );
+        if !complete {
+            bail!("the app's library closure did not settle after 8 rounds of resolution");
         }
     }
     tracing::info!(
