@@ -3,7 +3,12 @@
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PKGS="qemu-system-x86 ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl docker-registry openjdk-17-jdk-headless libtomcat10-java"
+# Runtime: QEMU + OVMF to boot images, the archive keyring, gcc for the examples.
+# Tests: the reference tools each cross-check uses (a test whose tool is missing fails when
+# CI is set), the JDK and Tomcat for the Java examples, a loopback OCI registry.
+PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
+squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl docker-registry \
+openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -11,6 +16,15 @@ done
 if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
+    # qemu-utils must match qemu-system-x86's version (a newer qemu-utils from backports
+    # Breaks the distribution's qemu-system-common): ask for the same version.
+    case "$missing" in
+    *qemu-system-x86*)
+        v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+        missing=$(echo "$missing" | sed 's/ qemu-utils\b//')
+        missing="$missing qemu-utils=$v"
+        ;;
+    esac
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --allow-downgrades $missing
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
