@@ -7,7 +7,7 @@ SUDO=""
 # Tests: the reference tools each cross-check uses (a test whose tool is missing fails when
 # CI is set), the JDK and Tomcat for the Java examples, a loopback OCI registry.
 PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
-squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl docker-registry \
+squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl openssl docker-registry \
 openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin"
 missing=""
 for p in $PKGS; do

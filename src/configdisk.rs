@@ -51,11 +51,7 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn have(tool: &str) -> bool {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false)
-    }
+    use crate::testutil::require_tool as have;
 
     #[test]
     fn label_and_env_file_round_trip_and_are_deterministic() {
@@ -85,8 +81,6 @@ mod tests {
             let t = String::from_utf8_lossy(&out.stdout);
             assert!(t.contains("LABEL=FUSECONFIG"), "blkid: {t}");
             assert!(t.contains("TYPE=vfat"), "blkid: {t}");
-        } else {
-            eprintln!("SKIPPED cross-check: blkid is not installed");
         }
         if have("mtype") {
             let out = Command::new("mtype")
@@ -101,8 +95,6 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-        } else {
-            eprintln!("SKIPPED cross-check: mtype is not installed");
         }
         if have("fsck.fat") {
             let out = Command::new("fsck.fat").arg("-n").arg(&p).output().unwrap();

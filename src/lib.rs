@@ -21,4 +21,6 @@ pub mod qemu;
 pub mod resolve;
 pub mod runtimes;
 pub mod store;
+#[cfg(test)]
+pub mod testutil;
 pub mod tree;

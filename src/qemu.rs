@@ -211,8 +211,7 @@ mod tests {
 
     #[test]
     fn probe_firmware_runs_under_tcg() {
-        if qemu_binary().is_err() {
-            eprintln!("SKIPPED: {QEMU} is not installed");
+        if !crate::testutil::require(qemu_binary().is_ok(), &format!("{QEMU} is not installed")) {
             return;
         }
         // The probe must really detect a running guest, or KVM detection means nothing.

@@ -659,8 +659,7 @@ mod tests {
 
     #[test]
     fn cross_check_with_the_jar_tool_when_present() {
-        if !std::path::Path::new("/usr/bin/jar").exists() {
-            eprintln!("SKIPPED cross-check: jar is not installed");
+        if !crate::testutil::require_tool("/usr/bin/jar") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -679,20 +678,23 @@ mod tests {
     #[test]
     fn java_keystore_is_read_by_keytool() {
         // A certificate made by openssl, the keystore checked with keytool (when present).
+        if !crate::testutil::require_tool("openssl") {
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("openssl")
+        let out = std::process::Command::new("openssl")
             .current_dir(d.path())
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem",
             ])
             .args(["-out", "c.crt", "-subj", "/CN=fuse test CA", "-days", "1"])
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("SKIPPED: openssl is not installed");
-            return;
-        }
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pem = std::fs::read(d.path().join("c.crt")).unwrap();
         let mut t = crate::tree::Tree::new();
         t.insert(
@@ -705,8 +707,7 @@ mod tests {
         assert!(java_cacerts(&crate::tree::Tree::new(), 0).is_none());
         let der = pem_to_der(&pem).unwrap();
         assert!(jks.windows(der.len()).any(|w| w == der));
-        if !std::path::Path::new("/usr/bin/keytool").exists() {
-            eprintln!("SKIPPED cross-check: keytool is not installed");
+        if !crate::testutil::require_tool("/usr/bin/keytool") {
             return;
         }
         std::fs::write(d.path().join("cacerts"), &jks).unwrap();

@@ -858,12 +858,7 @@ pub(crate) mod tests {
     /// Build real packages with dpkg-deb and read them back.
     #[test]
     fn cross_check_with_dpkg_deb() {
-        if std::process::Command::new("dpkg-deb")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIPPED cross-check: dpkg-deb is not installed");
+        if !crate::testutil::require_tool("dpkg-deb") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -895,11 +890,14 @@ pub(crate) mod tests {
                 .arg(&out)
                 .output()
                 .unwrap();
-            if !st.status.success() {
-                eprintln!(
-                    "SKIPPED dpkg-deb -Z{z}: {}",
+            let made = crate::testutil::require(
+                st.status.success(),
+                &format!(
+                    "dpkg-deb -Z{z} failed: {}",
                     String::from_utf8_lossy(&st.stderr).trim()
-                );
+                ),
+            );
+            if !made {
                 continue;
             }
             let deb = read_deb(&std::fs::read(&out).unwrap()).unwrap();
@@ -944,11 +942,10 @@ pub(crate) mod tests {
 
     /// Read every .deb in FUSE_TEST_DEB_DIR (manual check against real packages).
     #[test]
+    #[ignore = "manual check of real packages: set FUSE_TEST_DEB_DIR and run with --ignored"]
     fn real_debs_from_env() {
-        let Ok(dir) = std::env::var("FUSE_TEST_DEB_DIR") else {
-            eprintln!("SKIPPED real .deb check: FUSE_TEST_DEB_DIR is not set");
-            return;
-        };
+        let dir = std::env::var("FUSE_TEST_DEB_DIR")
+            .expect("FUSE_TEST_DEB_DIR names a directory of .deb files");
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
@@ -980,8 +977,7 @@ pub(crate) mod tests {
             .arg(tmp.path())
             .status()
             .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED dpkg-deb -x cross-check for {}", deb.display());
+        if !crate::testutil::require(ok, &format!("dpkg-deb -x {} failed", deb.display())) {
             return;
         }
         for (path, node) in tree.iter() {

@@ -218,9 +218,7 @@ mod tests {
 
     #[test]
     fn table_agrees_with_dpkg() {
-        let probe = std::process::Command::new("dpkg").arg("--version").output();
-        if probe.is_err() {
-            eprintln!("SKIPPED cross-check: dpkg is not installed");
+        if !crate::testutil::require_tool("dpkg") {
             return;
         }
         for &(a, b, want) in TABLE {

@@ -503,15 +503,6 @@ mod tests {
         assert_eq!(read(&c).unwrap(), t2);
     }
 
-    fn have(tool: &str) -> bool {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    }
-
     fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -531,8 +522,7 @@ mod tests {
 
     #[test]
     fn gnu_cpio_lists_names_and_modes() {
-        if !have("cpio") {
-            eprintln!("SKIPPED cross-check: GNU cpio not installed");
+        if !crate::testutil::require_tool("cpio") {
             return;
         }
         let t = sample();
@@ -586,8 +576,7 @@ mod tests {
     #[test]
     fn gnu_cpio_extracts_same_bytes() {
         use std::os::unix::fs::PermissionsExt;
-        if !have("cpio") {
-            eprintln!("SKIPPED cross-check: GNU cpio not installed");
+        if !crate::testutil::require_tool("cpio") {
             return;
         }
         let mut t = sample();
@@ -623,8 +612,7 @@ mod tests {
 
     #[test]
     fn reads_gnu_cpio_output_including_hard_links() {
-        if !have("cpio") {
-            eprintln!("SKIPPED cross-check: GNU cpio not installed");
+        if !crate::testutil::require_tool("cpio") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

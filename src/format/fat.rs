@@ -1795,10 +1795,7 @@ mod tests {
 
     // ----- cross-checks with dosfstools and mtools -----
 
-    fn have(tool: &str) -> bool {
-        Command::new(tool).arg("--version").output().is_ok()
-            || Command::new(tool).arg("-V").output().is_ok()
-    }
+    use crate::testutil::require_tool as have;
 
     fn run(cmd: &mut Command) -> (bool, Vec<u8>, String) {
         let out = cmd.output().unwrap();
@@ -1834,8 +1831,6 @@ mod tests {
             // It counts every file and directory, plus the volume label entry.
             let entries = tree.len() + usize::from(has_label);
             assert!(out.contains(&format!(": {entries} files, ")), "{out}");
-        } else {
-            eprintln!("cross-check skipped: fsck.fat (dosfstools) not installed");
         }
         if have("mcopy") && have("mdir") {
             let img_arg = path.to_str().unwrap();
@@ -1862,8 +1857,6 @@ mod tests {
                     "mdir misses {p}:\n{listed}"
                 );
             }
-        } else {
-            eprintln!("cross-check skipped: mtools not installed");
         }
     }
 
@@ -1911,7 +1904,6 @@ mod tests {
     #[test]
     fn reads_images_made_by_mkfs_fat_and_mcopy() {
         if !(have("mkfs.fat") && have("mcopy")) {
-            eprintln!("cross-check skipped: mkfs.fat or mtools not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -643,6 +643,7 @@ pub fn read_disk(disk: &[u8]) -> Result<DiskInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::require_tool;
     use std::process::Command;
 
     fn g(s: &str) -> Guid {
@@ -866,10 +867,6 @@ mod tests {
         assert!(read_disk(&[]).is_err());
     }
 
-    fn tool(name: &str) -> bool {
-        Command::new(name).arg("--version").output().is_ok()
-    }
-
     #[test]
     fn cross_check_sfdisk_and_sgdisk() {
         let (disk, _, _) = sample();
@@ -877,7 +874,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, &disk).unwrap();
-        if tool("sfdisk") {
+        if require_tool("sfdisk") {
             let out = Command::new("sfdisk")
                 .arg("--json")
                 .arg(&path)
@@ -903,10 +900,8 @@ mod tests {
                 assert_eq!(q["uuid"], p.unique_guid.to_string());
                 assert_eq!(q["name"], p.name.as_str());
             }
-        } else {
-            eprintln!("cross-check skipped: sfdisk not installed");
         }
-        if tool("sgdisk") {
+        if require_tool("sgdisk") {
             let out = Command::new("sgdisk")
                 .arg("-v")
                 .arg(&path)
@@ -926,15 +921,12 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains("layer-base"), "{text}");
-        } else {
-            eprintln!("cross-check skipped: sgdisk not installed");
         }
     }
 
     #[test]
     fn reads_a_disk_made_by_sgdisk() {
-        if !tool("sgdisk") {
-            eprintln!("cross-check skipped: sgdisk not installed");
+        if !require_tool("sgdisk") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -1891,6 +1891,7 @@ fn load_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::require_tool;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     use std::path::Path;
     use std::process::Command;
@@ -2450,10 +2451,6 @@ mod tests {
 
     // ----- cross-checks with squashfs-tools -----
 
-    fn tool(name: &str) -> bool {
-        Command::new(name).arg("-version").output().is_ok()
-    }
-
     fn running_as_root() -> bool {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("probe");
@@ -2615,8 +2612,7 @@ mod tests {
 
     #[test]
     fn unsquashfs_reads_our_images() {
-        if !tool("unsquashfs") {
-            eprintln!("SKIPPED: unsquashfs (squashfs-tools) not installed; cross-check not run");
+        if !require_tool("unsquashfs") {
             return;
         }
         let root = running_as_root();
@@ -2652,8 +2648,8 @@ mod tests {
                     for d in devs {
                         t2.remove(&d);
                     }
-                    eprintln!(
-                        "SKIPPED: unsquashfs extraction check (needs root for devices and owners)"
+                    crate::testutil::skip(
+                        "unsquashfs extraction check (needs root for devices and owners)",
                     );
                 }
             }
@@ -2693,15 +2689,12 @@ mod tests {
 
     #[test]
     fn reads_mksquashfs_images() {
-        if !tool("mksquashfs") {
-            eprintln!(
-                "SKIPPED: mksquashfs (squashfs-tools) not installed; reader cross-check not run"
-            );
+        if !require_tool("mksquashfs") {
             return;
         }
         if !running_as_root() {
-            eprintln!(
-                "SKIPPED: reading mksquashfs images (needs root to create owners and devices)"
+            crate::testutil::skip(
+                "reading mksquashfs images (needs root to create owners and devices)",
             );
             return;
         }

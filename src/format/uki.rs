@@ -634,16 +634,14 @@ mod tests {
         let path = std::env::var_os("FUSE_TEST_EFI_STUB")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/lib/systemd/boot/efi/linuxx64.efi.stub"));
-        match std::fs::read(&path) {
-            Ok(b) => Some(b),
-            Err(_) => {
-                eprintln!(
-                    "SKIPPED real-stub test: no EFI stub at {} (set FUSE_TEST_EFI_STUB)",
-                    path.display()
-                );
-                None
-            }
-        }
+        let ok = crate::testutil::require(
+            path.is_file(),
+            &format!(
+                "no EFI stub at {} (package systemd-boot-efi, or set FUSE_TEST_EFI_STUB)",
+                path.display()
+            ),
+        );
+        ok.then(|| std::fs::read(&path).unwrap())
     }
 
     #[test]
@@ -673,13 +671,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("uki.efi");
         std::fs::write(&f, &uki).unwrap();
-        let out = match Command::new("objdump").arg("-h").arg(&f).output() {
-            Ok(o) => o,
-            Err(_) => {
-                eprintln!("SKIPPED cross-check: objdump (binutils) not installed");
-                return;
-            }
-        };
+        if !crate::testutil::require_tool("objdump") {
+            return;
+        }
+        let out = Command::new("objdump").arg("-h").arg(&f).output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         let upe = Pe::parse(&uki).unwrap();

@@ -304,10 +304,11 @@ mod tests {
             "{d:?}"
         );
         assert!(d.needed.iter().any(|n| n.starts_with("libc.so")), "{d:?}");
-        if let Ok(out) = std::process::Command::new("readelf")
-            .args(["-d", "/bin/sh"])
-            .output()
-        {
+        if crate::testutil::require_tool("readelf") {
+            let out = std::process::Command::new("readelf")
+                .args(["-d", "/bin/sh"])
+                .output()
+                .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             let theirs: Vec<&str> = text
                 .lines()
@@ -315,8 +316,6 @@ mod tests {
                 .filter_map(|l| l.split('[').nth(1)?.split(']').next())
                 .collect();
             assert_eq!(d.needed, theirs);
-        } else {
-            eprintln!("SKIPPED cross-check: readelf is not installed");
         }
     }
 

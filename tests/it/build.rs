@@ -125,13 +125,13 @@ fn sfdisk_partitions(img: &std::path::Path) -> Vec<(u64, u64, String)> {
 #[test]
 fn reference_tools_read_the_image() {
     let b = shared_image();
-    if !have("sfdisk") {
+    if !require_tool("sfdisk") {
         return;
     }
     let parts = sfdisk_partitions(&b.image);
     let names: Vec<&str> = parts.iter().map(|p| p.2.as_str()).collect();
     assert_eq!(names, ["fuse-esp", "fuse-base", "fuse-app"]);
-    if have("sgdisk") {
+    if require_tool("sgdisk") {
         let out = Command::new("sgdisk")
             .arg("-v")
             .arg(&b.image)
@@ -142,7 +142,7 @@ fn reference_tools_read_the_image() {
     }
     let img = std::fs::read(&b.image).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    if have("mdir") {
+    if require_tool("mdir") {
         let esp = format!("{}@@{}", b.image.display(), parts[0].0);
         let out = Command::new("mdir")
             .args(["-i", &esp, "::/EFI/BOOT"])
@@ -162,7 +162,7 @@ fn reference_tools_read_the_image() {
             serde_json::from_slice(&out.stdout).expect("mtype gives image.json");
         assert_eq!(meta["name"], "hello");
     }
-    if have("fsck.fat") {
+    if require_tool("fsck.fat") {
         let esp = dir.path().join("esp.img");
         std::fs::write(
             &esp,
@@ -181,7 +181,7 @@ fn reference_tools_read_the_image() {
             text(&out.stderr)
         );
     }
-    if have("unsquashfs") {
+    if require_tool("unsquashfs") {
         let app = dir.path().join("app.sqfs");
         std::fs::write(
             &app,

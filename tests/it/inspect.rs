@@ -321,7 +321,7 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
         assert_eq!(listed, real, "layer {}", l.name);
     }
     // Cross-check the app layer's listing with the reference tool.
-    if have("unsquashfs") {
+    if require_tool("unsquashfs") {
         let dir = tempfile::tempdir().unwrap();
         let l = meta.layers.iter().find(|l| l.name == "app").unwrap();
         let range = &parts.iter().find(|p| p.0 == l.partition).unwrap().1;
