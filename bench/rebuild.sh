@@ -15,7 +15,7 @@ for ex in ${*:-python-hello node-hello jar-hello war-hello}; do
     rm -rf "$work/$ex/fuse-out" "$work/$ex/fuse.lock"
     "$work/$ex/build.sh" >/dev/null
     "$FUSE" build "$work/$ex" >/dev/null 2>&1          # downloads, lock
-    rm -f "$FUSE_CACHE_DIR"/named/layer-* "$FUSE_CACHE_DIR"/named/kernel-*   # forget built layers and the read kernel
+    rm -f "$FUSE_CACHE_DIR"/named/unit-*   # forget every built unit (layers, kernel, initramfs, UKI)
     t0=$(now); "$FUSE" build "$work/$ex" >/dev/null 2>"$work/first.log"; t1=$(now)
     case $ex in
         python-hello) echo "# changed" >> "$work/$ex/app/hello/__init__.py" ;;
@@ -23,8 +23,8 @@ for ex in ${*:-python-hello node-hello jar-hello war-hello}; do
         jar-hello|war-hello) sed -i 's/hello/howdy/' "$work/$ex"/src/hello/*.java; "$work/$ex/build.sh" >/dev/null ;;
     esac
     t2=$(now); "$FUSE" build "$work/$ex" >/dev/null 2>"$work/re.log"; t3=$(now)
-    reused=$(grep -c "reused from the cache" "$work/re.log" || true)
+    reused=$(grep -c ": local-cache (" "$work/re.log" || true)
     awk -v e="$ex" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v r="$reused" 'BEGIN {
         f = b - a; w = d - c;
-        printf "%-13s first build %6.1fs   app-only rebuild %5.1fs   %4.1fx   (%d layers reused)\n", e, f, w, f / w, r }'
+        printf "%-13s first build %6.1fs   app-only rebuild %5.1fs   %4.1fx   (%d units from the cache)\n", e, f, w, f / w, r }'
 done

@@ -64,6 +64,9 @@ pub struct BuildArgs {
     /// Fail if fuse.lock is missing or does not match the manifest (CI).
     #[arg(long)]
     pub locked: bool,
+    /// Print the build plan (every unit, its inputs and key) as JSON and build nothing.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Args, Debug)]

@@ -137,29 +137,90 @@ pub fn file_list(tree: &Tree) -> Vec<FileMeta> {
         .collect()
 }
 
-/// Everything the disk is made of.
+/// A layer as it goes on the disk: its partition bytes (the file system, and whatever a
+/// partition appends to it) and its image.json entry. What the layer cache stores.
+#[derive(Clone, Debug)]
+pub struct BuiltLayer {
+    pub meta: LayerMeta,
+    pub bytes: Vec<u8>,
+}
+
+/// Write a layer's tree as its partition: squashfs with `opts`. Pure.
+pub fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<BuiltLayer> {
+    let files = file_list(&l.tree);
+    let bytes = timed(
+        &format!("layer {} ({} entries) written", l.name, l.tree.len()),
+        || {
+            squashfs::write(&l.tree, opts)
+                .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
+        },
+    )?;
+    Ok(BuiltLayer {
+        meta: LayerMeta {
+            name: l.name.clone(),
+            partition: format!("fuse-{}", l.name),
+            fs: "squashfs".into(),
+            digest: format!("sha256:{}", sha256_hex(&bytes)),
+            size: bytes.len() as u64,
+            packages: l.packages.clone(),
+            files,
+        },
+        bytes,
+    })
+}
+
+/// The gzipped cpio of an initramfs tree. Pure.
+pub fn write_initramfs(tree: &Tree) -> Result<Vec<u8>> {
+    timed("initramfs written", || {
+        let cpio = cpio::write(tree).context("cannot write the initramfs cpio")?;
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::best());
+        gz.write_all(&cpio)?;
+        Ok(gz.finish()?)
+    })
+}
+
+/// The unified kernel image. Pure.
+pub fn write_uki(
+    stub: &[u8],
+    os_release: &str,
+    cmdline: &str,
+    vmlinuz: &[u8],
+    initrd: &[u8],
+) -> Result<Vec<u8>> {
+    timed("UKI built", || {
+        uki::build(
+            stub,
+            &uki::Sections {
+                osrel: os_release.as_bytes(),
+                cmdline: cmdline.as_bytes(),
+                linux: vmlinuz,
+                initrd,
+            },
+        )
+        .context("cannot build the unified kernel image")
+    })
+}
+
+/// Everything the disk is made of: built units and the metadata that describes them.
 pub struct DiskInputs<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub inputs: Inputs,
-    pub kernel_package: PackageRef,
-    pub kernel_release: &'a str,
-    pub kernel_modules: Vec<String>,
-    pub vmlinuz: &'a [u8],
-    pub cmdline: String,
-    pub os_release: String,
+    pub kernel: KernelMeta,
+    /// Size of vmlinuz (for the size report).
+    pub kernel_size: u64,
     pub stub_package: PackageRef,
-    pub stub: &'a [u8],
-    pub initramfs: &'a Tree,
-    pub layers: &'a [Layer],
+    pub uki: &'a [u8],
+    pub initramfs_sha256: String,
+    pub initramfs_size: u64,
+    pub layers: &'a [BuiltLayer],
     pub app: AppPlan,
     pub app_kind: &'a str,
     pub port: u16,
     pub health_http: Option<String>,
     pub epoch: u64,
-    /// Where written layers are cached by the digest of their content (an unchanged layer
-    /// is then not compressed again); None: always write.
-    pub layer_cache: Option<&'a crate::store::Store>,
 }
 
 /// The finished image.
@@ -190,58 +251,16 @@ fn guid_for(label: &str, content_sha256: &str) -> gpt::Guid {
     gpt::Guid::from_hash(&d)
 }
 
-/// Assemble the disk image from its inputs.
+/// Assemble the disk image from its built units: the ESP (UKI + image.json) and one
+/// partition per layer, in a GPT disk. Pure.
 pub fn assemble(i: DiskInputs) -> Result<Disk> {
     let mut parts = Vec::new();
-    let sq_opts = squashfs::Options {
-        mkfs_time: i.epoch.min(u32::MAX as u64) as u32,
-        ..Default::default()
-    };
-    let mut layer_bytes = Vec::new();
-    let mut layer_meta = Vec::new();
     for l in i.layers {
-        let files = file_list(&l.tree);
-        let bytes = match i.layer_cache {
-            Some(store) => cached_layer(store, l, &files, &sq_opts)?,
-            None => write_layer(l, &sq_opts)?,
-        };
-        let digest = format!("sha256:{}", sha256_hex(&bytes));
-        parts.push((format!("layer {}", l.name), bytes.len() as u64));
-        layer_meta.push(LayerMeta {
-            name: l.name.clone(),
-            partition: format!("fuse-{}", l.name),
-            fs: "squashfs".into(),
-            digest,
-            size: bytes.len() as u64,
-            packages: l.packages.clone(),
-            files,
-        });
-        layer_bytes.push(bytes);
+        parts.push((format!("layer {}", l.meta.name), l.bytes.len() as u64));
     }
-
-    let initrd = timed("initramfs written", || {
-        let cpio = cpio::write(i.initramfs).context("cannot write the initramfs cpio")?;
-        let mut gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(Vec::new(), flate2::Compression::best());
-        gz.write_all(&cpio)?;
-        Ok(gz.finish()?)
-    })?;
-    parts.push(("kernel".into(), i.vmlinuz.len() as u64));
-    parts.push(("initramfs".into(), initrd.len() as u64));
-
-    let uki = timed("UKI built", || {
-        uki::build(
-            i.stub,
-            &uki::Sections {
-                osrel: i.os_release.as_bytes(),
-                cmdline: i.cmdline.as_bytes(),
-                linux: i.vmlinuz,
-                initrd: &initrd,
-            },
-        )
-        .context("cannot build the unified kernel image")
-    })?;
+    parts.push(("kernel".into(), i.kernel_size));
+    parts.push(("initramfs".into(), i.initramfs_size));
+    let uki = i.uki;
 
     let mut meta = ImageMeta {
         format: IMAGE_JSON_FORMAT,
@@ -249,18 +268,13 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         version: i.version.into(),
         digest: None,
         inputs: i.inputs,
-        kernel: KernelMeta {
-            package: i.kernel_package,
-            release: i.kernel_release.into(),
-            cmdline: i.cmdline.clone(),
-            modules: i.kernel_modules,
-        },
+        kernel: i.kernel,
         boot: BootMeta {
             stub: i.stub_package,
-            uki_sha256: sha256_hex(&uki),
+            uki_sha256: sha256_hex(uki),
             uki_size: uki.len() as u64,
-            initramfs_sha256: sha256_hex(&initrd),
-            initramfs_size: initrd.len() as u64,
+            initramfs_sha256: i.initramfs_sha256,
+            initramfs_size: i.initramfs_size,
             esp_size: 0,
         },
         app: AppMeta {
@@ -274,14 +288,14 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             port: i.port,
             health_http: i.health_http,
         },
-        layers: layer_meta,
+        layers: i.layers.iter().map(|l| l.meta.clone()).collect(),
         disk_size: None,
     };
     // The ESP size is known only once the ESP is written, and the ESP holds image.json:
     // size it with a provisional copy, then write the final copy into an ESP of that size.
     let esp_tree = |meta: &ImageMeta| -> Result<Tree> {
         let mut t = Tree::new();
-        let mut u = crate::tree::Node::file(uki.clone(), 0o644);
+        let mut u = crate::tree::Node::file(uki.to_vec(), 0o644);
         u.mtime = i.epoch;
         t.insert(ESP_BOOT_PATH, u)?;
         let mut j = serde_json::to_vec_pretty(meta)?;
@@ -291,7 +305,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         t.insert(ESP_IMAGE_JSON, n)?;
         Ok(t)
     };
-    let volume_id = u32::from_le_bytes(hex_prefix4(&sha256_hex(&uki)));
+    let volume_id = u32::from_le_bytes(hex_prefix4(&meta.boot.uki_sha256));
     let fat_opts = |min_size| fat::Options {
         volume_label: "FUSE-ESP".into(),
         volume_id,
@@ -323,7 +337,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         data: &esp,
     }];
     let linux = gpt::Guid::parse(gpt::LINUX_DATA_TYPE)?;
-    for (m, b) in meta.layers.iter().zip(&layer_bytes) {
+    for (m, b) in meta.layers.iter().zip(i.layers.iter().map(|l| &l.bytes)) {
         specs.push(gpt::PartitionSpec {
             name: m.partition.clone(),
             type_guid: linux,
@@ -357,58 +371,6 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         meta,
         parts,
     })
-}
-
-fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<Vec<u8>> {
-    timed(
-        &format!("layer {} ({} entries) written", l.name, l.tree.len()),
-        || {
-            squashfs::write(&l.tree, opts)
-                .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
-        },
-    )
-}
-
-/// A layer's squashfs from the cache when a layer of the same content (every file's path,
-/// type, mode, owner, size, sha256, link target; mtimes; writer options; fuse version) was
-/// written before, else written and cached. The key names the content; the bytes are
-/// stored by their own sha256 and verified when read back.
-fn cached_layer(
-    store: &crate::store::Store,
-    l: &Layer,
-    files: &[FileMeta],
-    opts: &squashfs::Options,
-) -> Result<Vec<u8>> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(
-        format!(
-            "fuse {} squashfs layer\0{opts:?}\0",
-            env!("CARGO_PKG_VERSION")
-        )
-        .as_bytes(),
-    );
-    h.update(serde_json::to_vec(files)?);
-    for (path, n) in l.tree.iter() {
-        h.update(format!("{path}\0{}\0", n.mtime).as_bytes());
-    }
-    let key = format!("layer-{}", crate::manifest::hex(&h.finalize()));
-    if let Some(sha) = store.get_named(&key)? {
-        let sha = String::from_utf8_lossy(&sha).trim().to_string();
-        if let Ok(Some(bytes)) = store.get(&sha) {
-            tracing::info!(
-                "layer {} reused from the cache ({} bytes)",
-                l.name,
-                bytes.len()
-            );
-            return Ok(bytes);
-        }
-    }
-    let bytes = write_layer(l, opts)?;
-    let sha = sha256_hex(&bytes);
-    store.put(&sha, &bytes)?;
-    store.put_named(&key, sha.as_bytes())?;
-    Ok(bytes)
 }
 
 fn hex_prefix4(hex: &str) -> [u8; 4] {

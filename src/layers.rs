@@ -90,7 +90,7 @@ fn version_id(codename: &str) -> &'static str {
 
 /// `/etc/os-release` of the image: the distribution's identity (so scanners know which
 /// advisories apply) plus the image's own IMAGE_ID / IMAGE_VERSION.
-pub fn os_release(m: &Manifest, d: &DistroInfo) -> String {
+pub fn os_release(name: &str, version: &str, d: &DistroInfo) -> String {
     let vid = version_id(&d.codename);
     format!(
         "PRETTY_NAME=\"Debian GNU/Linux {vid} ({code})\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"{vid}\"\n\
@@ -98,8 +98,6 @@ pub fn os_release(m: &Manifest, d: &DistroInfo) -> String {
          IMAGE_ID={name}\nIMAGE_VERSION={version}\nVARIANT=\"fuse image\"\nVARIANT_ID=fuse\n",
         code = d.codename,
         vendor = d.vendor,
-        name = m.name,
-        version = m.version,
     )
 }
 
@@ -140,7 +138,8 @@ pub fn dpkg_status(packages: &[(PackageRef, BTreeMap<String, String>)]) -> Strin
 /// The base layer: the system files every image has (users, name service, os-release,
 /// the dpkg status of the packages in the image, mount points).
 pub fn base_layer(
-    m: &Manifest,
+    name: &str,
+    version: &str,
     distro: &DistroInfo,
     image_packages: &[(PackageRef, BTreeMap<String, String>)],
     epoch: u64,
@@ -175,7 +174,6 @@ pub fn base_layer(
         file(
             format!(
                 "root:x:0:0:root:/root:/usr/sbin/nologin\napp:x:{APP_UID}:{APP_GID}:{name} app:{APP_DIR}:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-                name = m.name
             ),
             0o644,
         ),
@@ -194,10 +192,10 @@ pub fn base_layer(
             0o644,
         ),
     )?;
-    t.insert("etc/hostname", file(format!("{}\n", m.name), 0o644))?;
+    t.insert("etc/hostname", file(format!("{name}\n"), 0o644))?;
     t.insert("etc/nsswitch.conf", file("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into(), 0o644))?;
     t.insert("etc/resolv.conf", file(String::new(), 0o644))?;
-    let osr = os_release(m, distro);
+    let osr = os_release(name, version, distro);
     t.insert("usr/lib/os-release", file(osr, 0o644))?;
     t.insert("etc/os-release", {
         let mut n = Node::symlink("../usr/lib/os-release");

@@ -2,6 +2,8 @@
 //! content-addressed, immutable, bootable disk image.
 
 pub mod archive;
+pub mod builder;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod configdisk;
@@ -17,6 +19,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod mirror;
 pub mod oci;
+pub mod plan;
 pub mod qemu;
 pub mod resolve;
 pub mod runtimes;

@@ -169,6 +169,22 @@ pub fn find_source(mirror: Option<&str>, keyring: Option<&Path>, codename: &str)
     })
 }
 
+/// Shared state of a command that may talk to the archive: the download cache and the
+/// HTTP client.
+pub struct Session {
+    pub store: Store,
+    pub fetcher: Fetcher,
+}
+
+impl Session {
+    pub fn open() -> Result<Session> {
+        Ok(Session {
+            store: Store::open(&crate::store::default_cache_dir()?)?,
+            fetcher: Fetcher::new(),
+        })
+    }
+}
+
 /// A suite's verified package index.
 pub struct Archive {
     pub url: String,

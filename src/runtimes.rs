@@ -525,8 +525,8 @@ pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::
 
 /// Packages a runtime depends on only for what a headless server never does (AWT fonts
 /// and images, printing, sound, smart cards, the NSS PKCS#11 provider, util-linux's tools):
-/// their files are left out of the image along with whatever only they pulled in. List
-/// one in `[system] packages` to keep it.
+/// resolution leaves them out (`resolve::resolve_excluding`), with whatever only they
+/// would pull in, so the lock never pins them. List one in `[system] packages` to keep it.
 pub fn unused_packages(r: &Request) -> &'static [&'static str] {
     match r.name.as_str() {
         "java" => &[
@@ -543,49 +543,6 @@ pub fn unused_packages(r: &Request) -> &'static [&'static str] {
         ],
         _ => &[],
     }
-}
-
-/// The names of the packages still needed once `unused` are cut out of the dependency
-/// graph of `pins` (name -> Depends and Pre-Depends fields, Provides field), walking from
-/// `roots`. Every alternative present in the set is followed (an over-approximation).
-pub fn needed_packages(
-    pins: &std::collections::BTreeMap<String, (String, String)>,
-    roots: &[String],
-    unused: &[&str],
-) -> Result<BTreeSet<String>> {
-    use crate::archive::packages::parse_relations;
-    let mut providers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (name, (_, provides)) in pins {
-        providers
-            .entry(name.clone())
-            .or_default()
-            .push(name.clone());
-        for alts in parse_relations(provides)? {
-            for r in alts {
-                providers.entry(r.name).or_default().push(name.clone());
-            }
-        }
-    }
-    let mut seen = BTreeSet::new();
-    let mut todo: Vec<String> = roots.to_vec();
-    while let Some(n) = todo.pop() {
-        let Some(names) = providers.get(&n) else {
-            continue;
-        };
-        for p in names {
-            if (unused.contains(&p.as_str()) && !roots.contains(p)) || !seen.insert(p.clone()) {
-                continue;
-            }
-            if let Some((deps, _)) = pins.get(p) {
-                for alts in
-                    parse_relations(deps).with_context(|| format!("the dependencies of {p}"))?
-                {
-                    todo.extend(alts.into_iter().map(|r| r.name));
-                }
-            }
-        }
-    }
-    Ok(seen)
 }
 
 #[cfg(test)]
@@ -725,35 +682,6 @@ mod tests {
         assert!(out.contains("debian:fuse_test.pem"), "{out}");
         assert!(out.contains("trustedCertEntry"), "{out}");
         assert!(out.contains("CN=fuse test CA"), "{out}");
-    }
-
-    #[test]
-    fn unused_packages_and_what_only_they_need_are_cut() {
-        let mut pins = std::collections::BTreeMap::new();
-        let mut add = |n: &str, d: &str, p: &str| {
-            pins.insert(n.to_string(), (d.to_string(), p.to_string()));
-        };
-        add(
-            "jre",
-            "libc6, libcups2, java-common, zlib1g | libz-virtual",
-            "",
-        );
-        add("libcups2", "libavahi, libc6", "");
-        add("libavahi", "libc6", "");
-        add("libc6", "", "");
-        add("java-common", "", "");
-        add("zlib1g", "libc6", "libz-virtual");
-        let keep = needed_packages(&pins, &["jre".to_string()], &["libcups2"]).unwrap();
-        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-        assert_eq!(keep, ["java-common", "jre", "libc6", "zlib1g"]);
-        // Asked for explicitly: kept with what it needs.
-        let keep = needed_packages(
-            &pins,
-            &["jre".to_string(), "libcups2".to_string()],
-            &["libcups2"],
-        )
-        .unwrap();
-        assert!(keep.contains("libavahi"));
     }
 
     #[test]

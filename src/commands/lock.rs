@@ -2,13 +2,13 @@
 //! the result in fuse.lock; `--update` re-resolves even when the lock still matches.
 
 use crate::cli::LockArgs;
-use crate::commands::build::{obtain_lock, Options, Session};
-use crate::mirror::Trust;
+use crate::mirror::{Session, Trust};
+use crate::resolve::pin::{lock_path, obtain_lock, Options};
 use anyhow::Result;
 
 pub fn run(args: &LockArgs) -> Result<u8> {
     let m = crate::manifest::load(&args.path)?;
-    let app = crate::commands::build::app_artifact(&m)?;
+    let app = crate::plan::scan_app(&m)?;
     let s = Session::open()?;
     let opts = Options {
         trust: Trust {
@@ -19,7 +19,7 @@ pub fn run(args: &LockArgs) -> Result<u8> {
         update: args.update,
     };
     let (lock, changed) = obtain_lock(&s, &m, &app, opts)?;
-    let path = crate::commands::build::lock_path(&m);
+    let path = lock_path(&m);
     if changed {
         lock.save(&path)?;
     }

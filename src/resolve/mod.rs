@@ -5,6 +5,7 @@
 
 pub mod elf;
 pub mod lock;
+pub mod pin;
 
 use crate::archive::packages::{parse_relations, Package, Relation};
 use crate::archive::version::{compare_versions, satisfies};
@@ -144,6 +145,28 @@ fn candidates<'a>(idx: &'a Index, r: &Relation) -> Result<Vec<&'a Package>> {
 /// satisfied within the result. Deterministic: same index + roots = same result.
 /// Errors name the unsatisfiable relation and the chain of packages that led to it.
 pub fn resolve(idx: &Index, roots: &[String]) -> Result<Vec<Package>> {
+    Ok(resolve_excluding(idx, roots, &[])?.0)
+}
+
+/// [`resolve`], leaving out the packages named in `exclude` (unless a root names them) and
+/// whatever only they would pull in: a relation whose chosen candidate is excluded counts
+/// as satisfied. This is where dead-weight packages (what a headless runtime never loads)
+/// are dropped, so the lock pins exactly what the image holds. Returns the packages and
+/// the names left out (sorted).
+pub fn resolve_excluding(
+    idx: &Index,
+    roots: &[String],
+    exclude: &[&str],
+) -> Result<(Vec<Package>, Vec<String>)> {
+    let mut root_names = BTreeSet::new();
+    for root in roots {
+        for alts in
+            parse_relations(root).with_context(|| format!("bad package request {root:?}"))?
+        {
+            root_names.extend(alts.into_iter().map(|r| r.name));
+        }
+    }
+    let mut left_out = BTreeSet::new();
     let mut chosen: BTreeMap<String, Package> = BTreeMap::new();
     // (alternatives, chain of package names that led here)
     let mut queue: VecDeque<(Vec<Relation>, Vec<String>)> = VecDeque::new();
@@ -212,6 +235,10 @@ pub fn resolve(idx: &Index, roots: &[String]) -> Result<Vec<Package>> {
                 reasons.join("; ")
             );
         };
+        if exclude.contains(&p.name.as_str()) && !root_names.contains(&p.name) {
+            left_out.insert(p.name.clone());
+            continue;
+        }
         let mut next_chain = chain.clone();
         next_chain.push(format!("{} {}", p.name, p.version));
         for field in [&p.pre_depends, &p.depends] {
@@ -224,7 +251,10 @@ pub fn resolve(idx: &Index, roots: &[String]) -> Result<Vec<Package>> {
         chosen.insert(p.name.clone(), p.clone());
     }
     check_conflicts(&chosen)?;
-    Ok(chosen.into_values().collect())
+    Ok((
+        chosen.into_values().collect(),
+        left_out.into_iter().collect(),
+    ))
 }
 
 /// Refuse a set where one package Conflicts with or Breaks another.
@@ -438,6 +468,34 @@ mod tests {
         );
         let e = format!("{:#}", resolve(&idx, &["app".into()]).unwrap_err());
         assert!(e.contains("Conflicts"), "{e}");
+    }
+
+    #[test]
+    fn excluded_packages_and_what_only_they_need_are_left_out() {
+        let idx = index(
+            &[
+                pkg(
+                    "jre",
+                    "1",
+                    "Depends: libc6, libcups2, java-common, zlib1g | libz-virtual",
+                ),
+                pkg("libcups2", "1", "Depends: libavahi, libc6"),
+                pkg("libavahi", "1", "Depends: libc6"),
+                pkg("libc6", "1", ""),
+                pkg("java-common", "1", ""),
+                pkg("zlib1g", "1", "Depends: libc6\nProvides: libz-virtual"),
+            ]
+            .join("\n"),
+        );
+        let (pkgs, out) = resolve_excluding(&idx, &["jre".into()], &["libcups2"]).unwrap();
+        let names: Vec<String> = pkgs.into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["java-common", "jre", "libc6", "zlib1g"]);
+        assert_eq!(out, ["libcups2"]);
+        // Asked for explicitly: kept, with what it needs.
+        let (pkgs, out) =
+            resolve_excluding(&idx, &["jre".into(), "libcups2".into()], &["libcups2"]).unwrap();
+        assert!(pkgs.iter().any(|p| p.name == "libavahi"));
+        assert!(out.is_empty());
     }
 
     #[test]

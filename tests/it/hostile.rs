@@ -62,6 +62,13 @@ fn a_tampered_cached_package_is_refused() {
         .status()
         .unwrap();
     assert!(st.success());
+    // Without the built units, so the build needs the package (a cached UKI would not).
+    for e in std::fs::read_dir(cache.join("named")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("unit-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
     let blob = cache.join("sha256").join(&stub_sha);
     let mut bytes = std::fs::read(&blob).unwrap();
     let mid = bytes.len() / 2;

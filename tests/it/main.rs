@@ -9,6 +9,7 @@ mod hostile;
 mod inspect;
 mod libs;
 mod lock;
+mod plan;
 mod promote;
 mod registry;
 mod runtimes;

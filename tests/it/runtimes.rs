@@ -151,6 +151,32 @@ fn jar_boots_on_the_jre_with_java_opts_and_a_ca_keystore() {
 }
 
 #[test]
+fn the_jar_lock_pins_exactly_the_packages_in_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("jar-hello", dir.path());
+    let meta = build(&app);
+    let lock = fuse::resolve::lock::Lock::load(&app.join("fuse.lock"))
+        .unwrap()
+        .unwrap();
+    let locked: std::collections::BTreeSet<String> =
+        lock.packages.iter().map(|p| p.name.clone()).collect();
+    let mut in_image = std::collections::BTreeSet::new();
+    for l in layer_names(&meta) {
+        in_image.extend(packages_of(&meta, &l));
+    }
+    assert_eq!(locked, in_image);
+    // What a headless JVM never loads is not resolved at all.
+    let java = fuse::runtimes::Request {
+        name: "java".into(),
+        version: "17".into(),
+    };
+    for p in fuse::runtimes::unused_packages(&java) {
+        assert!(!locked.contains(*p), "the lock pins {p}");
+    }
+    assert!(locked.contains("openjdk-17-jre-headless") && locked.contains("libc6"));
+}
+
+#[test]
 fn war_is_served_by_tomcat_as_the_root_context() {
     if !Path::new("/usr/share/java/tomcat10-servlet-api.jar").exists() {
         panic!("libtomcat10-java is needed to compile the example (scripts/setup.sh)");

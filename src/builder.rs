@@ -1,0 +1,563 @@
+//! Build the units of a plan: each is taken from the cache by its key, or, on a miss, built
+//! from its inputs alone (the pinned packages it names are fetched and read only then) and
+//! cached. A layer's bytes are a function of its [`LayerInputs`]: a builder reads nothing
+//! that is not in them (the app's files come from the one scan, checked by digest).
+//!
+//! Registering a layer: `plan::plan` pushes a `LayerPlan` whose inputs say what goes in
+//! (packages, effects, system files, server files, app files); [`layer_tree`] turns each
+//! part of the inputs into files. A new kind of content is a new optional field of
+//! `LayerInputs` plus one step in [`layer_tree`].
+
+use crate::archive::deb::{read_deb, Deb};
+use crate::cache::{Cache, Record, Source};
+use crate::fetch::Fetcher;
+use crate::image::{self, BuiltLayer, LayerMeta};
+use crate::kernel::{self, Kernel};
+use crate::layers::{self, DistroInfo, Layer, PackageRef};
+use crate::plan::{AppScan, Filter, LayerInputs, LayerPlan, Plan, INIT};
+use crate::resolve::lock::Pin;
+use crate::store::Store;
+use crate::tree::{Node, Tree};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What the kernel unit caches beside its bytes (vmlinuz, then every module, in order).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelRecord {
+    /// e.g. "6.1.0-50-amd64"
+    pub release: String,
+    /// The kernel package as image.json records it.
+    pub package: PackageRef,
+    /// Its control fields (for the image's dpkg status).
+    pub control: BTreeMap<String, String>,
+    pub vmlinuz: u64,
+    /// (path in the initramfs, module name, size), in load order.
+    pub modules: Vec<(String, String, u64)>,
+}
+
+impl KernelRecord {
+    /// The kernel of this record from its cached bytes.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Kernel> {
+        let mut at = 0usize;
+        let mut take = |n: u64| -> Result<Arc<Vec<u8>>> {
+            let end = at
+                .checked_add(n as usize)
+                .context("kernel record size overflow")?;
+            let d = bytes
+                .get(at..end)
+                .context("kernel bytes shorter than their record")?;
+            at = end;
+            Ok(Arc::new(d.to_vec()))
+        };
+        let vmlinuz = take(self.vmlinuz)?;
+        let mut modules = Vec::new();
+        for (path, name, len) in &self.modules {
+            modules.push((path.clone(), take(*len)?, name.clone()));
+        }
+        Ok(Kernel {
+            release: self.release.clone(),
+            vmlinuz,
+            modules,
+        })
+    }
+}
+
+/// What the UKI unit caches beside its bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UkiRecord {
+    pub stub: PackageRef,
+}
+
+/// The units of an image, built or from the cache.
+pub struct Units {
+    /// In disk order, with where each came from.
+    pub layers: Vec<(BuiltLayer, Source)>,
+    pub kernel: KernelRecord,
+    /// sha256 of the kernel unit's bytes (vmlinuz and the modules).
+    pub kernel_sha256: String,
+    pub kernel_source: Source,
+    pub initramfs_sha256: String,
+    pub initramfs_size: u64,
+    pub initramfs_source: Source,
+    pub uki: Vec<u8>,
+    pub uki_stub: PackageRef,
+    pub uki_source: Source,
+}
+
+/// Pinned packages, fetched when first needed and read at most once per build.
+pub struct Debs<'a> {
+    pub store: &'a Store,
+    pub fetcher: &'a Fetcher,
+    /// The mirror's URL, asked for only when something must be downloaded.
+    pub mirror: &'a (dyn Fn() -> Result<String> + Sync),
+    read: Mutex<BTreeMap<String, Arc<Deb>>>,
+    /// How many .deb files were read (decompressed) in this build.
+    pub reads: std::sync::atomic::AtomicUsize,
+}
+
+impl<'a> Debs<'a> {
+    pub fn new(
+        store: &'a Store,
+        fetcher: &'a Fetcher,
+        mirror: &'a (dyn Fn() -> Result<String> + Sync),
+    ) -> Debs<'a> {
+        Debs {
+            store,
+            fetcher,
+            mirror,
+            read: Mutex::new(BTreeMap::new()),
+            reads: Default::default(),
+        }
+    }
+
+    /// Download the pins not yet in the cache (several at a time, each verified).
+    pub fn fetch(&self, pins: &[Pin]) -> Result<()> {
+        let missing: Vec<Pin> = pins
+            .iter()
+            .filter(|p| !self.store.blob_path(&p.sha256).exists())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            crate::mirror::fetch_pins(self.fetcher, self.store, self.mirror, &missing)?;
+        }
+        Ok(())
+    }
+
+    /// A pinned package read into memory (fetched first if needed). A package that cannot be
+    /// read (hostile paths, corrupt archive) is removed from the cache so that nothing
+    /// refused stays there.
+    pub fn read(&self, pin: &Pin) -> Result<Arc<Deb>> {
+        if let Some(d) = self
+            .read
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&pin.sha256).cloned())
+        {
+            return Ok(d);
+        }
+        self.fetch(std::slice::from_ref(pin))?;
+        let bytes = self
+            .store
+            .get(&pin.sha256)
+            .with_context(|| format!("package {} {}", pin.name, pin.version))?
+            .with_context(|| {
+                format!(
+                    "package {} {} vanished from the cache",
+                    pin.name, pin.version
+                )
+            })?;
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let deb = read_deb(&bytes).map_err(|e| {
+            let _ = std::fs::remove_file(self.store.blob_path(&pin.sha256));
+            e.context(format!(
+                "refusing package {} {} (removed from the cache)",
+                pin.name, pin.version
+            ))
+        })?;
+        let deb = Arc::new(deb);
+        if let Ok(mut m) = self.read.lock() {
+            m.insert(pin.sha256.clone(), deb.clone());
+        }
+        Ok(deb)
+    }
+}
+
+/// A package as image.json records it (source package and licence from the .deb).
+pub fn package_ref(p: &Pin, deb: &Deb) -> PackageRef {
+    PackageRef {
+        name: p.name.clone(),
+        version: p.version.clone(),
+        arch: p.arch.clone(),
+        sha256: p.sha256.clone(),
+        source: deb
+            .control
+            .get("Source")
+            .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
+        license: layers::license_of(&deb.data, &p.name),
+    }
+}
+
+/// Is `path` (no leading '/') left out by the filter? `keep` exempts a path and everything
+/// under it; common dead weight spares licence files (`usr/share/doc/<pkg>/copyright`);
+/// a runtime entry drops the path itself and everything under it.
+pub fn is_dead_weight(f: &Filter, path: &str) -> bool {
+    if f.keep
+        .iter()
+        .any(|k| path == k || path.starts_with(&format!("{k}/")))
+    {
+        return false;
+    }
+    let licence = path.starts_with("usr/share/doc/") && path.ends_with("/copyright");
+    (!licence && f.common.iter().any(|d| path.starts_with(d.as_str())))
+        || f.runtime
+            .iter()
+            .any(|p| path == p.trim_end_matches('/') || path.starts_with(p.as_str()))
+}
+
+/// A package's files as they go into a layer: dead weight dropped, times clamped to the
+/// epoch. Returns the files and the bytes dropped.
+pub fn package_files(data: &Tree, f: &Filter, epoch: u64) -> Result<(Tree, u64)> {
+    let mut out = Tree::new();
+    let mut dropped = 0;
+    for (path, node) in data.iter() {
+        if is_dead_weight(f, path) {
+            dropped += node.size();
+            continue;
+        }
+        let mut n = node.clone();
+        n.mtime = n.mtime.min(epoch);
+        out.insert(path, n)?;
+    }
+    Ok((out, dropped))
+}
+
+/// The file tree of a layer, from its inputs.
+pub fn layer_tree(
+    i: &LayerInputs,
+    debs: &Debs,
+    kernel: &KernelRecord,
+    app: &AppScan,
+) -> Result<Layer> {
+    let epoch = i.epoch;
+    let mut tree = Tree::new();
+    let mut refs = Vec::new();
+    let mut dropped = 0;
+    for pin in &i.packages {
+        let deb = debs.read(pin)?;
+        let (files, d) = package_files(&deb.data, &i.filter, epoch)?;
+        dropped += d;
+        tree.merge(&files)
+            .with_context(|| format!("package {}", pin.name))?;
+        refs.push(package_ref(pin, &deb));
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "layer {}: dropped {:.1} MiB of docs, manuals, translations and unused runtime files",
+            i.name,
+            dropped as f64 / 1048576.0
+        );
+    }
+    for effect in &i.effects {
+        match effect.as_str() {
+            "ca-bundle/1" => {
+                for e in layers::native_effects(&mut tree, epoch)? {
+                    tracing::info!("native effect: {e}");
+                }
+            }
+            "java-cacerts/1" => {
+                let jks = crate::runtimes::java_cacerts(&tree, epoch).context(
+                    "the Java runtime needs CA certificates, but the packages have none (ca-certificates)",
+                )?;
+                let mut n = Node::file(jks, 0o644);
+                n.mtime = epoch;
+                tree.insert("etc/ssl/certs/java/cacerts", n)?;
+                tracing::info!("native effect: ca-certificates-java: /etc/ssl/certs/java/cacerts");
+            }
+            other => bail!("internal error: unknown native effect {other}"),
+        }
+    }
+    if let Some(sys) = &i.system {
+        let mut status = Vec::new();
+        for pin in &sys.status {
+            if pin.sha256 == kernel.package.sha256 {
+                status.push((kernel.package.clone(), kernel.control.clone()));
+            } else {
+                let deb = debs.read(pin)?;
+                status.push((package_ref(pin, &deb), deb.control.clone()));
+            }
+        }
+        let distro = DistroInfo {
+            vendor: sys.vendor.clone(),
+            codename: sys.codename.clone(),
+        };
+        let base = layers::base_layer(&sys.name, &sys.version, &distro, &status, epoch)?;
+        tree.merge(&base.tree)?;
+    }
+    if let Some(server) = &i.server {
+        tree.merge(&crate::runtimes::tomcat_base(
+            &server.tomcat,
+            server.port,
+            epoch,
+        )?)?;
+    }
+    if let Some(a) = &i.app {
+        if a.listing_sha256 != app.listing_sha256 {
+            bail!("internal error: the app changed between planning and building");
+        }
+        let mut files = app.files.clone();
+        for (_, n) in files.iter_mut() {
+            n.mtime = epoch;
+        }
+        tree.merge(&files)?;
+    }
+    Ok(Layer {
+        name: i.name.clone(),
+        tree,
+        packages: refs,
+    })
+}
+
+/// Read the kernel unit from its package.
+fn build_kernel(pin: &Pin, debs: &Debs) -> Result<(KernelRecord, Vec<u8>)> {
+    let deb = debs.read(pin)?;
+    let k = kernel::from_package(&deb.data, &pin.name)?;
+    let rec = KernelRecord {
+        release: k.release.clone(),
+        package: package_ref(pin, &deb),
+        control: deb.control.clone(),
+        vmlinuz: k.vmlinuz.len() as u64,
+        modules: k
+            .modules
+            .iter()
+            .map(|(p, d, n)| (p.clone(), n.clone(), d.len() as u64))
+            .collect(),
+    };
+    let mut bytes =
+        Vec::with_capacity(k.vmlinuz.len() + k.modules.iter().map(|m| m.1.len()).sum::<usize>());
+    bytes.extend_from_slice(&k.vmlinuz);
+    for (_, d, _) in &k.modules {
+        bytes.extend_from_slice(d);
+    }
+    Ok((rec, bytes))
+}
+
+/// A cached layer, checked against its plan: its record's metadata must describe the bytes.
+fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<BuiltLayer>> {
+    let Some((rec, bytes)) = cache.get::<LayerMeta>("layer", &l.key)? else {
+        return Ok(None);
+    };
+    let meta = rec.meta;
+    if meta.name != l.name
+        || meta.digest != format!("sha256:{}", rec.sha256)
+        || meta.size != rec.size
+    {
+        tracing::warn!(
+            "cached layer {} ({}) describes other bytes; building it again",
+            l.name,
+            l.key
+        );
+        return Ok(None);
+    }
+    Ok(Some(BuiltLayer { meta, bytes }))
+}
+
+fn squashfs_options(i: &LayerInputs) -> Result<crate::format::squashfs::Options> {
+    use crate::format::squashfs::{Compression, Options};
+    if i.fs.kind != "squashfs" {
+        bail!(
+            "internal error: layer file system {} is not known",
+            i.fs.kind
+        );
+    }
+    let compression = match i.fs.compression.as_str() {
+        "xz" => Compression::Xz,
+        "gzip" => Compression::Gzip,
+        c => bail!("internal error: squashfs compression {c} is not known"),
+    };
+    Ok(Options {
+        compression,
+        block_size: i.fs.block_size,
+        mkfs_time: i.fs.mkfs_time,
+    })
+}
+
+/// Every unit of `plan`: from the cache when it holds the key, else built and cached.
+pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Result<Units> {
+    // Kernel first: the base layer's dpkg status and the initramfs need its record.
+    let kernel_plan = &plan.kernel;
+    let kernel_bytes: Option<Vec<u8>>;
+    let (kernel, kernel_sha256, kernel_source) =
+        match cache.get::<KernelRecord>("kernel", &kernel_plan.key)? {
+            Some((rec, bytes)) => {
+                kernel_bytes = Some(bytes);
+                (rec.meta, rec.sha256, Source::LocalCache)
+            }
+            None => {
+                let t = std::time::Instant::now();
+                let (rec, bytes) = build_kernel(&kernel_plan.inputs.package, debs)?;
+                let r = cache.put("kernel", &kernel_plan.key, &rec, &bytes)?;
+                tracing::info!(
+                    "kernel {} read from {} in {:.2}s",
+                    rec.release,
+                    kernel_plan.inputs.package.name,
+                    t.elapsed().as_secs_f64()
+                );
+                kernel_bytes = Some(bytes);
+                (rec, r.sha256, Source::Built)
+            }
+        };
+    report("kernel", &kernel_plan.key, kernel_source);
+
+    let mut hits: Vec<Option<BuiltLayer>> = Vec::new();
+    for l in &plan.layers {
+        hits.push(cached_layer(cache, l)?);
+    }
+    // Download what the missing layers need in one go.
+    let mut wanted: Vec<Pin> = Vec::new();
+    for (l, hit) in plan.layers.iter().zip(&hits) {
+        if hit.is_none() {
+            wanted.extend(l.inputs.packages.iter().cloned());
+            if let Some(sys) = &l.inputs.system {
+                wanted.extend(
+                    sys.status
+                        .iter()
+                        .filter(|p| p.sha256 != kernel.package.sha256)
+                        .cloned(),
+                );
+            }
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    debs.fetch(&wanted)?;
+
+    let mut layers = Vec::new();
+    for (l, hit) in plan.layers.iter().zip(hits) {
+        let (built, source) = match hit {
+            Some(b) => (b, Source::LocalCache),
+            None => {
+                let tree = layer_tree(&l.inputs, debs, &kernel, app)?;
+                let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
+                let rec: Record<LayerMeta> =
+                    cache.put("layer", &l.key, &built.meta, &built.bytes)?;
+                debug_assert_eq!(format!("sha256:{}", rec.sha256), built.meta.digest);
+                (built, Source::Built)
+            }
+        };
+        report(&format!("layer {}", l.name), &l.key, source);
+        layers.push((built, source));
+    }
+
+    let kernel_full = |bytes: &Option<Vec<u8>>| -> Result<Kernel> {
+        match bytes {
+            Some(b) => kernel.decode(b),
+            None => bail!("internal error: kernel bytes missing"),
+        }
+    };
+    let ip = &plan.initramfs;
+    let mut initramfs_bytes: Option<Vec<u8>> = None;
+    let (initramfs_sha256, initramfs_size, initramfs_source) =
+        match cache.record::<()>("initramfs", &ip.key)? {
+            Some(rec) => (rec.sha256, rec.size, Source::LocalCache),
+            None => {
+                let k = kernel_full(&kernel_bytes)?;
+                let mut boot = ip.inputs.boot.clone();
+                boot.modules = k.modules.iter().map(|(p, _, _)| p.clone()).collect();
+                let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
+                let bytes = image::write_initramfs(&tree)?;
+                let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
+                initramfs_bytes = Some(bytes);
+                (rec.sha256, rec.size, Source::Built)
+            }
+        };
+    report("initramfs", &ip.key, initramfs_source);
+
+    let up = &plan.uki;
+    let (uki, uki_stub, uki_source) = match cache.get::<UkiRecord>("uki", &up.key)? {
+        Some((rec, bytes)) => (bytes, rec.meta.stub, Source::LocalCache),
+        None => {
+            let k = kernel_full(&kernel_bytes)?;
+            let initrd = match initramfs_bytes {
+                Some(b) => b,
+                None => match cache
+                    .record::<()>("initramfs", &ip.key)?
+                    .and_then(|r| cache.bytes(&r))
+                {
+                    Some(b) => b,
+                    None => bail!("the cached initramfs {} vanished; build again", ip.key),
+                },
+            };
+            let stub_pin = &up.inputs.stub;
+            let stub_deb = debs.read(stub_pin)?;
+            let stub = stub_deb
+                .data
+                .get(&up.inputs.stub_path)
+                .and_then(|n| n.data())
+                .with_context(|| {
+                    format!(
+                        "{} {} has no /{}",
+                        stub_pin.name, stub_pin.version, up.inputs.stub_path
+                    )
+                })?;
+            let bytes = image::write_uki(
+                stub,
+                &up.inputs.os_release,
+                &up.inputs.cmdline,
+                &k.vmlinuz,
+                &initrd,
+            )?;
+            let rec = UkiRecord {
+                stub: package_ref(stub_pin, &stub_deb),
+            };
+            cache.put("uki", &up.key, &rec, &bytes)?;
+            (bytes, rec.stub, Source::Built)
+        }
+    };
+    report("uki", &up.key, uki_source);
+    Ok(Units {
+        layers,
+        kernel,
+        kernel_sha256,
+        kernel_source,
+        initramfs_sha256,
+        initramfs_size,
+        initramfs_source,
+        uki,
+        uki_stub,
+        uki_source,
+    })
+}
+
+fn report(unit: &str, key: &str, source: Source) {
+    tracing::info!("{unit}: {source} ({})", &key[..12.min(key.len())]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_filter_for_common_and_runtime_dead_weight() {
+        let f = Filter {
+            common: vec!["usr/share/doc/".into(), "usr/share/man/".into()],
+            runtime: vec![
+                "usr/lib/jvm/j/man/".into(),
+                "usr/lib/jvm/j/lib/x.jsa".into(),
+            ],
+            keep: vec!["usr/share/man/man1".into()],
+        };
+        assert!(is_dead_weight(&f, "usr/share/doc/libc6/changelog.gz"));
+        assert!(!is_dead_weight(&f, "usr/share/doc/libc6/copyright"));
+        assert!(!is_dead_weight(&f, "usr/share/doc"));
+        assert!(is_dead_weight(&f, "usr/lib/jvm/j/man"));
+        assert!(is_dead_weight(&f, "usr/lib/jvm/j/man/man1/java.1.gz"));
+        assert!(is_dead_weight(&f, "usr/lib/jvm/j/lib/x.jsa"));
+        assert!(!is_dead_weight(&f, "usr/lib/jvm/j/lib/classes.jsa"));
+        assert!(!is_dead_weight(&f, "usr/share/man/man1/ls.1.gz"));
+        assert!(is_dead_weight(&f, "usr/share/man/man8/x.8.gz"));
+    }
+
+    #[test]
+    fn kernel_records_decode_what_they_describe() {
+        let rec = KernelRecord {
+            release: "6.1".into(),
+            package: PackageRef {
+                name: "linux-image-6.1".into(),
+                version: "1".into(),
+                arch: "amd64".into(),
+                sha256: "a".repeat(64),
+                source: None,
+                license: None,
+            },
+            control: BTreeMap::new(),
+            vmlinuz: 3,
+            modules: vec![("/lib/modules/x.ko".into(), "x".into(), 2)],
+        };
+        let k = rec.decode(b"vmlko").unwrap();
+        assert_eq!(k.vmlinuz.as_slice(), b"vml");
+        assert_eq!(k.modules[0].1.as_slice(), b"ko");
+        assert!(rec.decode(b"vmlk").is_err());
+    }
+}

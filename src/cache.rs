@@ -1,0 +1,219 @@
+//! Built units (layers, kernel, initramfs, UKI) cached by their plan key.
+//!
+//! An entry is self-describing: a record `named/unit-<key>` in the download cache's store
+//! names its key, its kind, the sha256 and size of its bytes and the unit's metadata (for a
+//! layer the image.json entry); the bytes are a content-addressed blob `sha256/<hex>`. A
+//! read checks the record against the key asked for and the blob against the record's
+//! sha256: a mismatch (a swapped or corrupt blob, a record copied from another key) is a
+//! miss with a warning, and the unit is built again.
+
+use crate::store::{sha256_hex, Store};
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Version of the record format; records of other versions are misses.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// Where a unit of a build came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Built,
+    LocalCache,
+    RegistryCache,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Built => "built",
+            Source::LocalCache => "local-cache",
+            Source::RegistryCache => "registry-cache",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cache record: what the bytes are and which key they were built for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record<M> {
+    pub format: u32,
+    /// "layer", "kernel", "initramfs", "uki"
+    pub kind: String,
+    pub key: String,
+    /// sha256 (hex) of the bytes.
+    pub sha256: String,
+    pub size: u64,
+    pub meta: M,
+}
+
+/// The local unit cache.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    store: Store,
+}
+
+fn record_name(key: &str) -> String {
+    format!("unit-{key}")
+}
+
+impl Cache {
+    pub fn new(store: &Store) -> Cache {
+        Cache {
+            store: store.clone(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The record stored for `key`, checked (format, kind, key), without the bytes.
+    /// `Ok(None)`: no usable record (absent, or refused with a warning).
+    pub fn record<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Record<M>>> {
+        let Some(text) = self.store.get_named(&record_name(key))? else {
+            return Ok(None);
+        };
+        let rec: Record<M> = match serde_json::from_slice(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "cache record of {kind} {key} is unreadable ({e}); building it again"
+                );
+                return Ok(None);
+            }
+        };
+        if rec.format != RECORD_FORMAT || rec.kind != kind || rec.key != key {
+            tracing::warn!(
+                "cache record under {kind} key {key} describes {} {} (format {}); building it again",
+                rec.kind,
+                rec.key,
+                rec.format
+            );
+            return Ok(None);
+        }
+        Ok(Some(rec))
+    }
+
+    /// The bytes of a record, verified against its sha256 and size; `None` (with a warning
+    /// when present but wrong) when they cannot be used.
+    pub fn bytes<M>(&self, rec: &Record<M>) -> Option<Vec<u8>> {
+        match self.store.get(&rec.sha256) {
+            Ok(Some(b)) if b.len() as u64 == rec.size => Some(b),
+            Ok(Some(b)) => {
+                tracing::warn!(
+                    "cached {} {}: {} bytes, the record says {}; building it again",
+                    rec.kind,
+                    rec.key,
+                    b.len(),
+                    rec.size
+                );
+                None
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    "cached {} {}: blob {} is gone",
+                    rec.kind,
+                    rec.key,
+                    rec.sha256
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cached {} {}: {e:#}; building it again", rec.kind, rec.key);
+                None
+            }
+        }
+    }
+
+    /// Record and bytes of `key`, both verified; `None` on any miss.
+    pub fn get<M: DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<(Record<M>, Vec<u8>)>> {
+        let Some(rec) = self.record::<M>(kind, key)? else {
+            return Ok(None);
+        };
+        Ok(self.bytes(&rec).map(|b| (rec, b)))
+    }
+
+    /// Store a built unit: its bytes by sha256, then its record under its key.
+    pub fn put<M: Serialize + Clone>(
+        &self,
+        kind: &str,
+        key: &str,
+        meta: &M,
+        bytes: &[u8],
+    ) -> Result<Record<M>> {
+        let rec = Record {
+            format: RECORD_FORMAT,
+            kind: kind.into(),
+            key: key.into(),
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            meta: meta.clone(),
+        };
+        self.store
+            .put(&rec.sha256, bytes)
+            .with_context(|| format!("cannot cache {kind} {key}"))?;
+        self.put_record(&rec)?;
+        Ok(rec)
+    }
+
+    /// Store a record whose bytes are already in the store (checked).
+    pub fn put_record<M: Serialize>(&self, rec: &Record<M>) -> Result<()> {
+        let text = serde_json::to_vec(rec)?;
+        self.store.put_named(&record_name(&rec.key), &text)
+    }
+
+    /// The raw record text of a key (for the registry cache).
+    pub fn record_text(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.store.get_named(&record_name(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_swaps_are_misses() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(&Store::open(d.path()).unwrap());
+        let k1 = "1".repeat(64);
+        let k2 = "2".repeat(64);
+        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+        let r1 = c
+            .put("layer", &k1, &"one".to_string(), b"bytes one")
+            .unwrap();
+        let r2 = c
+            .put("layer", &k2, &"two".to_string(), b"bytes two")
+            .unwrap();
+        let (rec, bytes) = c.get::<String>("layer", &k1).unwrap().unwrap();
+        assert_eq!(
+            (rec.meta.as_str(), bytes.as_slice()),
+            ("one", &b"bytes one"[..])
+        );
+        // Another kind under the same key: refused.
+        assert!(c.get::<String>("kernel", &k1).unwrap().is_none());
+        // A blob swapped for another entry's bytes: refused.
+        let blob = c.store().blob_path(&r1.sha256);
+        std::fs::copy(c.store().blob_path(&r2.sha256), &blob).unwrap();
+        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+        // Rebuilt: usable again.
+        c.put("layer", &k1, &"one".to_string(), b"bytes one")
+            .unwrap();
+        assert!(c.get::<String>("layer", &k1).unwrap().is_some());
+        // A record copied from another key: refused.
+        let text = c.record_text(&k2).unwrap().unwrap();
+        c.store().put_named(&format!("unit-{k1}"), &text).unwrap();
+        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+    }
+}

@@ -1,0 +1,580 @@
+//! The plan: a pure function from the manifest, the lock and one scan of the app to the units
+//! of the image (its layers, the kernel, the initramfs, the UKI), each described by every
+//! input that determines its bytes. A unit's key is the sha256 of its description's JSON
+//! (fields in declaration order, maps sorted): equal keys, equal bytes. No package is read
+//! here; the cache is asked by key, and only a miss builds (see [`crate::builder`]).
+//!
+//! To make a new input change a unit's bytes, add a field to its input struct below (keys
+//! change, which is intended) and read it in the unit's builder; fields that are `None` or
+//! empty are left out of the JSON, so adding one keeps the keys of units that do not use it.
+
+use crate::image::file_list;
+use crate::layers::{AppPlan, BootPlan};
+use crate::manifest::{AppKind, Manifest};
+use crate::resolve::elf::{self, Dynamic};
+use crate::resolve::lock::{Lock, Pin};
+use crate::store::sha256_hex;
+use crate::tree::Tree;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Version of the unit descriptions and of what their builders make of them: bump it when a
+/// builder changes the bytes it writes for the same inputs.
+pub const FORMAT: u32 = 1;
+
+/// The init binary (PID 1), built static from `init/` by build.rs.
+pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fuse-init"));
+
+/// The EFI stub's package and its path inside it.
+pub const STUB_PACKAGE: &str = "systemd-boot-efi";
+pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// The kernel command line of every image.
+pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
+
+/// The one reading of the app: what the lock, the plan and the app layer need of it.
+#[derive(Clone, Debug)]
+pub struct AppScan {
+    /// The app's identity (lock `app.sha256`, image.json `app_sha256`): the artifact's sha256,
+    /// or for an app directory the sha256 of its canonical file listing.
+    pub sha256: String,
+    /// sha256 of the file listing of the app layer (path, type, mode, size, sha256 of every
+    /// entry under /app): what the app layer's bytes depend on.
+    pub listing_sha256: String,
+    /// The app layer's files (under `app/`), times 0: stamped with the epoch when built.
+    pub files: Tree,
+    /// What a binary app needs from the dynamic linker (empty for static and runtime apps).
+    pub dynamic: Dynamic,
+    /// JDK packages the app's classes refer to (Java kinds; filled by the Java scan).
+    pub java_packages: BTreeSet<String>,
+}
+
+/// Read the app once: its files, its identity, what it needs from the dynamic linker.
+pub fn scan_app(m: &Manifest) -> Result<AppScan> {
+    let files = crate::layers::app_layer(m, 0)?.tree;
+    let listing = serde_json::to_vec(&file_list(&files))?;
+    let listing_sha256 = sha256_hex(&listing);
+    let sha256 = if m.kind.is_dir() {
+        listing_sha256.clone()
+    } else {
+        sha256_hex(artifact(m, &files)?)
+    };
+    let dynamic = if m.kind == AppKind::Binary {
+        let bytes = artifact(m, &files)?;
+        if !elf::is_elf(bytes) {
+            bail!(
+                "{}: kind \"binary\" needs an ELF executable",
+                m.app_path.display()
+            );
+        }
+        elf::dynamic(bytes)
+            .with_context(|| format!("cannot read the ELF headers of {}", m.app_path.display()))?
+    } else {
+        Dynamic::default()
+    };
+    Ok(AppScan {
+        sha256,
+        listing_sha256,
+        files,
+        dynamic,
+        java_packages: BTreeSet::new(),
+    })
+}
+
+/// The artifact of a file kind (binary, jar, war): the one file under `app/`.
+fn artifact<'a>(m: &Manifest, files: &'a Tree) -> Result<&'a [u8]> {
+    files
+        .iter()
+        .find(|(p, n)| p.matches('/').count() == 1 && n.data().is_some())
+        .and_then(|(_, n)| n.data())
+        .with_context(|| format!("the app {} holds no file", m.app_path.display()))
+}
+
+/// Everything that determines the image, unit by unit.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub format: u32,
+    pub fuse_version: String,
+    /// The reproducibility clock every unit stamps its files with.
+    pub epoch: u64,
+    /// sha256 of the fuse.lock text the plan was made from.
+    pub lock_sha256: String,
+    pub app_sha256: String,
+    /// In disk order: base, runtime, server (when used), app.
+    pub layers: Vec<LayerPlan>,
+    pub kernel: Unit<KernelInputs>,
+    pub initramfs: Unit<InitramfsInputs>,
+    pub uki: Unit<UkiInputs>,
+}
+
+/// One layer: its name (GPT partition `fuse-<name>`), its key, its inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerPlan {
+    pub name: String,
+    pub key: String,
+    pub inputs: LayerInputs,
+}
+
+/// A non-layer unit (kernel, initramfs, UKI): key and inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unit<I> {
+    pub key: String,
+    pub inputs: I,
+}
+
+/// The key of a unit description: sha256 of its JSON.
+pub fn key_of<T: Serialize>(inputs: &T) -> Result<String> {
+    Ok(sha256_hex(
+        &serde_json::to_vec(inputs).context("cannot encode a unit description")?,
+    ))
+}
+
+/// The file system a layer is written as.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FsOptions {
+    /// "squashfs"
+    pub kind: String,
+    /// "xz"
+    pub compression: String,
+    pub block_size: u32,
+    /// Superblock time (the epoch, clamped to 32 bits).
+    pub mkfs_time: u32,
+}
+
+/// Which package files are left out of a layer (see docs/packages.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Filter {
+    /// Common dead weight (prefixes; licence files kept): `layers::DEAD_WEIGHT`.
+    pub common: Vec<String>,
+    /// The runtimes' own dead weight (a path, or everything under it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime: Vec<String>,
+    /// `[system] keep`: exempt from both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
+}
+
+/// The base layer's own system files: users, name service, os-release, dpkg status.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SystemFiles {
+    pub name: String,
+    pub version: String,
+    pub vendor: String,
+    pub codename: String,
+    /// Every package of the image (kernel included), for /var/lib/dpkg/status.
+    pub status: Vec<Pin>,
+}
+
+/// Tomcat's catalina.base in the server layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub tomcat: String,
+    pub port: u16,
+}
+
+/// The app's files in the app layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppFiles {
+    /// [`AppScan::listing_sha256`]
+    pub listing_sha256: String,
+}
+
+/// Everything that determines one layer's partition bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerInputs {
+    /// "layer"
+    pub unit: String,
+    pub format: u32,
+    pub fuse_version: String,
+    pub name: String,
+    pub fs: FsOptions,
+    pub epoch: u64,
+    /// The packages whose files the layer holds, by sha256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<Pin>,
+    pub filter: Filter,
+    /// Native effects of maintainer scripts, by name and version (`ca-bundle/1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effects: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemFiles>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerFiles>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppFiles>,
+}
+
+/// The kernel unit: vmlinuz and the init's module closure, read from the kernel package.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelInputs {
+    /// "kernel"
+    pub unit: String,
+    pub format: u32,
+    pub fuse_version: String,
+    pub package: Pin,
+    /// The modules the init asks for (`kernel::BOOT_MODULES`) and those it cannot do without.
+    pub modules: Vec<String>,
+    pub required: Vec<String>,
+}
+
+/// The initramfs unit: the init, the kernel's modules, the boot plan; gzipped cpio.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitramfsInputs {
+    /// "initramfs"
+    pub unit: String,
+    pub format: u32,
+    pub fuse_version: String,
+    /// The kernel unit's key (its modules go in, and their paths into `boot.modules`).
+    pub kernel: String,
+    pub init_sha256: String,
+    /// The boot plan, `modules` left empty: the kernel unit fills it.
+    pub boot: BootPlan,
+    pub epoch: u64,
+}
+
+/// The UKI unit: EFI stub + kernel + initramfs + command line + os-release.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UkiInputs {
+    /// "uki"
+    pub unit: String,
+    pub format: u32,
+    pub fuse_version: String,
+    pub stub: Pin,
+    pub stub_path: String,
+    pub kernel: String,
+    pub initramfs: String,
+    pub cmdline: String,
+    pub os_release: String,
+}
+
+fn fuse_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// The layer that holds package `name`: a runtime's or server's own packages go to that
+/// layer, everything else (libraries) to the base layer.
+pub fn layer_of(m: &Manifest, name: &str) -> &'static str {
+    if m.runtime
+        .as_ref()
+        .is_some_and(|r| crate::runtimes::owns(r, name))
+    {
+        "runtime"
+    } else if m
+        .server
+        .as_ref()
+        .is_some_and(|r| crate::runtimes::owns(r, name))
+    {
+        "server"
+    } else {
+        "base"
+    }
+}
+
+/// Plan the image of `m` from `lock` and the scanned app, with file times clamped to `epoch`.
+/// Pure: nothing is read.
+pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan> {
+    let version = fuse_version();
+    let fs = FsOptions {
+        kind: "squashfs".into(),
+        compression: "xz".into(),
+        block_size: crate::format::squashfs::Options::default().block_size,
+        mkfs_time: epoch.min(u32::MAX as u64) as u32,
+    };
+    let runtime_dead_weight: Vec<String> = m
+        .runtime
+        .iter()
+        .chain(m.server.iter())
+        .flat_map(crate::runtimes::dead_weight)
+        .collect();
+    let filter = Filter {
+        common: crate::layers::DEAD_WEIGHT
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        runtime: runtime_dead_weight,
+        keep: m.keep.clone(),
+    };
+    let layer = |name: &str| LayerInputs {
+        unit: "layer".into(),
+        format: FORMAT,
+        fuse_version: version.clone(),
+        name: name.into(),
+        fs: fs.clone(),
+        epoch,
+        packages: Vec::new(),
+        filter: filter.clone(),
+        effects: Vec::new(),
+        system: None,
+        server: None,
+        app: None,
+    };
+    let mut packages = lock.packages.clone();
+    packages.sort();
+    let pins_of = |l: &str| -> Vec<Pin> {
+        packages
+            .iter()
+            .filter(|p| layer_of(m, &p.name) == l)
+            .cloned()
+            .collect()
+    };
+
+    let mut base = layer("base");
+    base.packages = pins_of("base");
+    base.effects.push("ca-bundle/1".into());
+    if m.runtime.as_ref().is_some_and(|r| r.name == "java") {
+        base.effects.push("java-cacerts/1".into());
+    }
+    let mut status = vec![lock.kernel.clone()];
+    status.extend(packages.iter().cloned());
+    base.system = Some(SystemFiles {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        vendor: m.distribution.vendor.clone(),
+        codename: m.distribution.codename.clone(),
+        status,
+    });
+    let mut layers = vec![base];
+    if m.runtime.is_some() {
+        let mut rt = layer("runtime");
+        rt.packages = pins_of("runtime");
+        if !rt.packages.is_empty() {
+            layers.push(rt);
+        }
+    }
+    if let Some(server) = &m.server {
+        let mut sv = layer("server");
+        sv.packages = pins_of("server");
+        sv.server = Some(ServerFiles {
+            tomcat: server.version.clone(),
+            port: m.port,
+        });
+        layers.push(sv);
+    }
+    let mut app_layer = layer("app");
+    app_layer.app = Some(AppFiles {
+        listing_sha256: app.listing_sha256.clone(),
+    });
+    layers.push(app_layer);
+    let layers = layers
+        .into_iter()
+        .map(|inputs| {
+            Ok(LayerPlan {
+                name: inputs.name.clone(),
+                key: key_of(&inputs)?,
+                inputs,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let kernel_inputs = KernelInputs {
+        unit: "kernel".into(),
+        format: FORMAT,
+        fuse_version: version.clone(),
+        package: lock.kernel.clone(),
+        modules: crate::kernel::BOOT_MODULES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        required: crate::kernel::REQUIRED_MODULES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let kernel = Unit {
+        key: key_of(&kernel_inputs)?,
+        inputs: kernel_inputs,
+    };
+    let boot = BootPlan {
+        format: 1,
+        hostname: m.name.clone(),
+        modules: Vec::new(),
+        layers: layers.iter().map(|l| l.name.clone()).collect(),
+        fs_type: fs.kind.clone(),
+        app: app_plan(m)?,
+    };
+    let initramfs_inputs = InitramfsInputs {
+        unit: "initramfs".into(),
+        format: FORMAT,
+        fuse_version: version.clone(),
+        kernel: kernel.key.clone(),
+        init_sha256: init_sha256(),
+        boot,
+        epoch,
+    };
+    let initramfs = Unit {
+        key: key_of(&initramfs_inputs)?,
+        inputs: initramfs_inputs,
+    };
+    let distro = crate::layers::DistroInfo {
+        vendor: m.distribution.vendor.clone(),
+        codename: m.distribution.codename.clone(),
+    };
+    let uki_inputs = UkiInputs {
+        unit: "uki".into(),
+        format: FORMAT,
+        fuse_version: version.clone(),
+        stub: lock.stub.clone(),
+        stub_path: STUB_PATH.into(),
+        kernel: kernel.key.clone(),
+        initramfs: initramfs.key.clone(),
+        cmdline: CMDLINE.into(),
+        os_release: crate::layers::os_release(&m.name, &m.version, &distro),
+    };
+    let uki = Unit {
+        key: key_of(&uki_inputs)?,
+        inputs: uki_inputs,
+    };
+    Ok(Plan {
+        format: FORMAT,
+        fuse_version: version,
+        epoch,
+        lock_sha256: sha256_hex(lock.to_text()?.as_bytes()),
+        app_sha256: app.sha256.clone(),
+        layers,
+        kernel,
+        initramfs,
+        uki,
+    })
+}
+
+/// The app's start command, working directory and environment (the boot plan's `app`).
+pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
+    crate::layers::app_plan(m)
+}
+
+fn init_sha256() -> String {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| sha256_hex(INIT)).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::lock::{AppPin, ArchiveSnapshot, ResolveInputs, LOCK_VERSION};
+
+    fn pin(name: &str, sha: char) -> Pin {
+        Pin {
+            name: name.into(),
+            version: "1".into(),
+            arch: "amd64".into(),
+            sha256: sha.to_string().repeat(64),
+            size: 1,
+            path: format!("pool/{name}.deb"),
+        }
+    }
+
+    fn lock(packages: Vec<Pin>) -> Lock {
+        Lock {
+            version: LOCK_VERSION,
+            archive: ArchiveSnapshot {
+                distribution: "debian/bookworm".into(),
+                suite: None,
+                codename: "bookworm".into(),
+                date: None,
+                epoch: 1_700_000_000,
+            },
+            inputs: ResolveInputs {
+                distribution: "debian/bookworm".into(),
+                kernel: "linux-image-amd64".into(),
+                packages: vec![],
+                interpreter: None,
+                needed: vec![],
+                runtime: vec!["java=17".into()],
+            },
+            app: AppPin {
+                sha256: "b".repeat(64),
+            },
+            kernel: pin("linux-image-6.1.0-9-amd64", 'k'),
+            stub: pin("systemd-boot-efi", 's'),
+            packages,
+        }
+    }
+
+    fn python_app(dir: &std::path::Path, content: &str) -> (Manifest, AppScan) {
+        std::fs::create_dir_all(dir.join("py")).unwrap();
+        std::fs::write(dir.join("py/__main__.py"), content).unwrap();
+        let text = "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"python\"\npath = \"py\"\nport = 8080\n";
+        let m = crate::manifest::parse(text, &dir.join("fuse.toml")).unwrap();
+        let scan = scan_app(&m).unwrap();
+        (m, scan)
+    }
+
+    #[test]
+    fn packages_go_to_their_layers_and_keys_follow_inputs() {
+        let d = tempfile::tempdir().unwrap();
+        let (m, scan) = python_app(d.path(), "print(1)\n");
+        let l = lock(vec![pin("python3.11-minimal", 'j'), pin("libc6", 'c')]);
+        let p = plan(&m, &l, &scan, 5).unwrap();
+        let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["base", "runtime", "app"]);
+        assert_eq!(p.layers[0].inputs.packages[0].name, "libc6");
+        assert_eq!(p.layers[1].inputs.packages[0].name, "python3.11-minimal");
+        assert_eq!(p.layers[0].inputs.effects, ["ca-bundle/1"]);
+        assert!(p.layers[1]
+            .inputs
+            .filter
+            .runtime
+            .contains(&"usr/lib/python3.11/test/".to_string()));
+        // Same inputs, same keys (a plan is a function).
+        let again = plan(&m, &l, &scan, 5).unwrap();
+        for (a, b) in p.layers.iter().zip(&again.layers) {
+            assert_eq!(a.key, b.key);
+            assert_eq!(a.key, key_of(&a.inputs).unwrap());
+        }
+        assert_eq!(p.uki.key, again.uki.key);
+
+        // A new app changes the app layer only (and nothing of the boot chain).
+        let (m2, scan2) = python_app(d.path(), "print(2)\n");
+        let p2 = plan(&m2, &l, &scan2, 5).unwrap();
+        assert_eq!(p.layers[0].key, p2.layers[0].key);
+        assert_eq!(p.layers[1].key, p2.layers[1].key);
+        assert_ne!(p.layers[2].key, p2.layers[2].key);
+        assert_eq!(p.kernel.key, p2.kernel.key);
+        assert_eq!(p.initramfs.key, p2.initramfs.key);
+        assert_eq!(p.uki.key, p2.uki.key);
+
+        // A new package pin changes the base layer (and its dpkg status), not the runtime's.
+        let mut c2 = pin("libc6", 'd');
+        c2.version = "2".into();
+        let l3 = lock(vec![pin("python3.11-minimal", 'j'), c2]);
+        let p3 = plan(&m, &l3, &scan, 5).unwrap();
+        assert_ne!(p.layers[0].key, p3.layers[0].key);
+        assert_eq!(p.layers[1].key, p3.layers[1].key);
+        // A new kernel changes the kernel, initramfs and UKI, and the base layer's status.
+        let mut l4 = l.clone();
+        l4.kernel = pin("linux-image-6.1.0-10-amd64", 'e');
+        let p4 = plan(&m, &l4, &scan, 5).unwrap();
+        assert_ne!(p.kernel.key, p4.kernel.key);
+        assert_ne!(p.initramfs.key, p4.initramfs.key);
+        assert_ne!(p.uki.key, p4.uki.key);
+        assert_ne!(p.layers[0].key, p4.layers[0].key);
+        assert_eq!(p.layers[1].key, p4.layers[1].key);
+        // The epoch is an input of every layer.
+        let p5 = plan(&m, &l, &scan, 6).unwrap();
+        assert!(p.layers.iter().zip(&p5.layers).all(|(a, b)| a.key != b.key));
+    }
+
+    #[test]
+    fn the_scan_identifies_file_and_directory_apps() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.bin"), b"\x7fELF not really").unwrap();
+        let text = "[image]\nname = \"b\"\nversion = \"1\"\n[app]\nkind = \"binary\"\npath = \"app.bin\"\nport = 8080\n";
+        let m = crate::manifest::parse(text, &d.path().join("fuse.toml")).unwrap();
+        // A file kind: the artifact's digest; an ELF file that is not one is refused.
+        assert!(scan_app(&m).is_err());
+        std::fs::write(d.path().join("app.bin"), b"bytes").unwrap();
+        let e = format!("{:#}", scan_app(&m).unwrap_err());
+        assert!(e.contains("needs an ELF executable"), "{e}");
+        let app = d.path().join("py");
+        std::fs::create_dir_all(app.join("pkg")).unwrap();
+        std::fs::write(app.join("pkg/__init__.py"), "x = 1\n").unwrap();
+        let text = "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"-m\", \"pkg\"]\nport = 8080\n";
+        let m = crate::manifest::parse(text, &d.path().join("fuse.toml")).unwrap();
+        let scan = scan_app(&m).unwrap();
+        assert_eq!(scan.sha256, scan.listing_sha256);
+        assert!(scan.files.get("app/pkg/__init__.py").is_some());
+        std::fs::write(app.join("pkg/__init__.py"), "x = 2\n").unwrap();
+        assert_ne!(scan_app(&m).unwrap().sha256, scan.sha256);
+    }
+}

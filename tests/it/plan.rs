@@ -1,0 +1,171 @@
+//! The plan and the unit cache: a no-op build reads no package (they are gone from the
+//! download cache, the mirror is unreachable, the digest is the same); an app change
+//! rebuilds the app layer only; a swapped cache blob or record is detected and rebuilt.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+
+/// A private download cache: hard links to the shared cache's blobs and records (written
+/// files replace links by rename, so the shared cache is never modified through them).
+pub fn private_cache(dir: &Path) -> PathBuf {
+    let cache = dir.join("cache");
+    for sub in ["sha256", "named"] {
+        let from = cache_dir().join(sub);
+        let to = cache.join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::hard_link(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    cache
+}
+
+/// `fuse build` with a cache and extra environment; (digest, stderr).
+pub fn build_in(app: &Path, cache: &Path, env: &[(&str, &str)]) -> (String, String) {
+    let mut e = vec![("FUSE_CACHE_DIR", cache.to_str().unwrap())];
+    e.extend_from_slice(env);
+    let out = fuse(&["build", app.to_str().unwrap()], &e);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{err}");
+    (text(&out.stdout).lines().last().unwrap().to_string(), err)
+}
+
+/// The source each unit came from, as the build logs it (`layer base: local-cache (...)`).
+pub fn sources(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("INFO ")?.trim();
+            let (unit, rest) = l.split_once(": ")?;
+            let source = rest.split_whitespace().next()?;
+            ["built", "local-cache", "registry-cache"]
+                .contains(&source)
+                .then(|| (unit.to_string(), source.to_string()))
+        })
+        .collect()
+}
+
+fn plan_json(app: &Path, cache: &Path) -> serde_json::Value {
+    let out = fuse(
+        &["build", "--plan", app.to_str().unwrap()],
+        &[("FUSE_CACHE_DIR", cache.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("--plan prints JSON")
+}
+
+fn record_sha(cache: &Path, key: &str) -> String {
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join(format!("named/unit-{key}"))).unwrap())
+            .unwrap();
+    assert_eq!(rec["key"], key);
+    rec["sha256"].as_str().unwrap().to_string()
+}
+
+/// Replace a file in the private cache without touching the shared inode it links to.
+fn replace(path: &Path, bytes: &[u8]) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt() {
+    let shared = shared_image();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = private_cache(dir.path());
+    let app = example_app(dir.path());
+    let lock_file = shared
+        .image
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("fuse.lock");
+    std::fs::copy(&lock_file, app.join("fuse.lock")).unwrap();
+    let lock = fuse::resolve::lock::Lock::load(&lock_file)
+        .unwrap()
+        .unwrap();
+
+    // The plan is printed without building, with a key per unit.
+    let plan = plan_json(&app, &cache);
+    let layer_names: Vec<&str> = plan["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(layer_names, ["base", "app"]);
+    for unit in ["kernel", "initramfs", "uki"] {
+        assert_eq!(plan[unit]["key"].as_str().unwrap().len(), 64, "{unit}");
+    }
+    assert!(!app.join("fuse-out").exists(), "--plan built something");
+
+    // No-op: every package gone from the download cache, the mirror unreachable.
+    let (first, _) = build_in(&app, &cache, &[]);
+    assert_eq!(first, shared.digest);
+    for p in lock.packages.iter().chain([&lock.kernel, &lock.stub]) {
+        let _ = std::fs::remove_file(cache.join("sha256").join(&p.sha256));
+    }
+    let offline = [("FUSE_MIRROR", "http://127.0.0.1:9/debian")];
+    let (again, err) = build_in(&app, &cache, &offline);
+    assert_eq!(again, shared.digest, "no-op build changed the image");
+    let srcs = sources(&err);
+    assert_eq!(srcs.len(), 5, "{err}");
+    assert!(
+        srcs.iter().all(|(_, s)| s == "local-cache"),
+        "no-op build built something: {srcs:?}"
+    );
+
+    // Only the app changed: the app layer is built, the rest comes from the cache (the ESP,
+    // which holds image.json, is always written).
+    let mut bin = std::fs::read(app.join("hello")).unwrap();
+    bin.extend_from_slice(b"\0changed");
+    std::fs::write(app.join("hello"), &bin).unwrap();
+    let (changed, err) = build_in(&app, &cache, &offline);
+    assert_ne!(changed, shared.digest);
+    for (unit, source) in sources(&err) {
+        let want = if unit == "layer app" {
+            "built"
+        } else {
+            "local-cache"
+        };
+        assert_eq!(source, want, "{unit}:\n{err}");
+    }
+
+    // A blob swapped for other bytes behind the base layer's record: detected, rebuilt.
+    std::fs::copy(hello_binary(), app.join("hello")).unwrap();
+    for p in lock.packages.iter().chain([&lock.kernel, &lock.stub]) {
+        std::fs::hard_link(
+            cache_dir().join("sha256").join(&p.sha256),
+            cache.join("sha256").join(&p.sha256),
+        )
+        .unwrap();
+    }
+    let plan = plan_json(&app, &cache);
+    let base_key = plan["layers"][0]["key"].as_str().unwrap();
+    let app_key = plan["layers"][1]["key"].as_str().unwrap();
+    let base_blob = cache.join("sha256").join(record_sha(&cache, base_key));
+    let app_blob = std::fs::read(cache.join("sha256").join(record_sha(&cache, app_key))).unwrap();
+    replace(&base_blob, &app_blob);
+    let (rebuilt, err) = build_in(&app, &cache, &[]);
+    assert_eq!(rebuilt, shared.digest);
+    assert!(err.contains("WARN") && err.contains("corrupt"), "{err}");
+    assert!(
+        sources(&err).contains(&("layer base".into(), "built".into())),
+        "{err}"
+    );
+
+    // A record copied from another key: refused, rebuilt.
+    let app_record = std::fs::read(cache.join(format!("named/unit-{app_key}"))).unwrap();
+    replace(&cache.join(format!("named/unit-{base_key}")), &app_record);
+    let (rebuilt, err) = build_in(&app, &cache, &[]);
+    assert_eq!(rebuilt, shared.digest);
+    assert!(err.contains("WARN"), "{err}");
+    assert!(
+        sources(&err).contains(&("layer base".into(), "built".into())),
+        "{err}"
+    );
+}
