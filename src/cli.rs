@@ -25,6 +25,9 @@ pub enum Command {
     Lock(LockArgs),
     /// Boot an image locally under QEMU (UEFI), forward the app's port, wait for health.
     Run(RunArgs),
+    /// Smoke-test an image: boot it headless, wait for [health], stop it (exit 0 healthy,
+    /// 1 never healthy, 3 over the boot budget).
+    Test(TestArgs),
     /// What is inside an image (verified from its bytes), or what changed between two.
     Inspect(InspectArgs),
     /// Write a config disk (FAT, label FUSECONFIG, /env) for hypervisors without fw_cfg.
@@ -96,6 +99,35 @@ pub struct RunArgs {
     /// Forward HOST:GUEST TCP ports (default: the app port to a free host port).
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// Memory for the VM in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u32,
+    /// Accelerator: auto (KVM when it really boots, else TCG), kvm, or tcg.
+    #[arg(long, default_value = "auto")]
+    pub accel: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// The raw image (.img), or NAME:VERSION, digest or unique digest prefix in the store.
+    pub image: PathBuf,
+    /// Env file (KEY=VALUE lines) passed to the app at boot, over the image's defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seconds from QEMU's start until the app must answer [health] (else exit 1).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// One JSON object on stdout (the schema of docs/ci.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The boot budget (e.g. "20s"), over the manifest's [budget] boot.
+    #[arg(long, value_name = "DURATION")]
+    pub boot_budget: Option<String>,
+    /// The fuse.toml (or its directory) whose [budget] boot applies; default: the manifest
+    /// the image was built from when found beside it (<dir>/fuse-out/x.img -> <dir>/fuse.toml,
+    /// or ./fuse.toml) and its sha256 matches the image's inputs.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
     /// Memory for the VM in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory: u32,

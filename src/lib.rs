@@ -2,6 +2,7 @@
 //! content-addressed, immutable, bootable disk image.
 
 pub mod archive;
+pub mod budget;
 pub mod builder;
 pub mod cache;
 pub mod cli;

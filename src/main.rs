@@ -1,5 +1,6 @@
 //! The `fuse` command: parse arguments, set up logging, run, map errors to exit codes
-//! (0 ok, 1 differences found, 2 error).
+//! (0 ok, 1 differences found / not healthy, 2 error, 3 over budget, 4 not reproducible;
+//! docs/ci.md). Codes other than 2 come from the commands as `Ok(code)`.
 
 use clap::Parser;
 use fuse::cli::{Cli, Command};
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Build(a) => fuse::commands::build::run(&a),
         Command::Lock(a) => fuse::commands::lock::run(&a),
         Command::Run(a) => fuse::commands::run::run(&a),
+        Command::Test(a) => fuse::commands::test::run(&a),
         Command::Inspect(a) => fuse::commands::inspect::run(&a),
         Command::ConfigDisk(a) => fuse::commands::configdisk::run(&a),
         Command::Ls(a) => fuse::commands::images::ls(&a),

@@ -25,6 +25,17 @@ struct RawManifest {
     server: Option<Spanned<toml::Table>>,
     #[serde(default)]
     system: Option<Spanned<RawSystem>>,
+    #[serde(default)]
+    budget: Option<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    image: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    layers: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    boot: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -134,6 +145,8 @@ pub struct Manifest {
     pub main_class: Option<String>,
     /// package.json's `main` (kind node), relative to the app directory.
     pub node_main: Option<String>,
+    /// `[budget]`: size limits checked by `fuse build`, the boot time by `fuse test`.
+    pub budget: crate::budget::Budget,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -585,6 +598,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         }
     }
 
+    let budget = match raw.budget {
+        None => crate::budget::Budget::default(),
+        Some(b) => parse_budget(&cx, kind, b)?,
+    };
+
     Ok(Manifest {
         file: file.to_path_buf(),
         sha256: hex(&sha2::Sha256::digest(text.as_bytes())),
@@ -606,7 +624,100 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         server,
         main_class,
         node_main,
+        budget,
     })
+}
+
+/// The `[budget]` of a manifest file (or directory) and the file's sha256, without reading
+/// the app (for `fuse test`, where the artifact may be absent): as strict as [`load`] about
+/// the file's keys and the budget's values.
+pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
+    use sha2::Digest;
+    let file = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read manifest {}", file.display()))?;
+    let raw: RawManifest = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(":{}", line_of(&text, s.start)))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
+    })?;
+    let cx = Ctx {
+        text: &text,
+        file: &file,
+    };
+    let app = raw.app.into_inner();
+    let kind = match app.kind.get_ref().as_str() {
+        "binary" => AppKind::Binary,
+        "jar" => AppKind::Jar,
+        "war" => AppKind::War,
+        "node" => AppKind::Node,
+        "python" => AppKind::Python,
+        other => bail!(cx.err(
+            "app.kind",
+            app.kind.span(),
+            format!("unknown kind {other:?}")
+        )),
+    };
+    let budget = match raw.budget {
+        None => crate::budget::Budget::default(),
+        Some(b) => parse_budget(&cx, kind, b)?,
+    };
+    Ok((hex(&sha2::Sha256::digest(text.as_bytes())), budget))
+}
+
+/// `[budget]`: every value a string with a unit; layer budgets name layers this kind of app
+/// has.
+fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate::budget::Budget> {
+    use crate::budget::{parse_duration_ms, parse_size, Limit};
+    let limit = |key: &str, v: &Spanned<toml::Value>, parse: fn(&str) -> Result<u64>| {
+        let Some(text) = v.get_ref().as_str() else {
+            return Err(cx.err(
+                key,
+                v.span(),
+                "must be a string with a unit, e.g. \"40 MB\" or \"20s\"",
+            ));
+        };
+        parse(text)
+            .map(|value| Limit {
+                value,
+                text: text.to_string(),
+            })
+            .map_err(|e| cx.err(key, v.span(), e))
+    };
+    let b = b.into_inner();
+    let mut out = crate::budget::Budget::default();
+    if let Some(v) = &b.image {
+        out.image = Some(limit("budget.image", v, parse_size)?);
+    }
+    if let Some(v) = &b.boot {
+        out.boot = Some(limit("budget.boot", v, parse_duration_ms)?);
+    }
+    if let Some(layers) = b.layers {
+        let names = crate::budget::layer_names(kind);
+        for (name, v) in layers {
+            let key = format!("budget.layers.{name}");
+            if !names.contains(&name.as_str()) {
+                bail!(cx.err(
+                    &key,
+                    v.span(),
+                    format!(
+                        "kind {:?} has no layer {name:?} (its layers: {})",
+                        kind.name(),
+                        names.join(", ")
+                    )
+                ));
+            }
+            let l = limit(&key, &v, parse_size)?;
+            out.layers.insert(name, l);
+        }
+    }
+    Ok(out)
 }
 
 /// Lower-case hex of bytes.
@@ -695,6 +806,41 @@ http = "/"
         assert!(e.contains("app"), "{e}");
         let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
         assert!(e.contains(":9"), "{e}");
+    }
+
+    #[test]
+    fn budget_parses_and_bad_units_name_key_and_line() {
+        let (_d, m) = with_app(&format!(
+            "{GOOD}\n[budget]\nimage = \"40 MB\"\nboot = \"20s\"\nlayers.app = \"1 MiB\"\n"
+        ));
+        let b = m.unwrap().budget;
+        assert_eq!(b.image.unwrap().value, 40_000_000);
+        assert_eq!(b.boot.unwrap().value, 20_000);
+        assert_eq!(b.layers["app"].value, 1 << 20);
+        let (_d, m) = with_app(GOOD);
+        assert!(m.unwrap().budget.is_empty());
+        // GOOD ends on line 15; [budget] is line 16, its first key line 17.
+        let e = err_of(&format!("{GOOD}\n[budget]\nimage = \"40 mb\"\n"));
+        assert!(
+            e.contains("fuse.toml:17:")
+                && e.contains("budget.image")
+                && e.contains("did you mean MB"),
+            "{e}"
+        );
+        let e = err_of(&format!("{GOOD}\n[budget]\nimage = \"1 MB\"\nboot = 20\n"));
+        assert!(
+            e.contains(":18:") && e.contains("budget.boot") && e.contains("unit"),
+            "{e}"
+        );
+        let e = err_of(&format!("{GOOD}\n[budget]\nboot = \"20 MB\"\n"));
+        assert!(e.contains("budget.boot") && e.contains("MB"), "{e}");
+        let e = err_of(&format!("{GOOD}\n[budget]\nlayers.runtime = \"20 MB\"\n"));
+        assert!(
+            e.contains(":17:") && e.contains("budget.layers.runtime") && e.contains("base, app"),
+            "{e}"
+        );
+        let e = err_of(&format!("{GOOD}\n[budget]\nsize = \"20 MB\"\n"));
+        assert!(e.contains(":17") && e.contains("size"), "{e}");
     }
 
     fn load_in(dir: &Path, text: &str) -> Result<Manifest> {

@@ -199,6 +199,51 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
     c
 }
 
+/// The QEMU arguments of a QMP control socket at `socket` (QEMU listens; it does not wait
+/// for a client before starting the guest).
+pub fn qmp_args(socket: &Path) -> [String; 2] {
+    [
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", socket.display()),
+    ]
+}
+
+/// Run one QMP command (e.g. `system_powerdown`: the ACPI power button; `quit`) on a QEMU's
+/// control socket: greeting, `qmp_capabilities`, the command; events read meanwhile are
+/// skipped. Errors name the socket and QEMU's answer.
+pub fn qmp(socket: &Path, command: &str) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to QMP socket {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    // The answer to the last command: the first line with "return" or "error".
+    let mut answer = |what: &str| -> Result<()> {
+        for _ in 0..64 {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                // QEMU quit while answering (`quit` does that).
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("QMP {}: not JSON: {line:?}", socket.display()))?;
+            if v.get("QMP").is_some() || v.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {what} failed: {e}");
+            }
+        }
+        bail!("QMP {what}: no answer from {}", socket.display())
+    };
+    answer("greeting")?;
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+    answer("qmp_capabilities")?;
+    s.write_all(format!("{{\"execute\":{}}}\n", serde_json::Value::from(command)).as_bytes())?;
+    answer(command)
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;

@@ -65,6 +65,8 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(0);
     }
+    // The manifest is validated (budget included) before anything is fetched.
+    let budget = manifest::load(&args.path)?.budget;
     let built = build(&args.path, args.out.as_deref(), opts)?;
     for (part, size) in &built.parts {
         tracing::info!(
@@ -81,9 +83,46 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         Ok(_) => tracing::info!("added to the local image store"),
         Err(e) => tracing::warn!("not added to the local image store: {e:#}"),
     }
+    let over = check_budget(&budget, &built)?;
     println!("{}", built.image.display());
     println!("{}", built.digest);
-    Ok(0)
+    Ok(if over { 3 } else { 0 })
+}
+
+/// The manifest's size budgets against the built image: each result logged, each exceeded
+/// budget on stderr (naming the budget, the figure and the limit). True when any is over.
+fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<bool> {
+    if budget.is_empty() {
+        return Ok(false);
+    }
+    let image_size = std::fs::metadata(&built.image)
+        .with_context(|| format!("cannot read {}", built.image.display()))?
+        .len();
+    let layers: Vec<(String, u64)> = built
+        .layers
+        .iter()
+        .map(|l| (l.name.clone(), l.size))
+        .collect();
+    let (checks, missing) = crate::budget::check_sizes(budget, image_size, &layers);
+    for name in missing {
+        tracing::warn!("budget layers.{name}: the image has no layer {name:?}");
+    }
+    let mut over = false;
+    for c in &checks {
+        if c.exceeded {
+            over = true;
+            eprintln!("fuse build: over budget: {}", c.message());
+        } else {
+            tracing::info!("{}", c.message());
+        }
+    }
+    if over {
+        eprintln!(
+            "fuse build: the image was written (inspect it with `fuse inspect {}`), but it is over budget (exit 3)",
+            built.image.display()
+        );
+    }
+    Ok(over)
 }
 
 /// The reproducibility clock: SOURCE_DATE_EPOCH when set (malformed is an error), else the

@@ -8,3 +8,4 @@ pub mod lock;
 pub mod promote;
 pub mod registry;
 pub mod run;
+pub mod test;

@@ -3,6 +3,7 @@
 
 mod boot;
 mod build;
+mod ci;
 mod config;
 mod fixture;
 mod hostile;
