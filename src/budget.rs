@@ -96,7 +96,7 @@ fn parse_quantity(s: &str, units: &[(&str, u64)], what: &str) -> Result<u64> {
         .map_err(|_| anyhow::anyhow!("{s:?}: {num:?} is too large"))?;
     let milli: u128 = format!("{frac:0<3}").parse().unwrap_or(0);
     let total = (int * 1000 + milli) * scale as u128;
-    if total % 1000 != 0 {
+    if !total.is_multiple_of(1000) {
         bail!("{s:?} is not a whole number of {}", units[0].0);
     }
     u64::try_from(total / 1000).map_err(|_| anyhow::anyhow!("{s:?} is too large"))

@@ -22,6 +22,7 @@ pub mod mirror;
 pub mod oci;
 pub mod plan;
 pub mod qemu;
+pub mod repro;
 pub mod resolve;
 pub mod runtimes;
 pub mod store;
