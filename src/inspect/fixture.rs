@@ -55,6 +55,15 @@ pub(crate) fn app_tree(app: &[u8]) -> Tree {
 /// Build an image whose app layer holds `app`; `doctor` may change image.json before it is
 /// embedded (to make one that lies about its layers).
 pub(crate) fn build(app: &[u8], doctor: impl FnOnce(&mut ImageMeta)) -> Fixture {
+    build_with(app, app_tree(app), doctor)
+}
+
+/// As [`build`], with the app layer's tree given (e.g. a hostile one).
+pub(crate) fn build_with(
+    app: &[u8],
+    app_layer: Tree,
+    doctor: impl FnOnce(&mut ImageMeta),
+) -> Fixture {
     let opts = squashfs::Options {
         mkfs_time: 1_700_000_000,
         ..Default::default()
@@ -65,7 +74,7 @@ pub(crate) fn build(app: &[u8], doctor: impl FnOnce(&mut ImageMeta)) -> Fixture 
             base_tree(),
             vec![pkg("libc6", "2.36-9+deb12u4", Some("LGPL-2.1+ and GPL-2"))],
         ),
-        ("app", app_tree(app), vec![]),
+        ("app", app_layer, vec![]),
     ];
     let mut layer_bytes = Vec::new();
     let mut layers = Vec::new();
