@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod oci;
 pub mod plan;
+pub mod pool;
 pub mod qemu;
 pub mod repro;
 pub mod resolve;

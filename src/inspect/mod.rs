@@ -143,6 +143,61 @@ mod tests {
         assert!(all.contains("nested deeper than 256"), "{all}");
     }
 
+    /// The defect: inspect verified each layer on a thread of its own, so an image.json
+    /// listing 40,000 layers exhausted the threads (EAGAIN, then an abort). The checks run
+    /// on a bounded pool: the process's thread count stays near where it was.
+    #[test]
+    fn an_image_json_with_many_layers_uses_a_bounded_number_of_threads() {
+        fn threads() -> usize {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap()
+        }
+        let f = fixture::build(b"app v1", |m| {
+            let l = m.layers[1].clone();
+            m.layers
+                .extend((0..20_000).map(|i| crate::image::LayerMeta {
+                    name: format!("x{i}"),
+                    partition: format!("fuse-x{i}"),
+                    files: vec![],
+                    ..l.clone()
+                }));
+        });
+        let before = threads();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let peak = std::thread::scope(|s| {
+            let watch = s.spawn(|| {
+                let mut peak = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    peak = peak.max(threads());
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                peak
+            });
+            let img = verify::read(&f.disk, None);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(!img.report.ok());
+            assert!(parts(&img).contains(&"gpt"), "{:?}", parts(&img));
+            assert_eq!(
+                img.report
+                    .problems
+                    .iter()
+                    .filter(|p| p.part.starts_with("layer x"))
+                    .count(),
+                20_000
+            );
+            watch.join().unwrap()
+        });
+        // Other tests run beside this one: allow for their threads, not for 20,000.
+        assert!(
+            peak < before + 100,
+            "{before} threads before, {peak} during"
+        );
+    }
+
     #[test]
     fn a_good_image_verifies_and_reads_back_its_metadata() {
         let f = fixture::build(b"app v1", |_| {});

@@ -255,21 +255,19 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
     for l in &meta.layers {
         checks.push((l.name.clone(), part_bytes(&l.partition)));
     }
-    let results: Vec<Vec<String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = meta
-            .layers
-            .iter()
-            .zip(&checks)
-            .map(|(l, (_, bytes))| s.spawn(move || check_layer(l, bytes.clone())))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec!["internal error: the check panicked".into()])
-            })
-            .collect()
-    });
+    // A bounded pool: image.json is untrusted and may list any number of layers.
+    let pairs: Vec<(&image::LayerMeta, &Result<&[u8], String>)> = meta
+        .layers
+        .iter()
+        .zip(checks.iter().map(|(_, b)| b))
+        .collect();
+    let results: Vec<Vec<String>> =
+        crate::pool::map(&pairs, crate::pool::default_workers(), |(l, bytes)| {
+            check_layer(l, (*bytes).clone())
+        })
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|p| vec![format!("internal error: the check panicked: {p}")]))
+        .collect();
     for (l, problems) in meta.layers.iter().zip(results) {
         r.check(format!(
             "layer {}: {} bytes of {} match {}, zero padding after them",

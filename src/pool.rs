@@ -1,0 +1,93 @@
+//! A bounded worker pool for work that comes one piece per input item (a layer, a file):
+//! at most a few threads however many items an input lists, results in input order.
+//!
+//! Spawning a thread per item lets a hostile input (an image.json listing 40,000 layers)
+//! exhaust the process's threads; here the number of threads is fixed up front, a thread
+//! that cannot be spawned is simply not used (the calling thread works too), and a panic
+//! in one item is that item's error, not the process's.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Default number of workers: the machine's parallelism, at most 8.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
+}
+
+/// `f` over every item on at most `workers` threads (the caller's included); `Err` holds the
+/// panic message of an item whose `f` panicked.
+pub fn map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<Result<R, String>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<R, String>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(i) else { break };
+        let r = catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into())
+        });
+        if let Ok(mut v) = results.lock() {
+            v[i] = Some(r);
+        }
+    };
+    let extra = workers.max(1).min(items.len()).saturating_sub(1);
+    std::thread::scope(|s| {
+        for _ in 0..extra {
+            // A thread that cannot be made (EAGAIN) leaves its share to the others.
+            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not run".into())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_in_order_with_at_most_n_threads_and_panics_contained() {
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let items: Vec<u32> = (0..2000).collect();
+        let out = map(&items, 3, |&i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            if i == 1234 {
+                panic!("item {i} is bad");
+            }
+            i * 2
+        });
+        assert!(peak.load(Ordering::SeqCst) <= 3);
+        assert_eq!(out.len(), 2000);
+        for (i, r) in out.iter().enumerate() {
+            if i == 1234 {
+                assert_eq!(r.as_ref().unwrap_err(), "item 1234 is bad");
+            } else {
+                assert_eq!(*r.as_ref().unwrap(), i as u32 * 2);
+            }
+        }
+        assert!(map(&[] as &[u8], 4, |_| 1).is_empty());
+        assert_eq!(map(&[5], 0, |x| x + 1), [Ok(6)]);
+    }
+}
