@@ -23,9 +23,34 @@ pub struct Client {
     creds: Option<Credentials>,
     /// Actions asked for in token scopes: `pull` or `pull,push`.
     actions: &'static str,
-    /// The current `Authorization` header value, once a challenge was answered.
+    /// The current `Authorization` header value, once a challenge was answered. Sent only
+    /// to the registry's own origin (`base`): never to an upload `Location` or anything
+    /// else on another host, port or scheme.
     authorization: RefCell<Option<String>>,
+    /// Whether the plain-HTTP warning about credentials was given.
+    warned_clear: Cell<bool>,
     sent: Cell<u64>,
+}
+
+/// The origin (scheme, host, port) of an http(s) URL, lower-cased, default ports filled in.
+/// `None` for anything else (such a URL never gets credentials).
+pub(crate) fn origin(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().ok()?),
+        _ => (authority, default),
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
 }
 
 /// Why a request failed, with the registry's own error text when it sent one.
@@ -75,6 +100,8 @@ impl Client {
             .timeout_per_read(Some(Duration::from_secs(120)))
             .timeout_per_write(Some(Duration::from_secs(120)))
             .https_only(!insecure)
+            // A redirect (blob downloads often go to a storage host) carries no credentials.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
             .user_agent(format!("fuse/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -87,6 +114,7 @@ impl Client {
             creds,
             actions: if push { "pull,push" } else { "pull" },
             authorization: RefCell::new(None),
+            warned_clear: Cell::new(false),
             sent: Cell::new(0),
         }
     }
@@ -108,7 +136,17 @@ impl Client {
             b = b.header(*k, *v);
         }
         if let Some(a) = self.authorization.borrow().as_deref() {
-            b = b.header("Authorization", a);
+            if origin(url).is_some_and(|o| Some(o) == origin(&self.base)) {
+                if url.starts_with("http://") {
+                    self.warn_clear();
+                }
+                b = b.header("Authorization", a);
+            } else {
+                tracing::debug!(
+                    "{method} {url}: another origin than {}, sent without credentials",
+                    self.base
+                );
+            }
         }
         let r = match body {
             Some(data) => {
@@ -156,6 +194,16 @@ impl Client {
         self.once(method, url, headers, body)
     }
 
+    /// Once per client: credentials are about to cross the network unencrypted.
+    fn warn_clear(&self) {
+        if !self.warned_clear.replace(true) {
+            tracing::warn!(
+                "--insecure: sending credentials for {} over plain HTTP, readable by anyone on the path",
+                self.registry
+            );
+        }
+    }
+
     fn answer(&self, header: &str) -> Result<()> {
         let c = auth::parse_challenge(header)?;
         let need_creds = || {
@@ -179,6 +227,11 @@ impl Client {
                 let url = auth::token_url(&c, &scope, self.insecure)?;
                 let mut b = ureq::http::Request::builder().method("GET").uri(&url);
                 if let Some(creds) = &self.creds {
+                    // The realm is where the registry sends us for a token (often another
+                    // host, as with Docker Hub): https unless --insecure (token_url checks).
+                    if url.starts_with("http://") {
+                        self.warn_clear();
+                    }
                     b = b.header("Authorization", creds.basic_header());
                 }
                 let req = b.body(()).context("bad token request")?;
@@ -314,7 +367,8 @@ impl Client {
         if r.status().as_u16() != 200 {
             bail!(describe("GET", &url, &mut r));
         }
-        let mut out = Vec::with_capacity(usize::try_from(d.size).unwrap_or(0).min(1 << 30));
+        // The size is the manifest's claim: reserve at most 64 MiB up front.
+        let mut out = Vec::with_capacity(usize::try_from(d.size).unwrap_or(0).min(64 << 20));
         r.body_mut()
             .as_reader()
             .take(d.size.saturating_add(1))
@@ -349,4 +403,147 @@ pub fn credentials(r: &Reference, username: Option<&str>) -> Result<Option<Crede
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A loopback HTTP/1.1 server: `answer(request head, body)` gives (status line,
+    /// headers); every request's head is recorded.
+    fn server(
+        answer: impl Fn(&str) -> (String, Vec<String>, Vec<u8>) + Send + 'static,
+    ) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                log.lock().unwrap().push(head.clone());
+                let (status, headers, body) = answer(&head);
+                let mut out = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for h in headers {
+                    out.push_str(&h);
+                    out.push_str("\r\n");
+                }
+                out.push_str("\r\n");
+                let _ = conn.write_all(out.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        (port, seen)
+    }
+
+    fn has_auth(head: &str) -> bool {
+        head.to_ascii_lowercase().contains("\nauthorization:")
+    }
+
+    /// The defect: the registry's upload `Location` (and redirects) on another host got the
+    /// stored Authorization header, leaking the user's Basic credentials.
+    #[test]
+    fn credentials_go_only_to_the_registry_origin() {
+        let (other, other_seen) = server(|head| {
+            if head.starts_with("PUT ") {
+                ("201 Created".into(), vec![], vec![])
+            } else {
+                ("200 OK".into(), vec![], b"blob".to_vec())
+            }
+        });
+        let (reg, reg_seen) = server(move |head| {
+            if !has_auth(head) {
+                return (
+                    "401 Unauthorized".into(),
+                    vec!["WWW-Authenticate: Basic realm=\"t\"".into()],
+                    vec![],
+                );
+            }
+            if head.starts_with("POST ") {
+                (
+                    "202 Accepted".into(),
+                    vec![format!(
+                        "Location: http://127.0.0.1:{other}/upload/1?state=x"
+                    )],
+                    vec![],
+                )
+            } else {
+                (
+                    "307 Temporary Redirect".into(),
+                    vec![format!("Location: http://127.0.0.1:{other}/storage/blob")],
+                    vec![],
+                )
+            }
+        });
+        let r = Reference::parse(&format!("127.0.0.1:{reg}/team/app:1")).unwrap();
+        let creds = Credentials {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        };
+        let c = Client::new(&r, true, Some(creds), true);
+        let digest = format!("sha256:{}", crate::store::sha256_hex(b"blob"));
+        c.upload_blob(&digest, b"blob").unwrap();
+        let d = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest,
+            size: 4,
+            annotations: Default::default(),
+        };
+        assert_eq!(c.get_blob(&d).unwrap(), b"blob");
+        let reg_seen = reg_seen.lock().unwrap();
+        // The registry itself was asked with credentials (after its challenge) ...
+        assert!(
+            reg_seen.iter().filter(|h| has_auth(h)).count() >= 2,
+            "{reg_seen:?}"
+        );
+        // ... the other origin never.
+        let other_seen = other_seen.lock().unwrap();
+        assert_eq!(other_seen.len(), 2, "{other_seen:?}");
+        for h in other_seen.iter() {
+            assert!(!has_auth(h), "credentials sent to another origin:\n{h}");
+        }
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let o = |u| origin(u).unwrap();
+        assert_eq!(
+            o("https://Reg.Example:443/v2/"),
+            o("https://reg.example/x?y")
+        );
+        assert_eq!(o("http://h/v2"), o("http://h:80"));
+        assert_ne!(o("http://h/v2"), o("https://h/v2"));
+        assert_ne!(o("http://h:5000/v2"), o("http://h:5001/v2"));
+        assert_ne!(o("https://reg.example/"), o("https://reg.example.evil/"));
+        assert_eq!(o("http://[::1]:5000/v2").1, "[::1]");
+        assert_eq!(o("http://[::1]/v2").2, 80);
+        assert!(origin("https://user@reg.example/").is_none());
+        assert!(origin("ftp://reg.example/").is_none());
+        assert!(origin("/v2/x").is_none());
+    }
 }
