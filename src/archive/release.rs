@@ -736,7 +736,11 @@ pub fn parse_date(s: &str) -> Result<i64> {
         {
             0
         }
-        z if (z.starts_with('+') || z.starts_with('-')) && z.len() == 5 => {
+        z if (z.starts_with('+') || z.starts_with('-'))
+            && z.len() == 5
+            && z.bytes().skip(1).all(|b| b.is_ascii_digit()) =>
+        {
+            // All ASCII (checked above), so the byte slices below are on char boundaries.
             let hh = num(&z[1..3], "zone hours", 2)?;
             let mm = num(&z[3..5], "zone minutes", 2)?;
             if hh > 23 || mm > 59 {
@@ -869,6 +873,27 @@ mod tests {
             now_unix: now,
             allow_unsigned: false,
             allow_expired: false,
+        }
+    }
+
+    /// The defect: a zone of five bytes holding a multi-byte character was sliced by
+    /// bytes inside the character (a panic). Every such zone is an error now.
+    #[test]
+    fn a_date_zone_with_a_multibyte_character_is_an_error() {
+        for zone in [
+            "+1\u{e9}2",
+            "-\u{e9}12",
+            "+12\u{e9}",
+            "+\u{20ac}1",
+            "\u{e9}\u{e9}+",
+        ] {
+            assert_eq!(zone.len(), 5, "{zone:?}");
+            let d = format!("Sat, 11 Jul 2026 10:16:37 {zone}");
+            let e = format!("{:#}", parse_date(&d).unwrap_err());
+            assert!(e.contains("time zone"), "{e}");
+            let text = format!("Date: {d}\nSHA256:\n {} 1 main/x\n", "0".repeat(64));
+            let e = format!("{:#}", parse_release(&text).unwrap_err());
+            assert!(e.contains("field Date"), "{e}");
         }
     }
 
