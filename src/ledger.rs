@@ -129,25 +129,86 @@ pub struct Entry {
 }
 
 /// Reads every line of the ledger (an absent ledger is empty); a malformed line is an error
-/// naming its number.
+/// naming its number, except a torn last line (see [`parse`]), which is skipped with a warning.
 pub fn read(path: &Path) -> Result<Vec<Entry>> {
-    let text = match std::fs::read_to_string(path) {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    parse(&text).with_context(|| format!("in the ledger {}", path.display()))
+    let p = parse_bytes(&bytes).with_context(|| format!("in the ledger {}", path.display()))?;
+    if let Some(at) = p.torn_at {
+        warn_torn(path, bytes.len() - at);
+    }
+    Ok(p.entries)
 }
 
-/// Parses ledger text. Pure.
+fn warn_torn(path: &Path, len: usize) {
+    tracing::warn!(
+        "the ledger {} ends in an incomplete line ({len} bytes, left by an interrupted write); \
+         it is ignored and dropped at the next promotion",
+        path.display()
+    );
+}
+
+/// Parses ledger text, skipping a torn last line (see [`Parsed`]). Pure.
 pub fn parse(text: &str) -> Result<Vec<Entry>> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("line {} is not valid", i + 1))
-        })
-        .collect()
+    Ok(parse_bytes(text.as_bytes())?.entries)
+}
+
+/// A parsed ledger.
+#[derive(Debug)]
+pub struct Parsed {
+    pub entries: Vec<Entry>,
+    /// Where a torn last line starts: the file does not end in a newline and its last line
+    /// is not a valid entry (a write cut short by a crash or a full disk). Every complete
+    /// line (newline-terminated) must be valid: anything else is damage, an error.
+    pub torn_at: Option<usize>,
+    /// The file's last line is a valid entry without its newline (a write cut short just
+    /// before it): the next append writes the newline first.
+    pub needs_newline: bool,
+}
+
+/// Parses ledger bytes. Pure.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed> {
+    let mut entries = Vec::new();
+    let mut start = 0;
+    let mut n = 0;
+    let mut torn_at = None;
+    let mut needs_newline = false;
+    while start < bytes.len() {
+        n += 1;
+        let (line, complete, next) = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(i) => (&bytes[start..start + i], true, start + i + 1),
+            None => (&bytes[start..], false, bytes.len()),
+        };
+        let parsed = std::str::from_utf8(line)
+            .map_err(anyhow::Error::from)
+            .and_then(|l| {
+                if l.trim().is_empty() {
+                    Ok(None)
+                } else {
+                    serde_json::from_str::<Entry>(l)
+                        .map(Some)
+                        .map_err(Into::into)
+                }
+            });
+        match parsed {
+            Ok(Some(e)) => {
+                entries.push(e);
+                needs_newline = !complete;
+            }
+            Ok(None) => {}
+            Err(_) if !complete => torn_at = Some(start),
+            Err(e) => return Err(e).with_context(|| format!("line {n} is not valid")),
+        }
+        start = next;
+    }
+    Ok(Parsed {
+        entries,
+        torn_at,
+        needs_newline,
+    })
 }
 
 /// Checks `digest` of `image` may be promoted to `env` given the history and the order, and
@@ -206,24 +267,62 @@ pub fn current(entries: &[Entry]) -> BTreeMap<(String, String), &Entry> {
 /// Under the ledger's lock: reads the history, lets `make` check it and build the new entry,
 /// then appends that entry as one line (O_APPEND, fsync). Nothing is written on error.
 pub fn append(path: &Path, make: impl FnOnce(&[Entry]) -> Result<Entry>) -> Result<Entry> {
+    append_then(path, make, |_| Ok(()))
+}
+
+/// As [`append`], then runs `then` with the entry, still under the lock, once the line is
+/// on disk: an action the ledger records (moving a registry tag) happens only after its
+/// record exists. If `then` fails the line stays (the record of an attempt) and the error
+/// says so.
+pub fn append_then(
+    path: &Path,
+    make: impl FnOnce(&[Entry]) -> Result<Entry>,
+    then: impl FnOnce(&Entry) -> Result<()>,
+) -> Result<Entry> {
     let lock_path = {
         let mut s = path.as_os_str().to_owned();
         s.push(".lock");
         PathBuf::from(s)
     };
     let _lock = lock_file(&lock_path)?;
-    let entries = read(path)?;
-    let entry = make(&entries)?;
-    let mut line = serde_json::to_vec(&entry)?;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let parsed =
+        parse_bytes(&bytes).with_context(|| format!("in the ledger {}", path.display()))?;
+    let entry = make(&parsed.entries)?;
+    let mut line = Vec::new();
+    if parsed.needs_newline {
+        line.push(b'\n');
+    }
+    line.extend(serde_json::to_vec(&entry)?);
     line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open the ledger {}", path.display()))?;
-    f.write_all(&line)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot append to the ledger {}", path.display()))?;
+    let mut keep = bytes.len() as u64;
+    if let Some(at) = parsed.torn_at {
+        warn_torn(path, bytes.len() - at);
+        keep = at as u64;
+        f.set_len(keep)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot drop the torn last line of {}", path.display()))?;
+    }
+    if let Err(e) = f.write_all(&line).and_then(|()| f.sync_all()) {
+        // Leave the ledger as it was (a full disk must not leave half a line behind).
+        let _ = f.set_len(keep).and_then(|()| f.sync_all());
+        return Err(e).with_context(|| format!("cannot append to the ledger {}", path.display()));
+    }
+    then(&entry).with_context(|| {
+        format!(
+            "the ledger {} records the promotion, but completing it failed (run it again)",
+            path.display()
+        )
+    })?;
     Ok(entry)
 }
 
@@ -351,22 +450,90 @@ mod tests {
         assert!(format!("{:#}", read(&p).unwrap_err()).contains("line 1"));
     }
 
+    fn ledger_with_torn_tail() -> (tempfile::TempDir, PathBuf, String) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l.jsonl");
+        append(&p, |_| Ok(entry("hello", "test", "sha256:a"))).unwrap();
+        append(&p, |_| Ok(entry("hello", "prod", "sha256:a"))).unwrap();
+        let full = std::fs::read_to_string(&p).unwrap();
+        (d, p, full)
+    }
+
+    /// The defect: a crash or full disk mid-append left a torn last line, and from then on
+    /// every read (promote, envs) failed. A torn tail is skipped with a warning and dropped
+    /// by the next append; damage in a complete line is still an error.
+    #[test]
+    fn a_torn_last_line_is_skipped_and_dropped_at_the_next_append() {
+        let (_d, p, full) = ledger_with_torn_tail();
+        let first_len = full.find('\n').unwrap() + 1;
+        for cut in [first_len + 1, first_len + 10, full.len() - 2] {
+            std::fs::write(&p, &full.as_bytes()[..cut]).unwrap();
+            let got = read(&p).unwrap();
+            assert_eq!(got.len(), 1, "cut at {cut}");
+            let e = append(&p, |h| {
+                assert_eq!(h.len(), 1);
+                Ok(entry("hello", "staging", "sha256:b"))
+            })
+            .unwrap();
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert_eq!(
+                text,
+                format!(
+                    "{}{}\n",
+                    &full[..first_len],
+                    serde_json::to_string(&e).unwrap()
+                )
+            );
+            assert_eq!(read(&p).unwrap().len(), 2);
+        }
+        // Cut just before the final newline: the last entry is whole and kept.
+        std::fs::write(&p, &full.as_bytes()[..full.len() - 1]).unwrap();
+        assert_eq!(read(&p).unwrap().len(), 2);
+        append(&p, |_| Ok(entry("hello", "x", "sha256:c"))).unwrap();
+        assert_eq!(read(&p).unwrap().len(), 3);
+        // A damaged complete line is an error naming it.
+        std::fs::write(&p, format!("{{\"bad\n{full}")).unwrap();
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("line 1"));
+        assert!(append(&p, |_| Ok(entry("hello", "x", "sha256:c"))).is_err());
+    }
+
+    #[test]
+    fn then_runs_after_the_line_is_written_and_its_failure_keeps_it() {
+        let (_d, p, _) = ledger_with_torn_tail();
+        let e = append_then(
+            &p,
+            |_| Ok(entry("hello", "x", "sha256:c")),
+            |e| {
+                // The line is on disk before the action.
+                assert_eq!(read(&p).unwrap().last(), Some(e));
+                anyhow::bail!("registry down")
+            },
+        )
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("records the promotion") && e.contains("registry down"),
+            "{e}"
+        );
+        assert_eq!(read(&p).unwrap().len(), 3);
+    }
+
     #[test]
     fn rfc3339_matches_known_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        // Cross-check with date(1) where it is installed.
-        if let Ok(out) = std::process::Command::new("date")
-            .args(["-u", "-d", "@1234567890", "+%Y-%m-%dT%H:%M:%SZ"])
-            .output()
-        {
-            if out.status.success() {
-                assert_eq!(
-                    String::from_utf8_lossy(&out.stdout).trim(),
-                    rfc3339(1_234_567_890)
-                );
-            }
+        // Cross-check with GNU date(1).
+        if crate::testutil::require_tool("date") {
+            let out = std::process::Command::new("date")
+                .args(["-u", "-d", "@1234567890", "+%Y-%m-%dT%H:%M:%SZ"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                rfc3339(1_234_567_890)
+            );
         }
     }
 }

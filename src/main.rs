@@ -7,6 +7,12 @@ use fuse::cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A file-size limit (ulimit -f) makes a write fail with EFBIG, reported like ENOSPC,
+    // instead of killing the process mid-write.
+    // SAFETY: setting a signal's disposition to SIG_IGN at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "fuse=info",

@@ -39,25 +39,40 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
     };
     let project = ledger::load_project(args.envs.as_deref(), &default_data_dir()?)?;
     let who = who(args.who.as_deref());
-    let entry = ledger::append(&project.ledger, |history| {
-        let from =
-            ledger::check_promotion(history, &project.order, &meta.name, &args.env, &digest)?;
-        let registry = match &args.registry {
-            Some(r) => Some(tag_in_registry(r, args, &disk)?),
-            None => None,
-        };
-        Ok(Entry {
-            time: ledger::rfc3339(now_unix()),
-            who: who.clone(),
-            image: meta.name.clone(),
-            version: meta.version.clone(),
-            env: args.env.clone(),
-            digest: digest.clone(),
-            from,
-            config: config.clone(),
-            registry,
-        })
-    })?;
+    // The registry's manifest is found (read-only) before the ledger line is written; the
+    // tag moves only after the line is on disk, so the ledger never misses a tag move.
+    let pending: std::cell::RefCell<Option<TagMove>> = std::cell::RefCell::new(None);
+    let entry = ledger::append_then(
+        &project.ledger,
+        |history| {
+            let from =
+                ledger::check_promotion(history, &project.order, &meta.name, &args.env, &digest)?;
+            let registry = match &args.registry {
+                Some(r) => {
+                    let t = find_in_registry(r, args, &disk)?;
+                    let shown = t.shown.clone();
+                    *pending.borrow_mut() = Some(t);
+                    Some(shown)
+                }
+                None => None,
+            };
+            Ok(Entry {
+                time: ledger::rfc3339(now_unix()),
+                who: who.clone(),
+                image: meta.name.clone(),
+                version: meta.version.clone(),
+                env: args.env.clone(),
+                digest: digest.clone(),
+                from,
+                config: config.clone(),
+                registry,
+            })
+        },
+        |_| match pending.borrow_mut().take() {
+            Some(t) => t.client.put_manifest(&t.tag, &t.manifest).map(|_| ()),
+            None => Ok(()),
+        },
+    )?;
     tracing::info!("ledger {}", project.ledger.display());
     println!(
         "promoted {} {} {} to {}{}{}",
@@ -79,10 +94,19 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Points the tag (REF's, else the environment's name) at the manifest this image was
-/// pushed as, found by its digest (chunked or whole; both are pure functions of the image):
-/// the manifest's bytes are fetched and put back under the tag, no blob is sent.
-fn tag_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<String> {
+/// A registry tag to point at a manifest: the manifest's bytes are put back under the tag
+/// (no blob is sent).
+struct TagMove {
+    client: oci::client::Client,
+    tag: String,
+    manifest: Vec<u8>,
+    /// `host/repo:tag@sha256:<manifest>`, as the ledger records it.
+    shown: String,
+}
+
+/// Finds the manifest this image was pushed as, by its digest (chunked or whole; both are
+/// pure functions of the image), for the tag (REF's, else the environment's name).
+fn find_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<TagMove> {
     let r = Reference::parse(reference)?;
     let tag = r.tag.clone().unwrap_or_else(|| args.env.clone());
     let r = r.with_tag(&tag);
@@ -97,8 +121,12 @@ fn tag_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<S
                     art.manifest_digest
                 );
             }
-            c.put_manifest(&tag, &bytes)?;
-            return Ok(format!("{r}@{}", art.manifest_digest));
+            return Ok(TagMove {
+                shown: format!("{r}@{}", art.manifest_digest),
+                client: c,
+                tag,
+                manifest: bytes,
+            });
         }
     }
     bail!(

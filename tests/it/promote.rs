@@ -332,3 +332,69 @@ fn promote_tags_the_registry_by_digest() {
         "{ledger}"
     );
 }
+
+/// The defect: `promote --registry` moved the registry tag before the ledger line was
+/// written, so a full disk (or a crash) left a tag move no ledger records. The ledger line
+/// is written first; here the write fails (a file-size limit below the ledger's size) and
+/// the tag must not have moved.
+#[test]
+fn promote_writes_the_ledger_line_before_moving_the_registry_tag() {
+    let a = shared_image();
+    let reg = Registry::start();
+    let project = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (p, d) = (project.path(), data.path());
+    let repo = format!("127.0.0.1:{}/hello", reg.port);
+    let img = a.image.to_str().unwrap();
+    ok(
+        &fuse_in(p, d, &["push", img, &repo, "--insecure"], &[]),
+        "push",
+    );
+    // A ledger already larger than the limit: any append fails with EFBIG.
+    let line = r#"{"time":"2024-01-01T00:00:00Z","who":"t","image":"other","version":"1","env":"test","digest":"sha256:00","from":null,"config":null,"registry":null}"#;
+    let ledger = d.join("ledger.jsonl");
+    std::fs::write(&ledger, format!("{line}\n").repeat(100)).unwrap();
+    let before = std::fs::read(&ledger).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 1 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_fuse"))
+        .args(["promote", img, "test", "--registry", &repo, "--insecure"])
+        .current_dir(p)
+        .env("FUSE_DATA_DIR", d)
+        .env("DOCKER_CONFIG", d)
+        .env("USER", "tester")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot append to the ledger"), "{err}");
+    assert_eq!(
+        std::fs::read(&ledger).unwrap(),
+        before,
+        "the ledger changed"
+    );
+    let status = match ureq::get(&format!(
+        "http://127.0.0.1:{}/v2/hello/manifests/test",
+        reg.port
+    ))
+    .header("Accept", fuse::oci::MANIFEST_TYPE)
+    .call()
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(c)) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status, 404, "the registry tag moved without a ledger line");
+    // Without the limit the same promotion goes through and is recorded.
+    ok(
+        &fuse_in(
+            p,
+            d,
+            &["promote", img, "test", "--registry", &repo, "--insecure"],
+            &[],
+        ),
+        "promote",
+    );
+    assert_eq!(fuse::ledger::read(&ledger).unwrap().len(), 101);
+}
