@@ -6,6 +6,11 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
+/// Largest single download fuse asks for (a kernel package is under 100 MiB): a size
+/// claimed by an index, a lock or a server beyond it is refused before any request, so
+/// sizes from untrusted text never reach an allocation or an unchecked sum.
+pub const MAX_DOWNLOAD: u64 = 4 << 30;
+
 /// Downloads over HTTP(S) with retries.
 pub struct Fetcher {
     agent: ureq::Agent,
@@ -43,6 +48,9 @@ impl Fetcher {
     /// body is an error: a truncated download never reaches the cache). `max_size` caps
     /// unknown sizes.
     pub fn get(&self, url: &str, expected_size: Option<u64>, max_size: u64) -> Result<Vec<u8>> {
+        if let Some(n) = expected_size.filter(|&n| n > MAX_DOWNLOAD) {
+            bail!("cannot download {url}: its index or lock claims {n} bytes (at most {MAX_DOWNLOAD})");
+        }
         let mut delay = Duration::from_millis(500);
         let mut last = None;
         for attempt in 1..=self.attempts {
@@ -91,8 +99,10 @@ impl Fetcher {
         let limit = expected_size.unwrap_or(max_size);
         let total = expected_size.or(resp.body().content_length());
         let bar = progress_bar(url, total);
-        let mut reader = resp.body_mut().as_reader().take(limit + 1);
-        let mut data = Vec::with_capacity(total.unwrap_or(0).min(limit) as usize);
+        let mut reader = resp.body_mut().as_reader().take(limit.saturating_add(1));
+        // Sizes are claims (index, lock, server): reserve at most 64 MiB up front.
+        let reserve = total.unwrap_or(0).min(limit).min(64 << 20);
+        let mut data = Vec::with_capacity(reserve as usize);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader
@@ -130,6 +140,11 @@ impl Fetcher {
     /// retry asks only for the bytes still missing (HTTP Range), so a large download cut
     /// short resumes instead of starting over. The partial file is removed on success.
     pub fn get_resumable(&self, url: &str, size: u64, partial: &Path) -> Result<Vec<u8>> {
+        if size > MAX_DOWNLOAD {
+            bail!(
+                "cannot download {url}: its index or lock claims {size} bytes (at most {MAX_DOWNLOAD})"
+            );
+        }
         if let Some(dir) = partial.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -209,7 +224,10 @@ impl Fetcher {
                 .open(partial)
                 .map_err(io)?;
             let start = if append { have } else { 0 };
-            let mut reader = resp.body_mut().as_reader().take(size - start + 1);
+            let mut reader = resp
+                .body_mut()
+                .as_reader()
+                .take(size.saturating_sub(start).saturating_add(1));
             let copied = std::io::copy(&mut reader, &mut f);
             f.sync_all().map_err(io)?;
             if let Err(e) = copied {

@@ -404,8 +404,20 @@ pub fn fetch_pins(
         .filter(|p| !store.blob_path(&p.sha256).exists())
         .collect();
     if !missing.is_empty() {
+        for p in &missing {
+            if p.size > crate::fetch::MAX_DOWNLOAD {
+                bail!(
+                    "package {} {} claims {} bytes (at most {} are downloaded)",
+                    p.name,
+                    p.version,
+                    p.size,
+                    crate::fetch::MAX_DOWNLOAD
+                );
+            }
+        }
+        // Each at most MAX_DOWNLOAD: no overflow for any count that fits in memory.
+        let total: u64 = missing.iter().map(|p| p.size).fold(0, u64::saturating_add);
         let base = mirror()?;
-        let total: u64 = missing.iter().map(|p| p.size).sum();
         tracing::info!(
             "downloading {} packages ({:.1} MiB)",
             missing.len(),
@@ -496,6 +508,54 @@ mod tests {
             e[0].signed_by.as_deref(),
             Some(Path::new("/usr/share/keyrings/k.gpg"))
         );
+    }
+
+    /// The defect: sizes from fuse.lock went into unchecked sums and allocations (with
+    /// overflow checks on, a huge `size` panicked in the download code). They are refused
+    /// before any request, naming the package.
+    #[test]
+    fn a_huge_size_in_the_lock_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let pin = |name: &str, size: u64| crate::resolve::lock::Pin {
+            name: name.into(),
+            version: "1".into(),
+            arch: "amd64".into(),
+            sha256: crate::store::sha256_hex(name.as_bytes()),
+            size,
+            path: format!("pool/{name}.deb"),
+        };
+        // TOML integers stop at i64::MAX: the largest a lock can claim.
+        let huge = i64::MAX as u64;
+        let pins = [pin("a", huge), pin("b", huge), pin("c", huge)];
+        let asked = std::cell::Cell::new(false);
+        let mirror = || {
+            asked.set(true);
+            Ok("http://127.0.0.1:9".to_string())
+        };
+        let e = format!(
+            "{:#}",
+            fetch_pins(&Fetcher::new(), &store, &mirror, &pins).unwrap_err()
+        );
+        assert!(
+            e.contains("package a 1 claims 9223372036854775807 bytes"),
+            "{e}"
+        );
+        assert!(!asked.get(), "no request for a size that cannot be right");
+        let e = format!(
+            "{:#}",
+            Fetcher::new()
+                .get_resumable("http://127.0.0.1:9/x", u64::MAX, &d.path().join("p"))
+                .unwrap_err()
+        );
+        assert!(e.contains("claims"), "{e}");
+        let e = format!(
+            "{:#}",
+            Fetcher::new()
+                .get("http://127.0.0.1:9/x", Some(u64::MAX), u64::MAX)
+                .unwrap_err()
+        );
+        assert!(e.contains("claims"), "{e}");
     }
 
     #[test]

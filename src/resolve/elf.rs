@@ -113,8 +113,8 @@ pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
     let strtab_vaddr = strtab_vaddr.context("DT_NEEDED without DT_STRTAB")?;
     let strtab = loads
         .iter()
-        .find(|(va, _, sz)| strtab_vaddr >= *va && strtab_vaddr < va + *sz as u64)
-        .map(|(va, off, _)| (strtab_vaddr - va) as usize + off)
+        .find(|(va, _, sz)| strtab_vaddr >= *va && strtab_vaddr - va < *sz as u64)
+        .and_then(|(va, off, _)| usize::try_from(strtab_vaddr - va).ok()?.checked_add(*off))
         .context("DT_STRTAB is outside every loaded segment")?;
     for o in needed_offs {
         out.needed

@@ -120,6 +120,15 @@ impl Lock {
                     p.name
                 );
             }
+            if p.size > crate::fetch::MAX_DOWNLOAD {
+                bail!(
+                    "{}: package {} claims {} bytes (at most {} are downloaded)",
+                    path.display(),
+                    p.name,
+                    p.size,
+                    crate::fetch::MAX_DOWNLOAD
+                );
+            }
             if p.path.split('/').any(|c| c == ".." || c.is_empty()) {
                 bail!(
                     "{}: package {} has a suspicious path {:?}",
