@@ -444,7 +444,9 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
             None => {
                 let k = kernel_full(&kernel_bytes)?;
                 let mut boot = ip.inputs.boot.clone();
-                boot.modules = k.modules.iter().map(|(p, _, _)| p.clone()).collect();
+                let (always, device) = crate::kernel::boot_modules(&k)?;
+                boot.modules = always;
+                boot.device_modules = device;
                 let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
                 let bytes = image::write_initramfs(&tree)?;
                 let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;

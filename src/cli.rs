@@ -30,6 +30,8 @@ pub enum Command {
     Test(TestArgs),
     /// What is inside an image (verified from its bytes), or what changed between two.
     Inspect(InspectArgs),
+    /// Write the image as qcow2, vmdk, ova, vhd, gce (tar.gz) or raw; prints the file's path.
+    Export(ExportArgs),
     /// Write a config disk (FAT, label FUSECONFIG, /env) for hypervisors without fw_cfg.
     ConfigDisk(ConfigDiskArgs),
     /// List the images in the local store: name, version, digest, size, age.
@@ -90,7 +92,7 @@ pub struct LockArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The raw image (.img) to boot, or NAME:VERSION, digest or unique digest prefix of an
+    /// The image to boot (raw .img or any format `fuse export` writes), or NAME:VERSION, digest or unique digest prefix of an
     /// image in the local store.
     pub image: PathBuf,
     /// Env file (KEY=VALUE lines) passed to the app at boot, over the image's defaults.
@@ -138,7 +140,8 @@ pub struct TestArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// The raw image (.img); with NEW, the old side of the comparison.
+    /// The image (raw .img or any format `fuse export` writes); with NEW, the old side of
+    /// the comparison.
     pub image: PathBuf,
     /// A second image: print what changed from IMAGE to NEW (exit 1 when anything did).
     pub new: Option<PathBuf>,
@@ -168,6 +171,20 @@ pub struct RegistryArgs {
     /// FUSE_REGISTRY_USERNAME or the Docker config's auths are used when present.
     #[arg(long)]
     pub username: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The image: a file in any format fuse reads, or NAME:VERSION, digest or unique digest
+    /// prefix of an image in the local store.
+    pub image: String,
+    /// The format to write.
+    #[arg(long, value_parser = ["qcow2", "vmdk", "ova", "vhd", "gce", "raw"])]
+    pub format: String,
+    /// Output directory (default: the image file's directory; the current directory for a
+    /// store reference). The file is named <name>-<version>.<qcow2|vmdk|ova|vhd|tar.gz|img>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

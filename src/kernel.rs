@@ -31,7 +31,51 @@ pub const BOOT_MODULES: &[&str] = &[
     // cloud NICs
     "ena",
     "gve",
+    // VMware: paravirtual SCSI, vmxnet3 NIC (the SATA disk goes through ahci)
+    "vmw_pvscsi",
+    "vmxnet3",
+    // Hyper-V / Azure: VMBus, its storage and network drivers
+    "hv_vmbus",
+    "hv_storvsc",
+    "hv_netvsc",
+    // AWS Xen instance types (older than Nitro)
+    "xen_blkfront",
+    "xen_netfront",
+    // generic hardware: SATA (AHCI), Intel NICs every hypervisor emulates
+    "ahci",
+    "e1000",
+    "e1000e",
 ];
+
+/// Modules loaded at every boot whatever the devices: file systems, device-mapper targets,
+/// input. Other modules of [`BOOT_MODULES`] that have device alias patterns are loaded only
+/// when a present device's modalias matches one (see [`boot_modules`]).
+pub const ALWAYS_LOAD: &[&str] = &[
+    "squashfs",
+    "overlay",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "dm_mod",
+    "dm_verity",
+    "button",
+    "evdev",
+];
+
+/// A module the init loads only when a device needs it (boot.json `device_modules`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeviceModule {
+    pub name: String,
+    /// Path inside the initramfs.
+    pub path: String,
+    /// Names of the modules it needs first (from `.modinfo depends=`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends: Vec<String>,
+    /// Device alias patterns (from `.modinfo alias=`); empty for a module loaded only as a
+    /// dependency of another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
 
 /// Modules without which the image cannot boot at all: missing ones are an error.
 pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "squashfs", "overlay"];
@@ -105,6 +149,78 @@ pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>> {
         }
     }
     bail!("no .modinfo section")
+}
+
+/// An alias that names a device (`bus:...`), as opposed to `fs-squashfs`, `devname:...`,
+/// `char-major-...` and other aliases a module gets for on-demand loading by name.
+fn is_device_alias(a: &str) -> bool {
+    a.contains(':') && !a.starts_with("devname:")
+}
+
+fn depends_of(info: &[(String, String)]) -> Vec<String> {
+    info.iter()
+        .filter(|(k, _)| k == "depends")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter(|d| !d.is_empty())
+                .map(module_name)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The boot plan's modules: the paths loaded at every boot, in load order (the roots of
+/// [`BOOT_MODULES`] that are in [`ALWAYS_LOAD`] or have no device alias, with their
+/// dependencies), and the device-driven rest, in load order: each device driver with its
+/// alias patterns and dependencies, and the dependencies no always-loaded module needs.
+pub fn boot_modules(k: &Kernel) -> Result<(Vec<String>, Vec<DeviceModule>)> {
+    let mut infos = BTreeMap::new();
+    for (path, data, name) in &k.modules {
+        let info = modinfo(data).with_context(|| format!("cannot read .modinfo of {path}"))?;
+        let aliases: Vec<String> = info
+            .iter()
+            .filter(|(k, v)| k == "alias" && is_device_alias(v))
+            .map(|(_, v)| v.clone())
+            .collect();
+        infos.insert(name.clone(), (depends_of(&info), aliases));
+    }
+    let roots: BTreeSet<&str> = BOOT_MODULES.iter().copied().collect();
+    let is_device = |name: &str| {
+        roots.contains(name)
+            && !ALWAYS_LOAD.contains(&name)
+            && infos.get(name).is_some_and(|(_, a)| !a.is_empty())
+    };
+    // Always: the non-device roots and everything they need.
+    let mut always: BTreeSet<String> = BTreeSet::new();
+    let mut todo: Vec<String> = k
+        .modules
+        .iter()
+        .map(|m| m.2.clone())
+        .filter(|n| roots.contains(n.as_str()) && !is_device(n))
+        .collect();
+    while let Some(n) = todo.pop() {
+        if always.insert(n.clone()) {
+            if let Some((deps, _)) = infos.get(&n) {
+                todo.extend(deps.iter().cloned());
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    let mut device = Vec::new();
+    for (path, _, name) in &k.modules {
+        if always.contains(name) {
+            paths.push(path.clone());
+            continue;
+        }
+        let (deps, aliases) = infos.get(name).cloned().unwrap_or_default();
+        device.push(DeviceModule {
+            name: name.clone(),
+            path: path.clone(),
+            depends: deps,
+            aliases: if is_device(name) { aliases } else { Vec::new() },
+        });
+    }
+    Ok((paths, device))
 }
 
 /// Kernel module names use '_' where file names may use '-'.
@@ -342,6 +458,74 @@ mod tests {
         assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
         assert!(!names.contains(&"squashfs"));
         assert!(k.modules[0].0.starts_with("/lib/modules/6.1.0-9-amd64/"));
+    }
+
+    #[test]
+    fn device_drivers_are_split_from_always_loaded_modules() {
+        let mut t = Tree::new();
+        t.insert(
+            "boot/vmlinuz-6.1.0-9-amd64",
+            Node::file(b"kernel".to_vec(), 0o644),
+        )
+        .unwrap();
+        let m = "lib/modules/6.1.0-9-amd64/kernel";
+        let ko = |info: &str| Node::file(fake_ko(info), 0o644);
+        for (path, info) in [
+            ("virtio/virtio.ko", "depends=;"),
+            ("virtio/virtio_ring.ko", "depends=;"),
+            (
+                "virtio/virtio_pci.ko",
+                "depends=virtio,virtio_ring;alias=pci:v00001AF4d*sv*sd*bc*sc*i*;",
+            ),
+            (
+                "block/virtio_blk.ko",
+                "depends=virtio,virtio_ring;alias=virtio:d00000002v*;",
+            ),
+            ("fs/overlay.ko", "depends=;alias=fs-overlay;"),
+            (
+                "fs/squashfs.ko",
+                "depends=;alias=fs-squashfs;alias=devname:x;",
+            ),
+            ("ata/libata.ko", "depends=;"),
+            ("ata/libahci.ko", "depends=libata;"),
+            (
+                "ata/ahci.ko",
+                "depends=libahci,libata;alias=pci:v*d*sv*sd*bc01sc06i01*;",
+            ),
+        ] {
+            t.insert(&format!("{m}/{path}"), ko(info)).unwrap();
+        }
+        let k = from_package(&t, "linux-image-test").unwrap();
+        let (always, device) = boot_modules(&k).unwrap();
+        let base = |p: &String| p.rsplit('/').next().unwrap().to_string();
+        let mut a: Vec<String> = always.iter().map(base).collect();
+        a.sort();
+        assert_eq!(a, ["overlay.ko", "squashfs.ko"]);
+        let names: Vec<&str> = device.iter().map(|d| d.name.as_str()).collect();
+        for n in [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "virtio_blk",
+            "libata",
+            "libahci",
+            "ahci",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let ahci = device.iter().find(|d| d.name == "ahci").unwrap();
+        assert_eq!(ahci.aliases, ["pci:v*d*sv*sd*bc01sc06i01*"]);
+        assert_eq!(ahci.depends, ["libahci", "libata"]);
+        // dependencies are loaded as dependencies only
+        assert!(device
+            .iter()
+            .find(|d| d.name == "libata")
+            .unwrap()
+            .aliases
+            .is_empty());
+        // load order kept: dependencies before their users
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("libata") < pos("libahci") && pos("libahci") < pos("ahci"));
     }
 
     #[test]

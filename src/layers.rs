@@ -53,7 +53,11 @@ pub struct DistroInfo {
 pub struct BootPlan {
     pub format: u32,
     pub hostname: String,
+    /// Modules loaded at every boot, in load order.
     pub modules: Vec<String>,
+    /// Modules loaded when a present device's modalias matches (init scans sysfs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_modules: Vec<crate::kernel::DeviceModule>,
     pub layers: Vec<String>,
     pub fs_type: String,
     pub app: AppPlan,

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod configdisk;
 pub mod envfile;
+pub mod export;
 pub mod fetch;
 pub mod format;
 pub mod image;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Run(a) => fuse::commands::run::run(&a),
         Command::Test(a) => fuse::commands::test::run(&a),
         Command::Inspect(a) => fuse::commands::inspect::run(&a),
+        Command::Export(a) => fuse::commands::export::run(&a),
         Command::ConfigDisk(a) => fuse::commands::configdisk::run(&a),
         Command::Ls(a) => fuse::commands::images::ls(&a),
         Command::Tag(a) => fuse::commands::images::tag(&a),

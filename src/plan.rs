@@ -218,7 +218,7 @@ pub struct KernelInputs {
     pub required: Vec<String>,
 }
 
-/// The initramfs unit: the init, the kernel's modules, the boot plan; gzipped cpio.
+/// The initramfs unit: the init, the kernel's modules, the boot plan; zstd-compressed cpio.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InitramfsInputs {
     /// "initramfs"
@@ -231,6 +231,13 @@ pub struct InitramfsInputs {
     /// The boot plan, `modules` left empty: the kernel unit fills it.
     pub boot: BootPlan,
     pub epoch: u64,
+    /// How the cpio is compressed ("zstd-19").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// How boot.json's modules are split: "modalias" (always-loaded ones, and device
+    /// drivers with their alias patterns, see `kernel::boot_modules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_loading: Option<String>,
 }
 
 /// The UKI unit: EFI stub + kernel + initramfs + command line + os-release.
@@ -389,6 +396,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         format: 1,
         hostname: m.name.clone(),
         modules: Vec::new(),
+        device_modules: Vec::new(),
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         fs_type: fs.kind.clone(),
         app: app_plan(m)?,
@@ -401,6 +409,8 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         init_sha256: init_sha256(),
         boot,
         epoch,
+        compression: Some("zstd-19".into()),
+        module_loading: Some("modalias".into()),
     };
     let initramfs = Unit {
         key: key_of(&initramfs_inputs)?,

@@ -136,6 +136,9 @@ pub fn choose_accel(wanted: &str) -> Result<&'static str> {
 /// Options for one boot of an image.
 pub struct BootSpec<'a> {
     pub image: &'a Path,
+    /// QEMU's block driver for the image file: raw, qcow2, vmdk or vpc (see
+    /// [`crate::export::Format::qemu_driver`]).
+    pub disk_format: &'a str,
     /// A writable copy of OVMF_VARS.
     pub vars: &'a Path,
     pub code: &'a Path,
@@ -178,7 +181,8 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
         b.vars.display()
     ));
     c.arg("-drive").arg(format!(
-        "if=virtio,format=raw,readonly=on,file={}",
+        "if=virtio,format={},readonly=on,file={}",
+        b.disk_format,
         b.image.display()
     ));
     let fwd: String = b

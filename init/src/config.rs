@@ -22,6 +22,11 @@ pub struct BootConfig {
     /// Absolute paths of kernel modules inside the initramfs, in dependency order
     /// (each module after the ones it depends on).
     pub modules: Vec<String>,
+    /// Kernel modules loaded only when a present device needs them: the init matches each
+    /// device's sysfs `modalias` against the modules' alias patterns (from `.modinfo`), and
+    /// loads the matching modules with their dependencies, in this list's order.
+    #[serde(default)]
+    pub device_modules: Vec<DeviceModule>,
     /// Layer names, bottom (changes least) to top. Layer `x` is the GPT partition
     /// named `fuse-x`.
     pub layers: Vec<String>,
@@ -29,6 +34,23 @@ pub struct BootConfig {
     pub fs_type: String,
     /// The program to run once the system is up.
     pub app: AppConfig,
+}
+
+/// One entry of [`BootConfig::device_modules`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceModule {
+    /// Module name (underscores), as other entries' `depends` name it.
+    pub name: String,
+    /// Absolute path of the `.ko` inside the initramfs.
+    pub path: String,
+    /// Modules to load first (names; ones not in the list are built in or always loaded).
+    #[serde(default)]
+    pub depends: Vec<String>,
+    /// Glob patterns (fnmatch: `*`, `?`, `[...]`) over device modaliases; empty for a module
+    /// loaded only as another's dependency.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// The app: how it is started inside the new root.
@@ -121,6 +143,15 @@ impl BootConfig {
         for m in &self.modules {
             if !m.starts_with('/') || m.contains('\0') {
                 bail!("boot.json: module path {m:?} is not an absolute path");
+            }
+        }
+        for m in &self.device_modules {
+            if !m.path.starts_with('/') || m.path.contains('\0') || m.name.is_empty() {
+                bail!(
+                    "boot.json: device module {:?} at {:?} needs a name and an absolute path",
+                    m.name,
+                    m.path
+                );
             }
         }
         if self.layers.is_empty() {

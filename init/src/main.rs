@@ -24,6 +24,8 @@ use anyhow::{Context, Result};
 const PARTITION_WAIT: Duration = Duration::from_secs(20);
 /// How often to look for them.
 const POLL: Duration = Duration::from_millis(50);
+/// How often to look for new devices that need a driver, until the app starts.
+const HOTPLUG_POLL: Duration = Duration::from_millis(50);
 
 fn main() {
     console::ensure_stdio();
@@ -52,6 +54,7 @@ fn main() {
 
 /// Every step up to the app's exit. Returns when the app has exited.
 fn run() -> Result<()> {
+    let started = std::time::Instant::now();
     let mask = app::block_signals()?;
     log!("starting (fuse-init {})", env!("CARGO_PKG_VERSION"));
 
@@ -68,6 +71,10 @@ fn run() -> Result<()> {
         cfg.app.argv.first().map(String::as_str).unwrap_or("")
     );
     modules::load_all(&cfg.modules);
+    let hotplug = modules::Hotplug::start(
+        modules::DeviceLoader::new(cfg.device_modules.clone()),
+        HOTPLUG_POLL,
+    );
 
     let devices = block::find_partitions(&cfg.layers, PARTITION_WAIT, POLL)?;
     for layer in &cfg.layers {
@@ -98,13 +105,23 @@ fn run() -> Result<()> {
         env.len(),
         env.keys().cloned().collect::<Vec<_>>().join(", ")
     );
+    if let Some(l) = hotplug.stop() {
+        log!(
+            "loaded {} of {} device modules for the devices present ({} ms): {}",
+            l.names.len(),
+            cfg.device_modules.len(),
+            l.load_time.as_millis(),
+            l.names.join(" ")
+        );
+    }
     let prepared = app::Prepared::new(mounts::NEWROOT, &cfg.app, &env)?;
     let argv0 = cfg.app.argv.first().map(String::as_str).unwrap_or("");
     log!(
-        "starting {argv0} as uid {} gid {} in {}",
+        "starting {argv0} as uid {} gid {} in {} ({} ms after fuse-init started)",
         cfg.app.uid,
         cfg.app.gid,
-        cfg.app.workdir
+        cfg.app.workdir,
+        started.elapsed().as_millis()
     );
     let pid = app::spawn(&prepared)?;
     let exit = app::supervise(pid, &mask)?;

@@ -1,7 +1,15 @@
-//! Kernel module loading with `finit_module(2)`, in the order boot.json lists them.
+//! Kernel module loading with `finit_module(2)`: the always-loaded modules in the order
+//! boot.json lists them, and device drivers when a present device's sysfs `modalias`
+//! matches one of the driver's alias patterns (what udev and modprobe do on a full system).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::DeviceModule;
 
 /// Loads one module file (flags 0, no parameters). Already-loaded modules count as success.
 pub fn load(path: &str) -> io::Result<()> {
@@ -54,6 +62,300 @@ pub fn load_all(paths: &[String]) -> usize {
     failed
 }
 
+/// fnmatch(3) without flags, as modprobe matches aliases: `*` any run, `?` any byte,
+/// `[abc]`, `[a-z]`, `[!x]` / `[^x]` a class, `\\x` a literal x.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    // Where to resume after the last `*`: (pattern index after it, string index).
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some((p + 1, i));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(pattern, p, s[i]) {
+                        if matched {
+                            p = next;
+                            i += 1;
+                            continue;
+                        }
+                    } else if s[i] == b'[' {
+                        // an unclosed '[' is a literal
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    if pattern[p + 1] == s[i] {
+                        p += 2;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if c == s[i] {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches byte `c` against the class starting at `pattern[at] == '['`: (matched, index
+/// after the class), or `None` when the class is not closed.
+fn class(pattern: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
+    let mut j = at + 1;
+    let negate = matches!(pattern.get(j), Some(b'!') | Some(b'^'));
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let x = *pattern.get(j)?;
+        if x == b']' && !first {
+            return Some((matched != negate, j + 1));
+        }
+        first = false;
+        if pattern.get(j + 1) == Some(&b'-') && pattern.get(j + 2).is_some_and(|&e| e != b']') {
+            let hi = pattern[j + 2];
+            if x <= c && c <= hi {
+                matched = true;
+            }
+            j += 3;
+        } else {
+            if x == c {
+                matched = true;
+            }
+            j += 1;
+        }
+    }
+}
+
+/// Indices into `mods` of the modules whose alias patterns match one of `modaliases`.
+pub fn matching(mods: &[DeviceModule], modaliases: &[String]) -> BTreeSet<usize> {
+    mods.iter()
+        .enumerate()
+        .filter(|(_, m)| {
+            m.aliases.iter().any(|a| {
+                modaliases
+                    .iter()
+                    .any(|d| glob_match(a.as_bytes(), d.as_bytes()))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// `roots` with their dependencies (by name, transitively), less `skip` (already loaded).
+pub fn closure(
+    mods: &[DeviceModule],
+    roots: &BTreeSet<usize>,
+    skip: &BTreeSet<usize>,
+) -> BTreeSet<usize> {
+    let by_name: BTreeMap<&str, usize> = mods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<usize> = roots.iter().copied().collect();
+    while let Some(i) = todo.pop() {
+        if skip.contains(&i) || !out.insert(i) {
+            continue;
+        }
+        for d in &mods[i].depends {
+            if let Some(&j) = by_name.get(d.as_str()) {
+                todo.push(j);
+            }
+        }
+    }
+    out
+}
+
+/// Indices into `mods` of the modules the `modaliases` call for, with their dependencies,
+/// less `skip`.
+#[cfg(test)]
+pub fn wanted(
+    mods: &[DeviceModule],
+    modaliases: &[String],
+    skip: &BTreeSet<usize>,
+) -> BTreeSet<usize> {
+    closure(mods, &matching(mods, modaliases), skip)
+}
+
+/// Loads device drivers as devices appear: each [`poll`](DeviceLoader::poll) reads the
+/// `modalias` of devices not seen before (`/sys/bus/*/devices/*`) and loads what they need.
+pub struct DeviceLoader {
+    mods: Vec<DeviceModule>,
+    loaded: BTreeSet<usize>,
+    /// Modules some seen device's modalias matched.
+    matched: BTreeSet<usize>,
+    seen_devices: BTreeSet<String>,
+    /// Modules loaded, in order, for the summary line (slow ones with their time).
+    pub names: Vec<String>,
+    /// Time spent in finit_module.
+    pub load_time: Duration,
+}
+
+impl DeviceLoader {
+    pub fn new(mods: Vec<DeviceModule>) -> DeviceLoader {
+        DeviceLoader {
+            mods,
+            loaded: BTreeSet::new(),
+            matched: BTreeSet::new(),
+            seen_devices: BTreeSet::new(),
+            names: Vec::new(),
+            load_time: Duration::ZERO,
+        }
+    }
+
+    /// Reads the modaliases of devices not seen before and matches them.
+    fn scan(&mut self) {
+        let Ok(buses) = std::fs::read_dir("/sys/bus") else {
+            return;
+        };
+        let mut new = Vec::new();
+        for bus in buses.flatten() {
+            let Ok(devs) = std::fs::read_dir(bus.path().join("devices")) else {
+                continue;
+            };
+            for dev in devs.flatten() {
+                let key = format!(
+                    "{}/{}",
+                    bus.file_name().to_string_lossy(),
+                    dev.file_name().to_string_lossy()
+                );
+                if !self.seen_devices.insert(key) {
+                    continue;
+                }
+                if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
+                    let a = a.trim();
+                    if !a.is_empty() {
+                        new.push(a.to_string());
+                    }
+                }
+            }
+        }
+        if !new.is_empty() {
+            self.matched.extend(matching(&self.mods, &new));
+        }
+    }
+
+    /// Loads, one at a time, the first module (in plan order) that the devices seen call
+    /// for, and looks for new devices after each: a bus driver (virtio_pci, hv_vmbus)
+    /// reveals the devices its own drivers serve, which then come before slower drivers
+    /// of other controllers. Returns how many modules were loaded.
+    pub fn poll(&mut self) -> usize {
+        self.scan();
+        let mut n = 0;
+        while let Some(i) = closure(&self.mods, &self.matched, &self.loaded)
+            .into_iter()
+            .next()
+        {
+            let m = &self.mods[i];
+            self.loaded.insert(i);
+            let t = Instant::now();
+            match load(&m.path) {
+                Ok(()) => {
+                    let ms = t.elapsed().as_millis();
+                    self.names.push(if ms >= 50 {
+                        format!("{}({ms}ms)", m.name)
+                    } else {
+                        m.name.clone()
+                    });
+                    n += 1;
+                }
+                Err(e) => crate::log!(
+                    "warning: cannot load module {}: {e} (errno {})",
+                    m.path,
+                    e.raw_os_error().unwrap_or(0)
+                ),
+            }
+            self.load_time += t.elapsed();
+            self.scan();
+        }
+        n
+    }
+}
+
+/// A thread that keeps polling for devices (disks behind a SCSI scan, VMBus channels,
+/// and whatever bus drivers reveal) until [`stop`](Hotplug::stop).
+pub struct Hotplug {
+    stop: Arc<AtomicBool>,
+    loader: Arc<Mutex<DeviceLoader>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hotplug {
+    /// Polls in the background, at once and then every `interval`: the init goes on
+    /// (waiting for its partitions) while drivers load and probe their hardware. Without a
+    /// thread, polls once here.
+    pub fn start(loader: DeviceLoader, interval: Duration) -> Hotplug {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = Arc::new(Mutex::new(loader));
+        let (flag, l) = (stop.clone(), loader.clone());
+        let handle = std::thread::Builder::new()
+            .name("hotplug".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok(mut l) = l.lock() {
+                        l.poll();
+                    }
+                    std::thread::sleep(interval);
+                }
+            });
+        let handle = match handle {
+            Ok(h) => Some(h),
+            Err(e) => {
+                crate::log!("warning: cannot start the device polling thread ({e}); polling once");
+                if let Ok(mut l) = loader.lock() {
+                    l.poll();
+                }
+                None
+            }
+        };
+        Hotplug {
+            stop,
+            loader,
+            handle,
+        }
+    }
+
+    /// Stops polling (before the app is forked, so PID 1 is single-threaded again) and
+    /// returns the loader for its summary.
+    pub fn stop(self) -> Option<DeviceLoader> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle {
+            let _ = h.join();
+        }
+        let m = Arc::try_unwrap(self.loader).ok()?;
+        m.into_inner().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +368,72 @@ mod tests {
         );
         assert_eq!(short_name("/x/overlay.ko.xz"), "overlay");
         assert_eq!(short_name("plain"), "plain");
+    }
+
+    #[test]
+    fn globs_match_like_fnmatch() {
+        let m = |p: &str, s: &str| glob_match(p.as_bytes(), s.as_bytes());
+        assert!(m(
+            "pci:v000015ADd000007B0sv*sd*bc*sc*i*",
+            "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00"
+        ));
+        assert!(!m(
+            "pci:v000015ADd000007B0sv*sd*bc*sc*i*",
+            "pci:v000015ADd000007C0sv000015ADsd000007C0bc01sc07i00"
+        ));
+        // ahci matches by class: mass storage (01), SATA (06), AHCI (01)
+        assert!(m(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert!(m("virtio:d00000002v*", "virtio:d00000002v00001AF4"));
+        assert!(!m("virtio:d00000002v*", "virtio:d00000001v00001AF4"));
+        assert!(m("acpi*:QEMU0002:*", "acpi:QEMU0002:"));
+        assert!(m("scsi:t-0x0[0-7]*", "scsi:t-0x05"));
+        assert!(!m("scsi:t-0x0[!0-7]*", "scsi:t-0x05"));
+        assert!(m("a?c", "abc") && !m("a?c", "ac"));
+        assert!(m("*", "") && m("**x", "x") && !m("x", ""));
+        assert!(m("a\\*b", "a*b") && !m("a\\*b", "axb"));
+        assert!(m("[", "[") && m("a[]]b", "a]b"));
+    }
+
+    fn dm(name: &str, deps: &[&str], aliases: &[&str]) -> DeviceModule {
+        DeviceModule {
+            name: name.into(),
+            path: format!("/m/{name}.ko"),
+            depends: deps.iter().map(|s| s.to_string()).collect(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn wanted_modules_come_with_their_dependencies_only() {
+        let mods = vec![
+            dm("libata", &[], &[]),
+            dm("libahci", &["libata"], &[]),
+            dm(
+                "ahci",
+                &["libahci", "libata"],
+                &["pci:v*d*sv*sd*bc01sc06i01*"],
+            ),
+            dm("vmxnet3", &[], &["pci:v000015ADd000007B0sv*sd*bc*sc*i*"]),
+            dm("e1000", &[], &["pci:v00008086d0000100Esv*sd*bc*sc*i*"]),
+            dm("sd_mod", &["scsi_mod_builtin"], &["scsi:t-0x00*"]),
+        ];
+        let devs = vec![
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01".to_string(),
+            "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00".to_string(),
+        ];
+        let w = wanted(&mods, &devs, &BTreeSet::new());
+        assert_eq!(w.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        // once loaded, not wanted again; a disk appearing later brings sd_mod
+        let skip: BTreeSet<usize> = [0, 1, 2, 3].into();
+        let mut devs2 = devs.clone();
+        devs2.push("scsi:t-0x00".into());
+        assert_eq!(
+            wanted(&mods, &devs2, &skip).into_iter().collect::<Vec<_>>(),
+            vec![5]
+        );
     }
 
     #[test]

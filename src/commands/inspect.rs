@@ -3,6 +3,7 @@
 //! two images differ, 2 on any error, a failed verification included.
 
 use crate::cli::{InspectArgs, SbomKind};
+use crate::export;
 use crate::inspect::{
     self, diff, render, verify, DiffJson, Image, InspectJson, SbomFormat, VerificationFailed,
 };
@@ -11,12 +12,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-/// Read an image file and its beside copy of image.json (`<stem>.json`), then verify.
+/// Read an image file of any format fuse exports (the raw disk inside it) and its beside
+/// copy of image.json (`<stem>.json`), then verify.
 fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
     let t = Instant::now();
-    let disk =
-        std::fs::read(path).with_context(|| format!("cannot read the image {}", path.display()))?;
-    let beside_path = path.with_extension("json");
+    let file_size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the image {}", path.display()))?
+        .len();
+    let opened = export::detect_and_open(path)?;
+    let disk = opened.raw;
+    let beside_path = export::beside_json(path);
     let beside = if beside_path != path && beside_path.is_file() {
         let b = std::fs::read(&beside_path)
             .with_context(|| format!("cannot read {}", beside_path.display()))?;
@@ -28,10 +33,36 @@ fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
     } else {
         None
     };
-    let img = verify::read(
+    let mut img = verify::read(
         &disk,
         beside.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
     );
+    if opened.format != export::Format::Raw {
+        img.report.check(format!(
+            "{} container read: raw disk of {} bytes",
+            opened.format,
+            disk.len()
+        ));
+        if let Some(recorded) = &opened.recorded_digest {
+            img.report.check(format!(
+                "digest recorded in the {} container",
+                opened.format
+            ));
+            if *recorded != img.digest {
+                img.report.fail(
+                    format!("{} container", opened.format),
+                    format!(
+                        "records {recorded}, the raw disk inside it is {}",
+                        img.digest
+                    ),
+                );
+            }
+        }
+        img.wrapper = Some(verify::Wrapper {
+            format: opened.format.name().into(),
+            file_size,
+        });
+    }
     tracing::debug!(
         "{}: read and verified in {:.3}s",
         path.display(),

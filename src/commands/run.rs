@@ -40,12 +40,12 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     } else {
         crate::images::resolve_image_ref(&args.image.to_string_lossy())?
     };
-    let bytes = std::fs::read(&image_path)
-        .with_context(|| format!("cannot read image {}", image_path.display()))?;
-    let meta = read_meta(&bytes)
+    let opened = crate::export::detect_and_open(&image_path)?;
+    let meta = read_meta(&opened.raw)
         .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&bytes));
-    drop(bytes);
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
+    let format = opened.format;
+    let raw = opened.raw;
     if let Some(cfg) = &args.config {
         std::fs::metadata(cfg)
             .with_context(|| format!("cannot read config file {}", cfg.display()))?;
@@ -65,9 +65,20 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .collect::<Result<_>>()?
     };
     let accel = qemu::choose_accel(&args.accel)?;
-    let image = std::fs::canonicalize(&image_path)?;
+    // QEMU reads raw, qcow2, vmdk and vhd in place; the raw disk of an OVA or a GCE
+    // tar.gz goes to a temp file.
+    let (image, disk_format) = match format.qemu_driver() {
+        Some(driver) => (std::fs::canonicalize(&image_path)?, driver),
+        None => {
+            let p = tmp.path().join("disk.raw");
+            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
+            (p, "raw")
+        }
+    };
+    drop(raw);
     let spec = BootSpec {
         image: &image,
+        disk_format,
         vars: &vars,
         code: &code,
         accel,
@@ -78,7 +89,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     let mut cmd = qemu::command(&qemu_bin, &spec);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     tracing::info!(
-        "booting {} {} ({}) with {accel}; app port {} on http://127.0.0.1:{}/",
+        "booting {} {} ({}, {format}) with {accel}; app port {} on http://127.0.0.1:{}/",
         meta.name,
         meta.version,
         digest,

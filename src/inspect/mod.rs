@@ -29,6 +29,9 @@ pub struct InspectJson<'a> {
     pub size: u64,
     pub verification: Verification<'a>,
     pub partitions: &'a [verify::Partition],
+    /// The export format the raw disk was read from (absent for a raw image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrapper: Option<&'a verify::Wrapper>,
     /// image.json as embedded, with `digest` and `disk_size` from the bytes (null when it
     /// could not be read).
     pub metadata: Option<&'a ImageMeta>,
@@ -54,6 +57,7 @@ impl<'a> InspectJson<'a> {
                 problems: &img.report.problems,
             },
             partitions: &img.partitions,
+            wrapper: img.wrapper.as_ref(),
             metadata: img.meta.as_ref(),
         }
     }

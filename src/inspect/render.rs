@@ -133,6 +133,14 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         img.size,
         size(img.size)
     ));
+    if let Some(w) = &img.wrapper {
+        o.push_str(&format!(
+            "  format    {} ({} bytes, {}); the digest is the raw disk's inside it\n",
+            w.format,
+            w.file_size,
+            size(w.file_size)
+        ));
+    }
     if img.report.ok() {
         o.push_str(&format!(
             "  verified  GPT, ESP and UKI, {} layer digest{}{}\n",

@@ -38,10 +38,10 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
-    fn check(&mut self, what: impl Into<String>) {
+    pub fn check(&mut self, what: impl Into<String>) {
         self.checked.push(what.into());
     }
-    fn fail(&mut self, part: impl Into<String>, problem: impl Into<String>) {
+    pub fn fail(&mut self, part: impl Into<String>, problem: impl Into<String>) {
         self.problems.push(Problem {
             part: part.into(),
             problem: problem.into(),
@@ -97,6 +97,16 @@ pub struct Image {
     pub meta: Option<ImageMeta>,
     pub partitions: Vec<Partition>,
     pub report: Report,
+    /// The file's format and size when the raw disk came out of an export format (qcow2,
+    /// vmdk, ova, vhd, gce); `None` for a raw image. `digest` and `size` are the raw disk's.
+    pub wrapper: Option<Wrapper>,
+}
+
+/// An exported image's container, as `fuse inspect` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Wrapper {
+    pub format: String,
+    pub file_size: u64,
 }
 
 impl Image {
@@ -157,6 +167,7 @@ pub fn read(disk: &[u8], beside: Option<(&str, &[u8])>) -> Image {
             meta,
             partitions,
             report,
+            wrapper: None,
         }
     })
 }

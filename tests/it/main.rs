@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod ci;
 mod config;
+mod export;
 mod fixture;
 mod hostile;
 mod inspect;

@@ -130,6 +130,17 @@ pub struct Vm {
 impl Vm {
     /// Boot `image` read-only with the app's `guest_port` forwarded to a free loopback port.
     pub fn boot(image: &Path, guest_port: u16, extra: &[String]) -> Vm {
+        let disk = [
+            "-drive".to_string(),
+            format!("if=virtio,format=raw,readonly=on,file={}", image.display()),
+        ];
+        Vm::boot_devices(&disk, "virtio-net-pci", guest_port, extra)
+    }
+
+    /// Boot with the boot disk given as QEMU arguments (`disk`: its -drive and -device
+    /// arguments) and a NIC of model `nic` on user networking, the app's `guest_port`
+    /// forwarded to a free loopback port.
+    pub fn boot_devices(disk: &[String], nic: &str, guest_port: u16, extra: &[String]) -> Vm {
         let dir = tempfile::tempdir().unwrap();
         let vars = dir.path().join("vars.fd");
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
@@ -140,7 +151,7 @@ impl Vm {
         } else {
             "tcg"
         };
-        eprintln!("booting {} with -accel {accel}", image.display());
+        eprintln!("booting {disk:?} with -accel {accel}, NIC {nic}");
         let mut child = Command::new("qemu-system-x86_64")
             .args([
                 "-machine",
@@ -161,16 +172,12 @@ impl Vm {
                 "if=pflash,format=raw,unit=1,file={}",
                 vars.display()
             ))
-            .arg("-drive")
-            .arg(format!(
-                "if=virtio,format=raw,readonly=on,file={}",
-                image.display()
-            ))
+            .args(disk)
             .arg("-netdev")
             .arg(format!(
                 "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}"
             ))
-            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .args(["-device", &format!("{nic},netdev=n0")])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,262 @@
+//! OVA: a ustar archive of an OVF 1.0 descriptor, its manifest (`.mf`, SHA256 lines) and
+//! the disk as a stream-optimized VMDK, in that order as the OVF specification requires. The
+//! descriptor asks for UEFI firmware (`vmw:Config firmware=efi`), a SATA (AHCI) controller
+//! and a vmxnet3 NIC, and records the raw image's digest in its annotation.
+
+use super::{tarball, vmdk};
+use crate::store::sha256_hex;
+use anyhow::{bail, ensure, Context, Result};
+
+/// Memory and CPUs the descriptor asks for; the importing user may change both.
+const MEMORY_MIB: u64 = 1024;
+const CPUS: u32 = 1;
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The OVF descriptor for a disk file `disk_file` of `disk_bytes` bytes holding a raw disk of
+/// `capacity` bytes.
+pub fn descriptor(
+    name: &str,
+    disk_file: &str,
+    disk_bytes: u64,
+    capacity: u64,
+    digest_hex: &str,
+) -> String {
+    let name = xml_escape(name);
+    let disk_file = xml_escape(disk_file);
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href="{disk_file}" ovf:id="file1" ovf:size="{disk_bytes}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>The list of logical networks</Info>
+    <Network ovf:name="VM Network">
+      <Description>The VM Network network</Description>
+    </Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A fuse image: one app, booted by UEFI</Info>
+    <Name>{name}</Name>
+    <AnnotationSection>
+      <Info>The fuse image this appliance holds</Info>
+      <Annotation>fuse image sha256:{digest_hex}</Annotation>
+    </AnnotationSection>
+    <OperatingSystemSection ovf:id="101" vmw:osType="otherLinux64Guest">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>Linux (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-14</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of Virtual CPUs</rasd:Description>
+        <rasd:ElementName>{CPUS} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{CPUS}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>{MEMORY_MIB}MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{MEMORY_MIB}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SATA Controller</rasd:Description>
+        <rasd:ElementName>sataController0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>vmware.sata.ahci</rasd:ResourceSubType>
+        <rasd:ResourceType>20</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>disk0</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>VM Network</rasd:Connection>
+        <rasd:Description>VmxNet3 ethernet adapter on "VM Network"</rasd:Description>
+        <rasd:ElementName>ethernet0</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#
+    )
+}
+
+/// The OVA of `raw`: `<base>.ovf`, `<base>.mf`, `<base>-disk1.vmdk`.
+pub fn write(raw: &[u8], base: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    let disk_file = format!("{base}-disk1.vmdk");
+    let disk = vmdk::write_stream(raw, &disk_file, digest)?;
+    let ovf = descriptor(
+        base,
+        &disk_file,
+        disk.len() as u64,
+        raw.len() as u64,
+        &crate::manifest::hex(digest),
+    );
+    let ovf_file = format!("{base}.ovf");
+    let mf = format!(
+        "SHA256({ovf_file})= {}\nSHA256({disk_file})= {}\n",
+        sha256_hex(ovf.as_bytes()),
+        sha256_hex(&disk)
+    );
+    tarball::write(
+        &[
+            (&ovf_file, ovf.as_bytes()),
+            (&format!("{base}.mf"), mf.as_bytes()),
+            (&disk_file, &disk),
+        ],
+        tarball::Flavour::Ustar,
+    )
+}
+
+/// What an OVA holds: the raw disk and the digest its descriptor records, if any.
+pub struct Opened {
+    pub raw: Vec<u8>,
+    pub recorded_digest: Option<String>,
+}
+
+/// The value of attribute `attr` in the first element `<tag ...>` of `xml` (simple scan:
+/// the descriptors fuse reads are its own and ovftool's, attributes in double quotes).
+fn attribute(xml: &str, tag: &str, attr: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag} "))?;
+    let end = start + xml[start..].find('>')?;
+    let el = &xml[start..end];
+    let key = format!("{attr}=\"");
+    let v = el.find(&key)? + key.len();
+    let len = el[v..].find('"')?;
+    Some(
+        el[v..v + len]
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Reads an OVA: checks every file the manifest lists (SHA256 or SHA1), then reads the
+/// disk the descriptor's first file reference names (a VMDK).
+pub fn read(file: &[u8]) -> Result<Opened> {
+    let entries = tarball::read(file, |_| true)?;
+    let (ovf_name, ovf) = entries
+        .iter()
+        .find(|(n, _)| n.ends_with(".ovf"))
+        .context("OVA without an .ovf descriptor")?;
+    let ovf = String::from_utf8_lossy(ovf).into_owned();
+    if let Some((mf_name, mf)) = entries.iter().find(|(n, _)| n.ends_with(".mf")) {
+        for line in String::from_utf8_lossy(mf).lines() {
+            let Some((lhs, want)) = line.split_once("= ") else {
+                continue;
+            };
+            let Some((alg, rest)) = lhs.split_once('(') else {
+                bail!("{mf_name}: bad line {line:?}");
+            };
+            let name = rest.trim_end_matches(')');
+            let data = &entries
+                .iter()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("{mf_name} lists {name}, which the OVA does not hold"))?
+                .1;
+            let got = match alg {
+                "SHA256" => sha256_hex(data),
+                "SHA1" => {
+                    use sha1::Digest;
+                    crate::manifest::hex(&sha1::Sha1::digest(data))
+                }
+                other => bail!("{mf_name}: digest {other} is not supported"),
+            };
+            ensure!(
+                got.eq_ignore_ascii_case(want.trim()),
+                "{name}: {alg} is {got}, {mf_name} says {}",
+                want.trim()
+            );
+        }
+    }
+    let href = attribute(&ovf, "File", "ovf:href")
+        .with_context(|| format!("{ovf_name} references no file"))?;
+    let disk = &entries
+        .iter()
+        .find(|(n, _)| *n == href)
+        .with_context(|| format!("{ovf_name} references {href}, which the OVA does not hold"))?
+        .1;
+    let raw = vmdk::read(disk).with_context(|| format!("cannot read {href}"))?;
+    let recorded_digest = ovf
+        .split("fuse image sha256:")
+        .nth(1)
+        .map(|s| format!("sha256:{}", &s[..s.find('<').unwrap_or(s.len())]));
+    Ok(Opened {
+        raw,
+        recorded_digest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::tests::sample;
+
+    #[test]
+    fn round_trip_with_manifest_check() {
+        let raw = sample(2 * 1024 * 1024);
+        let d = [9u8; 32];
+        let ova = write(&raw, "hello-1.0.0", &d).unwrap();
+        assert_eq!(write(&raw, "hello-1.0.0", &d).unwrap(), ova);
+        let names: Vec<String> = tarball::read(&ova[..], |_| true)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "hello-1.0.0.ovf",
+                "hello-1.0.0.mf",
+                "hello-1.0.0-disk1.vmdk"
+            ]
+        );
+        let o = read(&ova).unwrap();
+        assert_eq!(o.raw, raw);
+        assert_eq!(
+            o.recorded_digest.unwrap(),
+            format!("sha256:{}", crate::manifest::hex(&d))
+        );
+        // A changed byte in the disk is caught by the manifest.
+        let mut bad = ova.clone();
+        let n = bad.len();
+        bad[n - 2048] ^= 0xff;
+        assert!(read(&bad).is_err());
+        let ovf = descriptor("a<b", "d.vmdk", 1, 2, "00");
+        assert!(ovf.contains("vmw:value=\"efi\"") && ovf.contains("a&lt;b"));
+    }
+}
