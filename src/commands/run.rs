@@ -34,6 +34,28 @@ pub fn exit_code_of(line: &str) -> Option<u8> {
         .map(|c| c.clamp(0, 255) as u8)
 }
 
+/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
+/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
+pub fn bootable_disk(
+    image_path: &std::path::Path,
+    format: crate::export::Format,
+    raw: Vec<u8>,
+    tmp: &std::path::Path,
+) -> Result<(std::path::PathBuf, &'static str)> {
+    match format.qemu_driver() {
+        Some(driver) => Ok((
+            std::fs::canonicalize(image_path)
+                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
+            driver,
+        )),
+        None => {
+            let p = tmp.join("disk.raw");
+            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
+            Ok((p, "raw"))
+        }
+    }
+}
+
 pub fn run(args: &RunArgs) -> Result<u8> {
     let image_path = if args.image.is_file() {
         args.image.clone()
@@ -65,17 +87,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .collect::<Result<_>>()?
     };
     let accel = qemu::choose_accel(&args.accel)?;
-    // QEMU reads raw, qcow2, vmdk and vhd in place; the raw disk of an OVA or a GCE
-    // tar.gz goes to a temp file.
-    let (image, disk_format) = match format.qemu_driver() {
-        Some(driver) => (std::fs::canonicalize(&image_path)?, driver),
-        None => {
-            let p = tmp.path().join("disk.raw");
-            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
-            (p, "raw")
-        }
-    };
-    drop(raw);
+    let (image, disk_format) = bootable_disk(&image_path, format, raw, tmp.path())?;
     let spec = BootSpec {
         image: &image,
         disk_format,

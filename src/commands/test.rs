@@ -216,12 +216,10 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     } else {
         crate::images::resolve_image_ref(&args.image.to_string_lossy())?
     };
-    let bytes = std::fs::read(&image_path)
-        .with_context(|| format!("cannot read image {}", image_path.display()))?;
-    let meta = read_meta(&bytes)
+    let opened = crate::export::detect_and_open(&image_path)?;
+    let meta = read_meta(&opened.raw)
         .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&bytes));
-    drop(bytes);
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",
@@ -247,10 +245,11 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let port = qemu::free_port()?;
     let forwards = [(port, meta.app.port)];
     let accel = qemu::choose_accel(&args.accel)?;
-    let image = std::fs::canonicalize(&image_path)
-        .with_context(|| format!("cannot resolve {}", image_path.display()))?;
+    let (image, disk_format) =
+        super::run::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
     let spec = BootSpec {
         image: &image,
+        disk_format,
         vars: &vars,
         code: &code,
         accel,
