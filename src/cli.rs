@@ -72,6 +72,14 @@ pub struct BuildArgs {
     /// Print the build plan (every unit, its inputs and key) as JSON and build nothing.
     #[arg(long)]
     pub plan: bool,
+    /// One JSON object on stdout (digest, paths, size, layers and their cache source, lock,
+    /// duration, budgets; docs/ci.md) instead of the path and digest lines.
+    #[arg(long, conflicts_with = "plan")]
+    pub json: bool,
+    /// Build a second time from the same lock and app without any unit cache, in a temp
+    /// dir, and compare the bytes: exit 4 when they differ.
+    #[arg(long, conflicts_with = "plan")]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]

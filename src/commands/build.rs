@@ -66,7 +66,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         return Ok(0);
     }
     // The manifest is validated (budget included) before anything is fetched.
-    let budget = manifest::load(&args.path)?.budget;
+    let m = manifest::load(&args.path)?;
     let built = build(&args.path, args.out.as_deref(), opts)?;
     for (part, size) in &built.parts {
         tracing::info!(
@@ -83,17 +83,147 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         Ok(_) => tracing::info!("added to the local image store"),
         Err(e) => tracing::warn!("not added to the local image store: {e:#}"),
     }
-    let over = check_budget(&budget, &built)?;
-    println!("{}", built.image.display());
-    println!("{}", built.digest);
-    Ok(if over { 3 } else { 0 })
+    let budget = check_budget(&m.budget, &built)?;
+    let verify = if args.verify {
+        Some(super::verify::verify(&m, &built, opts)?)
+    } else {
+        None
+    };
+    let code = match (&verify, budget.exceeded) {
+        (Some(v), _) if !v.reproducible => 4,
+        (_, true) => 3,
+        _ => 0,
+    };
+    if args.json {
+        let j = BuildJson::new(&m, &built, budget, verify, code)?;
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        if verify.as_ref().is_some_and(|v| v.reproducible) {
+            println!("verified: reproducible");
+        }
+        println!("{}", built.image.display());
+        println!("{}", built.digest);
+    }
+    Ok(code)
+}
+
+/// Version of the `fuse build --json` object (docs/ci.md).
+pub const BUILD_JSON_SCHEMA: u32 = 1;
+
+/// `fuse build --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildJson {
+    pub schema: u32,
+    pub name: String,
+    pub version: String,
+    /// `sha256:` of the raw disk.
+    pub digest: String,
+    pub image: PathBuf,
+    pub image_json: PathBuf,
+    /// Bytes of the raw disk.
+    pub size: u64,
+    /// In disk order.
+    pub layers: Vec<LayerJson>,
+    /// Kernel, initramfs, UKI.
+    pub boot: Vec<UnitReport>,
+    pub lock: LockJson,
+    /// .deb files read (decompressed): 0 when every unit came from a cache.
+    pub debs_read: usize,
+    pub duration_ms: u64,
+    pub budget: BudgetReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<super::verify::VerifyReport>,
+    pub exit_code: u8,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerJson {
+    pub name: String,
+    pub partition: String,
+    pub size: u64,
+    pub digest: String,
+    /// built | local-cache | registry-cache
+    pub source: Source,
+    /// The unit's key (sha256 of its inputs, `fuse build --plan`).
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LockJson {
+    pub path: PathBuf,
+    /// `sha256:` of the fuse.lock text (image.json's inputs.lock_sha256).
+    pub digest: String,
+    /// Whether this build wrote fuse.lock.
+    pub changed: bool,
+}
+
+/// The size budgets' results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BudgetReport {
+    pub exceeded: bool,
+    pub checks: Vec<crate::budget::Check>,
+    /// Layer budgets naming a layer the image does not have.
+    pub unknown_layers: Vec<String>,
+}
+
+impl BuildJson {
+    pub fn new(
+        m: &Manifest,
+        b: &Built,
+        budget: BudgetReport,
+        verify: Option<super::verify::VerifyReport>,
+        exit_code: u8,
+    ) -> Result<BuildJson> {
+        let size = std::fs::metadata(&b.image)
+            .with_context(|| format!("cannot read {}", b.image.display()))?
+            .len();
+        let sha = |s: &str| {
+            if s.starts_with("sha256:") {
+                s.to_string()
+            } else {
+                format!("sha256:{s}")
+            }
+        };
+        Ok(BuildJson {
+            schema: BUILD_JSON_SCHEMA,
+            name: m.name.clone(),
+            version: m.version.clone(),
+            digest: b.digest.clone(),
+            image: b.image.clone(),
+            image_json: b.json.clone(),
+            size,
+            layers: b
+                .layers
+                .iter()
+                .map(|l| LayerJson {
+                    name: l.name.clone(),
+                    partition: format!("fuse-{}", l.name),
+                    size: l.size,
+                    digest: sha(&l.digest),
+                    source: l.source,
+                    key: l.key.clone(),
+                })
+                .collect(),
+            boot: b.boot.clone(),
+            lock: LockJson {
+                path: lock_path(m),
+                digest: sha(&b.lock_sha256),
+                changed: b.lock_changed,
+            },
+            debs_read: b.debs_read,
+            duration_ms: (b.duration * 1000.0).round() as u64,
+            budget,
+            verify,
+            exit_code,
+        })
+    }
 }
 
 /// The manifest's size budgets against the built image: each result logged, each exceeded
-/// budget on stderr (naming the budget, the figure and the limit). True when any is over.
-fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<bool> {
+/// budget on stderr (naming the budget, the figure and the limit).
+fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<BudgetReport> {
     if budget.is_empty() {
-        return Ok(false);
+        return Ok(BudgetReport::default());
     }
     let image_size = std::fs::metadata(&built.image)
         .with_context(|| format!("cannot read {}", built.image.display()))?
@@ -104,7 +234,7 @@ fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<bool> {
         .map(|l| (l.name.clone(), l.size))
         .collect();
     let (checks, missing) = crate::budget::check_sizes(budget, image_size, &layers);
-    for name in missing {
+    for name in &missing {
         tracing::warn!("budget layers.{name}: the image has no layer {name:?}");
     }
     let mut over = false;
@@ -122,7 +252,11 @@ fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<bool> {
             built.image.display()
         );
     }
-    Ok(over)
+    Ok(BudgetReport {
+        exceeded: over,
+        checks,
+        unknown_layers: missing,
+    })
 }
 
 /// The reproducibility clock: SOURCE_DATE_EPOCH when set (malformed is an error), else the
@@ -159,6 +293,18 @@ fn unit(name: &str, key: &str, size: u64, sha256: &str, source: Source) -> UnitR
 
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
 pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
+    build_with(path, out, opts, None)
+}
+
+/// [`build`], with the units (layers, kernel, initramfs, UKI) cached in `units` instead of
+/// the download cache's store: `fuse build --verify` passes an empty temporary store, so
+/// every unit is built again while the packages still come from the verified download cache.
+pub fn build_with(
+    path: &Path,
+    out: Option<&Path>,
+    opts: Options,
+    units: Option<&store::Store>,
+) -> Result<Built> {
     let started = Instant::now();
     // 1. What the user asked for, and the one reading of the app.
     let m: Manifest = manifest::load(path)?;
@@ -178,7 +324,7 @@ pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
     let plan = plan::plan(&m, &lock, &app, epoch)?;
     tracing::debug!("plan: {}", serde_json::to_string(&plan)?);
     // 4. Every unit from the cache, or built (packages fetched and read only then).
-    let cache = Cache::new(&s.store);
+    let cache = Cache::new(units.unwrap_or(&s.store));
     let mirror_url = || -> Result<String> {
         Ok(mirror::find_source(
             m.mirror.as_deref(),

@@ -10,3 +10,4 @@ pub mod promote;
 pub mod registry;
 pub mod run;
 pub mod test;
+pub mod verify;

@@ -128,22 +128,56 @@ fn a_bad_budget_unit_is_an_error_naming_key_and_line() {
     assert!(!app.join("fuse-out").exists(), "nothing is built");
 }
 
+/// The pipeline of docs/ci.md against Debian's docker-registry on loopback: lock, build
+/// `--locked --json`, `fuse test --json` (exit 0), push, pull by manifest digest, promote to
+/// the first environment with a registry tag.
 #[test]
-fn fuse_test_passes_on_the_example_and_reports_json() {
-    let b = shared_image();
+fn the_documented_pipeline_builds_tests_pushes_by_digest_and_promotes() {
+    use crate::registry::{fuse_with, ok, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let app = example_app(dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("fuse-envs.toml"),
+        "order = [\"test\", \"prod\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
+        c.args(args)
+            .current_dir(&project)
+            .env("FUSE_CACHE_DIR", cache_dir())
+            .env("FUSE_DATA_DIR", &data)
+            .env("DOCKER_CONFIG", &data)
+            .env_remove("FUSE_REGISTRY_USERNAME")
+            .env_remove("FUSE_REGISTRY_PASSWORD")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c.output().unwrap()
+    };
+    // The lock is committed with the app: --locked without it is an error (2).
+    let out = run(&["build", app.to_str().unwrap(), "--locked", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    ok(&run(&["lock", app.to_str().unwrap()]), "fuse lock");
+    // build --locked --json
+    let out = run(&["build", app.to_str().unwrap(), "--locked", "--json"]);
+    let b: serde_json::Value = serde_json::from_str(&ok(&out, "build --locked --json")).unwrap();
+    let image = b["image"].as_str().unwrap().to_string();
+    let digest = b["digest"].as_str().unwrap().to_string();
+    assert_eq!(sha256_file(Path::new(&image)), digest);
+    assert_eq!(b["lock"]["changed"], false);
+    // fuse test --json
     let t = Instant::now();
-    let out = fuse(
-        &[
-            "test",
-            b.image.to_str().unwrap(),
-            "--json",
-            "--timeout",
-            "300",
-            "--boot-budget",
-            "600s",
-        ],
-        &[],
-    );
+    let out = run(&[
+        "test",
+        &image,
+        "--json",
+        "--timeout",
+        "300",
+        "--boot-budget",
+        "600s",
+    ]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -156,7 +190,7 @@ fn fuse_test_passes_on_the_example_and_reports_json() {
     assert_eq!(v["result"], "pass");
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["healthy"], true);
-    assert_eq!(v["digest"], b.digest.as_str());
+    assert_eq!(v["digest"], digest.as_str());
     assert_eq!(v["name"], "hello");
     let ms = v["time_to_healthy_ms"].as_u64().unwrap();
     assert!(
@@ -175,6 +209,72 @@ fn fuse_test_passes_on_the_example_and_reports_json() {
     eprintln!(
         "fuse test: healthy after {ms} ms with {}, stopped by {}",
         v["accel"], v["stop"]
+    );
+    // push by digest, pull by digest, promote to the first environment.
+    let reg = Registry::start();
+    let repo = format!("127.0.0.1:{}/team/hello", reg.port);
+    let pushed = ok(
+        &run(&["push", &image, &format!("{repo}:commit-1"), "--insecure"]),
+        "push",
+    );
+    let mut lines = pushed.lines();
+    let by_digest = lines.next().unwrap().to_string();
+    assert_eq!(lines.next(), Some(digest.as_str()));
+    let manifest_digest = by_digest.rsplit_once('@').unwrap().1.to_string();
+    assert!(manifest_digest.starts_with("sha256:"), "{by_digest}");
+    let pulled = dir.path().join("pulled");
+    let out = fuse_with(
+        &data,
+        &[
+            "pull",
+            &format!("{repo}@{manifest_digest}"),
+            "--insecure",
+            "--out",
+            pulled.to_str().unwrap(),
+        ],
+        &[],
+    );
+    ok(&out, "pull by digest");
+    assert_eq!(
+        std::fs::read(pulled.join("hello-1.0.0.img")).unwrap(),
+        std::fs::read(&image).unwrap(),
+        "the pulled image is the tested one"
+    );
+    ok(
+        &run(&[
+            "promote",
+            &image,
+            "test",
+            "--registry",
+            &repo,
+            "--insecure",
+            "--who",
+            "ci",
+        ]),
+        "promote to test",
+    );
+    let envs: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["envs", "--json"]), "envs")).unwrap();
+    assert!(envs.to_string().contains(&digest), "{envs}");
+    let tagged = dir.path().join("tagged");
+    ok(
+        &fuse_with(
+            &data,
+            &[
+                "pull",
+                &format!("{repo}:test"),
+                "--insecure",
+                "--out",
+                tagged.to_str().unwrap(),
+            ],
+            &[],
+        ),
+        "pull the test tag",
+    );
+    assert_eq!(
+        sha256_file(&tagged.join("hello-1.0.0.img")),
+        digest,
+        "the registry's test tag points at the tested digest"
     );
 }
 
@@ -283,4 +383,146 @@ fn fuse_test_errors_exit_2() {
         err.contains("--boot-budget") && err.contains("sec"),
         "{err}"
     );
+}
+
+/// `fuse build --json` (and `--verify`) of a fresh copy of the example: (exit code, stdout
+/// JSON, stderr, app dir).
+fn build_json(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, serde_json::Value, String, PathBuf) {
+    let app = example_app(dir);
+    let mut args = vec!["build", app.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = fuse(&args, env);
+    let stderr = text(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}):\n{}\nstderr:\n{stderr}",
+            text(&out.stdout)
+        )
+    });
+    (out.status.code(), v, stderr, app)
+}
+
+#[test]
+fn build_json_describes_the_image_and_verify_proves_it_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let (code, v, stderr, app) = build_json(dir.path(), &["--verify"], &[]);
+    let took = t.elapsed();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["name"], "hello");
+    // Checked against the image's bytes and its image.json.
+    let img = PathBuf::from(v["image"].as_str().unwrap());
+    assert_eq!(img, app.join("fuse-out/hello-1.0.0.img"));
+    assert_eq!(v["digest"], sha256_file(&img).as_str());
+    assert_eq!(v["size"], std::fs::metadata(&img).unwrap().len());
+    let meta: fuse::image::ImageMeta =
+        serde_json::from_slice(&std::fs::read(v["image_json"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(meta.digest.as_deref(), v["digest"].as_str());
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), meta.layers.len());
+    for (j, l) in layers.iter().zip(&meta.layers) {
+        assert_eq!(j["name"], l.name.as_str());
+        assert_eq!(j["partition"], l.partition.as_str());
+        assert_eq!(j["size"], l.size);
+        assert_eq!(j["digest"], l.digest.as_str());
+        assert!(
+            ["built", "local-cache", "registry-cache"].contains(&j["source"].as_str().unwrap()),
+            "{j}"
+        );
+    }
+    // The partitions really hold those bytes.
+    let disk = std::fs::read(&img).unwrap();
+    let gpt = fuse::format::gpt::read_disk(&disk).unwrap();
+    for l in &meta.layers {
+        let p = gpt
+            .partitions
+            .iter()
+            .find(|p| p.name == l.partition)
+            .unwrap();
+        let bytes = &disk[p.byte_range()][..l.size as usize];
+        assert_eq!(
+            fuse::store::sha256_hex(bytes),
+            l.digest.trim_start_matches("sha256:")
+        );
+    }
+    let lock = std::fs::read(app.join("fuse.lock")).unwrap();
+    assert_eq!(
+        v["lock"]["digest"],
+        format!("sha256:{}", fuse::store::sha256_hex(&lock)).as_str()
+    );
+    assert_eq!(
+        meta.inputs
+            .lock_sha256
+            .as_deref()
+            .map(|s| s.trim_start_matches("sha256:")),
+        Some(fuse::store::sha256_hex(&lock).as_str())
+    );
+    assert!(v["lock"]["changed"].is_boolean());
+    let ms = v["duration_ms"].as_u64().unwrap();
+    assert!(ms > 0 && ms < took.as_millis() as u64, "{ms}");
+    assert_eq!(v["budget"]["exceeded"], false);
+    // --verify: a second build without unit caches, byte-identical.
+    assert_eq!(v["verify"]["reproducible"], true, "{}", v["verify"]);
+    assert_eq!(v["verify"]["second_digest"], v["digest"]);
+    assert_eq!(v["verify"]["copied_sources"], true);
+    eprintln!(
+        "build --verify: build {} ms, second build + compare {} ms",
+        ms, v["verify"]["duration_ms"]
+    );
+    // A second run of the same build: every layer from the local cache, the lock unchanged.
+    let out = fuse(&["build", app.to_str().unwrap(), "--json", "--locked"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["digest"], v["digest"]);
+    assert_eq!(again["lock"]["changed"], false);
+    for l in again["layers"].as_array().unwrap() {
+        assert_eq!(l["source"], "local-cache", "{l}");
+    }
+}
+
+#[test]
+fn verify_names_the_layer_and_file_that_differ_and_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, v, stderr, _) = build_json(
+        dir.path(),
+        &["--verify"],
+        &[("FUSE_TEST_VERIFY_PERTURB", "hello")],
+    );
+    assert_eq!(code, Some(4), "{stderr}");
+    assert_eq!(v["exit_code"], 4);
+    assert_eq!(v["verify"]["reproducible"], false);
+    let d = &v["verify"]["difference"];
+    assert_eq!(d["partition"], "fuse-app", "{d}");
+    assert_eq!(d["layer"], "app", "{d}");
+    assert_eq!(d["files"][0]["path"], "/app/hello", "{d}");
+    assert!(
+        d["files"][0]["what"].as_str().unwrap().contains("sha256"),
+        "{d}"
+    );
+    assert!(
+        stderr.contains("NOT reproducible")
+            && stderr.contains("layer app")
+            && stderr.contains("/app/hello"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn compare_names_the_first_differing_layer_and_files_of_two_images() {
+    let a = std::fs::read(&shared_image().image).unwrap();
+    let b = std::fs::read(&crate::registry::changed_image().image).unwrap();
+    let d = fuse::repro::compare(&a, &b)
+        .unwrap()
+        .expect("the images differ");
+    assert_eq!(d.layer.as_deref(), Some("app"), "{d:?}");
+    assert_eq!(d.files.len(), 1, "{d:?}");
+    assert_eq!(d.files[0].path, "/app/hello");
+    assert!(d.partitions.contains(&"fuse-esp".to_string()), "{d:?}");
+    assert_eq!(fuse::repro::compare(&a, &a).unwrap(), None);
 }
