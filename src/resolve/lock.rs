@@ -99,7 +99,12 @@ impl Lock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let v: toml::Value = toml::from_str(&text)
+        Lock::parse(&text, path).map(Some)
+    }
+
+    /// A lock from its text (`path` names it in errors). Pure.
+    pub fn parse(text: &str, path: &Path) -> Result<Lock> {
+        let v: toml::Value = toml::from_str(text)
             .with_context(|| format!("{} is not valid TOML", path.display()))?;
         match v.get("version").and_then(|v| v.as_integer()) {
             Some(n) if n == LOCK_VERSION as i64 => {}
@@ -110,7 +115,7 @@ impl Lock {
             ),
             None => bail!("{} has no `version`", path.display()),
         }
-        let lock: Lock = toml::from_str(&text)
+        let lock: Lock = toml::from_str(text)
             .with_context(|| format!("{} is not a valid fuse.lock", path.display()))?;
         for p in lock.packages.iter().chain([&lock.kernel, &lock.stub]) {
             if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -138,7 +143,7 @@ impl Lock {
                 );
             }
         }
-        Ok(Some(lock))
+        Ok(lock)
     }
 
     /// The lock as text: fixed key order, packages sorted by name.
