@@ -82,6 +82,12 @@ pub struct AppMeta {
     pub port: u16,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub health_http: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL on the power button (absent in older images).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stop_timeout: Option<u32>,
+    /// Directories mounted as tmpfs owned by the app user.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub writable: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -281,6 +287,8 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             uid: i.app.uid,
             gid: i.app.gid,
             env_args: i.app.env_args,
+            stop_timeout: Some(i.app.stop_timeout),
+            writable: i.app.writable,
             port: i.port,
             health_http: i.health_http,
         },

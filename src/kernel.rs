@@ -45,6 +45,10 @@ pub const BOOT_MODULES: &[&str] = &[
     "ahci",
     "e1000",
     "e1000e",
+    // the ACPI power button (a hypervisor's or cloud's "stop") as an input device, and
+    // evdev for its /dev/input/event* node: the init stops the app gracefully on it
+    "button",
+    "evdev",
 ];
 
 /// Modules loaded at every boot whatever the devices: file systems, device-mapper targets,

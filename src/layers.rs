@@ -74,6 +74,17 @@ pub struct AppPlan {
     /// the init splits the variable's value on whitespace, so no shell is needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_args: Option<EnvArgs>,
+    /// Seconds between SIGTERM and SIGKILL when the machine is asked to stop (ACPI power
+    /// button); `[app] stop_timeout`.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u32,
+    /// Directories the init mounts as tmpfs owned by the app user; `[app] writable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<String>,
+}
+
+fn default_stop_timeout() -> u32 {
+    crate::manifest::DEFAULT_STOP_TIMEOUT
 }
 
 /// `env_args` of the boot plan.
@@ -341,6 +352,8 @@ pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
             var: "JAVA_OPTS".into(),
             at,
         }),
+        stop_timeout: m.stop_timeout,
+        writable: m.writable.clone(),
     })
 }
 

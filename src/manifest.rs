@@ -55,6 +55,9 @@ struct RawApp {
     port: Option<Spanned<i64>>,
     #[serde(default)]
     env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    stop_timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    writable: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -147,6 +150,56 @@ pub struct Manifest {
     pub node_main: Option<String>,
     /// `[budget]`: size limits checked by `fuse build`, the boot time by `fuse test`.
     pub budget: crate::budget::Budget,
+    /// Seconds between SIGTERM and SIGKILL when the machine is asked to stop.
+    pub stop_timeout: u32,
+    /// Directories mounted as tmpfs owned by the app user, sorted.
+    pub writable: Vec<String>,
+}
+
+/// `[app] stop_timeout` when the manifest has none (seconds).
+pub const DEFAULT_STOP_TIMEOUT: u32 = 30;
+/// The longest `[app] stop_timeout` (seconds); the init refuses more.
+pub const MAX_STOP_TIMEOUT: u32 = 3600;
+
+/// Top-level directories an `[app] writable` path must not be in: what the init mounts
+/// itself (/proc, /sys, /dev, /run, /tmp) and the system's own files. The init checks the
+/// same rule (init/src/config.rs).
+pub const NOT_WRITABLE: &[&str] = &[
+    "proc", "sys", "dev", "run", "tmp", "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64",
+    "libx32", "boot", "fuse",
+];
+
+/// Checks one `[app] writable` path; the error says why it is refused.
+pub fn check_writable(path: &str) -> std::result::Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{path:?} is not an absolute path"));
+    };
+    if rest.is_empty() {
+        return Err("\"/\": the root directory cannot be a tmpfs".into());
+    }
+    if path.len() > 256 {
+        return Err(format!("{path:?} is longer than 256 bytes"));
+    }
+    for c in rest.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(format!("{path:?} has an empty, `.` or `..` component"));
+        }
+        if !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+        {
+            return Err(format!(
+                "{path:?}: component {c:?} has characters other than [A-Za-z0-9._@+-]"
+            ));
+        }
+    }
+    let top = rest.split('/').next().unwrap_or(rest);
+    if NOT_WRITABLE.contains(&top) {
+        return Err(format!(
+            "{path:?} is inside /{top}, which the init manages or the system owns (/tmp, /var/tmp and /dev/shm are writable already)"
+        ));
+    }
+    Ok(())
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -341,6 +394,38 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 "an argument contains a NUL byte"
             ));
         }
+    }
+
+    let stop_timeout = match &app.stop_timeout {
+        None => DEFAULT_STOP_TIMEOUT,
+        Some(t) => {
+            let v = *t.get_ref();
+            if !(1..=i64::from(MAX_STOP_TIMEOUT)).contains(&v) {
+                bail!(cx.err(
+                    "app.stop_timeout",
+                    t.span(),
+                    format!("{v} is not a number of seconds from 1 to {MAX_STOP_TIMEOUT}")
+                ));
+            }
+            v as u32
+        }
+    };
+    let mut writable = Vec::new();
+    if let Some(w) = &app.writable {
+        for path in w.get_ref() {
+            if let Err(why) = check_writable(path) {
+                bail!(cx.err("app.writable", w.span(), why));
+            }
+            if writable.contains(path) {
+                bail!(cx.err(
+                    "app.writable",
+                    w.span(),
+                    format!("{path:?} is listed twice")
+                ));
+            }
+            writable.push(path.clone());
+        }
+        writable.sort();
     }
 
     let health_http = match raw.health {
@@ -625,6 +710,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         main_class,
         node_main,
         budget,
+        stop_timeout,
+        writable,
     })
 }
 

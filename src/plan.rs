@@ -46,6 +46,9 @@ pub struct AppScan {
     pub files: Tree,
     /// What a binary app needs from the dynamic linker (empty for static and runtime apps).
     pub dynamic: Dynamic,
+    /// What the native code anywhere in the app (ELF objects in its files, jars, nested
+    /// jars, wars) needs from the distribution.
+    pub native: crate::resolve::native::AppNeeds,
     /// JDK packages the app's classes refer to (Java kinds; filled by the Java scan).
     pub java_packages: BTreeSet<String>,
 }
@@ -73,13 +76,42 @@ pub fn scan_app(m: &Manifest) -> Result<AppScan> {
     } else {
         Dynamic::default()
     };
+    let native = scan_native(m, &files)?;
     Ok(AppScan {
         sha256,
         listing_sha256,
         files,
         dynamic,
+        native,
         java_packages: BTreeSet::new(),
     })
+}
+
+/// What the native code in the app (every ELF object in its files and archives) needs
+/// from the distribution; logged when the app has any.
+fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::AppNeeds> {
+    let java = matches!(m.kind, AppKind::Jar | AppKind::War);
+    let needs = crate::resolve::native::scan(files, java)?;
+    if needs.objects > 0 {
+        tracing::info!(
+            "native code in the app: {} ELF objects; from the distribution: {}{}",
+            needs.objects,
+            if needs.needed.is_empty() {
+                "nothing".to_string()
+            } else {
+                needs.needed.iter().cloned().collect::<Vec<_>>().join(" ")
+            },
+            if needs.bundled.is_empty() {
+                String::new()
+            } else {
+                format!("; bundled by the app: {}", needs.bundled.len())
+            }
+        );
+    }
+    for s in &needs.skipped {
+        tracing::info!("skipped {s}: another platform's build, the app has one for this one");
+    }
+    Ok(needs)
 }
 
 /// The artifact of a file kind (binary, jar, war): the one file under `app/`.

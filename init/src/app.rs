@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -313,9 +314,20 @@ fn reap(app: libc::pid_t) -> Option<Exit> {
     }
 }
 
-/// Runs as PID 1 until the app exits: forwards [`FORWARDED`] signals to it and reaps every
-/// zombie. `mask` is the set blocked by [`block_signals`].
-pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t) -> Result<Exit> {
+/// How long init keeps looking for a power button that has not appeared yet.
+const BUTTON_SEARCH: Duration = Duration::from_secs(10);
+
+/// The graceful stop in progress: when SIGTERM went out, and whether SIGKILL followed.
+struct Stopping {
+    since: Instant,
+    killed: bool,
+}
+
+/// Runs as PID 1 until the app exits: forwards [`FORWARDED`] signals to it, reaps every
+/// zombie, and on the ACPI power button stops it: SIGTERM, then SIGKILL (to its whole
+/// process group) when it is still running `stop_timeout` later. `mask` is the set blocked
+/// by [`block_signals`].
+pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t, stop_timeout: Duration) -> Result<Exit> {
     // SAFETY: mask is a valid sigset; -1 asks for a new signalfd.
     let fd = unsafe { libc::signalfd(-1, mask, libc::SFD_CLOEXEC) };
     if fd < 0 {
@@ -324,7 +336,102 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t) -> Result<Exit> {
     if let Some(exit) = reap(app) {
         return Ok(exit);
     }
+    let started = Instant::now();
+    let mut buttons = watch_buttons(Vec::new());
+    let mut stopping: Option<Stopping> = None;
     loop {
+        let searching = buttons.is_empty() && started.elapsed() < BUTTON_SEARCH;
+        let timeout = match &stopping {
+            Some(s) if !s.killed => Some(stop_timeout.saturating_sub(s.since.elapsed())),
+            _ if searching => Some(Duration::from_millis(500)),
+            _ => None,
+        };
+        let mut fds = vec![libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(buttons.iter().map(|b| libc::pollfd {
+            fd: b.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+        // SAFETY: fds is a valid array of fds.len() pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("poll");
+        }
+        if let Some(s) = &mut stopping {
+            if !s.killed && s.since.elapsed() >= stop_timeout {
+                crate::log!(
+                    "app still running {} s after SIGTERM (stop_timeout): sending SIGKILL",
+                    stop_timeout.as_secs()
+                );
+                // SAFETY: plain kill(2); the app leads its own process group (setsid).
+                unsafe {
+                    libc::kill(-app, libc::SIGKILL);
+                    libc::kill(app, libc::SIGKILL);
+                }
+                s.killed = true;
+            }
+        }
+        if n == 0 {
+            if searching {
+                buttons = watch_buttons(buttons);
+                if buttons.is_empty() && started.elapsed() >= BUTTON_SEARCH {
+                    crate::log!(
+                        "no power button in {}: the machine stops when the app exits",
+                        crate::button::INPUT_DIR
+                    );
+                }
+            }
+            continue;
+        }
+        let mut gone = Vec::new();
+        for (i, pfd) in fds.iter().enumerate().skip(1) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let Some(b) = buttons.get(i - 1) else {
+                continue;
+            };
+            match b.read_pressed() {
+                Ok(false) => {}
+                Ok(true) => match &stopping {
+                    None => {
+                        crate::log!(
+                            "power button: stopping the app: SIGTERM, SIGKILL if still running after {} s",
+                            stop_timeout.as_secs()
+                        );
+                        // SAFETY: plain kill(2).
+                        unsafe { libc::kill(app, libc::SIGTERM) };
+                        stopping = Some(Stopping {
+                            since: Instant::now(),
+                            killed: false,
+                        });
+                    }
+                    Some(s) => crate::log!(
+                        "power button again: already stopping ({:.1} s since SIGTERM)",
+                        s.since.elapsed().as_secs_f64()
+                    ),
+                },
+                Err(e) => {
+                    crate::log!("{} ({}): {e}; no longer watched", b.path, b.name);
+                    gone.push(i - 1);
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            buttons.remove(i);
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
         // SAFETY: zeroed signalfd_siginfo is valid; read fills at most its size.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -343,6 +450,12 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t) -> Result<Exit> {
         let sig = info.ssi_signo as libc::c_int;
         if sig == libc::SIGCHLD {
             if let Some(exit) = reap(app) {
+                if let Some(s) = &stopping {
+                    crate::log!(
+                        "app stopped {:.1} s after SIGTERM",
+                        s.since.elapsed().as_secs_f64()
+                    );
+                }
                 return Ok(exit);
             }
         } else if FORWARDED.contains(&sig) {
@@ -351,6 +464,18 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t) -> Result<Exit> {
             unsafe { libc::kill(app, sig) };
         }
     }
+}
+
+/// The power buttons to watch: `have`, or when it is empty a new search (logged).
+fn watch_buttons(have: Vec<crate::button::Button>) -> Vec<crate::button::Button> {
+    if !have.is_empty() {
+        return have;
+    }
+    let found = crate::button::find();
+    for b in &found {
+        crate::log!("watching {} ({}) for the power button", b.path, b.name);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -374,6 +499,8 @@ mod tests {
                 var: "JAVA_OPTS".into(),
                 at: 2,
             }),
+            stop_timeout: 30,
+            writable: Vec::new(),
         };
         let mut env = BTreeMap::new();
         assert_eq!(with_env_args(&app, &env), app.argv);

@@ -71,6 +71,65 @@ pub struct AppConfig {
     /// index `at` (e.g. JAVA_OPTS after the JVM's default flags), so no shell is needed.
     #[serde(default)]
     pub env_args: Option<EnvArgs>,
+    /// Seconds between SIGTERM and SIGKILL when the machine is asked to stop (ACPI power
+    /// button).
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u32,
+    /// Absolute directories mounted as tmpfs owned by the app user (their content in the
+    /// image copied in), so an app can write next to itself.
+    #[serde(default)]
+    pub writable: Vec<String>,
+}
+
+/// The stop timeout when boot.json names none.
+pub const DEFAULT_STOP_TIMEOUT: u32 = 30;
+/// The longest stop timeout init accepts (one hour).
+pub const MAX_STOP_TIMEOUT: u32 = 3600;
+
+fn default_stop_timeout() -> u32 {
+    DEFAULT_STOP_TIMEOUT
+}
+
+/// Top-level directories a `writable` path must not be in (or be): the API file systems
+/// init mounts itself, and the system's own files.
+pub const NOT_WRITABLE: &[&str] = &[
+    "proc", "sys", "dev", "run", "tmp", "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64",
+    "libx32", "boot", "fuse",
+];
+
+/// Checks a `writable` path: absolute, plain components of `[A-Za-z0-9._@+-]` (no `.`,
+/// `..` or empty ones), not `/` and not inside [`NOT_WRITABLE`]. The builder applies the
+/// same rule (src/manifest.rs); this is the init's own check.
+pub fn check_writable(path: &str) -> std::result::Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("is not an absolute path".into());
+    };
+    if rest.is_empty() {
+        return Err("is the root directory".into());
+    }
+    if path.len() > 256 {
+        return Err("is longer than 256 bytes".into());
+    }
+    for c in rest.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err("has an empty, `.` or `..` component".into());
+        }
+        if !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+        {
+            return Err(format!(
+                "component {c:?} has characters other than [A-Za-z0-9._@+-]"
+            ));
+        }
+    }
+    let top = rest.split('/').next().unwrap_or(rest);
+    if NOT_WRITABLE.contains(&top) {
+        return Err(format!(
+            "is inside /{top}, which init manages or the system owns"
+        ));
+    }
+    Ok(())
 }
 
 /// See [`AppConfig::env_args`].
@@ -206,6 +265,20 @@ impl BootConfig {
                 );
             }
         }
+        if app.stop_timeout > MAX_STOP_TIMEOUT {
+            bail!(
+                "boot.json: app.stop_timeout {} is over {MAX_STOP_TIMEOUT} seconds",
+                app.stop_timeout
+            );
+        }
+        for (i, w) in app.writable.iter().enumerate() {
+            if let Err(why) = check_writable(w) {
+                bail!("boot.json: app.writable {w:?} {why}");
+            }
+            if app.writable.get(..i).is_some_and(|b| b.contains(w)) {
+                bail!("boot.json: app.writable {w:?} is listed twice");
+            }
+        }
         for (k, v) in &app.env {
             if !valid_env_key(k) {
                 bail!("boot.json: app.env key {k:?} is not a valid variable name");
@@ -253,6 +326,38 @@ mod tests {
         assert_eq!(c.app.env.get("GREETING").map(String::as_str), Some("world"));
         assert_eq!(c.app.env.get("PORT").map(String::as_str), Some("8080"));
         assert_eq!((c.app.uid, c.app.gid), (1000, 1000));
+        assert_eq!(c.app.stop_timeout, DEFAULT_STOP_TIMEOUT);
+        assert!(c.app.writable.is_empty());
+    }
+
+    #[test]
+    fn stop_timeout_and_writable() {
+        let text = SAMPLE.replace(
+            "\"gid\": 1000",
+            "\"gid\": 1000, \"stop_timeout\": 5, \"writable\": [\"/app/logs\", \"/var/cache/x\"]",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.app.stop_timeout, 5);
+        assert_eq!(c.app.writable, ["/app/logs", "/var/cache/x"]);
+        for (bad, want) in [
+            ("\"app/logs\"", "absolute"),
+            ("\"/\"", "root directory"),
+            ("\"/app/../etc\"", "`..`"),
+            ("\"/app//x\"", "empty"),
+            ("\"/proc/x\"", "inside /proc"),
+            ("\"/usr\"", "inside /usr"),
+            ("\"/app/a b\"", "characters"),
+            ("\"/app/x\", \"/app/x\"", "twice"),
+        ] {
+            let text = SAMPLE.replace(
+                "\"gid\": 1000",
+                &format!("\"gid\": 1000, \"writable\": [{bad}]"),
+            );
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let long = SAMPLE.replace("\"gid\": 1000", "\"gid\": 1000, \"stop_timeout\": 3601");
+        assert!(format!("{:#}", parse(&long).unwrap_err()).contains("stop_timeout"));
     }
 
     #[test]

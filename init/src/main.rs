@@ -5,6 +5,7 @@
 
 mod app;
 mod block;
+mod button;
 mod cloud;
 mod config;
 mod configdisk;
@@ -95,6 +96,14 @@ fn run() -> Result<()> {
     );
     mounts::api_in_newroot().context("mounting API file systems in the new root")?;
     log!("mounted /proc /sys /dev /tmp /run in the new root");
+    for dir in &cfg.app.writable {
+        let copied = mounts::writable(dir, cfg.app.uid, cfg.app.gid)
+            .with_context(|| format!("making {dir} writable (app.writable)"))?;
+        log!(
+            "{dir}: writable tmpfs for uid {} ({copied} entries from the image)",
+            cfg.app.uid
+        );
+    }
 
     net::setup(&cfg.hostname, mounts::NEWROOT);
 
@@ -124,7 +133,8 @@ fn run() -> Result<()> {
         started.elapsed().as_millis()
     );
     let pid = app::spawn(&prepared)?;
-    let exit = app::supervise(pid, &mask)?;
+    let stop_timeout = Duration::from_secs(u64::from(cfg.app.stop_timeout));
+    let exit = app::supervise(pid, &mask, stop_timeout)?;
     log!("app {exit}");
     Ok(())
 }

@@ -155,6 +155,96 @@ pub fn api_in_newroot() -> Result<()> {
     Ok(())
 }
 
+/// Where a writable directory's tmpfs is filled before it is moved into place.
+const WRITABLE_STAGING: &str = "/run/fuse-writable";
+
+/// Makes `dir` (absolute, inside [`NEWROOT`], checked by `config::check_writable`) a tmpfs
+/// owned by `uid`:`gid`: a new tmpfs is filled with a copy of what the image has there
+/// (owned by the app user), then moved onto the directory. Refuses a path through a
+/// symlink (it would lead outside the new root). Returns how many entries were copied.
+pub fn writable(dir: &str, uid: u32, gid: u32) -> Result<usize> {
+    let target = format!("{NEWROOT}{dir}");
+    let mut prefix = String::from(NEWROOT);
+    for c in dir.trim_start_matches('/').split('/') {
+        prefix.push('/');
+        prefix.push_str(c);
+        match std::fs::symlink_metadata(&prefix) {
+            Ok(m) if m.file_type().is_symlink() => {
+                anyhow::bail!("{} is a symlink in the image", &prefix[NEWROOT.len()..])
+            }
+            Ok(m) if !m.is_dir() => {
+                anyhow::bail!(
+                    "{} is not a directory in the image",
+                    &prefix[NEWROOT.len()..]
+                )
+            }
+            _ => {}
+        }
+    }
+    mkdir_p(&target, 0o755)?;
+    let staging = format!(
+        "{WRITABLE_STAGING}/{}",
+        dir.trim_start_matches('/').replace('/', "_")
+    );
+    mkdir_p(&staging, 0o700)?;
+    mount(
+        "tmpfs",
+        &staging,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        &format!("mode=0755,uid={uid},gid={gid}"),
+    )?;
+    let copied = copy_tree(
+        std::path::Path::new(&target),
+        std::path::Path::new(&staging),
+        uid,
+        gid,
+    )
+    .with_context(|| format!("copying the image's {dir} into its tmpfs"))?;
+    mount(&staging, &target, "", libc::MS_MOVE, "")?;
+    Ok(copied)
+}
+
+/// Copies the directory tree `from` into the existing directory `to` (files, directories,
+/// symlinks; modes kept, owner set to `uid`:`gid`). Returns the number of entries copied.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, uid: u32, gid: u32) -> Result<usize> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut n = 0;
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(from)
+        .with_context(|| format!("reading {}", from.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", from.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let meta =
+            std::fs::symlink_metadata(&src).with_context(|| format!("stat {}", src.display()))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let t =
+                std::fs::read_link(&src).with_context(|| format!("readlink {}", src.display()))?;
+            std::os::unix::fs::symlink(&t, &dst)
+                .with_context(|| format!("symlink {}", dst.display()))?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst).with_context(|| format!("mkdir {}", dst.display()))?;
+            n += copy_tree(&src, &dst, uid, gid)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        } else {
+            continue;
+        }
+        if !ft.is_symlink() {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .with_context(|| format!("chmod {}", dst.display()))?;
+        }
+        std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", dst.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Decodes the octal escapes (`\040` for space, ...) the kernel uses in `/proc/mounts`.
 fn unescape_mount_field(field: &str) -> String {
     let bytes = field.as_bytes();
@@ -278,6 +368,36 @@ mod tests {
                 "/run/layers/base",
             ])
         );
+    }
+
+    #[test]
+    fn copy_tree_copies_files_dirs_links_with_modes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = std::env::temp_dir().join(format!("fuse-init-copy-{}", std::process::id()));
+        let (from, to) = (base.join("from"), base.join("to"));
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("seed.txt"), b"seed").unwrap();
+        std::fs::write(from.join("sub/run.sh"), b"#!/bin/sh").unwrap();
+        std::fs::set_permissions(
+            from.join("sub/run.sh"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("seed.txt", from.join("link")).unwrap();
+        // SAFETY: no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let n = copy_tree(&from, &to, uid, gid).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(std::fs::read(to.join("seed.txt")).unwrap(), b"seed");
+        let m = std::fs::metadata(to.join("sub/run.sh")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o750);
+        assert_eq!(m.uid(), uid);
+        assert_eq!(
+            std::fs::read_link(to.join("link")).unwrap().to_str(),
+            Some("seed.txt")
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

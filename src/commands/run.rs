@@ -6,7 +6,11 @@ use crate::image::read_meta;
 use crate::qemu::{self, BootSpec};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Parse `HOST:GUEST` (or a single `PORT` for both).
@@ -24,14 +28,66 @@ pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
     Ok((h, g))
 }
 
-/// The app's exit code from the init's last words on the console.
+/// The app's exit code from the init's last words on the console: its own code, or for an
+/// app ended by a signal 128 + the signal's number (as a shell reports it).
 pub fn exit_code_of(line: &str) -> Option<u8> {
-    let rest = line.split("fuse-init: app exited with code ").nth(1)?;
-    rest.split_whitespace()
-        .next()?
-        .parse::<i64>()
-        .ok()
-        .map(|c| c.clamp(0, 255) as u8)
+    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
+    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
+        return number(rest).map(|c| c.clamp(0, 255) as u8);
+    }
+    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
+    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM received by `fuse run` so far.
+static STOP_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Counts SIGINT and SIGTERM in [`STOP_REQUESTS`] instead of dying.
+fn catch_stop_signals() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic (async-signal-safe); the sigaction
+        // struct is fully initialised.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                bail!("sigaction: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns stop requests into a graceful stop of the VM: the first presses the ACPI power
+/// button over QMP (the init stops the app: SIGTERM, its stop timeout, SIGKILL, power
+/// off); the second kills QEMU.
+fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
+    let mut handled = 0;
+    while !done.load(Ordering::SeqCst) {
+        let n = STOP_REQUESTS.load(Ordering::SeqCst);
+        if n > handled {
+            handled = n;
+            if n == 1 {
+                eprintln!("fuse: stopping the VM: ACPI power button (Ctrl-C again to kill it)");
+                if let Err(e) = qemu::qmp(&qmp, "system_powerdown") {
+                    eprintln!("fuse: cannot press the power button: {e:#}; killing the VM");
+                    // SAFETY: plain kill(2) of our own child.
+                    unsafe { libc::kill(qemu_pid as libc::pid_t, libc::SIGTERM) };
+                }
+            } else {
+                eprintln!("fuse: killing the VM");
+                // SAFETY: plain kill(2) of our own child.
+                unsafe { libc::kill(qemu_pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The file QEMU boots and its block driver: the image itself when QEMU reads its format
@@ -78,6 +134,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     let vars = tmp.path().join("OVMF_VARS.fd");
     std::fs::copy(&vars_template, &vars)
         .with_context(|| format!("cannot copy {}", vars_template.display()))?;
+    let qmp = tmp.path().join("qmp.sock");
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(qemu::free_port()?, meta.app.port)]
     } else {
@@ -97,9 +154,14 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         memory_mib: args.memory,
         forwards: &forwards,
         config: args.config.as_deref(),
+        qmp: Some(&qmp),
     };
     let mut cmd = qemu::command(&qemu_bin, &spec);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    catch_stop_signals()?;
     tracing::info!(
         "booting {} {} ({}, {format}) with {accel}; app port {} on http://127.0.0.1:{}/",
         meta.name,
@@ -116,6 +178,11 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         .spawn()
         .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
     let stdout = child.stdout.take().context("no QEMU stdout")?;
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (qmp, pid, done) = (qmp.clone(), child.id(), done.clone());
+        std::thread::spawn(move || stop_watcher(qmp, pid, done));
+    }
 
     if let Some(path) = meta.app.health_http.clone() {
         let url = format!("http://127.0.0.1:{}{}", forwards[0].0, path);
@@ -134,6 +201,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         let _ = out.flush();
     }
     let status = child.wait().context("waiting for QEMU")?;
+    done.store(true, Ordering::SeqCst);
     match code_seen {
         Some(c) => Ok(c),
         None if status.success() => {
@@ -188,5 +256,9 @@ mod tests {
         );
         assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
         assert_eq!(exit_code_of("hello"), None);
+        assert_eq!(
+            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
+            Some(143)
+        );
     }
 }

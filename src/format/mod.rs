@@ -5,3 +5,4 @@ pub mod fat;
 pub mod gpt;
 pub mod squashfs;
 pub mod uki;
+pub mod zip;

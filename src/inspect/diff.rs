@@ -471,6 +471,18 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
         &a.app.health_http,
         &b.app.health_http,
     );
+    field(
+        &mut app.fields,
+        "stop_timeout",
+        &a.app.stop_timeout,
+        &b.app.stop_timeout,
+    );
+    field(
+        &mut app.fields,
+        "writable",
+        &a.app.writable,
+        &b.app.writable,
+    );
     let names: BTreeSet<&String> = a.app.env.keys().chain(b.app.env.keys()).collect();
     for n in names {
         let (from, to) = (a.app.env.get(n), b.app.env.get(n));
@@ -635,6 +647,8 @@ pub(crate) mod tests {
                 port: 8080,
                 health_http: Some("/".into()),
                 env_args: None,
+                stop_timeout: Some(30),
+                writable: Vec::new(),
             },
             layers: vec![
                 LayerMeta {

@@ -136,6 +136,8 @@ pub(crate) fn build_with(
             port: 8080,
             health_http: Some("/".into()),
             env_args: None,
+            stop_timeout: Some(30),
+            writable: Vec::new(),
         },
         layers,
         disk_size: None,

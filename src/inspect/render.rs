@@ -233,6 +233,17 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             .map(|h| format!("HTTP GET {h} answers 2xx"))
             .unwrap_or_else(|| "(none)".into())
     ));
+    if let Some(t) = a.stop_timeout {
+        o.push_str(&format!(
+            "  stop        power button: SIGTERM, SIGKILL after {t} s\n"
+        ));
+    }
+    if !a.writable.is_empty() {
+        o.push_str(&format!(
+            "  writable    {} (tmpfs, owned by the app user)\n",
+            a.writable.join(" ")
+        ));
+    }
     let mut first = true;
     for (k, v) in &a.env {
         let label = if first { "env" } else { "" };

@@ -50,13 +50,92 @@ fn cstr(b: &[u8], off: usize) -> Result<String> {
     Ok(String::from_utf8_lossy(&s[..end]).into_owned())
 }
 
-/// Read the dynamic-linking facts of an ELF64 LE x86-64 object.
+/// Read the dynamic-linking facts of an ELF64 LE x86-64 object (runpath entries with
+/// `$ORIGIN` left out: they point into the object's own directory).
 pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
+    let o = object(b)?;
+    if !o.class64 || !o.little_endian {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    Ok(Dynamic {
+        interpreter: o.interpreter,
+        needed: o.needed,
+        runpath: o
+            .runpath
+            .into_iter()
+            .filter(|p| !p.contains("$ORIGIN") && !p.contains("${ORIGIN}"))
+            .collect(),
+    })
+}
+
+/// ELF `e_machine` of x86-64, the only architecture images are built for.
+pub const EM_X86_64: u16 = 62;
+
+/// A readable name of an ELF `e_machine` value.
+pub fn machine_name(machine: u16) -> String {
+    match machine {
+        3 => "i386".into(),
+        8 => "MIPS".into(),
+        20 => "PowerPC".into(),
+        21 => "PowerPC64".into(),
+        22 => "S/390".into(),
+        40 => "ARM".into(),
+        62 => "x86-64".into(),
+        183 => "AArch64".into(),
+        243 => "RISC-V".into(),
+        258 => "LoongArch".into(),
+        m => format!("machine {m}"),
+    }
+}
+
+/// What decides whether one ELF object can run in the image: its platform, what it asks
+/// of the dynamic linker, and the symbol versions it needs and defines. For objects that
+/// are not 64-bit little-endian only the platform fields are read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Object {
+    /// ELFCLASS64?
+    pub class64: bool,
+    /// ELFDATA2LSB?
+    pub little_endian: bool,
+    /// `e_machine` (62: x86-64).
+    pub machine: u16,
+    /// PT_INTERP.
+    pub interpreter: Option<String>,
+    /// DT_SONAME.
+    pub soname: Option<String>,
+    /// DT_NEEDED in file order.
+    pub needed: Vec<String>,
+    /// DT_RUNPATH entries, else DT_RPATH's, verbatim (`$ORIGIN` kept).
+    pub runpath: Vec<String>,
+    /// `.gnu.version_r`: (library file name, version name) pairs, e.g.
+    /// ("libc.so.6", "GLIBC_2.34").
+    pub version_needs: Vec<(String, String)>,
+    /// `.gnu.version_d`: the version names this object defines (its own name first).
+    pub version_defs: Vec<String>,
+}
+
+/// `a + b`, or an error instead of an overflow.
+fn add(a: usize, b: usize) -> Result<usize> {
+    a.checked_add(b).context("ELF offset overflow")
+}
+
+/// Reads an ELF object's [`Object`] facts. Hostile input gives an error, never a panic.
+pub fn object(b: &[u8]) -> Result<Object> {
     if !is_elf(b) {
         bail!("not an ELF file");
     }
-    if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
-        bail!("not a 64-bit little-endian ELF file");
+    let mut out = Object {
+        class64: b.get(4) == Some(&2),
+        little_endian: b.get(5) == Some(&1),
+        ..Object::default()
+    };
+    if !out.little_endian {
+        out.machine = u16::from_be_bytes(rd(b, 0x12)?);
+        return Ok(out);
+    }
+    out.machine = u16_at(b, 0x12)?;
+    if !out.class64 {
+        return Ok(out);
     }
     let phoff = u64_at(b, 0x20)? as usize;
     let phentsize = u16_at(b, 0x36)? as usize;
@@ -64,17 +143,16 @@ pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
     if phentsize < 56 {
         bail!("bad ELF program header size {phentsize}");
     }
-    let mut out = Dynamic::default();
     let mut loads = Vec::new(); // (vaddr, offset, filesz)
     let mut dynamic_seg = None;
     for i in 0..phnum {
         let h = phoff
-            .checked_add(i * phentsize)
+            .checked_add(i.checked_mul(phentsize).context("ELF header overflow")?)
             .context("ELF header overflow")?;
         let ty = u32_at(b, h)?;
-        let off = u64_at(b, h + 8)? as usize;
-        let vaddr = u64_at(b, h + 16)?;
-        let filesz = u64_at(b, h + 32)? as usize;
+        let off = u64_at(b, add(h, 8)?)? as usize;
+        let vaddr = u64_at(b, add(h, 16)?)?;
+        let filesz = u64_at(b, add(h, 32)?)? as usize;
         match ty {
             1 => loads.push((vaddr, off, filesz)),
             2 => dynamic_seg = Some((off, filesz)),
@@ -92,42 +170,122 @@ pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
         return Ok(out);
     };
     let mut needed_offs = Vec::new();
+    let mut rpath_offs = Vec::new();
     let mut runpath_offs = Vec::new();
-    let mut strtab_vaddr = None;
+    let mut soname_off = None;
+    let (mut strtab_vaddr, mut verneed, mut verneednum, mut verdef, mut verdefnum) =
+        (None, None, 0, None, 0);
     let mut i = 0;
     while i + 16 <= dsize {
-        let tag = u64_at(b, doff + i)?;
-        let val = u64_at(b, doff + i + 8)?;
+        let at = doff.checked_add(i).context("overflow")?;
+        let tag = u64_at(b, at)?;
+        let val = u64_at(b, add(at, 8)?)?;
         match tag {
             0 => break,
             1 => needed_offs.push(val as usize),
             5 => strtab_vaddr = Some(val),
-            15 | 29 => runpath_offs.push(val as usize),
+            14 => soname_off = Some(val as usize),
+            15 => rpath_offs.push(val as usize),
+            29 => runpath_offs.push(val as usize),
+            0x6fff_fffc => verdef = Some(val),
+            0x6fff_fffd => verdefnum = val as usize,
+            0x6fff_fffe => verneed = Some(val),
+            0x6fff_ffff => verneednum = val as usize,
             _ => {}
         }
         i += 16;
     }
-    if needed_offs.is_empty() && runpath_offs.is_empty() {
+    if needed_offs.is_empty()
+        && rpath_offs.is_empty()
+        && runpath_offs.is_empty()
+        && soname_off.is_none()
+        && verneed.is_none()
+        && verdef.is_none()
+    {
         return Ok(out);
     }
-    let strtab_vaddr = strtab_vaddr.context("DT_NEEDED without DT_STRTAB")?;
-    let strtab = loads
-        .iter()
-        .find(|(va, _, sz)| strtab_vaddr >= *va && strtab_vaddr - va < *sz as u64)
-        .and_then(|(va, off, _)| usize::try_from(strtab_vaddr - va).ok()?.checked_add(*off))
-        .context("DT_STRTAB is outside every loaded segment")?;
+    let to_offset = |vaddr: u64| -> Result<usize> {
+        loads
+            .iter()
+            .find(|(va, _, sz)| vaddr >= *va && vaddr - va < *sz as u64)
+            .and_then(|(va, off, _)| usize::try_from(vaddr - va).ok()?.checked_add(*off))
+            .context("a dynamic-section address is outside every loaded segment")
+    };
+    let strtab = to_offset(strtab_vaddr.context("DT_NEEDED without DT_STRTAB")?)?;
+    let string = |o: usize| cstr(b, strtab.checked_add(o).context("overflow")?);
     for o in needed_offs {
-        out.needed
-            .push(cstr(b, strtab.checked_add(o).context("overflow")?)?);
+        out.needed.push(string(o)?);
     }
-    for o in runpath_offs {
-        for p in cstr(b, strtab.checked_add(o).context("overflow")?)?.split(':') {
-            if !p.is_empty() && !p.contains("$ORIGIN") {
+    if let Some(o) = soname_off {
+        out.soname = Some(string(o)?);
+    }
+    // DT_RUNPATH, when present, makes the dynamic linker ignore DT_RPATH.
+    let paths = if runpath_offs.is_empty() {
+        rpath_offs
+    } else {
+        runpath_offs
+    };
+    for o in paths {
+        for p in string(o)?.split(':') {
+            if !p.is_empty() {
                 out.runpath.push(p.to_string());
             }
         }
     }
+    if let Some(v) = verneed {
+        // Elf64_Verneed {vn_version u16, vn_cnt u16, vn_file u32, vn_aux u32, vn_next u32};
+        // Elf64_Vernaux {vna_hash u32, vna_flags u16, vna_other u16, vna_name u32, vna_next u32}.
+        let mut at = to_offset(v)?;
+        for _ in 0..verneednum.min(4096) {
+            let cnt = u16_at(b, add(at, 2)?)? as usize;
+            let file = string(u32_at(b, add(at, 4)?)? as usize)?;
+            let mut aux = at
+                .checked_add(u32_at(b, add(at, 8)?)? as usize)
+                .context("overflow")?;
+            for _ in 0..cnt.min(4096) {
+                let name = string(u32_at(b, add(aux, 8)?)? as usize)?;
+                out.version_needs.push((file.clone(), name));
+                let next = u32_at(b, add(aux, 12)?)? as usize;
+                if next == 0 {
+                    break;
+                }
+                aux = aux.checked_add(next).context("overflow")?;
+            }
+            let next = u32_at(b, add(at, 12)?)? as usize;
+            if next == 0 {
+                break;
+            }
+            at = at.checked_add(next).context("overflow")?;
+        }
+    }
+    if let Some(v) = verdef {
+        // Elf64_Verdef {vd_version u16, vd_flags u16, vd_ndx u16, vd_cnt u16, vd_hash u32,
+        // vd_aux u32, vd_next u32}; Elf64_Verdaux {vda_name u32, vda_next u32}. The first
+        // aux entry names the version; later ones its parents.
+        let mut at = to_offset(v)?;
+        for _ in 0..verdefnum.min(4096) {
+            let cnt = u16_at(b, add(at, 6)?)? as usize;
+            if cnt > 0 {
+                let aux = at
+                    .checked_add(u32_at(b, add(at, 12)?)? as usize)
+                    .context("overflow")?;
+                out.version_defs.push(string(u32_at(b, aux)? as usize)?);
+            }
+            let next = u32_at(b, add(at, 16)?)? as usize;
+            if next == 0 {
+                break;
+            }
+            at = at.checked_add(next).context("overflow")?;
+        }
+    }
     Ok(out)
+}
+
+/// The numeric parts of a symbol version such as `GLIBC_2.34` or `GLIBCXX_3.4.30` after
+/// the given prefix and `_`: `[2, 34]`; None when the name has another prefix.
+pub fn version_numbers(name: &str, prefix: &str) -> Option<Vec<u32>> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('_')?;
+    rest.split('.').map(|p| p.parse().ok()).collect()
 }
 
 /// The directories the dynamic linker searches on Debian amd64, in order.

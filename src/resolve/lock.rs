@@ -48,9 +48,15 @@ pub struct ResolveInputs {
     /// The app's ELF interpreter (binary apps), if dynamic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpreter: Option<String>,
-    /// The app's DT_NEEDED sonames, sorted.
+    /// The app's DT_NEEDED sonames (of the binary, and of every ELF object in the app that
+    /// the app does not satisfy itself), sorted.
     #[serde(default)]
     pub needed: Vec<String>,
+    /// The newest symbol version per library and version family the app's native code
+    /// needs from the distribution (`libc.so.6 GLIBC_2.34`), sorted; checked against the
+    /// libraries' definitions when resolving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
     /// The language runtime and app server asked for (`java=17`, `tomcat=10`), in that
     /// order; absent for binary apps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,6 +158,7 @@ impl Lock {
         sorted.packages.sort();
         sorted.inputs.packages.sort();
         sorted.inputs.needed.sort();
+        sorted.inputs.versions.sort();
         let body = toml::to_string(&sorted).context("cannot encode fuse.lock")?;
         Ok(format!("# fuse.lock: every input of the image, pinned. Written by `fuse lock` / `fuse build`; commit it.\n{body}"))
     }
@@ -205,6 +212,13 @@ impl Lock {
         for n in ln.difference(&cn) {
             d.push(format!("the app no longer needs {n}"));
         }
+        let (lv, cv) = (set(&l.versions), set(&current.versions));
+        for v in cv.difference(&lv) {
+            d.push(format!("the app now needs symbol version {v}"));
+        }
+        for v in lv.difference(&cv) {
+            d.push(format!("the app no longer needs symbol version {v}"));
+        }
         if l.runtime != current.runtime {
             d.push(format!(
                 "runtime: lock has [{}], manifest has [{}]",
@@ -247,6 +261,7 @@ mod tests {
                 packages: vec![],
                 interpreter: Some("/lib64/ld-linux-x86-64.so.2".into()),
                 needed: vec!["libz.so.1".into(), "libc.so.6".into()],
+                versions: vec![],
                 runtime: vec![],
             },
             app: AppPin {

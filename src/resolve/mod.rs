@@ -5,6 +5,7 @@
 
 pub mod elf;
 pub mod lock;
+pub mod native;
 pub mod pin;
 
 use crate::archive::packages::{parse_relations, Package, Relation};

@@ -9,6 +9,7 @@ use crate::manifest::Manifest;
 use crate::mirror::{self, Archive, Session, Trust};
 use crate::plan::{AppScan, STUB_PACKAGE};
 use crate::resolve::elf::{self, Dynamic};
+use crate::resolve::native::{self, AppNeeds};
 use crate::resolve::lock::{
     AppPin, ArchiveSnapshot, Lock, Pin, ResolveInputs, LOCK_FILE, LOCK_VERSION,
 };
@@ -62,12 +63,14 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
     bail!("kernel meta-package chain from {name} is too long")
 }
 
-/// The resolution inputs of a manifest + app.
-pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic) -> ResolveInputs {
+/// The resolution inputs of a manifest + app: the binary's needs and those of the native
+/// code anywhere in the app.
+pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic, native: &AppNeeds) -> ResolveInputs {
     let mut packages = m.packages.clone();
     packages.sort();
     packages.dedup();
     let mut needed = dynamic.needed.clone();
+    needed.extend(native.needed.iter().cloned());
     needed.sort();
     needed.dedup();
     ResolveInputs {
@@ -76,6 +79,7 @@ pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic) -> ResolveInputs {
         packages,
         interpreter: dynamic.interpreter.clone(),
         needed,
+        versions: native.version_entries(),
         runtime: m
             .runtime
             .iter()
@@ -118,6 +122,7 @@ pub fn resolve_lock(
     s: &Session,
     m: &Manifest,
     inputs: &ResolveInputs,
+    native: &AppNeeds,
     app_sha256: &str,
     trust: Trust,
 ) -> Result<Lock> {
@@ -173,8 +178,9 @@ pub fn resolve_lock(
                     read_deb(d).with_context(|| format!("cannot read {} {}", p.name, p.version))?;
                 tree.merge(&deb.data)?;
             }
-            let (missing, _) = elf::missing_libraries(&tree, &dynamic)?;
+            let (missing, found) = elf::missing_libraries(&tree, &dynamic)?;
             if missing.is_empty() {
+                native::check_versions(native, &tree, &found, &inputs.distribution)?;
                 complete = true;
                 break;
             }
@@ -189,10 +195,16 @@ pub fn resolve_lock(
                         }
                     }
                     Some(p) => bail!("package {p} should provide {file} but does not"),
-                    None => bail!(
-                        "no package of {} ships {file}, which the app needs",
-                        m.distribution.codename
-                    ),
+                    None => match native.needed_by.get(base) {
+                        Some(by) => bail!(
+                            "{by} needs {file}, which no package of {} ships (bundle it with the app, or name the package that has it in [system] packages)",
+                            inputs.distribution
+                        ),
+                        None => bail!(
+                            "no package of {} ships {file}, which the app needs",
+                            m.distribution.codename
+                        ),
+                    },
                 }
             }
             (packages, left_out) = resolve::resolve_excluding(&idx, &roots, &unused)?;
@@ -279,7 +291,7 @@ pub fn obtain_lock(
     opts: Options,
 ) -> Result<(Lock, bool)> {
     let lock_path = lock_path(m);
-    let inputs = resolve_inputs(m, &app.dynamic);
+    let inputs = resolve_inputs(m, &app.dynamic, &app.native);
     let existing = Lock::load(&lock_path)?;
     if let Some(lock) = &existing {
         let diffs = lock_differences(lock, m, &inputs);
@@ -312,5 +324,8 @@ pub fn obtain_lock(
             lock_path.display()
         );
     }
-    Ok((resolve_lock(s, m, &inputs, &app.sha256, opts.trust)?, true))
+    Ok((
+        resolve_lock(s, m, &inputs, &app.native, &app.sha256, opts.trust)?,
+        true,
+    ))
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the `fuse` binary: builds from the real archive (the host's mirror),
 //! boots under QEMU + OVMF, reproducibility, hostile input. One test binary, modules per area.
 
+mod apps;
 mod boot;
 mod build;
 mod ci;
