@@ -9,10 +9,10 @@ use crate::manifest::Manifest;
 use crate::mirror::{self, Archive, Session, Trust};
 use crate::plan::{AppScan, STUB_PACKAGE};
 use crate::resolve::elf::{self, Dynamic};
-use crate::resolve::native::{self, AppNeeds};
 use crate::resolve::lock::{
     AppPin, ArchiveSnapshot, Lock, Pin, ResolveInputs, LOCK_FILE, LOCK_VERSION,
 };
+use crate::resolve::native::{self, AppNeeds};
 use crate::resolve::{self, Index};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
