@@ -522,6 +522,7 @@ mod tests {
                 packages: vec![],
                 interpreter: None,
                 needed: vec![],
+                versions: vec![],
                 runtime: vec!["java=17".into()],
             },
             app: AppPin {
