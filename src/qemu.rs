@@ -148,8 +148,6 @@ pub struct BootSpec<'a> {
     pub forwards: &'a [(u16, u16)],
     /// Env file passed as fw_cfg opt/fuse/env.
     pub config: Option<&'a Path>,
-    /// A QMP (QEMU Machine Protocol) socket to create, for [`qmp`].
-    pub qmp: Option<&'a Path>,
 }
 
 /// The QEMU command that boots an image: q35, OVMF, read-only virtio disk, virtio NIC with
@@ -201,10 +199,6 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
     if let Some(cfg) = b.config {
         c.arg("-fw_cfg")
             .arg(format!("name=opt/fuse/env,file={}", cfg.display()));
-    }
-    if let Some(q) = b.qmp {
-        c.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", q.display()));
     }
     c
 }

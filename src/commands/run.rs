@@ -154,10 +154,10 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         memory_mib: args.memory,
         forwards: &forwards,
         config: args.config.as_deref(),
-        qmp: Some(&qmp),
     };
     let mut cmd = qemu::command(&qemu_bin, &spec);
     // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
+    cmd.args(qemu::qmp_args(&qmp));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0);
