@@ -324,8 +324,8 @@ fn build_kernel(pin: &Pin, debs: &Debs) -> Result<(KernelRecord, Vec<u8>)> {
 }
 
 /// A cached layer, checked against its plan: its record's metadata must describe the bytes.
-fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<BuiltLayer>> {
-    let Some((rec, bytes)) = cache.get::<LayerMeta>("layer", &l.key)? else {
+fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Source)>> {
+    let Some((rec, bytes, source)) = cache.get::<LayerMeta>("layer", &l.key)? else {
         return Ok(None);
     };
     let meta = rec.meta;
@@ -340,7 +340,7 @@ fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<BuiltLayer>> {
         );
         return Ok(None);
     }
-    Ok(Some(BuiltLayer { meta, bytes }))
+    Ok(Some((BuiltLayer { meta, bytes }, source)))
 }
 
 fn squashfs_options(i: &LayerInputs) -> Result<crate::format::squashfs::Options> {
@@ -366,31 +366,26 @@ fn squashfs_options(i: &LayerInputs) -> Result<crate::format::squashfs::Options>
 /// Every unit of `plan`: from the cache when it holds the key, else built and cached.
 pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Result<Units> {
     // Kernel first: the base layer's dpkg status and the initramfs need its record.
-    let kernel_plan = &plan.kernel;
-    let kernel_bytes: Option<Vec<u8>>;
-    let (kernel, kernel_sha256, kernel_source) =
-        match cache.get::<KernelRecord>("kernel", &kernel_plan.key)? {
-            Some((rec, bytes)) => {
-                kernel_bytes = Some(bytes);
-                (rec.meta, rec.sha256, Source::LocalCache)
-            }
+    let kp = &plan.kernel;
+    let (kernel, kernel_bytes, kernel_sha256, kernel_source) =
+        match cache.get::<KernelRecord>("kernel", &kp.key)? {
+            Some((rec, bytes, source)) => (rec.meta, bytes, rec.sha256, source),
             None => {
                 let t = std::time::Instant::now();
-                let (rec, bytes) = build_kernel(&kernel_plan.inputs.package, debs)?;
-                let r = cache.put("kernel", &kernel_plan.key, &rec, &bytes)?;
+                let (rec, bytes) = build_kernel(&kp.inputs.package, debs)?;
+                let r = cache.put("kernel", &kp.key, &rec, &bytes)?;
                 tracing::info!(
                     "kernel {} read from {} in {:.2}s",
                     rec.release,
-                    kernel_plan.inputs.package.name,
+                    kp.inputs.package.name,
                     t.elapsed().as_secs_f64()
                 );
-                kernel_bytes = Some(bytes);
-                (rec, r.sha256, Source::Built)
+                (rec, bytes, r.sha256, Source::Built)
             }
         };
-    report("kernel", &kernel_plan.key, kernel_source);
+    report("kernel", &kp.key, kernel_source);
 
-    let mut hits: Vec<Option<BuiltLayer>> = Vec::new();
+    let mut hits = Vec::new();
     for l in &plan.layers {
         hits.push(cached_layer(cache, l)?);
     }
@@ -416,7 +411,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     let mut layers = Vec::new();
     for (l, hit) in plan.layers.iter().zip(hits) {
         let (built, source) = match hit {
-            Some(b) => (b, Source::LocalCache),
+            Some(b) => b,
             None => {
                 let tree = layer_tree(&l.inputs, debs, &kernel, app)?;
                 let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
@@ -430,47 +425,38 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
         layers.push((built, source));
     }
 
-    let kernel_full = |bytes: &Option<Vec<u8>>| -> Result<Kernel> {
-        match bytes {
-            Some(b) => kernel.decode(b),
-            None => bail!("internal error: kernel bytes missing"),
-        }
+    // The UKI holds the initramfs: when the UKI is cached, the initramfs' record is enough.
+    let (ip, up) = (&plan.initramfs, &plan.uki);
+    let uki_hit = cache.get::<UkiRecord>("uki", &up.key)?;
+    let initramfs_record = match uki_hit {
+        Some(_) => cache.lookup_record::<()>("initramfs", &ip.key)?,
+        None => None,
     };
-    let ip = &plan.initramfs;
-    let mut initramfs_bytes: Option<Vec<u8>> = None;
-    let (initramfs_sha256, initramfs_size, initramfs_source) =
-        match cache.record::<()>("initramfs", &ip.key)? {
-            Some(rec) => (rec.sha256, rec.size, Source::LocalCache),
-            None => {
-                let k = kernel_full(&kernel_bytes)?;
-                let mut boot = ip.inputs.boot.clone();
-                let (always, device) = crate::kernel::boot_modules(&k)?;
-                boot.modules = always;
-                boot.device_modules = device;
-                let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
-                let bytes = image::write_initramfs(&tree)?;
-                let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
-                initramfs_bytes = Some(bytes);
-                (rec.sha256, rec.size, Source::Built)
-            }
+    let (initramfs_sha256, initramfs_size, initramfs_source, initramfs_bytes) =
+        match initramfs_record {
+            Some((rec, source)) => (rec.sha256, rec.size, source, None),
+            None => match cache.get::<()>("initramfs", &ip.key)? {
+                Some((rec, bytes, source)) => (rec.sha256, rec.size, source, Some(bytes)),
+                None => {
+                    let k = kernel.decode(&kernel_bytes)?;
+                    let mut boot = ip.inputs.boot.clone();
+                    let (always, device) = crate::kernel::boot_modules(&k)?;
+                    boot.modules = always;
+                    boot.device_modules = device;
+                    let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
+                    let bytes = image::write_initramfs(&tree)?;
+                    let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
+                    (rec.sha256, rec.size, Source::Built, Some(bytes))
+                }
+            },
         };
     report("initramfs", &ip.key, initramfs_source);
 
-    let up = &plan.uki;
-    let (uki, uki_stub, uki_source) = match cache.get::<UkiRecord>("uki", &up.key)? {
-        Some((rec, bytes)) => (bytes, rec.meta.stub, Source::LocalCache),
-        None => {
-            let k = kernel_full(&kernel_bytes)?;
-            let initrd = match initramfs_bytes {
-                Some(b) => b,
-                None => match cache
-                    .record::<()>("initramfs", &ip.key)?
-                    .and_then(|r| cache.bytes(&r))
-                {
-                    Some(b) => b,
-                    None => bail!("the cached initramfs {} vanished; build again", ip.key),
-                },
-            };
+    let (uki, uki_stub, uki_source) = match (uki_hit, initramfs_bytes) {
+        (Some((rec, bytes, source)), _) => (bytes, rec.meta.stub, source),
+        (None, None) => bail!("internal error: the initramfs is needed for the UKI"),
+        (None, Some(initrd)) => {
+            let k = kernel.decode(&kernel_bytes)?;
             let stub_pin = &up.inputs.stub;
             let stub_deb = debs.read(stub_pin)?;
             let stub = stub_deb

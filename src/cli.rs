@@ -80,6 +80,13 @@ pub struct BuildArgs {
     /// dir, and compare the bytes: exit 4 when they differ.
     #[arg(long, conflicts_with = "plan")]
     pub verify: bool,
+    /// Share built units (layers, kernel, initramfs, UKI) through an OCI registry:
+    /// REGISTRY/REPOSITORY. Every planned unit is looked up there before it is built, and
+    /// what the registry lacks is pushed. `--insecure` allows plain HTTP.
+    #[arg(long, env = "FUSE_CACHE_REGISTRY", value_name = "REF")]
+    pub cache_registry: Option<String>,
+    #[command(flatten)]
+    pub reg: RegistryArgs,
 }
 
 #[derive(Args, Debug)]

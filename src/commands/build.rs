@@ -2,6 +2,7 @@
 //! written atomically to the output directory; the digest is the last line of stdout.
 
 use crate::builder::{self, Debs};
+use crate::cache::registry::RegistryCache;
 use crate::cache::{Cache, Source};
 use crate::cli::BuildArgs;
 use crate::image::{self, DiskInputs, Inputs, KernelMeta};
@@ -47,8 +48,19 @@ pub struct Built {
     pub lock_changed: bool,
     /// .deb files read (decompressed) by this build: 0 when every unit was cached.
     pub debs_read: usize,
+    /// Units pushed to the registry cache.
+    pub pushed: usize,
     /// Wall time of the build, in seconds.
     pub duration: f64,
+}
+
+/// Where built units are shared beyond this machine.
+#[derive(Clone, Debug, Default)]
+pub struct CacheOptions {
+    /// REGISTRY/REPOSITORY of the registry cache.
+    pub registry: Option<String>,
+    pub insecure: bool,
+    pub username: Option<String>,
 }
 
 pub fn run(args: &BuildArgs) -> Result<u8> {
@@ -67,7 +79,12 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
     }
     // The manifest is validated (budget included) before anything is fetched.
     let m = manifest::load(&args.path)?;
-    let built = build(&args.path, args.out.as_deref(), opts)?;
+    let cache = CacheOptions {
+        registry: args.cache_registry.clone().filter(|r| !r.is_empty()),
+        insecure: args.reg.insecure,
+        username: args.reg.username.clone(),
+    };
+    let built = build_full(&args.path, args.out.as_deref(), opts, None, &cache)?;
     for (part, size) in &built.parts {
         tracing::info!(
             "  {part:<18} {:>10} bytes ({:.1} MiB)",
@@ -305,6 +322,17 @@ pub fn build_with(
     opts: Options,
     units: Option<&store::Store>,
 ) -> Result<Built> {
+    build_full(path, out, opts, units, &CacheOptions::default())
+}
+
+/// [`build_with`], with a registry cache as well.
+pub fn build_full(
+    path: &Path,
+    out: Option<&Path>,
+    opts: Options,
+    units: Option<&store::Store>,
+    cache_opts: &CacheOptions,
+) -> Result<Built> {
     let started = Instant::now();
     // 1. What the user asked for, and the one reading of the app.
     let m: Manifest = manifest::load(path)?;
@@ -324,7 +352,14 @@ pub fn build_with(
     let plan = plan::plan(&m, &lock, &app, epoch)?;
     tracing::debug!("plan: {}", serde_json::to_string(&plan)?);
     // 4. Every unit from the cache, or built (packages fetched and read only then).
-    let cache = Cache::new(units.unwrap_or(&s.store));
+    let units_store = units.unwrap_or(&s.store);
+    let cache = match &cache_opts.registry {
+        Some(r) => Cache::with_registry(
+            units_store,
+            RegistryCache::open(r, cache_opts.insecure, cache_opts.username.as_deref())?,
+        ),
+        None => Cache::new(units_store),
+    };
     let mirror_url = || -> Result<String> {
         Ok(mirror::find_source(
             m.mirror.as_deref(),
@@ -386,6 +421,11 @@ pub fn build_with(
         lock.save(&lock_path(&m))?;
         tracing::info!("wrote {}", lock_path(&m).display());
     }
+    // 7. What the registry cache lacked, pushed (a failure there does not fail the build).
+    let (pushed, sent) = cache.push_missing();
+    if let Some(r) = &cache_opts.registry {
+        tracing::info!("registry cache {r}: pushed {pushed} units ({sent} bytes sent)");
+    }
     let duration = started.elapsed().as_secs_f64();
     tracing::info!(
         "built {} ({:.1} MiB) in {duration:.1}s",
@@ -437,6 +477,7 @@ pub fn build_with(
         lock_sha256: plan.lock_sha256,
         lock_changed,
         debs_read: debs.reads.load(std::sync::atomic::Ordering::SeqCst),
+        pushed,
         duration,
     })
 }

@@ -360,6 +360,23 @@ impl Client {
             .with_context(|| format!("GET {url}"))
     }
 
+    /// The manifest bytes for a tag or digest, or `None` when the repository has none.
+    pub fn find_manifest(&self, reference: &str) -> Result<Option<Vec<u8>>> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let mut r = self.request("GET", &url, &[("Accept", MANIFEST_TYPE)], None)?;
+        match r.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => bail!(describe("GET", &url, &mut r)),
+        }
+        r.body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .with_context(|| format!("GET {url}"))
+            .map(Some)
+    }
+
     /// A blob's bytes, at most `d.size + 1` of them (the caller verifies size and digest).
     pub fn get_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let url = self.url(&format!("blobs/{}", d.digest));

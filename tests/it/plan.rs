@@ -169,3 +169,101 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
         "{err}"
     );
 }
+
+/// `fuse build` with extra arguments; (digest, stderr).
+fn build_args(app: &Path, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut all = vec!["build", app.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let mut e = vec![("FUSE_CACHE_DIR", cache.to_str().unwrap())];
+    e.extend_from_slice(env);
+    let out = fuse(&all, &e);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{err}");
+    (text(&out.stdout).lines().last().unwrap().to_string(), err)
+}
+
+#[test]
+fn a_registry_cache_builds_a_new_machine_without_packages_and_refuses_bad_blobs() {
+    let shared = shared_image();
+    let lock_file = shared
+        .image
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("fuse.lock");
+    let reg = crate::registry::Registry::start();
+    let cache_ref = format!("127.0.0.1:{}/team/fuse-cache", reg.port);
+    let with_registry = ["--cache-registry", cache_ref.as_str(), "--insecure"];
+    let offline = [
+        ("FUSE_MIRROR", "http://127.0.0.1:9/debian"),
+        ("DOCKER_CONFIG", "/nonexistent"),
+    ];
+
+    // Machine A: a warm cache; every unit the registry lacks is pushed.
+    let a = tempfile::tempdir().unwrap();
+    let cache_a = private_cache(a.path());
+    let app_a = example_app(a.path());
+    std::fs::copy(&lock_file, app_a.join("fuse.lock")).unwrap();
+    let (digest_a, err) = build_args(&app_a, &cache_a, &with_registry, &offline);
+    assert_eq!(digest_a, shared.digest);
+    assert!(err.contains("pushed 5 units"), "{err}");
+
+    // Machine B: nothing cached, the mirror unreachable, --locked: the same image, every
+    // unit from the registry, no package downloaded.
+    let b = tempfile::tempdir().unwrap();
+    let cache_b = b.path().join("cache");
+    let app_b = example_app(b.path());
+    std::fs::copy(&lock_file, app_b.join("fuse.lock")).unwrap();
+    let mut args = with_registry.to_vec();
+    args.push("--locked");
+    let (digest_b, err) = build_args(&app_b, &cache_b, &args, &offline);
+    assert_eq!(digest_b, shared.digest);
+    let srcs = sources(&err);
+    assert_eq!(srcs.len(), 5, "{err}");
+    assert!(
+        srcs.iter().all(|(_, s)| s == "registry-cache"),
+        "{srcs:?}\n{err}"
+    );
+    let lock = fuse::resolve::lock::Lock::load(&lock_file)
+        .unwrap()
+        .unwrap();
+    for p in lock.packages.iter().chain([&lock.kernel, &lock.stub]) {
+        assert!(
+            !cache_b.join("sha256").join(&p.sha256).exists(),
+            "machine B downloaded {}",
+            p.name
+        );
+    }
+    assert!(err.contains("pushed 0 units"), "{err}");
+
+    // A registry blob whose bytes changed: refused with a warning, the unit built locally,
+    // the image the same.
+    let plan = plan_json(&app_a, &cache_a);
+    let app_key = plan["layers"][1]["key"].as_str().unwrap();
+    let blob = reg.blob_file(&format!("sha256:{}", record_sha(&cache_a, app_key)));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let cache_c = c.path().join("cache");
+    let app_c = example_app(c.path());
+    std::fs::copy(&lock_file, app_c.join("fuse.lock")).unwrap();
+    let (digest_c, err) = build_args(&app_c, &cache_c, &args, &offline);
+    assert_eq!(digest_c, shared.digest);
+    assert!(
+        err.contains("WARN")
+            && err.contains("refused")
+            && err.contains("does not match its digest"),
+        "{err}"
+    );
+    for (unit, source) in sources(&err) {
+        let want = if unit == "layer app" {
+            "built"
+        } else {
+            "registry-cache"
+        };
+        assert_eq!(source, want, "{unit}:\n{err}");
+    }
+}

@@ -6,11 +6,18 @@
 //! read checks the record against the key asked for and the blob against the record's
 //! sha256: a mismatch (a swapped or corrupt blob, a record copied from another key) is a
 //! miss with a warning, and the unit is built again.
+//!
+//! With a registry cache ([`registry`]), a local miss is looked up in the registry (its
+//! bytes verified before use and copied into the local cache), and every unit the registry
+//! lacks is pushed once the build has it.
+
+pub mod registry;
 
 use crate::store::{sha256_hex, Store};
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 /// Version of the record format; records of other versions are misses.
 pub const RECORD_FORMAT: u32 = 1;
@@ -53,10 +60,21 @@ pub struct Record<M> {
     pub meta: M,
 }
 
-/// The local unit cache.
-#[derive(Clone, Debug)]
+/// A cache hit: the record, the verified bytes, where they came from.
+pub type Hit<M> = (Record<M>, Vec<u8>, Source);
+
+/// The unit cache: local, and optionally an OCI registry behind it.
 pub struct Cache {
     store: Store,
+    remote: Option<Mutex<Remote>>,
+}
+
+struct Remote {
+    registry: registry::RegistryCache,
+    /// Set after the registry failed to answer: the build goes on without it.
+    broken: bool,
+    /// Keys the registry lacks, pushed by [`Cache::push_missing`].
+    missing: Vec<String>,
 }
 
 fn record_name(key: &str) -> String {
@@ -67,7 +85,72 @@ impl Cache {
     pub fn new(store: &Store) -> Cache {
         Cache {
             store: store.clone(),
+            remote: None,
         }
+    }
+
+    /// A cache backed by a registry cache as well.
+    pub fn with_registry(store: &Store, registry: registry::RegistryCache) -> Cache {
+        Cache {
+            store: store.clone(),
+            remote: Some(Mutex::new(Remote {
+                registry,
+                broken: false,
+                missing: Vec::new(),
+            })),
+        }
+    }
+
+    /// Ask the registry (when there is one, and it still answers) for `key`: its record
+    /// text and bytes, verified; the unit is then copied into the local cache. `local_hit`:
+    /// only check that the registry has it (to push it when not).
+    fn remote_lookup(&self, kind: &str, key: &str, local_hit: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+        let remote = self.remote.as_ref()?;
+        let mut r = remote.lock().ok()?;
+        if r.broken {
+            return None;
+        }
+        let found = if local_hit {
+            r.registry.has(key).map(|h| h.then(Default::default))
+        } else {
+            r.registry.get(kind, key)
+        };
+        match found {
+            Ok(Some(hit)) => Some(hit),
+            Ok(None) => {
+                r.missing.push(key.to_string());
+                None
+            }
+            Err(e) if registry::is_refusal(&e) => {
+                tracing::warn!("registry cache: {kind} {key} refused ({e:#}); building it locally");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "registry cache {} does not answer ({e:#}); building without it",
+                    r.registry.reference()
+                );
+                r.broken = true;
+                None
+            }
+        }
+    }
+
+    /// A unit found in the registry, copied into the local cache and read back from it.
+    fn import<M: DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+        text: &[u8],
+        bytes: &[u8],
+    ) -> Result<Option<Record<M>>> {
+        let rec: Record<serde_json::Value> =
+            serde_json::from_slice(text).context("registry cache record")?;
+        self.store
+            .put(&rec.sha256, bytes)
+            .with_context(|| format!("cannot cache {kind} {key}"))?;
+        self.store.put_named(&record_name(key), text)?;
+        self.record(kind, key)
     }
 
     pub fn store(&self) -> &Store {
@@ -77,6 +160,14 @@ impl Cache {
     /// The record stored for `key`, checked (format, kind, key), without the bytes.
     /// `Ok(None)`: no usable record (absent, or refused with a warning).
     pub fn record<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Record<M>>> {
+        self.local_record(kind, key)
+    }
+
+    fn local_record<M: DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Record<M>>> {
         let Some(text) = self.store.get_named(&record_name(key))? else {
             return Ok(None);
         };
@@ -132,16 +223,78 @@ impl Cache {
         }
     }
 
-    /// Record and bytes of `key`, both verified; `None` on any miss.
-    pub fn get<M: DeserializeOwned>(
+    /// Record and bytes of `key`, both verified, from the local cache, else from the
+    /// registry cache; `None` on a miss (the unit is then built).
+    pub fn get<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Hit<M>>> {
+        if let Some(rec) = self.local_record::<M>(kind, key)? {
+            if let Some(b) = self.bytes(&rec) {
+                self.remote_lookup(kind, key, true);
+                return Ok(Some((rec, b, Source::LocalCache)));
+            }
+        }
+        self.get_remote(kind, key)
+    }
+
+    fn get_remote<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Hit<M>>> {
+        let Some((text, bytes)) = self.remote_lookup(kind, key, false) else {
+            return Ok(None);
+        };
+        Ok(self
+            .import::<M>(kind, key, &text, &bytes)?
+            .map(|rec| (rec, bytes, Source::RegistryCache)))
+    }
+
+    /// The record of `key` when only its metadata is needed: a local record whose blob is
+    /// present (not re-hashed), else the registry's (bytes verified and cached).
+    pub fn lookup_record<M: DeserializeOwned>(
         &self,
         kind: &str,
         key: &str,
-    ) -> Result<Option<(Record<M>, Vec<u8>)>> {
-        let Some(rec) = self.record::<M>(kind, key)? else {
-            return Ok(None);
+    ) -> Result<Option<(Record<M>, Source)>> {
+        if let Some(rec) = self.local_record::<M>(kind, key)? {
+            if self.store.blob_path(&rec.sha256).exists() {
+                self.remote_lookup(kind, key, true);
+                return Ok(Some((rec, Source::LocalCache)));
+            }
+        }
+        Ok(self.get_remote(kind, key)?.map(|(r, _, s)| (r, s)))
+    }
+
+    /// Push every unit the registry lacked (a failure is a warning: the build stands).
+    /// Returns (units pushed, bytes sent).
+    pub fn push_missing(&self) -> (usize, u64) {
+        let Some(remote) = &self.remote else {
+            return (0, 0);
         };
-        Ok(self.bytes(&rec).map(|b| (rec, b)))
+        let Ok(mut r) = remote.lock() else {
+            return (0, 0);
+        };
+        let mut pushed = 0;
+        let keys = std::mem::take(&mut r.missing);
+        for key in keys {
+            if r.broken {
+                break;
+            }
+            let unit = (|| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+                let Some(text) = self.store.get_named(&record_name(&key))? else {
+                    return Ok(None);
+                };
+                let rec: Record<serde_json::Value> = serde_json::from_slice(&text)?;
+                Ok(self.store.get(&rec.sha256)?.map(|b| (text, b)))
+            })();
+            match unit {
+                Ok(Some((text, bytes))) => match r.registry.put(&key, &text, &bytes) {
+                    Ok(()) => pushed += 1,
+                    Err(e) => {
+                        tracing::warn!("registry cache: cannot push {key}: {e:#}");
+                        r.broken = true;
+                    }
+                },
+                Ok(None) => tracing::debug!("registry cache: {key} is not in the local cache"),
+                Err(e) => tracing::warn!("registry cache: cannot read {key} locally: {e:#}"),
+            }
+        }
+        (pushed, r.registry.bytes_sent())
     }
 
     /// Store a built unit: its bytes by sha256, then its record under its key.
@@ -196,7 +349,8 @@ mod tests {
         let r2 = c
             .put("layer", &k2, &"two".to_string(), b"bytes two")
             .unwrap();
-        let (rec, bytes) = c.get::<String>("layer", &k1).unwrap().unwrap();
+        let (rec, bytes, src) = c.get::<String>("layer", &k1).unwrap().unwrap();
+        assert_eq!(src, Source::LocalCache);
         assert_eq!(
             (rec.meta.as_str(), bytes.as_slice()),
             ("one", &b"bytes one"[..])
