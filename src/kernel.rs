@@ -55,6 +55,9 @@ pub const BOOT_MODULES: &[&str] = &[
 /// input. Other modules of [`BOOT_MODULES`] that have device alias patterns are loaded only
 /// when a present device's modalias matches one (see [`boot_modules`]).
 pub const ALWAYS_LOAD: &[&str] = &[
+    // fw_cfg carries the boot-time config under QEMU: it must be there before the init
+    // reads it, whatever else is still probing (absent elsewhere, it binds nothing)
+    "qemu_fw_cfg",
     "squashfs",
     "overlay",
     "vfat",

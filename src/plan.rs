@@ -266,8 +266,9 @@ pub struct InitramfsInputs {
     /// How the cpio is compressed ("zstd-19").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
-    /// How boot.json's modules are split: "modalias" (always-loaded ones, and device
-    /// drivers with their alias patterns, see `kernel::boot_modules`).
+    /// How boot.json's modules are split: "modalias; always: <kernel::ALWAYS_LOAD>"
+    /// (always-loaded ones, and device drivers with their alias patterns, see
+    /// `kernel::boot_modules`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_loading: Option<String>,
 }
@@ -442,7 +443,10 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         boot,
         epoch,
         compression: Some("zstd-19".into()),
-        module_loading: Some("modalias".into()),
+        module_loading: Some(format!(
+            "modalias; always: {}",
+            crate::kernel::ALWAYS_LOAD.join(",")
+        )),
     };
     let initramfs = Unit {
         key: key_of(&initramfs_inputs)?,
