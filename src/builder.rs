@@ -14,7 +14,7 @@ use crate::fetch::Fetcher;
 use crate::image::{self, BuiltLayer, LayerMeta};
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
-use crate::plan::{AppScan, Filter, LayerInputs, LayerPlan, Plan, INIT};
+use crate::plan::{AppScan, Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
 use crate::resolve::lock::Pin;
 use crate::store::Store;
 use crate::tree::{Node, Tree};
@@ -282,6 +282,10 @@ pub fn layer_tree(
             epoch,
         )?)?;
     }
+    let mut java_modules = Vec::new();
+    if let Some(jre) = &i.jre {
+        java_modules = trim_jre(&mut tree, jre, debs)?;
+    }
     if let Some(a) = &i.app {
         if a.listing_sha256 != app.listing_sha256 {
             bail!("internal error: the app changed between planning and building");
@@ -296,7 +300,69 @@ pub fn layer_tree(
         name: i.name.clone(),
         tree,
         packages: refs,
+        java_modules,
     })
+}
+
+/// Trim the JRE in a runtime layer's tree to what the app (and, for a war, the server's
+/// jars) refers to. An unreadable server jar or a JRE fuse cannot read keeps the full JRE
+/// with a warning; an unknown `[runtime] modules` entry is an error. Returns the modules
+/// the layer holds.
+fn trim_jre(tree: &mut Tree, jre: &JreInputs, debs: &Debs) -> Result<Vec<String>> {
+    use crate::java::{self, Modules};
+    let full = |tree: &mut Tree| -> Vec<String> {
+        java::trim(tree, &Default::default(), &Modules::All)
+            .map(|r| r.modules.into_iter().collect())
+            .unwrap_or_default()
+    };
+    let modules = match jre.modules.as_str() {
+        "all" => Modules::All,
+        "" => Modules::Extra(Vec::new()),
+        list => Modules::Extra(list.split(',').map(str::to_string).collect()),
+    };
+    let mut refs = jre.packages.clone();
+    for pin in &jre.server_packages {
+        let deb = debs.read(pin)?;
+        let jars = deb
+            .data
+            .iter()
+            .filter(|(p, _)| p.ends_with(".jar"))
+            .filter_map(|(p, n)| n.data().map(|d| (p, d)));
+        match java::referenced_packages(jars) {
+            Ok(r) => refs.extend(r),
+            Err(e) => {
+                tracing::warn!("keeping the full JRE: {} {}: {e:#}", pin.name, pin.version);
+                return Ok(full(tree));
+            }
+        }
+    }
+    let before = tree.clone();
+    match java::trim(tree, &refs, &modules) {
+        Ok(r) => {
+            if r.removed.is_empty() {
+                tracing::info!("JRE: all {} modules kept", r.modules.len());
+            } else {
+                tracing::info!(
+                    "JRE trimmed to {} of {} modules ({:.1} -> {:.1} MiB lib/modules, {} other files left out): {}",
+                    r.modules.len(),
+                    r.modules.len() + r.removed.len(),
+                    r.jimage_before as f64 / 1048576.0,
+                    r.jimage_after as f64 / 1048576.0,
+                    r.files_removed,
+                    r.modules.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
+            }
+            Ok(r.modules.into_iter().collect())
+        }
+        Err(e) if e.downcast_ref::<java::trim::UnknownModule>().is_some() => {
+            Err(e.context("`runtime.modules`"))
+        }
+        Err(e) => {
+            *tree = before;
+            tracing::warn!("keeping the full JRE: {e:#}");
+            Ok(full(tree))
+        }
+    }
 }
 
 /// Read the kernel unit from its package.
@@ -394,6 +460,9 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     for (l, hit) in plan.layers.iter().zip(&hits) {
         if hit.is_none() {
             wanted.extend(l.inputs.packages.iter().cloned());
+            if let Some(jre) = &l.inputs.jre {
+                wanted.extend(jre.server_packages.iter().cloned());
+            }
             if let Some(sys) = &l.inputs.system {
                 wanted.extend(
                     sys.status

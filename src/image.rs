@@ -99,6 +99,9 @@ pub struct LayerMeta {
     pub size: u64,
     pub packages: Vec<PackageRef>,
     pub files: Vec<FileMeta>,
+    /// The JDK modules of a Java runtime layer (its `lib/modules`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub java_modules: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -169,6 +172,7 @@ pub fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<BuiltLayer> {
             size: bytes.len() as u64,
             packages: l.packages.clone(),
             files,
+            java_modules: l.java_modules.clone(),
         },
         bytes,
     })

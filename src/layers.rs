@@ -22,6 +22,8 @@ pub struct Layer {
     pub tree: Tree,
     /// Distribution packages whose files this layer holds.
     pub packages: Vec<PackageRef>,
+    /// The JDK modules a Java runtime layer holds (empty elsewhere).
+    pub java_modules: Vec<String>,
 }
 
 /// A distribution package as recorded in the image.
@@ -225,6 +227,7 @@ pub fn base_layer(
         name: "base".into(),
         tree: t,
         packages: Vec::new(),
+        java_modules: Vec::new(),
     })
 }
 
@@ -320,6 +323,7 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
         name: "app".into(),
         tree: t,
         packages: Vec::new(),
+        java_modules: Vec::new(),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod format;
 pub mod image;
 pub mod images;
 pub mod inspect;
+pub mod java;
 pub mod kernel;
 pub mod layers;
 pub mod ledger;

@@ -144,6 +144,8 @@ pub struct Manifest {
     pub runtime: Option<crate::runtimes::Request>,
     /// The app server (`[server]`, kind war).
     pub server: Option<crate::runtimes::Request>,
+    /// `[runtime] modules` (Java kinds): modules added to the analysis, or "all".
+    pub java_modules: crate::java::Modules,
     /// A jar's Main-Class (kind jar).
     pub main_class: Option<String>,
     /// package.json's `main` (kind node), relative to the app directory.
@@ -448,6 +450,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             }
         },
     };
+    let mut java_modules = crate::java::Modules::default();
     let runtime = match (crate::runtimes::runtime_of(kind), raw.runtime) {
         (None, Some(r)) => bail!(cx.err(
             "runtime",
@@ -460,6 +463,43 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             let table = r.map(Spanned::into_inner).unwrap_or_default();
             let mut version = default.to_string();
             for (k, v) in &table {
+                if k == "modules" && want == "java" {
+                    java_modules = match v {
+                        toml::Value::String(s) if s == "all" => crate::java::Modules::All,
+                        toml::Value::Array(a) => {
+                            let mut out = Vec::new();
+                            for m in a {
+                                match m.as_str() {
+                                    Some(n)
+                                        if !n.is_empty()
+                                            && n.split('.').all(|p| {
+                                                !p.is_empty()
+                                                    && p.bytes().all(|b| {
+                                                        b.is_ascii_alphanumeric() || b == b'_'
+                                                    })
+                                            }) =>
+                                    {
+                                        out.push(n.to_string())
+                                    }
+                                    _ => bail!(cx.err(
+                                        "runtime.modules",
+                                        span.clone(),
+                                        format!(
+                                            "{m} is not a module name (e.g. \"jdk.localedata\")"
+                                        )
+                                    )),
+                                }
+                            }
+                            crate::java::Modules::Extra(out)
+                        }
+                        _ => bail!(cx.err(
+                            "runtime.modules",
+                            span.clone(),
+                            "must be a list of JDK module names or \"all\""
+                        )),
+                    };
+                    continue;
+                }
                 if k != want {
                     bail!(cx.err(
                         &format!("runtime.{k}"),
@@ -706,6 +746,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         keyring,
         keep,
         runtime,
+        java_modules,
         server,
         main_class,
         node_main,

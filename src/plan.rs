@@ -51,6 +51,8 @@ pub struct AppScan {
     pub native: crate::resolve::native::AppNeeds,
     /// JDK packages the app's classes refer to (Java kinds; filled by the Java scan).
     pub java_packages: BTreeSet<String>,
+    /// Why the app's classes could not be read (Java kinds): the full JRE is kept.
+    pub java_scan_error: Option<String>,
 }
 
 /// Read the app once: its files, its identity, what it needs from the dynamic linker.
@@ -77,13 +79,30 @@ pub fn scan_app(m: &Manifest) -> Result<AppScan> {
         Dynamic::default()
     };
     let native = scan_native(m, &files)?;
+    let (java_packages, java_scan_error) = if matches!(m.kind, AppKind::Jar | AppKind::War) {
+        let bytes = artifact(m, &files)?;
+        let name = java_artifact_name(m);
+        match crate::java::referenced_packages([(name.as_str(), bytes)]) {
+            Ok(p) => (p, None),
+            Err(e) => {
+                tracing::warn!(
+                    "keeping the full JRE: the app's classes cannot be analysed: {e:#} \
+                     (`[runtime] modules = \"all\"` says so on purpose)"
+                );
+                (BTreeSet::new(), Some(format!("{e:#}")))
+            }
+        }
+    } else {
+        (BTreeSet::new(), None)
+    };
     Ok(AppScan {
         sha256,
         listing_sha256,
         files,
         dynamic,
         native,
-        java_packages: BTreeSet::new(),
+        java_packages,
+        java_scan_error,
     })
 }
 
@@ -112,6 +131,20 @@ fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::App
         tracing::info!("skipped {s}: another platform's build, the app has one for this one");
     }
     Ok(needs)
+}
+
+/// The artifact's name as errors show it (`app.jar`, `ROOT.war`).
+fn java_artifact_name(m: &Manifest) -> String {
+    let name = m
+        .app_path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("app");
+    match m.kind {
+        AppKind::War if !name.ends_with(".war") => format!("{name}.war"),
+        AppKind::Jar if !name.ends_with(".jar") => format!("{name}.jar"),
+        _ => name.to_string(),
+    }
 }
 
 /// The artifact of a file kind (binary, jar, war): the one file under `app/`.
@@ -235,6 +268,20 @@ pub struct LayerInputs {
     pub server: Option<ServerFiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppFiles>,
+    /// A Java runtime layer trimmed to the app (docs/runtimes.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jre: Option<JreInputs>,
+}
+
+/// What decides a trimmed JRE: the JDK packages the app refers to, the server packages
+/// whose jars are read too (a war's Tomcat), `[runtime] modules` ("all" keeps the JRE).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JreInputs {
+    pub packages: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_packages: Vec<Pin>,
+    /// "all", or the added modules, comma-separated and sorted.
+    pub modules: String,
 }
 
 /// The kernel unit: vmlinuz and the init's module closure, read from the kernel package.
@@ -348,6 +395,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         system: None,
         server: None,
         app: None,
+        jre: None,
     };
     let mut packages = lock.packages.clone();
     packages.sort();
@@ -378,6 +426,25 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
     if m.runtime.is_some() {
         let mut rt = layer("runtime");
         rt.packages = pins_of("runtime");
+        if m.runtime.as_ref().is_some_and(|r| r.name == "java") {
+            rt.jre = Some(JreInputs {
+                packages: app.java_packages.clone(),
+                server_packages: if m.server.is_some() {
+                    pins_of("server")
+                } else {
+                    Vec::new()
+                },
+                modules: if app.java_scan_error.is_some() {
+                    "all".into()
+                } else {
+                    m.java_modules.key()
+                },
+            });
+            // lib/modules and libjvm.so: 1 MiB blocks (squashfs's largest, xz dictionary
+            // = block) save 1.4 MB on a trimmed JRE; a fault reads the whole block into
+            // the page cache, so the pages around it come too
+            rt.fs.block_size = 1 << 20;
+        }
         if !rt.packages.is_empty() {
             layers.push(rt);
         }

@@ -131,6 +131,19 @@ pub struct LayerDiff {
     pub size_delta: i64,
     pub packages: PackageDiff,
     pub files: FileDiff,
+    /// JDK modules of a Java runtime layer added and removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub java_modules_added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub java_modules_removed: Vec<String>,
+}
+
+/// (added, removed) between two sorted module lists.
+fn diff_modules(old: &[String], new: &[String]) -> (Vec<String>, Vec<String>) {
+    (
+        new.iter().filter(|m| !old.contains(m)).cloned().collect(),
+        old.iter().filter(|m| !new.contains(m)).cloned().collect(),
+    )
 }
 
 /// A section made of scalar fields (kernel, boot, app).
@@ -322,6 +335,8 @@ fn diff_layers(old: &[LayerMeta], new: &[LayerMeta]) -> Vec<LayerDiff> {
         match old.iter().find(|o| o.name == l.name) {
             Some(o) => {
                 let same = o.digest == l.digest;
+                let (java_modules_added, java_modules_removed) =
+                    diff_modules(&o.java_modules, &l.java_modules);
                 out.push(LayerDiff {
                     name: l.name.clone(),
                     status: if same {
@@ -334,6 +349,8 @@ fn diff_layers(old: &[LayerMeta], new: &[LayerMeta]) -> Vec<LayerDiff> {
                     size_delta: delta(o.size, l.size),
                     packages: diff_packages(&o.packages, &l.packages),
                     files: diff_files(&o.files, &l.files),
+                    java_modules_added,
+                    java_modules_removed,
                 })
             }
             None => out.push(LayerDiff {
@@ -344,6 +361,8 @@ fn diff_layers(old: &[LayerMeta], new: &[LayerMeta]) -> Vec<LayerDiff> {
                 size_delta: delta(0, l.size),
                 packages: diff_packages(&[], &l.packages),
                 files: diff_files(&[], &l.files),
+                java_modules_added: l.java_modules.clone(),
+                java_modules_removed: Vec::new(),
             }),
         }
     }
@@ -356,6 +375,8 @@ fn diff_layers(old: &[LayerMeta], new: &[LayerMeta]) -> Vec<LayerDiff> {
             size_delta: delta(o.size, 0),
             packages: diff_packages(&o.packages, &[]),
             files: diff_files(&o.files, &[]),
+            java_modules_added: Vec::new(),
+            java_modules_removed: o.java_modules.clone(),
         });
     }
     out
@@ -665,6 +686,7 @@ pub(crate) mod tests {
                     size: 4096,
                     files: vec![file("/etc/passwd", 100, "p")],
                     packages,
+                    java_modules: vec![],
                 },
                 LayerMeta {
                     name: "app".into(),
@@ -686,6 +708,7 @@ pub(crate) mod tests {
                         },
                         file("/app/hello", app_size, &format!("h{app_size}")),
                     ],
+                    java_modules: vec![],
                 },
             ],
             disk_size: Some(12_582_912),

@@ -88,6 +88,7 @@ pub(crate) fn build_with(
             size: b.len() as u64,
             packages: packages.clone(),
             files: file_list(tree),
+            java_modules: vec![],
         });
         layer_bytes.push(b);
     }

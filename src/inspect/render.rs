@@ -291,6 +291,15 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         "  ",
     ));
 
+    for l in m.layers.iter().filter(|l| !l.java_modules.is_empty()) {
+        o.push_str(&format!(
+            "\nJDK modules in layer {} ({})\n",
+            l.name,
+            l.java_modules.len()
+        ));
+        o.push_str(&wrap(&l.java_modules.join(" "), 88, "  "));
+    }
+
     let mut pk = vec![("boot (UKI)".to_string(), &m.kernel.package)];
     pk.push(("boot (UKI)".into(), &m.boot.stub));
     for l in &m.layers {
@@ -403,6 +412,10 @@ pub fn diff(d: &ImageDiff) -> String {
         if !l.files.is_empty() {
             what.push(format!("{} file change(s)", l.files.count()));
         }
+        let jm = l.java_modules_added.len() + l.java_modules_removed.len();
+        if jm > 0 {
+            what.push(format!("{jm} JDK module change(s)"));
+        }
         rows.push(vec![
             format!("layer {}", l.name),
             l.status.as_str().into(),
@@ -439,6 +452,18 @@ pub fn diff(d: &ImageDiff) -> String {
                 short(&f.digest),
                 short(&t.digest)
             ));
+        }
+        if !l.java_modules_added.is_empty() || !l.java_modules_removed.is_empty() {
+            o.push_str(&format!(
+                "  JDK modules ({})\n",
+                l.java_modules_added.len() + l.java_modules_removed.len()
+            ));
+            for m in &l.java_modules_added {
+                o.push_str(&format!("    + {m}\n"));
+            }
+            for m in &l.java_modules_removed {
+                o.push_str(&format!("    - {m}\n"));
+            }
         }
         let p = &l.packages;
         if !p.is_empty() {
@@ -556,6 +581,26 @@ pub fn diff(d: &ImageDiff) -> String {
         size_delta(d.size.layers.delta),
     ));
     o
+}
+
+/// `text` wrapped at spaces to lines of at most `width` characters, each indented.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for w in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + w.len() > width {
+            out.push_str(&format!("{indent}{line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("{indent}{line}\n"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -569,6 +569,7 @@ mod tests {
             size: fs.len() as u64,
             packages: vec![],
             files: vec![],
+            java_modules: vec![],
         };
         assert!(check_layer(&l, Ok(&part)).is_empty());
         let mut bad = part.clone();

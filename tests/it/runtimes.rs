@@ -66,6 +66,213 @@ fn packages_of(meta: &serde_json::Value, layer: &str) -> Vec<String> {
         .collect()
 }
 
+fn java_modules(meta: &serde_json::Value) -> Vec<String> {
+    meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "runtime")
+        .and_then(|l| l["java_modules"].as_array())
+        .map(|a| a.iter().map(|m| m.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn layer_digest(meta: &serde_json::Value, name: &str) -> String {
+    meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// A jar app in `dir/name` compiled here from one Java source (class `t.Main`).
+fn java_app(dir: &Path, name: &str, source: &str, extra_manifest: &str) -> PathBuf {
+    let app = dir.join(name);
+    let src = app.join("src/t");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("Main.java"), source).unwrap();
+    let classes = app.join("classes");
+    let st = Command::new("javac")
+        .args(["--release", "17", "-d"])
+        .arg(&classes)
+        .arg(src.join("Main.java"))
+        .status()
+        .expect("javac (openjdk-17-jdk-headless)");
+    assert!(st.success());
+    let st = Command::new("jar")
+        .args(["--create", "--file"])
+        .arg(app.join("app.jar"))
+        .args(["--main-class", "t.Main", "-C"])
+        .arg(&classes)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(
+        app.join("fuse.toml"),
+        format!(
+            "[image]\nname = \"{name}\"\nversion = \"1.0.0\"\n[app]\nkind = \"jar\"\npath = \"app.jar\"\nport = 8080\n[runtime]\njava = \"17\"\n{extra_manifest}[health]\nhttp = \"/\"\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// Elliptic-curve keys, TLS with ECDHE suites, XML parsing and java.util.logging.
+const EC_TLS_APP: &str = r#"package t;
+import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.util.logging.Logger;
+
+public class Main {
+    static String report() throws Exception {
+        StringBuilder b = new StringBuilder();
+        java.security.KeyPairGenerator g = java.security.KeyPairGenerator.getInstance("EC");
+        g.initialize(256);
+        java.security.KeyPair kp = g.generateKeyPair();
+        java.security.Signature s = java.security.Signature.getInstance("SHA256withECDSA");
+        s.initSign(kp.getPrivate());
+        s.update("x".getBytes());
+        byte[] sig = s.sign();
+        s.initVerify(kp.getPublic());
+        s.update("x".getBytes());
+        b.append("ec=").append(kp.getPublic().getAlgorithm()).append(s.verify(sig) ? "-verified" : "-bad");
+        javax.net.ssl.SSLContext ctx = javax.net.ssl.SSLContext.getInstance("TLSv1.3");
+        ctx.init(null, null, null);
+        long ecdhe = java.util.Arrays.stream(ctx.getSupportedSSLParameters().getCipherSuites())
+            .filter(c -> c.contains("ECDHE")).count();
+        b.append(" ecdhe=").append(ecdhe);
+        javax.xml.parsers.DocumentBuilder db =
+            javax.xml.parsers.DocumentBuilderFactory.newInstance().newDocumentBuilder();
+        org.w3c.dom.Document d = db.parse(new java.io.ByteArrayInputStream(
+            "<r><v>parsed</v></r>".getBytes(StandardCharsets.UTF_8)));
+        b.append(" xml=").append(d.getElementsByTagName("v").item(0).getTextContent());
+        b.append(" modules=").append(ModuleLayer.boot().modules().size());
+        return b.toString();
+    }
+
+    public static void main(String[] args) throws Exception {
+        Logger log = Logger.getLogger("t");
+        String r = report();
+        log.info("report: " + r);
+        HttpServer srv = HttpServer.create(new InetSocketAddress(8080), 16);
+        srv.createContext("/", ex -> {
+            byte[] body = (r + " log=" + (log.getParent() != null) + "
+").getBytes(StandardCharsets.UTF_8);
+            ex.sendResponseHeaders(200, body.length);
+            try (java.io.OutputStream o = ex.getResponseBody()) { o.write(body); }
+        });
+        srv.start();
+    }
+}
+"#;
+
+#[test]
+fn ec_tls_xml_and_logging_work_on_a_trimmed_jre_built_reproducibly() {
+    if !require_tool("javac") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = java_app(dir.path(), "ectls", EC_TLS_APP, "");
+    let meta = build(&app);
+    report_sizes(&meta);
+    let modules = java_modules(&meta);
+    eprintln!(
+        "ectls JDK modules ({}): {}",
+        modules.len(),
+        modules.join(" ")
+    );
+    for m in [
+        "java.base",
+        "java.logging",
+        "java.xml",
+        "jdk.crypto.ec",
+        "jdk.httpserver",
+    ] {
+        assert!(modules.contains(&m.to_string()), "{m} missing: {modules:?}");
+    }
+    // a second build from a copy gives the same trimmed runtime layer
+    let again = dir.path().join("again");
+    copy_dir(&app, &again.join("ectls"));
+    let meta2 = build(&again.join("ectls"));
+    assert_eq!(
+        layer_digest(&meta, "runtime"),
+        layer_digest(&meta2, "runtime")
+    );
+    assert_eq!(meta["digest"], meta2["digest"]);
+    let body = boot_and_get(&app, &[], 400);
+    assert!(body.contains("ec=EC-verified"), "{body}");
+    assert!(body.contains("xml=parsed"), "{body}");
+    assert!(body.contains("log=true"), "{body}");
+    let ecdhe: u32 = body
+        .split("ecdhe=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(ecdhe >= 4, "ECDHE suites missing: {body}");
+}
+
+#[test]
+fn unreadable_classes_keep_the_full_jre_with_a_warning_naming_the_entry() {
+    if !require_tool("javac") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = java_app(
+        dir.path(),
+        "badclass",
+        "package t; public class Main { public static void main(String[] a) {} }",
+        "",
+    );
+    // add a class whose constant pool has an unknown tag
+    let bad = app.join("bad");
+    std::fs::create_dir_all(bad.join("t")).unwrap();
+    let mut class = vec![0xCA, 0xFE, 0xBA, 0xBE, 0, 0, 0, 61, 0, 3, 99, 0, 0];
+    class.extend_from_slice(&[0; 8]);
+    std::fs::write(bad.join("t/Broken.class"), class).unwrap();
+    let st = Command::new("jar")
+        .args(["--update", "--file"])
+        .arg(app.join("app.jar"))
+        .arg("-C")
+        .arg(&bad)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = fuse(&["build", app.to_str().unwrap()], &[]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("keeping the full JRE"), "{err}");
+    assert!(err.contains("app.jar!/t/Broken.class"), "{err}");
+    assert!(
+        err.contains("constant pool entry #1 has unknown tag 99"),
+        "{err}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(app.join("fuse-out/badclass-1.0.0.json")).unwrap())
+            .unwrap();
+    assert!(java_modules(&meta).len() > 60, "{:?}", java_modules(&meta));
+
+    // an unknown `[runtime] modules` entry is refused, naming the key
+    let app = java_app(
+        dir.path(),
+        "badmod",
+        "package t; public class Main { public static void main(String[] a) {} }",
+        "modules = [\"jdk.nosuch\"]\n",
+    );
+    let out = fuse(&["build", app.to_str().unwrap()], &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("runtime.modules") && err.contains("jdk.nosuch"),
+        "{err}"
+    );
+}
+
 fn report_sizes(meta: &serde_json::Value) {
     for l in meta["layers"].as_array().unwrap() {
         eprintln!("layer {}: {} bytes", l["name"], l["size"]);
@@ -133,6 +340,20 @@ fn jar_boots_on_the_jre_with_java_opts_and_a_ca_keystore() {
         "-fw_cfg".to_string(),
         "name=opt/fuse/env,string=JAVA_OPTS=-Dgreeting=bonjour -Xmx100m".to_string(),
     ];
+    // the JRE is trimmed to what the app uses (docs/runtimes.md)
+    let modules = java_modules(&meta);
+    eprintln!(
+        "jar-hello JDK modules ({}): {}",
+        modules.len(),
+        modules.join(" ")
+    );
+    for m in ["java.base", "jdk.httpserver", "jdk.crypto.ec"] {
+        assert!(modules.contains(&m.to_string()), "{m} missing: {modules:?}");
+    }
+    assert!(
+        !modules.contains(&"java.desktop".to_string()),
+        "{modules:?}"
+    );
     let body = boot_and_get(&app, &extra, 400);
     assert!(body.contains("uid=1000 "), "{body}");
     assert!(body.contains("java=17."), "{body}");
@@ -187,6 +408,16 @@ fn war_is_served_by_tomcat_as_the_root_context() {
     report_sizes(&meta);
     assert_eq!(layer_names(&meta), ["base", "runtime", "server", "app"]);
     assert!(packages_of(&meta, "server").contains(&"libtomcat10-java".to_string()));
+    let modules = java_modules(&meta);
+    eprintln!(
+        "war-hello JDK modules ({}): {}",
+        modules.len(),
+        modules.join(" ")
+    );
+    assert!(
+        !modules.contains(&"jdk.compiler".to_string()),
+        "{modules:?}"
+    );
     let body = boot_and_get(&app, &[], 600);
     assert!(body.contains("uid=1000 "), "{body}");
     assert!(body.contains("server=Apache Tomcat/10."), "{body}");
