@@ -160,8 +160,7 @@ public class Main {
         log.info("report: " + r);
         HttpServer srv = HttpServer.create(new InetSocketAddress(8080), 16);
         srv.createContext("/", ex -> {
-            byte[] body = (r + " log=" + (log.getParent() != null) + "
-").getBytes(StandardCharsets.UTF_8);
+            byte[] body = (r + " log=" + (log.getParent() != null) + "\n").getBytes(StandardCharsets.UTF_8);
             ex.sendResponseHeaders(200, body.length);
             try (java.io.OutputStream o = ex.getResponseBody()) { o.write(body); }
         });
