@@ -395,10 +395,16 @@ fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Sour
         return Ok(None);
     };
     let meta = rec.meta;
-    if meta.name != l.name
-        || meta.digest != format!("sha256:{}", rec.sha256)
-        || meta.size != rec.size
-    {
+    // The bytes are the partition: the file system (`size` bytes, `digest`), then its
+    // dm-verity tree, which must match the data and the recorded parameters.
+    let fs_ok = usize::try_from(meta.size)
+        .ok()
+        .and_then(|n| bytes.get(..n))
+        .is_some_and(|fs| format!("sha256:{}", crate::store::sha256_hex(fs)) == meta.digest);
+    let verity_ok = meta.verity.as_ref().is_some_and(|v| {
+        v.partition_size() == bytes.len() as u64 && crate::format::verity::verify(&bytes, v).is_ok()
+    });
+    if meta.name != l.name || !fs_ok || !verity_ok {
         tracing::warn!(
             "cached layer {} ({}) describes other bytes; building it again",
             l.name,
@@ -486,7 +492,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
                 let rec: Record<LayerMeta> =
                     cache.put("layer", &l.key, &built.meta, &built.bytes)?;
-                debug_assert_eq!(format!("sha256:{}", rec.sha256), built.meta.digest);
+                debug_assert_eq!(rec.size, built.bytes.len() as u64);
                 (built, Source::Built)
             }
         };
@@ -512,6 +518,8 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                     let (always, device) = crate::kernel::boot_modules(&k)?;
                     boot.modules = always;
                     boot.device_modules = device;
+                    let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
+                    boot.verity = image::boot_verity(&built)?;
                     let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
                     let bytes = image::write_initramfs(&tree)?;
                     let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;

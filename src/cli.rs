@@ -87,6 +87,13 @@ pub struct BuildArgs {
     pub cache_registry: Option<String>,
     #[command(flatten)]
     pub reg: RegistryArgs,
+    /// Sign the UKI for UEFI Secure Boot with this RSA key (PEM, PKCS#8 or PKCS#1,
+    /// unencrypted); needs --sign-cert.
+    #[arg(long, env = "FUSE_SIGN_KEY", requires = "sign_cert")]
+    pub sign_key: Option<PathBuf>,
+    /// The certificate (PEM) matching --sign-key; firmware trusting it boots the image.
+    #[arg(long, env = "FUSE_SIGN_CERT", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! Assemble the disk: one squashfs per layer, the initramfs, the UKI, the ESP, the GPT disk;
 //! and the image's metadata (image.json) and identity (sha256 of the raw disk). Pure.
 
-use crate::format::{cpio, fat, gpt, squashfs, uki};
+use crate::format::{cpio, fat, gpt, squashfs, uki, verity};
 use crate::layers::{AppPlan, Layer, PackageRef};
 use crate::store::sha256_hex;
 use crate::tree::{Kind, Tree};
@@ -67,6 +67,9 @@ pub struct BootMeta {
     pub initramfs_sha256: String,
     pub initramfs_size: u64,
     pub esp_size: u64,
+    /// Who signed the UKI for Secure Boot (absent: unsigned).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signer: Option<crate::sign::SignerMeta>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,6 +100,13 @@ pub struct LayerMeta {
     pub fs: String,
     pub digest: String,
     pub size: u64,
+    /// The partition's GPT unique GUID, derived from the name and digest; the init finds
+    /// the layer by it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub partuuid: Option<String>,
+    /// The dm-verity hash tree that follows the file system in the partition.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verity: Option<verity::VerityParams>,
     pub packages: Vec<PackageRef>,
     pub files: Vec<FileMeta>,
     /// The JDK modules of a Java runtime layer (its `lib/modules`), sorted.
@@ -153,29 +163,59 @@ pub struct BuiltLayer {
     pub bytes: Vec<u8>,
 }
 
-/// Write a layer's tree as its partition: squashfs with `opts`. Pure.
+/// Write a layer's tree as its partition: squashfs with `opts`, then its dm-verity
+/// superblock and hash tree (see `format::verity`). Pure.
 pub fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<BuiltLayer> {
     let files = file_list(&l.tree);
-    let bytes = timed(
+    let fs = timed(
         &format!("layer {} ({} entries) written", l.name, l.tree.len()),
         || {
             squashfs::write(&l.tree, opts)
                 .with_context(|| format!("cannot write the squashfs of layer {}", l.name))
         },
     )?;
+    let digest = format!("sha256:{}", sha256_hex(&fs));
+    let (bytes, params) = timed(&format!("layer {} hash tree computed", l.name), || {
+        Ok(verity::partition(&fs))
+    })?;
+    let partition = format!("fuse-{}", l.name);
     Ok(BuiltLayer {
         meta: LayerMeta {
             name: l.name.clone(),
-            partition: format!("fuse-{}", l.name),
+            partuuid: Some(guid_for(&partition, &digest).to_string().to_lowercase()),
+            partition,
             fs: "squashfs".into(),
-            digest: format!("sha256:{}", sha256_hex(&bytes)),
-            size: bytes.len() as u64,
+            digest,
+            size: fs.len() as u64,
+            verity: Some(params),
             packages: l.packages.clone(),
             files,
             java_modules: l.java_modules.clone(),
         },
         bytes,
     })
+}
+
+/// The boot plan's per-layer entries: partition GUID and verity parameters.
+pub fn boot_verity(
+    layers: &[BuiltLayer],
+) -> Result<std::collections::BTreeMap<String, crate::layers::LayerVerity>> {
+    layers
+        .iter()
+        .map(|l| {
+            let v = l.meta.verity.as_ref().context("layer without verity")?;
+            Ok((
+                l.meta.name.clone(),
+                crate::layers::LayerVerity {
+                    partuuid: l.meta.partuuid.clone().context("layer without GUID")?,
+                    data_blocks: v.data_blocks,
+                    hash_start_block: v.hash_start_block(),
+                    root_hash: v.root_hash.clone(),
+                    salt: v.salt.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The zstd-compressed cpio of an initramfs tree (the kernel unpacks zstd natively: 8 MB of
@@ -227,6 +267,8 @@ pub struct DiskInputs<'a> {
     pub port: u16,
     pub health_http: Option<String>,
     pub epoch: u64,
+    /// Who signed `uki` (it is already signed; recorded in image.json).
+    pub signer: Option<crate::sign::SignerMeta>,
 }
 
 /// The finished image.
@@ -282,6 +324,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             initramfs_sha256: i.initramfs_sha256,
             initramfs_size: i.initramfs_size,
             esp_size: 0,
+            signer: i.signer,
         },
         app: AppMeta {
             kind: i.app_kind.into(),
@@ -349,7 +392,10 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         specs.push(gpt::PartitionSpec {
             name: m.partition.clone(),
             type_guid: linux,
-            unique_guid: guid_for(&m.partition, &m.digest),
+            unique_guid: match &m.partuuid {
+                Some(g) => gpt::Guid::parse(g)?,
+                None => guid_for(&m.partition, &m.digest),
+            },
             // bit 60: read-only (a hint to tools that mount by partition)
             attributes: 1 << 60,
             data: b,
@@ -407,6 +453,24 @@ pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
         .and_then(|n| n.data())
         .with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
     parse_meta(json)
+}
+
+/// A file from a raw disk's ESP (GPT -> ESP -> FAT), e.g. the UKI.
+pub fn read_esp_file(disk: &[u8], path: &str) -> Result<Vec<u8>> {
+    let info = gpt::read_disk(disk).context("cannot read the GPT")?;
+    let esp = info
+        .partitions
+        .iter()
+        .find(|p| p.name == ESP_PARTITION_NAME)
+        .context("no fuse-esp partition")?;
+    let bytes = disk
+        .get(esp.byte_range())
+        .context("ESP partition beyond the end of the disk")?;
+    let tree = fat::read(bytes).context("cannot read the ESP's FAT file system")?;
+    tree.get(path)
+        .and_then(|n| n.data())
+        .map(|d| d.to_vec())
+        .with_context(|| format!("no /{path} on the ESP"))
 }
 
 /// Parse image.json (either copy), refusing formats this fuse does not know.

@@ -22,6 +22,8 @@ pub const BOOT_MODULES: &[&str] = &[
     // layer file systems and the overlay
     "squashfs",
     "overlay",
+    // every layer is mounted through a dm-verity device (depends on dm_mod, dm_bufio)
+    "dm_verity",
     // QEMU fw_cfg, where boot-time configuration arrives locally
     "qemu_fw_cfg",
     // the config disk (FAT, label FUSECONFIG), mounted vfat with codepage=437,iocharset=ascii
@@ -85,7 +87,13 @@ pub struct DeviceModule {
 }
 
 /// Modules without which the image cannot boot at all: missing ones are an error.
-pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "squashfs", "overlay"];
+pub const REQUIRED_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "squashfs",
+    "overlay",
+    "dm_verity",
+];
 
 /// The kernel as found in its package.
 #[derive(Clone, Debug)]

@@ -62,7 +62,22 @@ pub struct BootPlan {
     pub device_modules: Vec<crate::kernel::DeviceModule>,
     pub layers: Vec<String>,
     pub fs_type: String,
+    /// Per layer: its partition's GPT GUID and dm-verity parameters (every layer has one).
+    pub verity: BTreeMap<String, LayerVerity>,
     pub app: AppPlan,
+}
+
+/// How the init finds and checks a layer (see `format::verity`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerVerity {
+    /// The partition's GPT unique GUID.
+    pub partuuid: String,
+    /// 4096-byte file-system blocks covered by the tree.
+    pub data_blocks: u64,
+    /// First 4096-byte block of the hash tree in the same partition.
+    pub hash_start_block: u64,
+    pub root_hash: String,
+    pub salt: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -126,6 +126,10 @@ pub struct Entry {
     /// `host/repo:tag@sha256:<manifest>` when the promotion also tagged a registry.
     #[serde(default)]
     pub registry: Option<String>,
+    /// sha256 fingerprint of the certificate whose key signed the image's UKI for Secure
+    /// Boot (verified at promotion), when it is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// Reads every line of the ledger (an absent ledger is empty); a malformed line is an error
@@ -363,6 +367,7 @@ mod tests {
             from: None,
             config: None,
             registry: None,
+            signer: None,
         }
     }
 

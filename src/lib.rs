@@ -28,6 +28,7 @@ pub mod qemu;
 pub mod repro;
 pub mod resolve;
 pub mod runtimes;
+pub mod sign;
 pub mod store;
 #[cfg(test)]
 pub mod testutil;

@@ -205,6 +205,8 @@ pub struct FsOptions {
     pub block_size: u32,
     /// Superblock time (the epoch, clamped to 32 bits).
     pub mkfs_time: u32,
+    /// The dm-verity layout appended to the file system (`format::verity`): its version.
+    pub verity: u32,
 }
 
 /// Which package files are left out of a layer (see docs/packages.md).
@@ -307,7 +309,10 @@ pub struct InitramfsInputs {
     /// The kernel unit's key (its modules go in, and their paths into `boot.modules`).
     pub kernel: String,
     pub init_sha256: String,
-    /// The boot plan, `modules` left empty: the kernel unit fills it.
+    /// The layer units' keys, bottom to top: their bytes (and so their dm-verity root
+    /// hashes, which go into `boot.verity`) are a function of these keys.
+    pub layers: Vec<String>,
+    /// The boot plan, `modules` and `verity` left empty: the kernel and layer units fill them.
     pub boot: BootPlan,
     pub epoch: u64,
     /// How the cpio is compressed ("zstd-19").
@@ -334,6 +339,9 @@ pub struct UkiInputs {
     pub cmdline: String,
     pub os_release: String,
 }
+
+/// Version of the dm-verity layout of layer partitions (`format::verity`).
+pub const VERITY_LAYOUT: u32 = 1;
 
 fn fuse_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
@@ -367,6 +375,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         compression: "xz".into(),
         block_size: crate::format::squashfs::Options::default().block_size,
         mkfs_time: epoch.min(u32::MAX as u64) as u32,
+        verity: VERITY_LAYOUT,
     };
     let runtime_dead_weight: Vec<String> = m
         .runtime
@@ -499,6 +508,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         device_modules: Vec::new(),
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         fs_type: fs.kind.clone(),
+        verity: Default::default(),
         app: app_plan(m)?,
     };
     let initramfs_inputs = InitramfsInputs {
@@ -507,6 +517,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         fuse_version: version.clone(),
         kernel: kernel.key.clone(),
         init_sha256: init_sha256(),
+        layers: layers.iter().map(|l| l.key.clone()).collect(),
         boot,
         epoch,
         compression: Some("zstd-19".into()),

@@ -32,6 +32,9 @@ pub struct BootConfig {
     pub layers: Vec<String>,
     /// File system type of every layer partition (e.g. `squashfs`, `erofs`), mounted read-only.
     pub fs_type: String,
+    /// Per layer: its partition's GPT GUID and its dm-verity parameters. Every layer has
+    /// one: layers are only ever mounted through a verified device.
+    pub verity: BTreeMap<String, LayerVerity>,
     /// The program to run once the system is up.
     pub app: AppConfig,
 }
@@ -132,6 +135,30 @@ pub fn check_writable(path: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// How layer `x` is found and checked (see the builder's `format::verity`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerVerity {
+    /// The partition's GPT unique GUID (lower-case text form).
+    pub partuuid: String,
+    /// File-system blocks (4096 bytes) covered by the hash tree.
+    pub data_blocks: u64,
+    /// First block (4096 bytes) of the hash tree in the same partition.
+    pub hash_start_block: u64,
+    /// sha256 root hash, hex.
+    pub root_hash: String,
+    /// Salt, hex.
+    pub salt: String,
+}
+
+fn is_hex(s: &str, len: Option<usize>) -> bool {
+    !s.is_empty()
+        && s.len() % 2 == 0
+        && len.is_none_or(|l| s.len() == l)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// See [`AppConfig::env_args`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +255,34 @@ impl BootConfig {
                 bail!("boot.json: layer {l:?} is listed twice");
             }
         }
+        for l in &self.layers {
+            let Some(v) = self.verity.get(l) else {
+                bail!("boot.json: layer {l:?} has no verity entry (every layer is verified)");
+            };
+            let guid_ok = v.partuuid.len() == 36
+                && v.partuuid.bytes().enumerate().all(|(i, b)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+                    }
+                });
+            if !guid_ok {
+                bail!(
+                    "boot.json: layer {l:?}: partuuid {:?} is not a lower-case GUID",
+                    v.partuuid
+                );
+            }
+            if !is_hex(&v.root_hash, Some(64)) || !is_hex(&v.salt, None) || v.salt.len() > 512 {
+                bail!("boot.json: layer {l:?}: root_hash or salt is not lower-case hex");
+            }
+            if v.data_blocks == 0 || v.hash_start_block <= v.data_blocks {
+                bail!("boot.json: layer {l:?}: hash tree must start after the data blocks");
+            }
+        }
+        if self.verity.len() != self.layers.len() {
+            bail!("boot.json: verity lists a layer that is not in layers");
+        }
         if self.fs_type.is_empty()
             || !self
                 .fs_type
@@ -301,6 +356,12 @@ mod tests {
       "modules": ["/lib/modules/6.1.0-28-amd64/kernel/drivers/virtio/virtio.ko"],
       "layers": ["base", "app"],
       "fs_type": "squashfs",
+      "verity": {
+        "base": {"partuuid": "0b6f4a2c-1d3e-4f50-8a61-72839405a6b7", "data_blocks": 1, "hash_start_block": 2,
+                 "root_hash": "5ab5c7f2d4b6a8e0c1d3e5f7a9b0c2d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5", "salt": "00ff"},
+        "app": {"partuuid": "1c7f5b3d-2e4f-4061-9b72-8394a516b7c8", "data_blocks": 65, "hash_start_block": 66,
+                "root_hash": "6bc6d8f3e5c7b9f1d2e4f6a8b0c1d3e5f7a9b2c4d6e8f0a1b3c5d7e9f1a2b4c6", "salt": "11"}
+      },
       "app": {
         "argv": ["/app/hello", "--flag"],
         "workdir": "/app",
@@ -421,6 +482,33 @@ mod tests {
                 "\"fs_type\": \"squashfs\"",
                 "\"fs_type\": \"squash,fs\"",
                 "fs_type",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = SAMPLE.replace(from, to);
+            assert_ne!(text, SAMPLE, "replacement {from} did not apply");
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_layer_needs_a_well_formed_verity_entry() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.verity["app"].data_blocks, 65);
+        assert_eq!(c.verity["app"].hash_start_block, 66);
+        let cases = [
+            (
+                "\"app\": {\"partuuid\"",
+                "\"apx\": {\"partuuid\"",
+                "no verity entry",
+            ),
+            ("1c7f5b3d-2e4f", "1C7F5B3D-2E4F", "partuuid"),
+            ("\"salt\": \"11\"", "\"salt\": \"1\"", "hex"),
+            (
+                "\"hash_start_block\": 66",
+                "\"hash_start_block\": 65",
+                "after the data",
             ),
         ];
         for (from, to, want) in cases {

@@ -16,6 +16,7 @@ mod net;
 mod power;
 mod sys;
 mod userconfig;
+mod verity;
 
 use std::time::Duration;
 
@@ -77,16 +78,17 @@ fn run() -> Result<()> {
         HOTPLUG_POLL,
     );
 
-    let devices = block::find_partitions(&cfg.layers, PARTITION_WAIT, POLL)?;
+    let parts = verity::find_partitions(&cfg.layers, &cfg.verity, PARTITION_WAIT, POLL)?;
     for layer in &cfg.layers {
-        if let Some(dev) = devices.get(layer) {
+        if let Some(p) = parts.get(layer) {
             log!(
-                "layer {layer}: {} ({})",
-                dev.display(),
-                block::partition_name(layer)
+                "layer {layer}: {} (GUID {})",
+                p.dev.display(),
+                cfg.verity[layer].partuuid
             );
         }
     }
+    let devices = verity::setup_all(&cfg.layers, &cfg.verity, &parts)?;
     mounts::root(&cfg.layers, &cfg.fs_type, &devices)?;
     log!(
         "mounted {} layers ({}) as the overlay root {}",

@@ -10,7 +10,7 @@ use crate::manifest::{self, Manifest};
 use crate::mirror::{self, Session, Trust};
 use crate::plan::{self, Plan, CMDLINE};
 use crate::store;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -84,7 +84,20 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         insecure: args.reg.insecure,
         username: args.reg.username.clone(),
     };
-    let built = build_full(&args.path, args.out.as_deref(), opts, None, &cache)?;
+    // So is the signing key: one that does not match its certificate is an error up front.
+    let signer = match (&args.sign_key, &args.sign_cert) {
+        (Some(k), Some(c)) => Some(crate::sign::Signer::load(k, c)?),
+        (None, None) => None,
+        _ => bail!("--sign-key and --sign-cert (FUSE_SIGN_KEY, FUSE_SIGN_CERT) go together"),
+    };
+    let built = build_full(
+        &args.path,
+        args.out.as_deref(),
+        opts,
+        None,
+        &cache,
+        signer.as_ref(),
+    )?;
     for (part, size) in &built.parts {
         tracing::info!(
             "  {part:<18} {:>10} bytes ({:.1} MiB)",
@@ -102,7 +115,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
     }
     let budget = check_budget(&m.budget, &built)?;
     let verify = if args.verify {
-        Some(super::verify::verify(&m, &built, opts)?)
+        Some(super::verify::verify(&m, &built, opts, signer.as_ref())?)
     } else {
         None
     };
@@ -310,7 +323,7 @@ fn unit(name: &str, key: &str, size: u64, sha256: &str, source: Source) -> UnitR
 
 /// Build the image of the manifest at `path` into `out` (default `<app dir>/fuse-out`).
 pub fn build(path: &Path, out: Option<&Path>, opts: Options) -> Result<Built> {
-    build_with(path, out, opts, None)
+    build_with(path, out, opts, None, None)
 }
 
 /// [`build`], with the units (layers, kernel, initramfs, UKI) cached in `units` instead of
@@ -321,8 +334,10 @@ pub fn build_with(
     out: Option<&Path>,
     opts: Options,
     units: Option<&store::Store>,
+    // Signs the UKI for Secure Boot (after the cache: cached UKIs are unsigned).
+    signer: Option<&crate::sign::Signer>,
 ) -> Result<Built> {
-    build_full(path, out, opts, units, &CacheOptions::default())
+    build_full(path, out, opts, units, &CacheOptions::default(), signer)
 }
 
 /// [`build_with`], with a registry cache as well.
@@ -332,6 +347,7 @@ pub fn build_full(
     opts: Options,
     units: Option<&store::Store>,
     cache_opts: &CacheOptions,
+    signer: Option<&crate::sign::Signer>,
 ) -> Result<Built> {
     let started = Instant::now();
     // 1. What the user asked for, and the one reading of the app.
@@ -373,6 +389,19 @@ pub fn build_full(
     // 5. The disk.
     let layers: Vec<image::BuiltLayer> = units.layers.iter().map(|(l, _)| l.clone()).collect();
     let app_plan = plan.initramfs.inputs.boot.app.clone();
+    let uki = match signer {
+        Some(s) => {
+            let t = Instant::now();
+            let signed = s.sign_pe(&units.uki).context("cannot sign the UKI")?;
+            tracing::info!(
+                "UKI signed by {} in {:.2}s",
+                s.meta().subject,
+                t.elapsed().as_secs_f64()
+            );
+            signed
+        }
+        None => units.uki.clone(),
+    };
     let t = Instant::now();
     let disk = image::assemble(DiskInputs {
         name: &m.name,
@@ -394,7 +423,7 @@ pub fn build_full(
         },
         kernel_size: units.kernel.vmlinuz,
         stub_package: units.uki_stub.clone(),
-        uki: &units.uki,
+        uki: &uki,
         initramfs_sha256: units.initramfs_sha256.clone(),
         initramfs_size: units.initramfs_size,
         layers: &layers,
@@ -403,6 +432,7 @@ pub fn build_full(
         port: m.port,
         health_http: m.health_http.clone(),
         epoch,
+        signer: signer.map(|s| s.meta()),
     })?;
     tracing::info!("disk assembled in {:.2}s", t.elapsed().as_secs_f64());
     // 6. Written atomically; the lock only once the image is.
@@ -462,7 +492,7 @@ pub fn build_full(
         unit(
             "uki",
             &plan.uki.key,
-            units.uki.len() as u64,
+            uki.len() as u64,
             &disk.meta.boot.uki_sha256,
             units.uki_source,
         ),

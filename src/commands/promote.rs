@@ -28,6 +28,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
     let meta = image::read_meta(&disk)
         .with_context(|| format!("{} is not a fuse image", path.display()))?;
     let digest = format!("sha256:{}", sha256_hex(&disk));
+    let signer = signer_of(&disk).with_context(|| format!("{}", path.display()))?;
     let config = match &args.config {
         Some(f) => {
             let data =
@@ -66,6 +67,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
                 from,
                 config: config.clone(),
                 registry,
+                signer: signer.clone(),
             })
         },
         |_| match pending.borrow_mut().take() {
@@ -91,7 +93,26 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
             .map(|r| format!("; tagged {r}"))
             .unwrap_or_default()
     );
+    if let Some(s) = &entry.signer {
+        tracing::info!("signed by the certificate {s}");
+    }
     Ok(0)
+}
+
+/// The fingerprint of the certificate that signed the image's UKI, verified against the
+/// UKI's bytes; None when unsigned. A signature that does not verify is an error.
+fn signer_of(disk: &[u8]) -> Result<Option<String>> {
+    let uki = image::read_esp_file(disk, image::ESP_BOOT_PATH)?;
+    let sigs = crate::sign::verify_pe(&uki).context("cannot read the UKI's signature")?;
+    match sigs.first() {
+        None => Ok(None),
+        Some(s) if s.problems.is_empty() => Ok(Some(format!("sha256:{}", s.signer.fingerprint))),
+        Some(s) => bail!(
+            "the UKI's signature by {} does not verify: {}",
+            s.signer.subject,
+            s.problems.join("; ")
+        ),
+    }
 }
 
 /// A registry tag to point at a manifest: the manifest's bytes are put back under the tag

@@ -104,7 +104,12 @@ fn copy_sources(m: &Manifest, dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Build `m` a second time without unit caches and compare with `first`.
-pub fn verify(m: &Manifest, first: &Built, opts: Options) -> Result<VerifyReport> {
+pub fn verify(
+    m: &Manifest,
+    first: &Built,
+    opts: Options,
+    signer: Option<&crate::sign::Signer>,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     tracing::info!("verify: building again without unit caches, in a temporary directory");
     let tmp = tempfile::Builder::new()
@@ -143,6 +148,7 @@ pub fn verify(m: &Manifest, first: &Built, opts: Options) -> Result<VerifyReport
         Some(&tmp.path().join("out")),
         second_opts,
         Some(&units),
+        signer,
     )
     .context("verify: the second build failed")?;
     let a = std::fs::read(&first.image)

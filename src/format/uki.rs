@@ -37,9 +37,9 @@ const PE32PLUS_MAGIC: u16 = 0x20b;
 const SECTION_HEADER_LEN: usize = 40;
 const COFF_HEADER_LEN: usize = 20;
 /// Index of the certificate table among the data directories.
-const CERT_DIRECTORY: usize = 4;
+pub(crate) const CERT_DIRECTORY: usize = 4;
 /// Offset of `CheckSum` inside the optional header.
-const OPT_CHECKSUM: usize = 64;
+pub(crate) const OPT_CHECKSUM: usize = 64;
 
 /// The payload of a UKI, one slice per section.
 pub struct Sections<'a> {
@@ -65,7 +65,7 @@ fn rd16(b: &[u8], off: usize) -> Result<u16> {
     Ok(u16::from_le_bytes([s[0], s[1]]))
 }
 
-fn rd32(b: &[u8], off: usize) -> Result<u32> {
+pub(crate) fn rd32(b: &[u8], off: usize) -> Result<u32> {
     let s = b
         .get(off..off.checked_add(4).context("offset overflow")?)
         .with_context(|| {
@@ -81,7 +81,7 @@ fn wr16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());
 }
 
-fn wr32(b: &mut [u8], off: usize, v: u32) {
+pub(crate) fn wr32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
@@ -91,12 +91,12 @@ fn align_up(v: u64, a: u64) -> u64 {
 
 /// One entry of the section table.
 #[derive(Clone, Debug)]
-struct SectionHeader {
-    name: [u8; 8],
-    virtual_size: u32,
-    virtual_address: u32,
-    size_of_raw_data: u32,
-    pointer_to_raw_data: u32,
+pub(crate) struct SectionHeader {
+    pub(crate) name: [u8; 8],
+    pub(crate) virtual_size: u32,
+    pub(crate) virtual_address: u32,
+    pub(crate) size_of_raw_data: u32,
+    pub(crate) pointer_to_raw_data: u32,
 }
 
 impl SectionHeader {
@@ -107,23 +107,23 @@ impl SectionHeader {
 }
 
 /// The parts of a PE32+ image's headers we need, with their file offsets.
-struct Pe {
+pub(crate) struct Pe {
     /// Offset of the COFF file header (just after `PE\0\0`).
-    coff: usize,
+    pub(crate) coff: usize,
     /// Offset of the optional header.
-    opt: usize,
+    pub(crate) opt: usize,
     /// Offset of the section table.
-    sections_off: usize,
-    sections: Vec<SectionHeader>,
-    section_alignment: u32,
-    file_alignment: u32,
-    size_of_image: u32,
-    size_of_headers: u32,
-    number_of_rva_and_sizes: u32,
+    pub(crate) sections_off: usize,
+    pub(crate) sections: Vec<SectionHeader>,
+    pub(crate) section_alignment: u32,
+    pub(crate) file_alignment: u32,
+    pub(crate) size_of_image: u32,
+    pub(crate) size_of_headers: u32,
+    pub(crate) number_of_rva_and_sizes: u32,
 }
 
 impl Pe {
-    fn parse(b: &[u8]) -> Result<Pe> {
+    pub(crate) fn parse(b: &[u8]) -> Result<Pe> {
         ensure!(
             b.get(..2) == Some(b"MZ"),
             "not a PE image: expected DOS magic \"MZ\" at offset 0"

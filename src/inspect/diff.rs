@@ -655,6 +655,7 @@ pub(crate) mod tests {
                 initramfs_sha256: "i".into(),
                 initramfs_size: 1_000_000,
                 esp_size: 10_000_000,
+                signer: None,
             },
             app: AppMeta {
                 kind: "binary".into(),
@@ -676,6 +677,8 @@ pub(crate) mod tests {
                     name: "base".into(),
                     partition: "fuse-base".into(),
                     fs: "squashfs".into(),
+                    partuuid: None,
+                    verity: None,
                     digest: format!(
                         "sha256:base-{}",
                         packages
@@ -692,6 +695,8 @@ pub(crate) mod tests {
                     name: "app".into(),
                     partition: "fuse-app".into(),
                     fs: "squashfs".into(),
+                    partuuid: None,
+                    verity: None,
                     digest: format!("sha256:app-{app_size}"),
                     size: 262_144,
                     packages: vec![],

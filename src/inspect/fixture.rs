@@ -79,20 +79,26 @@ pub(crate) fn build_with(
     let mut layer_bytes = Vec::new();
     let mut layers = Vec::new();
     for (name, tree, packages) in &trees {
-        let b = squashfs::write(tree, &opts).unwrap();
+        let fs = squashfs::write(tree, &opts).unwrap();
+        let (b, v) = crate::format::verity::partition(&fs);
         layers.push(LayerMeta {
             name: name.to_string(),
             partition: format!("fuse-{name}"),
             fs: "squashfs".into(),
-            digest: format!("sha256:{}", sha256_hex(&b)),
-            size: b.len() as u64,
+            partuuid: None,
+            verity: Some(v),
+            digest: format!("sha256:{}", sha256_hex(&fs)),
+            size: fs.len() as u64,
             packages: packages.clone(),
             files: file_list(tree),
             java_modules: vec![],
         });
         layer_bytes.push(b);
     }
-    let uki = b"MZ stand-in for a unified kernel image".repeat(100);
+    // A real (tiny) PE, so the signature check reads it; its section holds a marker text.
+    let mut uki = crate::format::authenticode::tests::tiny_pe();
+    let marker = b"stand-in for a unified kernel image";
+    uki[0x200..0x200 + marker.len()].copy_from_slice(marker);
     let mut meta = ImageMeta {
         format: 1,
         name: "hello".into(),
@@ -124,6 +130,7 @@ pub(crate) fn build_with(
             initramfs_sha256: "2".repeat(64),
             initramfs_size: 1000,
             esp_size: 0,
+            signer: None,
         },
         app: AppMeta {
             kind: "binary".into(),

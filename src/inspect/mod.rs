@@ -32,6 +32,9 @@ pub struct InspectJson<'a> {
     /// The export format the raw disk was read from (absent for a raw image).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wrapper: Option<&'a verify::Wrapper>,
+    /// The UKI's Secure Boot signatures (empty: unsigned), each with the problems found
+    /// verifying it (empty: verified).
+    pub secure_boot: &'a [crate::sign::SignatureReport],
     /// image.json as embedded, with `digest` and `disk_size` from the bytes (null when it
     /// could not be read).
     pub metadata: Option<&'a ImageMeta>,
@@ -58,6 +61,7 @@ impl<'a> InspectJson<'a> {
             },
             partitions: &img.partitions,
             wrapper: img.wrapper.as_ref(),
+            secure_boot: &img.signatures,
             metadata: img.meta.as_ref(),
         }
     }
@@ -225,8 +229,17 @@ mod tests {
         let app = partition(&disk, "fuse-app");
         disk[app.start + 10] ^= 0x40;
         let img = verify::read(&disk, None);
-        assert_eq!(parts(&img), ["layer app"], "{:?}", img.report.problems);
+        // the digest and the dm-verity root hash both fail
+        assert_eq!(
+            parts(&img),
+            ["layer app", "layer app"],
+            "{:?}",
+            img.report.problems
+        );
         assert!(img.report.problems[0].problem.contains("digest mismatch"));
+        assert!(img.report.problems[1]
+            .problem
+            .contains("verity root hash mismatch"));
         let err = img.verified("copy.img").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("copy.img failed verification"), "{text}");
@@ -237,7 +250,37 @@ mod tests {
 
         // With the beside copy, the disk digest no longer matches it either.
         let img = read(&disk, &f.beside);
-        assert_eq!(parts(&img), ["layer app", "beside hello-1.0.0.json"]);
+        assert_eq!(
+            parts(&img),
+            ["layer app", "layer app", "beside hello-1.0.0.json"]
+        );
+    }
+
+    #[test]
+    fn a_damaged_verity_tree_names_the_layer() {
+        // an incompressible app, so the layer has many blocks and a hash tree
+        let app: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+            .collect();
+        let f = fixture::build(&app, |_| {});
+        let v = f.meta.layers[1].verity.clone().unwrap();
+        assert!(v.data_blocks > 1);
+        let app = partition(&f.disk, "fuse-app");
+        // a byte in the hash tree (after the superblock): the data still matches its digest
+        let mut disk = f.disk.clone();
+        disk[app.start + v.hash_offset as usize + 4096 + 3] ^= 1;
+        let img = verify::read(&disk, None);
+        assert_eq!(parts(&img), ["layer app"], "{:?}", img.report.problems);
+        assert!(img.report.problems[0].problem.contains("verity"));
+        // a root hash that image.json records differently
+        let f = fixture::build(b"app v1", |m| {
+            m.layers[1].verity.as_mut().unwrap().root_hash = "0".repeat(64)
+        });
+        let img = verify::read(&f.disk, None);
+        assert_eq!(parts(&img), ["layer app"], "{:?}", img.report.problems);
+        assert!(img.report.problems[0]
+            .problem
+            .contains("verity root hash mismatch"));
     }
 
     #[test]

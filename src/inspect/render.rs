@@ -212,6 +212,20 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         m.boot.stub.version
     ));
 
+    match img.signatures.first() {
+        None => o.push_str("  secure    unsigned (Secure Boot firmware refuses it)\n"),
+        Some(sig) => o.push_str(&format!(
+            "  secure    signed by {} (certificate sha256 {}), {}\n",
+            sig.signer.subject,
+            sig.signer.fingerprint,
+            if sig.problems.is_empty() {
+                "signature verified against it"
+            } else {
+                "signature does NOT verify"
+            }
+        )),
+    }
+
     o.push_str("\napp\n");
     let a = &m.app;
     o.push_str(&format!("  kind        {}\n", a.kind));
@@ -290,6 +304,35 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         &[0, 3, 4, 5],
         "  ",
     ));
+    let verity: Vec<Vec<String>> = m
+        .layers
+        .iter()
+        .filter_map(|l| {
+            l.verity.as_ref().map(|v| {
+                vec![
+                    l.name.clone(),
+                    v.root_hash.clone(),
+                    l.partuuid.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+        })
+        .collect();
+    if !verity.is_empty() {
+        o.push_str(&format!(
+            "\ndm-verity (sha256, 4 KiB blocks; root hashes in the boot plan inside the UKI{})\n",
+            if img.report.ok() {
+                "; recomputed from the bytes"
+            } else {
+                ""
+            }
+        ));
+        o.push_str(&table(
+            &["LAYER", "ROOT HASH", "PARTITION GUID"],
+            &verity,
+            &[],
+            "  ",
+        ));
+    }
 
     for l in m.layers.iter().filter(|l| !l.java_modules.is_empty()) {
         o.push_str(&format!(

@@ -100,6 +100,9 @@ pub struct Image {
     /// The file's format and size when the raw disk came out of an export format (qcow2,
     /// vmdk, ova, vhd, gce); `None` for a raw image. `digest` and `size` are the raw disk's.
     pub wrapper: Option<Wrapper>,
+    /// The UKI's Secure Boot signatures, each verified against its embedded certificate
+    /// and the UKI's Authenticode digest (empty: unsigned).
+    pub signatures: Vec<crate::sign::SignatureReport>,
 }
 
 /// An exported image's container, as `fuse inspect` reports it.
@@ -147,7 +150,7 @@ pub fn read(disk: &[u8], beside: Option<(&str, &[u8])>) -> Image {
     // The whole-disk digest runs beside the partition checks (2 cores: about half the time).
     std::thread::scope(|s| {
         let whole = s.spawn(|| sha256_hex(disk));
-        let (meta, partitions, mut report) = read_parts(disk);
+        let (meta, partitions, mut report, signatures) = read_parts(disk);
         let digest = format!(
             "sha256:{}",
             whole.join().unwrap_or_else(|_| sha256_hex(disk))
@@ -168,18 +171,26 @@ pub fn read(disk: &[u8], beside: Option<(&str, &[u8])>) -> Image {
             partitions,
             report,
             wrapper: None,
+            signatures,
         }
     })
 }
 
-fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
+type Parts = (
+    Option<ImageMeta>,
+    Vec<Partition>,
+    Report,
+    Vec<crate::sign::SignatureReport>,
+);
+
+fn read_parts(disk: &[u8]) -> Parts {
     let mut r = Report::default();
     r.check("GPT headers and partition entry arrays (CRC32, primary = backup)");
     let info = match gpt::read_disk(disk) {
         Ok(i) => i,
         Err(e) => {
             r.fail("gpt", format!("{e:#}"));
-            return (None, Vec::new(), r);
+            return (None, Vec::new(), r, Vec::new());
         }
     };
     let partitions: Vec<Partition> = info
@@ -219,7 +230,7 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
         Ok(x) => x,
         Err(e) => {
             r.fail("esp", e);
-            return (None, partitions, r);
+            return (None, partitions, r, Vec::new());
         }
     };
     let (esp_bytes, esp_tree) = esp;
@@ -233,7 +244,7 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
         Ok(m) => m,
         Err(e) => {
             r.fail("image.json", e);
-            return (None, partitions, r);
+            return (None, partitions, r, Vec::new());
         }
     };
     if meta.digest.is_some() || meta.disk_size.is_some() {
@@ -243,6 +254,7 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
         );
     }
     check_esp(&meta, esp_bytes, &esp_tree, &mut r);
+    let signatures = check_signature(&meta, &esp_tree, &mut r);
 
     // The partition table must be exactly the ESP and the layers, in that order.
     let expected: Vec<&str> = std::iter::once(ESP_PARTITION_NAME)
@@ -281,14 +293,67 @@ fn read_parts(disk: &[u8]) -> (Option<ImageMeta>, Vec<Partition>, Report) {
         .collect();
     for (l, problems) in meta.layers.iter().zip(results) {
         r.check(format!(
-            "layer {}: {} bytes of {} match {}, zero padding after them",
-            l.name, l.size, l.partition, l.digest
+            "layer {}: {} bytes of {} match {}, zero padding after them{}",
+            l.name,
+            l.size,
+            l.partition,
+            l.digest,
+            match &l.verity {
+                Some(v) => format!(", dm-verity root hash {} recomputed from them", v.root_hash),
+                None => String::new(),
+            }
         ));
         for p in problems {
             r.fail(format!("layer {}", l.name), p);
         }
     }
-    (Some(meta), partitions, r)
+    (Some(meta), partitions, r, signatures)
+}
+
+/// The UKI's Secure Boot signature: each verified against its embedded certificate and the
+/// UKI's Authenticode digest; the signer must be the one image.json records.
+fn check_signature(
+    meta: &ImageMeta,
+    tree: &Tree,
+    r: &mut Report,
+) -> Vec<crate::sign::SignatureReport> {
+    let Some(uki) = tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) else {
+        return Vec::new();
+    };
+    r.check("UKI Secure Boot signature (Authenticode) against its embedded certificate");
+    let sigs = match crate::sign::verify_pe(uki) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail("uki", format!("cannot read its signature: {e:#}"));
+            return Vec::new();
+        }
+    };
+    for s in &sigs {
+        for p in &s.problems {
+            r.fail("uki", format!("signature by {}: {p}", s.signer.subject));
+        }
+    }
+    let actual = sigs.first().map(|s| &s.signer);
+    if actual != meta.boot.signer.as_ref() {
+        r.fail(
+            "uki",
+            format!(
+                "signed by {}, image.json says {}",
+                actual.map_or("nobody".into(), |s| format!(
+                    "{} ({})",
+                    s.subject, s.fingerprint
+                )),
+                meta.boot
+                    .signer
+                    .as_ref()
+                    .map_or("unsigned".into(), |s| format!(
+                        "{} ({})",
+                        s.subject, s.fingerprint
+                    ))
+            ),
+        );
+    }
+    sigs
 }
 
 fn le_u64(disk: &[u8], at: u64) -> Option<u64> {
@@ -419,13 +484,37 @@ fn check_layer(l: &image::LayerMeta, bytes: Result<&[u8], String>) -> Vec<String
             l.size, l.partition, l.digest
         ));
     }
-    if let Some(at) = bytes[fs.len()..].iter().position(|&b| b != 0) {
-        problems.push(format!(
-            "non-zero byte at offset {} of partition {}, after the {} bytes of the file system",
-            fs.len() + at,
-            l.partition,
-            l.size
-        ));
+    // Zeros between the file system and the hash area, and after the hash tree.
+    let mut zero_ranges = vec![(fs.len(), bytes.len())];
+    if let Some(v) = &l.verity {
+        let hash = usize::try_from(v.hash_offset).unwrap_or(usize::MAX);
+        let end = usize::try_from(v.partition_size()).unwrap_or(usize::MAX);
+        zero_ranges = vec![
+            (fs.len(), hash.min(bytes.len())),
+            (end.min(bytes.len()), bytes.len()),
+        ];
+        if end > bytes.len() {
+            problems.push(format!(
+                "verity: the hash tree ends at byte {end}, partition {} holds only {}",
+                l.partition,
+                bytes.len()
+            ));
+        } else if let Err(e) = crate::format::verity::verify(bytes, v) {
+            problems.push(format!("verity: {e:#}"));
+        }
+    }
+    for (from, to) in zero_ranges {
+        if let Some(at) = bytes
+            .get(from..to)
+            .and_then(|b| b.iter().position(|&b| b != 0))
+        {
+            problems.push(format!(
+                "non-zero byte at offset {} of partition {}, after the {} bytes of the file system",
+                from + at,
+                l.partition,
+                l.size
+            ));
+        }
     }
     problems
 }
@@ -567,6 +656,8 @@ mod tests {
             fs: "squashfs".into(),
             digest: format!("sha256:{}", sha256_hex(fs)),
             size: fs.len() as u64,
+            partuuid: None,
+            verity: None,
             packages: vec![],
             files: vec![],
             java_modules: vec![],
