@@ -399,18 +399,7 @@ pub(crate) mod tests {
     }
 
     fn need_openssl() -> bool {
-        if std::process::Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok()
-        {
-            return true;
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!("openssl is missing (CI is set)");
-        }
-        eprintln!("SKIP: openssl not installed");
-        false
+        crate::testutil::require_tool("openssl")
     }
 
     #[test]

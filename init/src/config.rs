@@ -153,7 +153,7 @@ pub struct LayerVerity {
 
 fn is_hex(s: &str, len: Option<usize>) -> bool {
     !s.is_empty()
-        && s.len() % 2 == 0
+        && s.len().is_multiple_of(2)
         && len.is_none_or(|l| s.len() == l)
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

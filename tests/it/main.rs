@@ -17,3 +17,4 @@ mod promote;
 mod registry;
 mod runtimes;
 mod support;
+mod verity;

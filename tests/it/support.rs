@@ -137,14 +137,54 @@ impl Vm {
         Vm::boot_devices(&disk, "virtio-net-pci", guest_port, extra)
     }
 
+    /// [`Vm::boot`] with another OVMF build (e.g. the Secure Boot one): `code` and a
+    /// template of its variable store (copied, QEMU writes it).
+    pub fn boot_firmware(
+        image: &Path,
+        guest_port: u16,
+        extra: &[String],
+        code: &str,
+        vars_template: &str,
+    ) -> Vm {
+        let disk = [
+            "-drive".to_string(),
+            format!("if=virtio,format=raw,readonly=on,file={}", image.display()),
+        ];
+        Vm::boot_full(
+            &disk,
+            "virtio-net-pci",
+            guest_port,
+            extra,
+            code,
+            vars_template,
+        )
+    }
+
     /// Boot with the boot disk given as QEMU arguments (`disk`: its -drive and -device
     /// arguments) and a NIC of model `nic` on user networking, the app's `guest_port`
     /// forwarded to a free loopback port.
     pub fn boot_devices(disk: &[String], nic: &str, guest_port: u16, extra: &[String]) -> Vm {
+        Vm::boot_full(
+            disk,
+            nic,
+            guest_port,
+            extra,
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        )
+    }
+
+    fn boot_full(
+        disk: &[String],
+        nic: &str,
+        guest_port: u16,
+        extra: &[String],
+        code: &str,
+        vars_template: &str,
+    ) -> Vm {
         let dir = tempfile::tempdir().unwrap();
         let vars = dir.path().join("vars.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
-            .expect("OVMF (package ovmf) is needed");
+        std::fs::copy(vars_template, &vars).expect("OVMF (package ovmf) is needed");
         let port = fuse::qemu::free_port().unwrap();
         let accel = if fuse::qemu::kvm_works() {
             "kvm"
@@ -166,7 +206,9 @@ impl Vm {
             ])
             .args(["-no-reboot", "-serial", "stdio"])
             .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ))
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
@@ -221,6 +263,21 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(500));
         }
         None
+    }
+
+    /// Wait until the console contains `needle` (or QEMU exits, or `timeout` passes).
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.console().contains(needle) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.console().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
     }
 
     /// Wait for QEMU to exit (the guest powered off).
