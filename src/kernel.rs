@@ -455,6 +455,15 @@ mod tests {
         t.insert(&format!("{m}/kernel/fs/overlayfs/overlay.ko"), ko(""))
             .unwrap();
         t.insert(
+            &format!("{m}/kernel/drivers/md/dm-verity.ko"),
+            ko("dm-bufio,dm-mod"),
+        )
+        .unwrap();
+        t.insert(&format!("{m}/kernel/drivers/md/dm-bufio.ko"), ko(""))
+            .unwrap();
+        t.insert(&format!("{m}/kernel/drivers/md/dm-mod.ko"), ko(""))
+            .unwrap();
+        t.insert(
             &format!("{m}/modules.builtin"),
             Node::file(b"kernel/fs/squashfs/squashfs.ko\n".to_vec(), 0o644),
         )
@@ -472,6 +481,7 @@ mod tests {
         assert!(pos("virtio_pci_modern_dev") < pos("virtio_pci"));
         assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
         assert!(!names.contains(&"squashfs"));
+        assert!(pos("dm_mod") < pos("dm_verity") && pos("dm_bufio") < pos("dm_verity"));
         assert!(k.modules[0].0.starts_with("/lib/modules/6.1.0-9-amd64/"));
     }
 
