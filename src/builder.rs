@@ -535,27 +535,40 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
         (None, Some(initrd)) => {
             let k = kernel.decode(&kernel_bytes)?;
             let stub_pin = &up.inputs.stub;
-            let stub_deb = debs.read(stub_pin)?;
-            let stub = stub_deb
-                .data
-                .get(&up.inputs.stub_path)
-                .and_then(|n| n.data())
-                .with_context(|| {
-                    format!(
-                        "{} {} has no /{}",
-                        stub_pin.name, stub_pin.version, up.inputs.stub_path
-                    )
-                })?;
+            // The stub is cached on its own (keyed by its package and path): every layer
+            // change rebuilds the UKI (the root hashes are in it), and that must not need
+            // the package again.
+            let stub_key = crate::store::sha256_hex(
+                format!("efi-stub\0{}\0{}", stub_pin.sha256, up.inputs.stub_path).as_bytes(),
+            );
+            let (stub, stub_ref) = match cache.get::<PackageRef>("stub", &stub_key)? {
+                Some((rec, bytes)) => (bytes, rec.meta),
+                None => {
+                    let stub_deb = debs.read(stub_pin)?;
+                    let stub = stub_deb
+                        .data
+                        .get(&up.inputs.stub_path)
+                        .and_then(|n| n.data())
+                        .with_context(|| {
+                            format!(
+                                "{} {} has no /{}",
+                                stub_pin.name, stub_pin.version, up.inputs.stub_path
+                            )
+                        })?
+                        .to_vec();
+                    let r = package_ref(stub_pin, &stub_deb);
+                    cache.put("stub", &stub_key, &r, &stub)?;
+                    (stub, r)
+                }
+            };
             let bytes = image::write_uki(
-                stub,
+                &stub,
                 &up.inputs.os_release,
                 &up.inputs.cmdline,
                 &k.vmlinuz,
                 &initrd,
             )?;
-            let rec = UkiRecord {
-                stub: package_ref(stub_pin, &stub_deb),
-            };
+            let rec = UkiRecord { stub: stub_ref };
             cache.put("uki", &up.key, &rec, &bytes)?;
             (bytes, rec.stub, Source::Built)
         }

@@ -649,15 +649,16 @@ mod tests {
         }
         assert_eq!(p.uki.key, again.uki.key);
 
-        // A new app changes the app layer only (and nothing of the boot chain).
+        // A new app changes the app layer and, through its dm-verity root hash in the boot
+        // plan, the initramfs and UKI; not the other layers or the kernel.
         let (m2, scan2) = python_app(d.path(), "print(2)\n");
         let p2 = plan(&m2, &l, &scan2, 5).unwrap();
         assert_eq!(p.layers[0].key, p2.layers[0].key);
         assert_eq!(p.layers[1].key, p2.layers[1].key);
         assert_ne!(p.layers[2].key, p2.layers[2].key);
         assert_eq!(p.kernel.key, p2.kernel.key);
-        assert_eq!(p.initramfs.key, p2.initramfs.key);
-        assert_eq!(p.uki.key, p2.uki.key);
+        assert_ne!(p.initramfs.key, p2.initramfs.key);
+        assert_ne!(p.uki.key, p2.uki.key);
 
         // A new package pin changes the base layer (and its dpkg status), not the runtime's.
         let mut c2 = pin("libc6", 'd');
