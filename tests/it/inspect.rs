@@ -224,7 +224,10 @@ fn a_changed_app_shows_as_the_only_changed_layer() {
     assert_eq!(m[0]["path"], "/app/hello");
     assert_eq!(m[0]["size_delta"], 16);
     assert_eq!(v["kernel"]["changed"], false);
-    assert_eq!(v["boot"]["changed"], true, "the UKI holds the app's root hash");
+    assert_eq!(
+        v["boot"]["changed"], true,
+        "the UKI holds the app's root hash"
+    );
     // The app digest changed (and with it fuse.lock's record of it); nothing else did.
     let inputs: Vec<&str> = v["inputs"]
         .as_array()

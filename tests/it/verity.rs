@@ -262,6 +262,7 @@ fn signed_builds_are_identical_verify_with_sbverify_and_inspect_names_the_signer
         sig["signer"]["subject"]
             .as_str()
             .unwrap()
+            .to_lowercase()
             .contains("snakeoil"),
         "{sig}"
     );
