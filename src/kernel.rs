@@ -511,6 +511,9 @@ mod tests {
                 "fs/squashfs.ko",
                 "depends=;alias=fs-squashfs;alias=devname:x;",
             ),
+            ("md/dm-verity.ko", "depends=dm-bufio,dm-mod;"),
+            ("md/dm-bufio.ko", "depends=;"),
+            ("md/dm-mod.ko", "depends=;"),
             ("ata/libata.ko", "depends=;"),
             ("ata/libahci.ko", "depends=libata;"),
             (
@@ -525,7 +528,16 @@ mod tests {
         let base = |p: &String| p.rsplit('/').next().unwrap().to_string();
         let mut a: Vec<String> = always.iter().map(base).collect();
         a.sort();
-        assert_eq!(a, ["overlay.ko", "squashfs.ko"]);
+        assert_eq!(
+            a,
+            [
+                "dm-bufio.ko",
+                "dm-mod.ko",
+                "dm-verity.ko",
+                "overlay.ko",
+                "squashfs.ko"
+            ]
+        );
         let names: Vec<&str> = device.iter().map(|d| d.name.as_str()).collect();
         for n in [
             "virtio",
