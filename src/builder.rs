@@ -542,7 +542,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 format!("efi-stub\0{}\0{}", stub_pin.sha256, up.inputs.stub_path).as_bytes(),
             );
             let (stub, stub_ref) = match cache.get::<PackageRef>("stub", &stub_key)? {
-                Some((rec, bytes)) => (bytes, rec.meta),
+                Some((rec, bytes, _)) => (bytes, rec.meta),
                 None => {
                     let stub_deb = debs.read(stub_pin)?;
                     let stub = stub_deb
