@@ -8,7 +8,14 @@ SUDO=""
 # CI is set), the JDK and Tomcat for the Java examples, a loopback OCI registry.
 PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
 squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl openssl docker-registry \
-openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin"
+openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin \
+g++ python3-dev python3-venv node-gyp libnode-dev"
+# node-gyp and libnode-dev (the Node addon test) conflict with a nodejs from NodeSource,
+# which ships both itself (npm's node-gyp, /usr/include/node): keep that nodejs then.
+if dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then
+    echo "setup: nodejs from NodeSource installed: not installing node-gyp libnode-dev" >&2
+    PKGS=$(echo "$PKGS" | sed 's/ node-gyp libnode-dev//')
+fi
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

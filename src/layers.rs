@@ -312,6 +312,9 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
     t.insert(APP_DIR, d)?;
     if m.kind.is_dir() {
         add_dir(&mut t, &m.app_path, APP_DIR, epoch)?;
+        if let (Some(venv), Some(rt)) = (&m.python_venv, &m.runtime) {
+            retarget_venv(&mut t, venv, &rt.version, epoch)?;
+        }
     } else {
         let file_name = match m.kind {
             AppKind::War => "ROOT.war",
@@ -340,6 +343,61 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
         packages: Vec::new(),
         java_modules: Vec::new(),
     })
+}
+
+/// Points a virtualenv at the image's Python, whatever Python it was made with on the
+/// build machine: `bin/python`, `bin/python3` and `bin/pythonX.Y` become symlinks to
+/// `/usr/bin/pythonX.Y`, and pyvenv.cfg's `home` (and `executable`, `command`, which
+/// Python 3.11+ writes) name it too. The venv's site-packages stay as they are.
+pub fn retarget_venv(t: &mut Tree, venv: &str, version: &str, epoch: u64) -> Result<()> {
+    let dir = if venv.is_empty() {
+        APP_DIR.trim_start_matches('/').to_string()
+    } else {
+        format!("{}/{venv}", APP_DIR.trim_start_matches('/'))
+    };
+    let python = format!("/usr/bin/python{version}");
+    for name in [
+        "python".to_string(),
+        "python3".into(),
+        format!("python{version}"),
+    ] {
+        let mut n = Node::symlink(python.clone());
+        n.mtime = epoch;
+        t.remove(&format!("{dir}/bin/{name}"));
+        t.insert(&format!("{dir}/bin/{name}"), n)?;
+    }
+    let cfg_path = format!("{dir}/pyvenv.cfg");
+    let text = t
+        .get(&cfg_path)
+        .and_then(|n| n.data())
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .with_context(|| format!("/{cfg_path} is not a file"))?;
+    let mut out = String::new();
+    let mut home = false;
+    for line in text.lines() {
+        let key = line.split_once('=').map(|(k, _)| k.trim());
+        match key {
+            Some("home") if !home => {
+                home = true;
+                out.push_str("home = /usr/bin\n");
+            }
+            Some("home") => {}
+            Some("executable") => out.push_str(&format!("executable = {python}\n")),
+            Some("command") => {}
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if !home {
+        out.insert_str(0, "home = /usr/bin\n");
+    }
+    let mut n = Node::file(out.into_bytes(), 0o644);
+    n.mtime = epoch;
+    t.remove(&cfg_path);
+    t.insert(&cfg_path, n)?;
+    Ok(())
 }
 
 /// The command, working directory and environment defaults of the app.
@@ -562,6 +620,65 @@ pub fn dep5_licenses(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_virtualenv_is_pointed_at_the_images_python() {
+        use crate::tree::Kind;
+        let mut t = Tree::new();
+        t.insert("app", Node::dir(0o755)).unwrap();
+        t.insert("app/.venv", Node::dir(0o755)).unwrap();
+        t.insert("app/.venv/bin", Node::dir(0o755)).unwrap();
+        t.insert(
+            "app/.venv/bin/python",
+            Node::symlink("/opt/py/bin/python3.11"),
+        )
+        .unwrap();
+        // --copies: a binary of the build machine
+        t.insert(
+            "app/.venv/bin/python3.11",
+            Node::file(b"\x7fELF".to_vec(), 0o755),
+        )
+        .unwrap();
+        t.insert(
+            "app/.venv/pyvenv.cfg",
+            Node::file(
+                b"home = /opt/py/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n\
+                  executable = /opt/py/bin/python3.11\ncommand = /opt/py/bin/python3.11 -m venv /w/.venv\n"
+                    .to_vec(),
+                0o644,
+            ),
+        )
+        .unwrap();
+        retarget_venv(&mut t, ".venv", "3.11", 7).unwrap();
+        for name in ["python", "python3", "python3.11"] {
+            let n = t.get(&format!("app/.venv/bin/{name}")).unwrap();
+            assert_eq!(
+                n.kind,
+                Kind::Symlink("/usr/bin/python3.11".into()),
+                "{name}"
+            );
+            assert_eq!(n.mtime, 7);
+        }
+        let cfg = t.get("app/.venv/pyvenv.cfg").unwrap().data().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(cfg),
+            "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n\
+             executable = /usr/bin/python3.11\n"
+        );
+        // no home line: one is added (else Python looks for its stdlib beside the venv)
+        t.insert(
+            "app/pyvenv.cfg",
+            Node::file(b"version = 3.11.2\n".to_vec(), 0o644),
+        )
+        .unwrap();
+        t.insert("app/bin", Node::dir(0o755)).unwrap();
+        retarget_venv(&mut t, "", "3.11", 0).unwrap();
+        let cfg = t.get("app/pyvenv.cfg").unwrap().data().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(cfg),
+            "home = /usr/bin\nversion = 3.11.2\n"
+        );
+    }
 
     #[test]
     fn dead_weight_filters_docs_but_keeps_licences_and_kept_paths() {

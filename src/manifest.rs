@@ -152,6 +152,9 @@ pub struct Manifest {
     pub node_main: Option<String>,
     /// `[budget]`: size limits checked by `fuse build`, the boot time by `fuse test`.
     pub budget: crate::budget::Budget,
+    /// A Python virtualenv in the app directory (kind python): its directory relative to
+    /// the app directory ("" when the app directory is the venv itself).
+    pub python_venv: Option<String>,
     /// Seconds between SIGTERM and SIGKILL when the machine is asked to stop.
     pub stop_timeout: u32,
     /// Directories mounted as tmpfs owned by the app user, sorted.
@@ -651,6 +654,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     } else {
         None
     };
+    let python_venv = match (&runtime, kind) {
+        (Some(rt), AppKind::Python) => find_venv(&app_path, &rt.version)
+            .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?,
+        _ => None,
+    };
     if kind == AppKind::Python && app.args.is_empty() && !app_path.join("__main__.py").is_file() {
         bail!(cx.err(
             "app.args",
@@ -751,6 +759,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         main_class,
         node_main,
         budget,
+        python_venv,
         stop_timeout,
         writable,
     })
@@ -846,6 +855,80 @@ fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate:
         }
     }
     Ok(out)
+}
+
+/// The Python version (`3.11`) a virtualenv was made for: pyvenv.cfg's `version` (or
+/// `version_info`, as uv writes it), else the name of its `lib/pythonX.Y` directory.
+pub fn venv_python_version(venv: &Path) -> Result<String> {
+    let cfg = venv.join("pyvenv.cfg");
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("cannot read {}", cfg.display()))?;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if matches!(k.trim(), "version" | "version_info") {
+            let mut parts = v.trim().split('.');
+            if let (Some(a), Some(b)) = (parts.next(), parts.next()) {
+                return Ok(format!("{a}.{b}"));
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(venv.join("lib")) {
+        for e in rd.flatten() {
+            if let Some(v) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("python"))
+            {
+                return Ok(v.to_string());
+            }
+        }
+    }
+    bail!("{} names no Python version", cfg.display())
+}
+
+/// The virtualenv of a Python app directory: the directory itself or one directly inside
+/// it holding `pyvenv.cfg`. Made for another Python minor version than `runtime`: an error
+/// naming both.
+fn find_venv(app: &Path, runtime: &str) -> Result<Option<String>> {
+    let mut found = Vec::new();
+    if app.join("pyvenv.cfg").is_file() {
+        found.push(String::new());
+    }
+    let mut subdirs: Vec<String> = std::fs::read_dir(app)
+        .with_context(|| format!("cannot read {}", app.display()))?
+        .flatten()
+        .filter(|e| e.path().join("pyvenv.cfg").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    subdirs.sort();
+    found.extend(subdirs);
+    match found.len() {
+        0 => Ok(None),
+        1 => {
+            let rel = found.remove(0);
+            let venv = app.join(&rel);
+            let have = venv_python_version(&venv)?;
+            if have != runtime {
+                bail!(
+                    "{} is a virtualenv for Python {have}, but the image runs Python {runtime} ([runtime] python = {runtime:?}): recreate it with Python {runtime}, or set [runtime] python = {have:?} when the distribution has it",
+                    venv.display()
+                );
+            }
+            Ok(Some(rel))
+        }
+        _ => bail!(
+            "{} holds {} virtualenvs ({}): keep one",
+            app.display(),
+            found.len(),
+            found
+                .iter()
+                .map(|f| if f.is_empty() { "." } else { f.as_str() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Lower-case hex of bytes.
@@ -978,6 +1061,50 @@ http = "/"
     }
 
     const HEAD: &str = "[image]\nname = \"x\"\nversion = \"1\"\n";
+
+    #[test]
+    fn a_virtualenv_is_found_and_its_python_version_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let venv = d.path().join("py/.venv");
+        std::fs::create_dir_all(venv.join("lib/python3.11/site-packages")).unwrap();
+        std::fs::write(d.path().join("py/server.py"), b"").unwrap();
+        let cfg = venv.join("pyvenv.cfg");
+        std::fs::write(&cfg, "home = /opt/py/bin\nversion = 3.11.7\n").unwrap();
+        let text = format!(
+            "{HEAD}[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"server.py\"]\nport = 1\n"
+        );
+        let m = load_in(d.path(), &text).unwrap();
+        assert_eq!(m.python_venv.as_deref(), Some(".venv"));
+        // uv writes version_info
+        std::fs::write(&cfg, "home = /opt/py/bin\nversion_info = 3.11.4.final.0\n").unwrap();
+        assert_eq!(
+            load_in(d.path(), &text).unwrap().python_venv.as_deref(),
+            Some(".venv")
+        );
+        // no version in pyvenv.cfg: the lib/pythonX.Y directory says it
+        std::fs::write(&cfg, "home = /opt/py/bin\n").unwrap();
+        assert_eq!(
+            load_in(d.path(), &text).unwrap().python_venv.as_deref(),
+            Some(".venv")
+        );
+        // another minor version: an error naming both, at app.path
+        std::fs::write(&cfg, "home = /opt/py/bin\nversion = 3.12.1\n").unwrap();
+        let e = format!("{:#}", load_in(d.path(), &text).unwrap_err());
+        assert!(
+            e.contains("app.path") && e.contains("Python 3.12") && e.contains("Python 3.11"),
+            "{e}"
+        );
+        // 3.1 is not 3.11
+        std::fs::write(&cfg, "version = 3.1.0\n").unwrap();
+        let e = format!("{:#}", load_in(d.path(), &text).unwrap_err());
+        assert!(e.contains("Python 3.1,"), "{e}");
+        // two venvs: which one is meant is not guessed
+        std::fs::write(&cfg, "version = 3.11.2\n").unwrap();
+        std::fs::create_dir_all(d.path().join("py/env2")).unwrap();
+        std::fs::write(d.path().join("py/env2/pyvenv.cfg"), "version = 3.11.2\n").unwrap();
+        let e = format!("{:#}", load_in(d.path(), &text).unwrap_err());
+        assert!(e.contains(".venv, env2"), "{e}");
+    }
 
     #[test]
     fn runtime_kinds_are_checked_at_manifest_time() {

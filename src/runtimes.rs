@@ -224,7 +224,14 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
             (a, None)
         }
         AppKind::Python => {
-            let mut a = vec![format!("/usr/bin/python{version}")];
+            // In a virtualenv, its bin/python (pointed at the image's Python by the app
+            // layer) makes the venv's site-packages the Python's own.
+            let python = match &m.python_venv {
+                Some(v) if v.is_empty() => format!("{APP_DIR}/bin/python{version}"),
+                Some(v) => format!("{APP_DIR}/{v}/bin/python{version}"),
+                None => format!("/usr/bin/python{version}"),
+            };
+            let mut a = vec![python];
             if m.args.is_empty() {
                 a.push(APP_DIR.into());
             } else {

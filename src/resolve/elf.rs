@@ -41,6 +41,19 @@ pub fn is_elf(b: &[u8]) -> bool {
     b.starts_with(b"\x7fELF")
 }
 
+/// Whether an ELF file is something the dynamic linker loads (`e_type` ET_EXEC or
+/// ET_DYN): relocatable objects (`.o` files build systems leave behind, e.g. node-gyp's
+/// `build/Release/obj.target`) and core dumps need no libraries. An unreadable type counts
+/// as loadable, so that reading the object reports what is wrong with it.
+pub fn is_loadable(b: &[u8]) -> bool {
+    let ty = match (b.get(5), b.get(0x10..0x12)) {
+        (Some(1), Some(t)) => u16::from_le_bytes([t[0], t[1]]),
+        (Some(2), Some(t)) => u16::from_be_bytes([t[0], t[1]]),
+        _ => return true,
+    };
+    !matches!(ty, 1 | 4)
+}
+
 fn cstr(b: &[u8], off: usize) -> Result<String> {
     let s = b.get(off..).context("string offset beyond the file")?;
     let end = s

@@ -115,6 +115,10 @@ pub fn find_objects(tree: &Tree) -> Result<Vec<Found>> {
         };
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         if elf::is_elf(data) {
+            if !elf::is_loadable(data) {
+                tracing::debug!("/{path}: a relocatable object or core file, not loaded: skipped");
+                continue;
+            }
             let object =
                 elf::object(data).with_context(|| format!("cannot read the ELF object /{path}"))?;
             out.push(Found {
@@ -148,6 +152,10 @@ fn scan_archive(zipped: &[u8], display: &str, depth: usize, out: &mut Vec<Found>
             zip::read_prefix(zipped, &e, 4).with_context(|| format!("cannot read {inner}"))?;
         if elf::is_elf(&head) {
             let data = zip::read(zipped, &e).with_context(|| format!("cannot read {inner}"))?;
+            if !elf::is_loadable(&data) {
+                tracing::debug!("{inner}: a relocatable object or core file, not loaded: skipped");
+                continue;
+            }
             let object = elf::object(&data)
                 .with_context(|| format!("cannot read the ELF object {inner}"))?;
             out.push(Found {
@@ -518,6 +526,42 @@ mod tests {
             .version_needs
             .iter()
             .any(|(lib, v)| lib == "libc.so.6" && v.starts_with("GLIBC_2.")));
+    }
+
+    #[test]
+    fn relocatable_objects_left_by_builds_are_not_scanned() {
+        // node-gyp leaves build/Release/obj.target/<name>/<file>.o beside the addon: an
+        // ET_REL object without program headers, which nothing loads.
+        let mut o = vec![0u8; 64];
+        o[..4].copy_from_slice(b"\x7fELF");
+        o[4] = 2;
+        o[5] = 1;
+        o[6] = 1;
+        o[0x10] = 1; // ET_REL
+        o[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
+        assert!(
+            elf::object(&o).is_err(),
+            "the reader refuses it: skipping matters"
+        );
+        let mut t = Tree::new();
+        t.insert(
+            "app/node_modules/z/build/Release/obj.target/z/z.o",
+            Node::file(o.clone(), 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "app/node_modules/z/build/Release/z.node",
+            so(&["libz.so.1"], None),
+        )
+        .unwrap();
+        let n = scan(&t, false).unwrap();
+        assert_eq!(n.objects, 1);
+        assert_eq!(n.needed.iter().collect::<Vec<_>>(), ["libz.so.1"]);
+        // an ET_DYN object with the same defect is still an error naming it
+        o[0x10] = 3;
+        t.insert("app/bad.so", Node::file(o, 0o755)).unwrap();
+        let e = format!("{:#}", scan(&t, false).unwrap_err());
+        assert!(e.contains("/app/bad.so"), "{e}");
     }
 
     #[test]

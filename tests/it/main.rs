@@ -12,6 +12,7 @@ mod hostile;
 mod inspect;
 mod libs;
 mod lock;
+mod native;
 mod plan;
 mod promote;
 mod registry;

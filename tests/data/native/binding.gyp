@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "zaddon",
+      "sources": ["zaddon.c"],
+      "libraries": ["-lz"]
+    }
+  ]
+}
