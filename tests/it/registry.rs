@@ -425,12 +425,15 @@ fn push_pull_is_byte_identical_and_a_new_app_sends_only_changed_blobs() {
         changed_names,
         [
             "fuse-app",
+            "fuse-esp",
+            "fuse-esp/EFI/BOOT/BOOTX64.EFI",
             "fuse-esp/fuse/image.json",
             "gpt-backup",
             "gpt-header"
         ],
-        "an app change changes the app layer, image.json and the GPT's GUIDs, nothing else \
-         (the UKI, the base layer and the padding are the same blobs)"
+        "an app change changes the app layer, the UKI (its boot plan holds the app layer's \
+         dm-verity root hash), the ESP around it, image.json and the GPT's GUIDs, nothing \
+         else (the base layer and the padding are the same blobs)"
     );
     let base = art_b
         .blobs
