@@ -395,8 +395,13 @@ fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Sour
         return Ok(None);
     };
     let meta = rec.meta;
-    // The bytes are the partition: the file system (`size` bytes, `digest`), then its
-    // dm-verity tree, which must match the data and the recorded parameters.
+    // The cache checked the bytes against the record's sha256. A record from a registry
+    // is checked further: the bytes are the partition, the file system (`size` bytes,
+    // `digest`) then its dm-verity tree, which must match the data and the recorded
+    // parameters. (A local record is fuse's own, written with the bytes.)
+    if source == Source::LocalCache && meta.name == l.name && meta.verity.is_some() {
+        return Ok(Some((BuiltLayer { meta, bytes }, source)));
+    }
     let fs_ok = usize::try_from(meta.size)
         .ok()
         .and_then(|n| bytes.get(..n))
@@ -520,8 +525,18 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                     boot.device_modules = device;
                     let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
                     boot.verity = image::boot_verity(&built)?;
-                    let tree = layers::initramfs_tree(INIT, &k, &boot, ip.inputs.epoch)?;
-                    let bytes = image::write_initramfs(&tree)?;
+                    let core_key = initramfs_core_key(&ip.inputs)?;
+                    let core = match cache.get::<()>("initramfs-core", &core_key)? {
+                        Some((_, bytes, _)) => bytes,
+                        None => {
+                            let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
+                            let bytes = image::write_initramfs(&tree)?;
+                            cache.put("initramfs-core", &core_key, &(), &bytes)?;
+                            bytes
+                        }
+                    };
+                    let plan_tree = layers::initramfs_plan(&boot, ip.inputs.epoch)?;
+                    let bytes = image::join_initramfs(&plan_tree, &core)?;
                     let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
                     (rec.sha256, rec.size, Source::Built, Some(bytes))
                 }
@@ -586,6 +601,21 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
         uki_stub,
         uki_source,
     })
+}
+
+/// The key of the initramfs' core (init and modules, compressed): what of the initramfs'
+/// inputs decides it; not the layers or the boot plan.
+pub fn initramfs_core_key(i: &crate::plan::InitramfsInputs) -> Result<String> {
+    let d = serde_json::json!({
+        "unit": "initramfs-core",
+        "format": i.format,
+        "fuse_version": i.fuse_version,
+        "kernel": i.kernel,
+        "init_sha256": i.init_sha256,
+        "epoch": i.epoch,
+        "compression": i.compression,
+    });
+    Ok(crate::store::sha256_hex(&serde_json::to_vec(&d)?))
 }
 
 fn report(unit: &str, key: &str, source: Source) {

@@ -227,6 +227,20 @@ pub fn write_initramfs(tree: &Tree) -> Result<Vec<u8>> {
     })
 }
 
+/// The initramfs from its boot plan's tree and its compressed core ([`write_initramfs`]):
+/// the plan as an uncompressed newc archive, then the core. The kernel unpacks
+/// concatenated archives in order, compressed or not (as it does an early-microcode
+/// archive before the main one). Pure.
+pub fn join_initramfs(plan: &Tree, core: &[u8]) -> Result<Vec<u8>> {
+    let mut b = cpio::write(plan).context("cannot write the boot plan's cpio")?;
+    // The next archive starts on a 4-byte boundary (the kernel skips zeros up to it).
+    while !b.len().is_multiple_of(4) {
+        b.push(0);
+    }
+    b.extend_from_slice(core);
+    Ok(b)
+}
+
 /// The unified kernel image. Pure.
 pub fn write_uki(
     stub: &[u8],
@@ -484,4 +498,35 @@ pub fn parse_meta(json: &[u8]) -> Result<ImageMeta> {
         None => anyhow::bail!("image.json has no format version"),
     }
     serde_json::from_value(v).context("image.json does not match format 1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Node;
+
+    #[test]
+    fn initramfs_is_the_plan_archive_then_the_compressed_core() {
+        let mut plan = Tree::new();
+        plan.insert("fuse", Node::dir(0o755)).unwrap();
+        plan.insert("fuse/boot.json", Node::file(b"{}\n".to_vec(), 0o644))
+            .unwrap();
+        let mut core = Tree::new();
+        core.insert("init", Node::file(b"\x7fELF init".to_vec(), 0o755))
+            .unwrap();
+        let zst = write_initramfs(&core).unwrap();
+        let b = join_initramfs(&plan, &zst).unwrap();
+        // The core starts on a 4-byte boundary right after the plan's archive...
+        let at = b.len() - zst.len();
+        assert_eq!(at % 4, 0);
+        assert_eq!(&b[at..], &zst[..]);
+        let first = cpio::read(&b[..at]).unwrap();
+        assert!(first.get("fuse/boot.json").is_some());
+        assert!(first.get("init").is_none());
+        // ...and decompresses to the core's own archive.
+        let inner = zstd::decode_all(&b[at..]).unwrap();
+        assert!(cpio::read(&inner).unwrap().get("init").is_some());
+        // A kernel reads a newc archive's magic at its start.
+        assert!(b.starts_with(b"070701"));
+    }
 }

@@ -306,6 +306,49 @@ impl Images {
         Ok(digest)
     }
 
+    /// [`Images::add_with`] for an image file whose digest is known (a build just wrote
+    /// it): nothing is read or written when the store already holds it under that tag;
+    /// else the file is copied in by the kernel, not read into memory.
+    pub fn add_file(&self, path: &Path, digest: &str, name: &str, version: &str) -> Result<()> {
+        let tag = format!("{name}:{version}");
+        check_tag(&tag)?;
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        let blob = self.blob_path(digest);
+        let present = || {
+            std::fs::metadata(&blob)
+                .map(|m| m.len() == size)
+                .unwrap_or(false)
+        };
+        if present() {
+            let index = self.index()?;
+            if index.images.contains_key(digest)
+                && index.tags.get(&tag).is_some_and(|t| t.digest == digest)
+            {
+                return Ok(());
+            }
+        }
+        let now = now_unix();
+        self.update(|index| {
+            if !present() {
+                crate::store::copy_atomic(path, &blob)?;
+                set_mode(&blob, 0o444)?;
+            }
+            index
+                .images
+                .entry(digest.to_string())
+                .or_insert_with(|| ImageEntry {
+                    name: name.into(),
+                    version: version.into(),
+                    size,
+                    created: now,
+                });
+            set_tag(index, &tag, digest, now);
+            Ok(())
+        })
+    }
+
     /// Finds an image: `name:version`, `name` (one version only), `sha256:<hex>` or a hex
     /// prefix of at least 4 digits (`sha256:` optional) matching exactly one image.
     pub fn resolve(&self, reference: &str) -> Result<Found> {

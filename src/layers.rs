@@ -434,8 +434,9 @@ pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
     })
 }
 
-/// The initramfs: `/init`, `/dev/console`, the kernel modules, `/fuse/boot.json`.
-pub fn initramfs_tree(init: &[u8], kernel: &Kernel, plan: &BootPlan, epoch: u64) -> Result<Tree> {
+/// The initramfs' core: `/init`, `/dev/console`, the kernel modules (everything but the
+/// boot plan, so it is cached across layer and app changes).
+pub fn initramfs_core(init: &[u8], kernel: &Kernel, epoch: u64) -> Result<Tree> {
     let mut t = Tree::new();
     let stamp = |mut n: Node| {
         n.mtime = epoch;
@@ -449,8 +450,19 @@ pub fn initramfs_tree(init: &[u8], kernel: &Kernel, plan: &BootPlan, epoch: u64)
     for (path, data, _) in &kernel.modules {
         t.insert(path, stamp(Node::file(data.as_slice().to_vec(), 0o644)))?;
     }
+    Ok(t)
+}
+
+/// The initramfs' boot plan: `/fuse/boot.json` (and its directory).
+pub fn initramfs_plan(plan: &BootPlan, epoch: u64) -> Result<Tree> {
+    let mut t = Tree::new();
+    let mut dir = Node::dir(0o755);
+    dir.mtime = epoch;
+    t.insert("fuse", dir)?;
     let json = serde_json::to_vec_pretty(plan).context("cannot encode boot.json")?;
-    t.insert("fuse/boot.json", stamp(Node::file(json, 0o644)))?;
+    let mut f = Node::file(json, 0o644);
+    f.mtime = epoch;
+    t.insert("fuse/boot.json", f)?;
     Ok(t)
 }
 

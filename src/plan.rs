@@ -23,6 +23,11 @@ use std::collections::BTreeSet;
 /// builder changes the bytes it writes for the same inputs.
 pub const FORMAT: u32 = 1;
 
+/// How the initramfs is laid out (`InitramfsInputs.compression`): boot.json in an
+/// uncompressed newc archive, then the init and the modules in a zstd-19 one, cached on its
+/// own (`builder::initramfs_core_key`), so a layer change recompresses nothing.
+pub const INITRAMFS_LAYOUT: &str = "boot.json newc, then zstd-19 core";
+
 /// The init binary (PID 1), built static from `init/` by build.rs.
 pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fuse-init"));
 
@@ -520,7 +525,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         layers: layers.iter().map(|l| l.key.clone()).collect(),
         boot,
         epoch,
-        compression: Some("zstd-19".into()),
+        compression: Some(INITRAMFS_LAYOUT.into()),
         module_loading: Some(format!(
             "modalias; always: {}",
             crate::kernel::ALWAYS_LOAD.join(",")

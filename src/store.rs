@@ -37,6 +37,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Copy the file `from` to `to` atomically ([`write_atomic`]'s steps), without reading it
+/// into memory (the kernel copies: `copy_file_range`, a reflink where the file system can).
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let dir = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let mut src =
+        std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    std::io::copy(&mut src, &mut tmp.as_file())
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot fsync {}", tmp.path().display()))?;
+    tmp.persist(to)
+        .map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", to.display(), e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Give a new file the permissions a plain `open(0666) & ~umask` would: temp files are 0600.
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

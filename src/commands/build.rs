@@ -18,7 +18,7 @@ use std::time::Instant;
 pub use crate::resolve::pin::{lock_path, Options};
 
 /// One unit of a build, as reported.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct UnitReport {
     /// "base", "runtime", "server", "app" for layers; "kernel", "initramfs", "uki".
     pub name: String,
@@ -31,7 +31,7 @@ pub struct UnitReport {
 }
 
 /// What a build produced.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Built {
     pub image: PathBuf,
     pub json: PathBuf,
@@ -106,9 +106,8 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         );
     }
     // Add the image to the local store (a failure there does not fail the build).
-    let added = std::fs::read(&built.image)
-        .with_context(|| format!("cannot read {}", built.image.display()))
-        .and_then(|bytes| crate::images::Images::open_default()?.add(&bytes));
+    let added = crate::images::Images::open_default()
+        .and_then(|s| s.add_file(&built.image, &built.digest, &m.name, &m.version));
     match added {
         Ok(_) => tracing::info!("added to the local image store"),
         Err(e) => tracing::warn!("not added to the local image store: {e:#}"),
@@ -367,6 +366,28 @@ pub fn build_full(
     let epoch = source_epoch(lock.archive.epoch)?;
     let plan = plan::plan(&m, &lock, &app, epoch)?;
     tracing::debug!("plan: {}", serde_json::to_string(&plan)?);
+    let stem = format!("{}-{}", m.name, m.version);
+    let img_path = out.join(format!("{stem}.img"));
+    let json_path = out.join(format!("{stem}.json"));
+    // 3b. The image, keyed by its plan: when the output holds what that key gave, done.
+    // (Not with a unit store of its own (--verify builds everything), a registry cache
+    // (which may lack units to push) or a new lock (to be written).)
+    let image_key = image_key(&plan, &m, &app, signer)?;
+    let default_store = units.is_none();
+    let shortcut = default_store && cache_opts.registry.is_none() && !lock_changed;
+    if shortcut {
+        if let Some(b) = up_to_date(&s.store, &image_key, &img_path, &json_path)? {
+            tracing::info!(
+                "image: up to date ({}); {} unchanged",
+                &image_key[..12],
+                img_path.display()
+            );
+            return Ok(Built {
+                duration: started.elapsed().as_secs_f64(),
+                ..b
+            });
+        }
+    }
     // 4. Every unit from the cache, or built (packages fetched and read only then).
     let units_store = units.unwrap_or(&s.store);
     let cache = match &cache_opts.registry {
@@ -436,9 +457,6 @@ pub fn build_full(
     })?;
     tracing::info!("disk assembled in {:.2}s", t.elapsed().as_secs_f64());
     // 6. Written atomically; the lock only once the image is.
-    let stem = format!("{}-{}", m.name, m.version);
-    let img_path = out.join(format!("{stem}.img"));
-    let json_path = out.join(format!("{stem}.json"));
     let mut json = serde_json::to_vec_pretty(&disk.meta)?;
     json.push(b'\n');
     let t = Instant::now();
@@ -497,7 +515,7 @@ pub fn build_full(
             units.uki_source,
         ),
     ];
-    Ok(Built {
+    let built = Built {
         image: img_path,
         json: json_path,
         digest: disk.digest,
@@ -509,5 +527,96 @@ pub fn build_full(
         debs_read: debs.reads.load(std::sync::atomic::Ordering::SeqCst),
         pushed,
         duration,
-    })
+    };
+    if default_store {
+        let rec = ImageRecord {
+            format: IMAGE_RECORD_FORMAT,
+            key: image_key.clone(),
+            image_sha256: sha256_of(&disk.bytes),
+            image_size: disk.bytes.len() as u64,
+            json_sha256: crate::store::sha256_hex(&json),
+            built: built.clone(),
+        };
+        s.store
+            .put_named(&format!("image-{image_key}"), &serde_json::to_vec(&rec)?)?;
+    }
+    Ok(built)
+}
+
+/// Version of the image record; records of other versions are misses.
+const IMAGE_RECORD_FORMAT: u32 = 1;
+
+/// What a build wrote for an image key (`named/image-<key>` in the download cache).
+#[derive(Serialize, serde::Deserialize)]
+struct ImageRecord {
+    format: u32,
+    key: String,
+    /// sha256 (hex) and size of the image file, sha256 of the image.json file.
+    image_sha256: String,
+    image_size: u64,
+    json_sha256: String,
+    built: Built,
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    crate::store::sha256_hex(bytes)
+}
+
+/// The key of the whole image: everything its bytes are a function of (the plan, with every
+/// unit's key, the manifest, the app, the Secure Boot certificate).
+fn image_key(
+    plan: &Plan,
+    m: &Manifest,
+    app: &plan::AppScan,
+    signer: Option<&crate::sign::Signer>,
+) -> Result<String> {
+    let d = serde_json::json!({
+        "unit": "image",
+        "format": IMAGE_RECORD_FORMAT,
+        "plan": plan,
+        "manifest_sha256": m.sha256,
+        "app_sha256": app.sha256,
+        "app_listing_sha256": app.listing_sha256,
+        "signer": signer.map(|s| s.meta().fingerprint),
+    });
+    Ok(crate::store::sha256_hex(&serde_json::to_vec(&d)?))
+}
+
+/// The build recorded for `key` when the image and image.json files hold exactly what it
+/// wrote (both hashed: an edited or truncated output is rebuilt), with every unit reported
+/// as from the local cache.
+fn up_to_date(store: &store::Store, key: &str, img: &Path, json: &Path) -> Result<Option<Built>> {
+    let Some(text) = store.get_named(&format!("image-{key}"))? else {
+        return Ok(None);
+    };
+    let Ok(rec) = serde_json::from_slice::<ImageRecord>(&text) else {
+        return Ok(None);
+    };
+    if rec.format != IMAGE_RECORD_FORMAT || rec.key != key {
+        return Ok(None);
+    }
+    let size = std::fs::metadata(img).map(|m| m.len()).ok();
+    if size != Some(rec.image_size) {
+        return Ok(None);
+    }
+    let same = |path: &Path, sha: &str| -> Result<bool> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(sha256_of(&b) == sha),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    };
+    if !same(json, &rec.json_sha256)? || !same(img, &rec.image_sha256)? {
+        return Ok(None);
+    }
+    let mut b = rec.built;
+    b.image = img.to_path_buf();
+    b.json = json.to_path_buf();
+    b.lock_changed = false;
+    b.debs_read = 0;
+    b.pushed = 0;
+    for u in b.layers.iter_mut().chain(b.boot.iter_mut()) {
+        u.source = Source::LocalCache;
+    }
+    Ok(Some(b))
 }

@@ -209,6 +209,23 @@ impl<'a> ClassFile<'a> {
         bail!("no Module attribute (not a module-info.class)")
     }
 
+    /// The package this class belongs to (dotted; `None` for the unnamed package).
+    pub fn own_package(&self) -> Result<Option<String>> {
+        let mut r = Reader {
+            b: self.bytes,
+            at: self.rest,
+        };
+        r.u2("access flags")?;
+        let this = r.u2("this class")?;
+        let name = match self.pool.get(this as usize) {
+            Some(Cp::Class(n)) => self.utf8(*n)?,
+            _ => bail!("this class #{this} is not a Class constant"),
+        };
+        let mut out = BTreeSet::new();
+        add_internal(name, &mut out);
+        Ok(out.into_iter().next())
+    }
+
     fn module_name(&self, idx: u16) -> Result<String> {
         match self.pool.get(idx as usize) {
             Some(Cp::Module(n)) => Ok(String::from_utf8_lossy(self.utf8(*n)?).into_owned()),

@@ -45,24 +45,59 @@ const MAX_DEPTH: usize = 3;
 /// wars, and the jars nested in them (Spring Boot's BOOT-INF/lib, a war's WEB-INF/lib), as
 /// dotted package names. Files that are neither are skipped. An unreadable class is an
 /// error naming the archive and the entry.
+///
+/// Packages the scanned classes define themselves are left out (unless they are in a JDK
+/// namespace: a jar may carry its own `javax.xml...`): the result names what the app needs
+/// from the JDK, so renaming the app's own package, which changes nothing the JRE must
+/// hold, does not change a trimmed runtime layer's key.
 pub fn referenced_packages<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
+    let mut found = Found::default();
     for (name, bytes) in files {
-        scan(name, bytes, 0, &mut out)?;
+        scan(name, bytes, 0, &mut found)?;
     }
-    Ok(out)
+    let Found { mut refs, defined } = found;
+    refs.retain(|p| !defined.contains(p) || in_jdk_namespace(p));
+    Ok(refs)
 }
 
-fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut BTreeSet<String>) -> Result<()> {
+/// Package prefixes the JDK's modules define packages under.
+const JDK_NAMESPACES: &[&str] = &[
+    "java.",
+    "javax.",
+    "jdk.",
+    "sun.",
+    "com.sun.",
+    "org.w3c.",
+    "org.xml.",
+    "org.ietf.",
+    "netscape.",
+];
+
+fn in_jdk_namespace(p: &str) -> bool {
+    JDK_NAMESPACES
+        .iter()
+        .any(|n| p.starts_with(n) || p == n.trim_end_matches('.'))
+}
+
+/// What a scan found: the packages referred to, and those the scanned classes are in.
+#[derive(Default)]
+struct Found {
+    refs: BTreeSet<String>,
+    defined: BTreeSet<String>,
+}
+
+fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut Found) -> Result<()> {
     if name.ends_with(".class") && bytes.starts_with(&[0xCA, 0xFE, 0xBA, 0xBE]) {
         if name.ends_with("module-info.class") {
             return Ok(());
         }
         let cf = classfile::ClassFile::parse(bytes).with_context(|| format!("class {name}"))?;
+        out.defined
+            .extend(cf.own_package().with_context(|| format!("class {name}"))?);
         return cf
-            .referenced_packages(out)
+            .referenced_packages(&mut out.refs)
             .with_context(|| format!("class {name}"));
     }
     let archive = [".jar", ".war", ".ear", ".zip"]
@@ -80,4 +115,66 @@ fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut BTreeSet<String>) -> R
         scan(&format!("{name}!/{}", e.name), &data, depth + 1, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal class file: `this` extends java/lang/Object and refers to `refs`.
+    fn class(this: &str, refs: &[&str]) -> Vec<u8> {
+        let mut pool: Vec<u8> = Vec::new();
+        let mut n = 1u16;
+        let mut class_const = |name: &str, pool: &mut Vec<u8>| -> u16 {
+            pool.push(1);
+            pool.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            pool.extend_from_slice(name.as_bytes());
+            pool.push(7);
+            pool.extend_from_slice(&n.to_be_bytes());
+            n += 2;
+            n - 1
+        };
+        let this_idx = class_const(this, &mut pool);
+        let super_idx = class_const("java/lang/Object", &mut pool);
+        for r in refs {
+            class_const(r, &mut pool);
+        }
+        let mut b = vec![0xCA, 0xFE, 0xBA, 0xBE, 0, 0, 0, 61];
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&pool);
+        b.extend_from_slice(&0x21u16.to_be_bytes());
+        b.extend_from_slice(&this_idx.to_be_bytes());
+        b.extend_from_slice(&super_idx.to_be_bytes());
+        b.extend_from_slice(&[0; 8]); // no interfaces, fields, methods, attributes
+        b
+    }
+
+    #[test]
+    fn the_apps_own_packages_are_not_jdk_references() {
+        let main = class("howdy/Main", &["howdy/util/Text", "java/net/URI"]);
+        let text = class("howdy/util/Text", &["java/util/List"]);
+        let parsers = class("javax/xml/parsers/Own", &["javax/xml/parsers/Other"]);
+        let refs = referenced_packages([
+            ("howdy/Main.class", &main[..]),
+            ("howdy/util/Text.class", &text[..]),
+            ("javax/xml/parsers/Own.class", &parsers[..]),
+        ])
+        .unwrap();
+        let got: Vec<&str> = refs.iter().map(String::as_str).collect();
+        // The app's own packages go; a JDK namespace it also defines stays.
+        assert_eq!(
+            got,
+            ["java.lang", "java.net", "java.util", "javax.xml.parsers"]
+        );
+        // Renaming the app's package changes nothing.
+        let renamed = class("hello/Main", &["hello/util/Text", "java/net/URI"]);
+        let text2 = class("hello/util/Text", &["java/util/List"]);
+        let again = referenced_packages([
+            ("hello/Main.class", &renamed[..]),
+            ("hello/util/Text.class", &text2[..]),
+            ("javax/xml/parsers/Own.class", &parsers[..]),
+        ])
+        .unwrap();
+        assert_eq!(again, refs);
+    }
 }

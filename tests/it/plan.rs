@@ -110,8 +110,25 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
         let _ = std::fs::remove_file(cache.join("sha256").join(&p.sha256));
     }
     let offline = [("FUSE_MIRROR", "http://127.0.0.1:9/debian")];
+    // The output holds what the image key gave: nothing is built, read or rewritten.
+    let img = app.join("fuse-out/hello-1.0.0.img");
+    let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
     let (again, err) = build_in(&app, &cache, &offline);
     assert_eq!(again, shared.digest, "no-op build changed the image");
+    assert!(err.contains("image: up to date"), "{err}");
+    assert!(
+        sources(&err).is_empty(),
+        "no-op build built something:
+{err}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), mtime);
+    // An edited output is not up to date: written again, from the unit cache.
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&img, &bytes).unwrap();
+    let (again, err) = build_in(&app, &cache, &offline);
+    assert_eq!(again, shared.digest, "no-op build changed the image");
+    assert!(!err.contains("image: up to date"), "{err}");
     let srcs = sources(&err);
     assert_eq!(srcs.len(), 5, "{err}");
     assert!(
@@ -151,6 +168,7 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
     let base_blob = cache.join("sha256").join(record_sha(&cache, base_key));
     let app_blob = std::fs::read(cache.join("sha256").join(record_sha(&cache, app_key))).unwrap();
     replace(&base_blob, &app_blob);
+    std::fs::remove_file(&img).unwrap(); // else the image key's record is enough
     let (rebuilt, err) = build_in(&app, &cache, &[]);
     assert_eq!(rebuilt, shared.digest);
     assert!(err.contains("WARN") && err.contains("corrupt"), "{err}");
@@ -162,6 +180,7 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
     // A record copied from another key: refused, rebuilt.
     let app_record = std::fs::read(cache.join(format!("named/unit-{app_key}"))).unwrap();
     replace(&cache.join(format!("named/unit-{base_key}")), &app_record);
+    std::fs::remove_file(&img).unwrap();
     let (rebuilt, err) = build_in(&app, &cache, &[]);
     assert_eq!(rebuilt, shared.digest);
     assert!(err.contains("WARN"), "{err}");
