@@ -3,6 +3,8 @@
 # jar-hello), RUNS boots each (default 1). Prints seconds from QEMU's start to HTTP 200 and
 # the init's own verity read times from the console.
 # FUSE_BIN: the fuse binary to measure (default: a release build of this tree).
+# JRE=all: Java examples keep the full JRE (`[runtime] modules = "all"`, with the shipped
+# CDS archive) instead of the trimmed one, to measure what trimming costs at start.
 set -eu
 cd "$(dirname "$0")/.."
 if [ -n "${FUSE_BIN:-}" ]; then FUSE=$FUSE_BIN; else cargo build --release -q; FUSE=$PWD/target/release/fuse; fi
@@ -14,6 +16,9 @@ now() { date +%s.%N; }
 for ex in ${*:-hello jar-hello}; do
     cp -r "examples/$ex" "$work/$ex"
     rm -rf "$work/$ex/fuse-out"
+    if [ "${JRE:-}" = all ] && grep -q '^java *=' "$work/$ex/fuse.toml"; then
+        sed -i 's/^java *=.*/&\nmodules = "all"/' "$work/$ex/fuse.toml"
+    fi
     "$work/$ex/build.sh" >/dev/null
     "$FUSE" build "$work/$ex" >"$work/build.out" 2>"$work/build.log" || { cat "$work/build.log"; exit 1; }
     img=$(grep '\.img$' "$work/build.out" | tail -1)
@@ -37,7 +42,7 @@ for ex in ${*:-hello jar-hello}; do
         done
         t1=$(now)
         kill $qpid 2>/dev/null || true; wait $qpid 2>/dev/null || true
-        awk -v e="$ex" -v a="$t0" -v b="$t1" -v ok="$ok" 'BEGIN { printf "%-10s boot to HTTP %6.1fs (%s)\n", e, b - a, ok == "yes" ? "answered" : "NO ANSWER" }'
+        awk -v e="$ex" -v jre="${JRE:+JRE=$JRE}" -v a="$t0" -v b="$t1" -v ok="$ok" 'BEGIN { printf "%-10s %s boot to HTTP %6.1fs (%s)\n", e, jre, b - a, ok == "yes" ? "answered" : "NO ANSWER" }'
         grep -a "verified .* bytes" "$work/console.log" | sed 's/^/    /' || true
         [ $ok = yes ] || { tail -25 "$work/console.log"; cp "$work/console.log" "${KEEP_CONSOLE:-/dev/null}"; }
     done

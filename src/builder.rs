@@ -276,9 +276,14 @@ pub fn layer_tree(
         tree.merge(&base.tree)?;
     }
     if let Some(server) = &i.server {
+        let jsp_compiler = i
+            .packages
+            .iter()
+            .any(|p| p.name == crate::runtimes::JSP_COMPILER_PACKAGE);
         tree.merge(&crate::runtimes::tomcat_base(
             &server.tomcat,
             server.port,
+            jsp_compiler,
             epoch,
         )?)?;
     }

@@ -58,6 +58,8 @@ pub struct AppScan {
     pub java_packages: BTreeSet<String>,
     /// Why the app's classes could not be read (Java kinds): the full JRE is kept.
     pub java_scan_error: Option<String>,
+    /// A war holding JSP pages: Tomcat's JSP compiler is resolved and linked in.
+    pub jsp: bool,
 }
 
 /// Read the app once: its files, its identity, what it needs from the dynamic linker.
@@ -100,7 +102,15 @@ pub fn scan_app(m: &Manifest) -> Result<AppScan> {
     } else {
         (BTreeSet::new(), None)
     };
+    let jsp = if m.kind == AppKind::War {
+        let war = artifact(m, &files)?;
+        crate::runtimes::war_has_jsp(war)
+            .with_context(|| format!("cannot list the pages of {}", m.app_path.display()))?
+    } else {
+        false
+    };
     Ok(AppScan {
+        jsp,
         sha256,
         listing_sha256,
         files,
@@ -611,6 +621,7 @@ mod tests {
                 needed: vec![],
                 versions: vec![],
                 runtime: vec!["java=17".into()],
+                jsp: false,
             },
             app: AppPin {
                 sha256: "b".repeat(64),

@@ -476,7 +476,12 @@ const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 /// server configuration (the `[app] port`, the ROOT context from `/app/ROOT.war` run
 /// without unpacking, the work directory in the /tmp tmpfs, no shutdown port), logging
 /// to the console only, and the global web.xml.
-pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::Tree> {
+pub fn tomcat_base(
+    version: &str,
+    port: u16,
+    jsp_compiler: bool,
+    epoch: u64,
+) -> Result<crate::tree::Tree> {
     use crate::tree::{Node, Tree};
     let server_xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -527,16 +532,29 @@ pub fn tomcat_base(version: &str, port: u16, epoch: u64) -> Result<crate::tree::
         stamp(Node::dir(0o755)),
     )?;
     t.insert(&format!("{base}/lib"), stamp(Node::dir(0o755)))?;
+    if jsp_compiler {
+        t.insert(
+            &format!("{base}/lib/ecj.jar"),
+            stamp(Node::symlink(JSP_COMPILER_JAR)),
+        )?;
+    }
     Ok(t)
 }
 
+/// The Eclipse JDT compiler Jasper compiles JSP pages with (a dependency of Debian's
+/// Tomcat, 6.8 MB): kept only for a war that holds JSP pages, then linked into
+/// catalina.base's `lib` so Jasper finds it.
+pub const JSP_COMPILER_PACKAGE: &str = "libeclipse-jdt-core-java";
+const JSP_COMPILER_JAR: &str = "/usr/share/java/eclipse-jdt-core.jar";
+
 /// Packages a runtime depends on only for what a headless server never does (AWT fonts
-/// and images, printing, sound, smart cards, the NSS PKCS#11 provider, util-linux's tools):
-/// resolution leaves them out (`resolve::resolve_excluding`), with whatever only they
-/// would pull in, so the lock never pins them. List one in `[system] packages` to keep it.
-pub fn unused_packages(r: &Request) -> &'static [&'static str] {
+/// and images, printing, sound, smart cards, the NSS PKCS#11 provider, util-linux's tools;
+/// Tomcat's JSP compiler when the war has no JSP page): resolution leaves them out
+/// (`resolve::resolve_excluding`), with whatever only they would pull in, so the lock never
+/// pins them. List one in `[system] packages` to keep it.
+pub fn unused_packages(r: &Request, jsp: bool) -> Vec<&'static str> {
     match r.name.as_str() {
-        "java" => &[
+        "java" => vec![
             "libcups2",
             "libfontconfig1",
             "libfreetype6",
@@ -548,8 +566,42 @@ pub fn unused_packages(r: &Request) -> &'static [&'static str] {
             "libnss3",
             "util-linux",
         ],
-        _ => &[],
+        "tomcat" if !jsp => vec![JSP_COMPILER_PACKAGE],
+        _ => Vec::new(),
     }
+}
+
+/// Does a war hold JSP pages or tag files (in the war, or as Servlet 3 resources in
+/// `META-INF/resources` of a jar under `WEB-INF/lib`)? Only then does Tomcat need its JSP
+/// compiler. A war that cannot be read is an error naming the entry.
+pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
+    fn is_jsp(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        [".jsp", ".jspx", ".jspf", ".tag", ".tagx"]
+            .iter()
+            .any(|ext| n.ends_with(ext))
+    }
+    let entries = crate::format::zip::entries(war)?;
+    for e in &entries {
+        if is_jsp(&e.name) {
+            return Ok(true);
+        }
+    }
+    for e in &entries {
+        if e.name.starts_with("WEB-INF/lib/") && e.name.ends_with(".jar") {
+            let jar = crate::format::zip::read(war, e)
+                .with_context(|| format!("cannot read {} in the war", e.name))?;
+            let inner = crate::format::zip::entries(&jar)
+                .with_context(|| format!("cannot read {} in the war", e.name))?;
+            if inner
+                .iter()
+                .any(|i| i.name.starts_with("META-INF/resources/") && is_jsp(&i.name))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -599,6 +651,48 @@ mod tests {
         out.extend_from_slice(&cd.to_le_bytes());
         out.extend_from_slice(&[0, 0]);
         out
+    }
+
+    #[test]
+    fn the_jsp_compiler_is_kept_only_for_a_war_with_jsp_pages() {
+        let servlet_only = zip_of(&[
+            ("WEB-INF/web.xml", b"<web-app/>", true),
+            ("WEB-INF/classes/hello/H.class", b"\xca\xfe", false),
+            ("index.html", b"hi", true),
+        ]);
+        assert!(!war_has_jsp(&servlet_only).unwrap());
+        for page in ["index.jsp", "WEB-INF/tags/t.TAG", "a/b.jspx", "inc.jspf"] {
+            let war = zip_of(&[
+                ("WEB-INF/web.xml", b"<web-app/>", true),
+                (page, b"<%= 1 %>", true),
+            ]);
+            assert!(war_has_jsp(&war).unwrap(), "{page}");
+        }
+        // Servlet 3 resources of a library jar count; a JSP elsewhere in a jar does not.
+        let lib = zip_of(&[("META-INF/resources/page.jsp", b"<%= 1 %>", true)]);
+        let war = zip_of(&[("WEB-INF/lib/ui.jar", &lib, false)]);
+        assert!(war_has_jsp(&war).unwrap());
+        let lib = zip_of(&[("templates/page.jsp", b"<%= 1 %>", true)]);
+        let war = zip_of(&[("WEB-INF/lib/ui.jar", &lib, true)]);
+        assert!(!war_has_jsp(&war).unwrap());
+        let broken = zip_of(&[("WEB-INF/lib/bad.jar", b"not a jar", false)]);
+        let e = format!("{:#}", war_has_jsp(&broken).unwrap_err());
+        assert!(e.contains("WEB-INF/lib/bad.jar"), "{e}");
+        let tomcat = Request {
+            name: "tomcat".into(),
+            version: "10".into(),
+        };
+        assert_eq!(unused_packages(&tomcat, false), [JSP_COMPILER_PACKAGE]);
+        assert!(unused_packages(&tomcat, true).is_empty());
+    }
+
+    #[test]
+    fn jasper_finds_the_jsp_compiler_in_catalina_base_lib() {
+        let with = tomcat_base("10", 8080, true, 0).unwrap();
+        let link = format!("{}/lib/ecj.jar", CATALINA_BASE.trim_start_matches('/'));
+        assert!(with.get(&link).is_some());
+        let without = tomcat_base("10", 8080, false, 0).unwrap();
+        assert!(without.get(&link).is_none());
     }
 
     #[test]

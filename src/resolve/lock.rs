@@ -61,6 +61,9 @@ pub struct ResolveInputs {
     /// order; absent for binary apps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime: Vec<String>,
+    /// The war holds JSP pages, so Tomcat's JSP compiler is resolved too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jsp: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -197,6 +200,13 @@ impl Lock {
                 "package {p} is in the lock but no longer in the manifest"
             ));
         }
+        if l.jsp != current.jsp {
+            d.push(if current.jsp {
+                "the war now holds JSP pages: Tomcat needs its JSP compiler".to_string()
+            } else {
+                "the war no longer holds JSP pages".to_string()
+            });
+        }
         if l.interpreter != current.interpreter {
             d.push(format!(
                 "app interpreter: lock has {:?}, app has {:?}",
@@ -263,6 +273,7 @@ mod tests {
                 needed: vec!["libz.so.1".into(), "libc.so.6".into()],
                 versions: vec![],
                 runtime: vec![],
+                jsp: false,
             },
             app: AppPin {
                 sha256: "b".repeat(64),

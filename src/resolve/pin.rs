@@ -65,7 +65,8 @@ fn resolve_kernel<'a>(archive: &'a Archive, name: &str) -> Result<&'a Package> {
 
 /// The resolution inputs of a manifest + app: the binary's needs and those of the native
 /// code anywhere in the app.
-pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic, native: &AppNeeds) -> ResolveInputs {
+pub fn resolve_inputs(m: &Manifest, app: &AppScan) -> ResolveInputs {
+    let (dynamic, native) = (&app.dynamic, &app.native);
     let mut packages = m.packages.clone();
     packages.sort();
     packages.dedup();
@@ -86,15 +87,16 @@ pub fn resolve_inputs(m: &Manifest, dynamic: &Dynamic, native: &AppNeeds) -> Res
             .chain(m.server.iter())
             .map(|r| r.key())
             .collect(),
+        jsp: app.jsp,
     }
 }
 
 /// Packages the manifest's runtimes never load (left out by resolution unless asked for).
-pub fn unused_packages(m: &Manifest) -> Vec<&'static str> {
+pub fn unused_packages(m: &Manifest, inputs: &ResolveInputs) -> Vec<&'static str> {
     m.runtime
         .iter()
         .chain(m.server.iter())
-        .flat_map(|r| crate::runtimes::unused_packages(r).iter().copied())
+        .flat_map(|r| crate::runtimes::unused_packages(r, inputs.jsp))
         .collect()
 }
 
@@ -151,7 +153,7 @@ pub fn resolve_lock(
         crate::runtimes::check_available(&idx, r, &inputs.distribution)?;
         roots.extend(crate::runtimes::roots(r));
     }
-    let unused = unused_packages(m);
+    let unused = unused_packages(m, inputs);
     let dynamic = Dynamic {
         interpreter: inputs.interpreter.clone(),
         needed: inputs.needed.clone(),
@@ -268,13 +270,20 @@ pub fn lock_path(m: &Manifest) -> PathBuf {
 /// archive: changed inputs, and pins of packages resolution now leaves out.
 pub fn lock_differences(lock: &Lock, m: &Manifest, inputs: &ResolveInputs) -> Vec<String> {
     let mut diffs = lock.input_differences(inputs);
-    let unused = unused_packages(m);
+    let unused = unused_packages(m, inputs);
     for p in &lock.packages {
         if unused.contains(&p.name.as_str()) && !inputs.packages.contains(&p.name) {
-            diffs.push(format!(
-                "it pins {}, which the image leaves out (a headless runtime never loads it)",
-                p.name
-            ));
+            diffs.push(if p.name == crate::runtimes::JSP_COMPILER_PACKAGE {
+                format!(
+                    "it pins {}, which a war without JSP pages leaves out",
+                    p.name
+                )
+            } else {
+                format!(
+                    "it pins {}, which the image leaves out (a headless runtime never loads it)",
+                    p.name
+                )
+            });
         }
     }
     diffs
@@ -291,7 +300,7 @@ pub fn obtain_lock(
     opts: Options,
 ) -> Result<(Lock, bool)> {
     let lock_path = lock_path(m);
-    let inputs = resolve_inputs(m, &app.dynamic, &app.native);
+    let inputs = resolve_inputs(m, app);
     let existing = Lock::load(&lock_path)?;
     if let Some(lock) = &existing {
         let diffs = lock_differences(lock, m, &inputs);

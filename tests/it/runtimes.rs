@@ -390,8 +390,8 @@ fn the_jar_lock_pins_exactly_the_packages_in_the_image() {
         name: "java".into(),
         version: "17".into(),
     };
-    for p in fuse::runtimes::unused_packages(&java) {
-        assert!(!locked.contains(*p), "the lock pins {p}");
+    for p in fuse::runtimes::unused_packages(&java, false) {
+        assert!(!locked.contains(p), "the lock pins {p}");
     }
     assert!(locked.contains("openjdk-17-jre-headless") && locked.contains("libc6"));
 }
@@ -407,6 +407,11 @@ fn war_is_served_by_tomcat_as_the_root_context() {
     report_sizes(&meta);
     assert_eq!(layer_names(&meta), ["base", "runtime", "server", "app"]);
     assert!(packages_of(&meta, "server").contains(&"libtomcat10-java".to_string()));
+    // No JSP page in the war: Tomcat's JSP compiler is neither locked nor in the image.
+    let jsp = fuse::runtimes::JSP_COMPILER_PACKAGE.to_string();
+    assert!(!packages_of(&meta, "server").contains(&jsp));
+    let lock = std::fs::read_to_string(app.join("fuse.lock")).unwrap();
+    assert!(!lock.contains(&jsp), "{lock}");
     let modules = java_modules(&meta);
     eprintln!(
         "war-hello JDK modules ({}): {}",
@@ -421,6 +426,40 @@ fn war_is_served_by_tomcat_as_the_root_context() {
     assert!(body.contains("uid=1000 "), "{body}");
     assert!(body.contains("server=Apache Tomcat/10."), "{body}");
     assert!(body.contains("hello from a war"), "{body}");
+}
+
+#[test]
+fn a_war_with_a_jsp_page_gets_the_jsp_compiler_and_serves_the_page() {
+    if !Path::new("/usr/share/java/tomcat10-servlet-api.jar").exists() {
+        panic!("libtomcat10-java is needed to compile the example (scripts/setup.sh)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("war-hello", dir.path());
+    let pages = dir.path().join("pages");
+    std::fs::create_dir_all(&pages).unwrap();
+    std::fs::write(
+        pages.join("hello.jsp"),
+        "<%@ page contentType=\"text/plain\" %>jsp says <%= 6 * 7 %>\n",
+    )
+    .unwrap();
+    let st = Command::new("jar")
+        .arg("--update")
+        .arg("--file")
+        .arg(app.join("hello.war"))
+        .arg("-C")
+        .arg(&pages)
+        .arg("hello.jsp")
+        .status()
+        .unwrap();
+    assert!(st.success(), "jar --update failed");
+    let meta = build(&app);
+    assert!(
+        packages_of(&meta, "server").contains(&fuse::runtimes::JSP_COMPILER_PACKAGE.to_string())
+    );
+    let mut vm = Vm::boot(&app.join("fuse-out/war-hello-1.0.0.img"), 8080, &[]);
+    let body = vm.get_until_ok("/hello.jsp", Duration::from_secs(600));
+    let body = body.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()));
+    assert!(body.contains("jsp says 42"), "{body}");
 }
 
 #[test]
