@@ -1,5 +1,6 @@
 //! Verified boot end to end: a tampered layer (one flipped byte, or another build's app
-//! layer in its place) never answers and powers off with the FATAL line; Secure Boot
+//! layer in its place) never answers and powers off with the FATAL line; a second disk
+//! with partitions of the same names takes no layer's place; Secure Boot
 //! signing (sbverify accepts it, two signed builds are byte-identical, a key that does not
 //! match its certificate fails before anything is written, inspect and the ledger name the
 //! signer); Debian's Secure Boot OVMF with the snakeoil key boots the snakeoil-signed image
@@ -91,6 +92,30 @@ fn a_tampered_app_layer_never_answers_and_powers_off() {
     let swapped = dir.path().join("swapped.img");
     std::fs::write(&swapped, &bytes).unwrap();
     expect_fatal(&swapped, "app");
+
+    // A second disk whose partitions carry the layers' names (the other build's image, its
+    // ESP zeroed so the firmware cannot boot it) cannot take a layer's place: the init
+    // finds layers by partition GUID, and the image boots and answers as itself.
+    let mut decoy = other.clone();
+    let esp = partition(&other, "fuse-esp");
+    decoy[esp].fill(0);
+    let decoy_path = dir.path().join("decoy.img");
+    std::fs::write(&decoy_path, &decoy).unwrap();
+    let extra = [
+        "-drive".to_string(),
+        format!(
+            "if=virtio,format=raw,readonly=on,file={}",
+            decoy_path.display()
+        ),
+    ];
+    let mut vm = Vm::boot(&good.image, 8080, &extra);
+    let body = vm.get_until_ok("/", Duration::from_secs(300));
+    let console = vm.console();
+    assert!(
+        body.is_some(),
+        "no answer with a decoy second disk; console:\n{console}"
+    );
+    assert!(!console.contains("FATAL"), "{console}");
 }
 
 /// Keys for the signing tests: Debian's snakeoil key decrypted (passphrase `snakeoil`), and
