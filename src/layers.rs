@@ -310,7 +310,7 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
     let mut d = Node::dir(0o755);
     d.mtime = epoch;
     t.insert(APP_DIR, d)?;
-    if m.kind.is_dir() {
+    if m.kind.is_dir() || m.jar.as_ref().is_some_and(|j| j.dir) {
         add_dir(&mut t, &m.app_path, APP_DIR, epoch)?;
         if let (Some(venv), Some(rt)) = (&m.python_venv, &m.runtime) {
             retarget_venv(&mut t, venv, &rt.version, epoch)?;
@@ -336,6 +336,9 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
         let mut f = Node::file(bytes, mode);
         f.mtime = epoch;
         t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
+        if let Some(j) = &m.jar {
+            add_class_path(&mut t, &j.root(&m.app_path), &j.class_path, epoch)?;
+        }
     }
     Ok(Layer {
         name: "app".into(),
@@ -343,6 +346,47 @@ pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
         packages: Vec::new(),
         java_modules: Vec::new(),
     })
+}
+
+/// The jars and class directories a jar's Class-Path names (relative to `root`, the
+/// jar's directory), at the same places under /app; directories on the way are created
+/// with the epoch's time.
+fn add_class_path(
+    t: &mut Tree,
+    root: &std::path::Path,
+    entries: &[String],
+    epoch: u64,
+) -> Result<()> {
+    for rel in entries {
+        let rel = rel.trim_end_matches('/');
+        let dest = format!("{APP_DIR}/{rel}");
+        let mut parent = String::from(APP_DIR);
+        for c in rel
+            .split('/')
+            .take(rel.split('/').count().saturating_sub(1))
+        {
+            parent = format!("{parent}/{c}");
+            if t.get(&parent).is_none() {
+                let mut d = Node::dir(0o755);
+                d.mtime = epoch;
+                t.insert(&parent, d)?;
+            }
+        }
+        let src = root.join(rel);
+        if src.is_dir() {
+            let mut d = Node::dir(0o755);
+            d.mtime = epoch;
+            t.insert(&dest, d)?;
+            add_dir(t, &src, &dest, epoch)?;
+        } else {
+            let data =
+                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+            let mut f = Node::file(data, 0o644);
+            f.mtime = epoch;
+            t.insert(&dest, f)?;
+        }
+    }
+    Ok(())
 }
 
 /// Points a virtualenv at the image's Python, whatever Python it was made with on the

@@ -106,6 +106,31 @@ impl AppKind {
     }
 }
 
+/// A jar app: the jar `java -jar` runs, and the jars beside it that its `Class-Path`
+/// names (then the app layer holds those too, at the same places relative to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JarApp {
+    /// The main jar relative to /app: the file name, or in an app directory the one jar
+    /// at its top with a Main-Class.
+    pub main: String,
+    /// `app.path` is a directory (all of it goes to /app), not the jar itself.
+    pub dir: bool,
+    /// Jars and class directories (`x/`) the Class-Path reaches, transitively, relative to
+    /// /app, sorted; only those that exist (the others are warned about).
+    pub class_path: Vec<String>,
+}
+
+impl JarApp {
+    /// The directory on the build machine that becomes /app.
+    pub fn root(&self, app_path: &Path) -> PathBuf {
+        if self.dir {
+            app_path.to_path_buf()
+        } else {
+            app_path.parent().map(Path::to_path_buf).unwrap_or_default()
+        }
+    }
+}
+
 /// A supported distribution release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Distribution {
@@ -148,6 +173,8 @@ pub struct Manifest {
     pub java_modules: crate::java::Modules,
     /// A jar's Main-Class (kind jar).
     pub main_class: Option<String>,
+    /// Kind jar: which jar runs and what its `Class-Path` brings in.
+    pub jar: Option<JarApp>,
     /// package.json's `main` (kind node), relative to the app directory.
     pub node_main: Option<String>,
     /// `[budget]`: size limits checked by `fuse build`, the boot time by `fuse test`.
@@ -334,7 +361,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             format!("cannot read {}: {e}", app_path.display()),
         )
     })?;
-    if !kind.is_dir() && !meta.is_file() {
+    // a jar app may be a directory holding the jar and the jars its Class-Path names
+    let dir_ok = kind.is_dir() || kind == AppKind::Jar;
+    let usable = meta.is_file() || (dir_ok && meta.is_dir());
+    if !usable {
         bail!(cx.err(
             "app.path",
             app.path.span(),
@@ -582,14 +612,36 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         )),
         (_, None) => None,
     };
-    let main_class = if kind == AppKind::Jar {
-        let jar = std::fs::read(&app_path).map_err(|e| {
+    let jar_app = if kind == AppKind::Jar {
+        let (main, dir) = if app_path.is_dir() {
+            let main = main_jar_of(&app_path)
+                .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+            (main, true)
+        } else {
+            let name = app_path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .with_context(|| format!("{} has no usable file name", app_path.display()))?;
+            (name.to_string(), false)
+        };
+        Some(JarApp {
+            main,
+            dir,
+            class_path: Vec::new(),
+        })
+    } else {
+        None
+    };
+    let main_class = if let Some(j) = &jar_app {
+        let main_jar = j.root(&app_path).join(&j.main);
+        let jar = std::fs::read(&main_jar).map_err(|e| {
             cx.err(
                 "app.path",
                 app.path.span(),
-                format!("cannot read {}: {e}", app_path.display()),
+                format!("cannot read {}: {e}", main_jar.display()),
             )
         })?;
+        let app_path = &main_jar;
         match crate::runtimes::jar_main_class(&jar) {
             Ok(Some(c)) => Some(c),
             Ok(None) => bail!(cx.err(
@@ -601,6 +653,19 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         }
     } else {
         None
+    };
+    // After the Main-Class check, so that a jar that is no zip is reported as such.
+    let jar_app = match jar_app {
+        Some(mut j) => {
+            let cp = crate::runtimes::class_path_closure(&j.root(&app_path), &j.main)
+                .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+            for m in &cp.missing {
+                tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
+            }
+            j.class_path = cp.entries;
+            Some(j)
+        }
+        None => None,
     };
     if kind == AppKind::War {
         let war = std::fs::read(&app_path).map_err(|e| {
@@ -757,6 +822,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         java_modules,
         server,
         main_class,
+        jar: jar_app,
         node_main,
         budget,
         python_venv,
@@ -855,6 +921,44 @@ fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate:
         }
     }
     Ok(out)
+}
+
+/// The jar at the top of an app directory that has a Main-Class: exactly one.
+fn main_jar_of(dir: &Path) -> Result<String> {
+    let mut jars: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.to_ascii_lowercase().ends_with(".jar"))
+        .collect();
+    jars.sort();
+    let mut main = Vec::new();
+    for j in &jars {
+        let p = dir.join(j);
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        if let Ok(Some(_)) = crate::runtimes::jar_main_class(&bytes) {
+            main.push(j.clone());
+        }
+    }
+    match main.len() {
+        1 => Ok(main.remove(0)),
+        0 if jars.is_empty() => bail!(
+            "{} holds no jar at its top (kind \"jar\" takes the jar, or a directory holding it and the jars its Class-Path names)",
+            dir.display()
+        ),
+        0 => bail!(
+            "{} holds no executable jar: none of {} has a Main-Class",
+            dir.display(),
+            jars.join(", ")
+        ),
+        _ => bail!(
+            "{} holds {} jars with a Main-Class ({}): set app.path to the one that runs",
+            dir.display(),
+            main.len(),
+            main.join(", ")
+        ),
+    }
 }
 
 /// The Python version (`3.11`) a virtualenv was made for: pyvenv.cfg's `version` (or

@@ -67,7 +67,12 @@ pub fn scan_app(m: &Manifest) -> Result<AppScan> {
     let files = crate::layers::app_layer(m, 0)?.tree;
     let listing = serde_json::to_vec(&file_list(&files))?;
     let listing_sha256 = sha256_hex(&listing);
-    let sha256 = if m.kind.is_dir() {
+    // A jar with the jars its Class-Path names is several files: identified like a directory.
+    let several = m
+        .jar
+        .as_ref()
+        .is_some_and(|j| j.dir || !j.class_path.is_empty());
+    let sha256 = if m.kind.is_dir() || several {
         listing_sha256.clone()
     } else {
         sha256_hex(artifact(m, &files)?)
@@ -87,9 +92,8 @@ pub fn scan_app(m: &Manifest) -> Result<AppScan> {
     };
     let native = scan_native(m, &files)?;
     let (java_packages, java_scan_error) = if matches!(m.kind, AppKind::Jar | AppKind::War) {
-        let bytes = artifact(m, &files)?;
-        let name = java_artifact_name(m);
-        match crate::java::referenced_packages([(name.as_str(), bytes)]) {
+        let classes = java_classes(m, &files)?;
+        match crate::java::referenced_packages(classes.iter().map(|(n, b)| (n.as_str(), *b))) {
             Ok(p) => (p, None),
             Err(e) => {
                 tracing::warn!(
@@ -146,6 +150,35 @@ fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::App
         tracing::info!("skipped {s}: another platform's build, the app has one for this one");
     }
     Ok(needs)
+}
+
+/// What the JVM loads the app's classes from: the artifact, and for a jar also what its
+/// Class-Path names (jars, and the class files of class directories), named as errors
+/// show them.
+fn java_classes<'a>(m: &Manifest, files: &'a Tree) -> Result<Vec<(String, &'a [u8])>> {
+    let Some(j) = &m.jar else {
+        return Ok(vec![(java_artifact_name(m), artifact(m, files)?)]);
+    };
+    let mut out = Vec::new();
+    let main = format!("app/{}", j.main);
+    let bytes = files
+        .get(&main)
+        .and_then(|n| n.data())
+        .with_context(|| format!("the app has no /{main}"))?;
+    out.push((j.main.clone(), bytes));
+    for rel in &j.class_path {
+        let at = format!("app/{rel}");
+        if rel.ends_with('/') {
+            for (path, node) in files.iter() {
+                if let (true, Some(d)) = (path.starts_with(&at), node.data()) {
+                    out.push((path.trim_start_matches("app/").to_string(), d));
+                }
+            }
+        } else if let Some(d) = files.get(&at).and_then(|n| n.data()) {
+            out.push((rel.clone(), d));
+        }
+    }
+    Ok(out)
 }
 
 /// The artifact's name as errors show it (`app.jar`, `ROOT.war`).
@@ -639,6 +672,100 @@ mod tests {
         let m = crate::manifest::parse(text, &dir.join("fuse.toml")).unwrap();
         let scan = scan_app(&m).unwrap();
         (m, scan)
+    }
+
+    #[test]
+    fn class_path_jars_are_in_the_app_layer_and_in_the_jre_analysis() {
+        use crate::runtimes::tests::jar_of;
+        let d = tempfile::tempdir().unwrap();
+        let dist = d.path().join("dist");
+        std::fs::create_dir_all(dist.join("lib")).unwrap();
+        // the main jar has no classes; the sibling jar's class uses java.sql
+        let main = jar_of(&["Main-Class: a.Main", "Class-Path: lib/dep.jar"], &[]);
+        std::fs::write(dist.join("app.jar"), &main).unwrap();
+        let class = crate::java::classfile::tests::tiny_class();
+        // and JNI code needing libz
+        let so = crate::resolve::native::tests::fake_so(
+            crate::resolve::elf::EM_X86_64,
+            None,
+            &["libz.so.1"],
+            None,
+            &[],
+            &[],
+        );
+        std::fs::write(
+            dist.join("lib/dep.jar"),
+            jar_of(&[], &[("a/B.class", &class), ("native/libdep.so", &so)]),
+        )
+        .unwrap();
+        std::fs::write(dist.join("lib/other.jar"), jar_of(&[], &[])).unwrap();
+        std::fs::write(dist.join("README"), "not on the class path").unwrap();
+        let head = "[image]\nname = \"j\"\nversion = \"1\"\n[app]\nkind = \"jar\"\nport = 8080\n";
+        // app.path = the jar: the jars its Class-Path names come along, nothing else
+        let m = crate::manifest::parse(
+            &format!("{head}path = \"dist/app.jar\"\n"),
+            &d.path().join("fuse.toml"),
+        )
+        .unwrap();
+        let scan = scan_app(&m).unwrap();
+        let files: Vec<&str> = scan.files.iter().map(|(p, _)| p).collect();
+        assert_eq!(files, ["app", "app/app.jar", "app/lib", "app/lib/dep.jar"]);
+        assert!(
+            scan.java_packages.contains("java.sql"),
+            "{:?}",
+            scan.java_packages
+        );
+        assert!(
+            scan.native.needed.contains("libz.so.1"),
+            "{:?}",
+            scan.native
+        );
+        assert_eq!(scan.sha256, scan.listing_sha256);
+        let argv = crate::runtimes::argv(&m).unwrap().0;
+        assert!(
+            argv.ends_with(&["-jar".to_string(), "/app/app.jar".to_string()]),
+            "{argv:?}"
+        );
+        // app.path = the directory: all of it goes to /app, the jar with a Main-Class runs
+        let m = crate::manifest::parse(
+            &format!("{head}path = \"dist\"\n"),
+            &d.path().join("fuse.toml"),
+        )
+        .unwrap();
+        assert_eq!(m.jar.as_ref().unwrap().main, "app.jar");
+        let scan = scan_app(&m).unwrap();
+        assert!(scan.files.get("app/README").is_some());
+        assert!(scan.files.get("app/lib/other.jar").is_some());
+        assert!(
+            scan.java_packages.contains("java.sql"),
+            "{:?}",
+            scan.java_packages
+        );
+        // without the Class-Path the sibling's classes are not the app's
+        std::fs::write(dist.join("app.jar"), jar_of(&["Main-Class: a.Main"], &[])).unwrap();
+        let m = crate::manifest::parse(
+            &format!("{head}path = \"dist\"\n"),
+            &d.path().join("fuse.toml"),
+        )
+        .unwrap();
+        let scan = scan_app(&m).unwrap();
+        assert!(
+            !scan.java_packages.contains("java.sql"),
+            "{:?}",
+            scan.java_packages
+        );
+        // two executable jars: which one runs is not guessed
+        std::fs::write(dist.join("tool.jar"), jar_of(&["Main-Class: t.Tool"], &[])).unwrap();
+        let e = crate::manifest::parse(
+            &format!("{head}path = \"dist\"\n"),
+            &d.path().join("fuse.toml"),
+        )
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("app.jar, tool.jar") && e.contains("app.path"),
+            "{e}"
+        );
     }
 
     #[test]

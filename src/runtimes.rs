@@ -7,6 +7,7 @@ use crate::manifest::{AppKind, Manifest};
 use crate::resolve::Index;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
+use std::path::Path;
 
 /// Tomcat's writable catalina.base: a skeleton in the server layer whose logs/, work/ and
 /// temp/ point into the /tmp tmpfs.
@@ -250,11 +251,7 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
             (a, None)
         }
         AppKind::Jar => {
-            let file_name = m
-                .app_path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .context("app path has no file name")?;
+            let file_name = &m.jar.as_ref().context("kind jar without its jar")?.main;
             let mut a = vec![format!("{}/bin/java", java_home(&version))];
             a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
             let at = a.len();
@@ -290,6 +287,19 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
 /// Read the `Main-Class` of a jar's META-INF/MANIFEST.MF (a zip read by hand: end of
 /// central directory, central directory, local header, stored or deflated data).
 pub fn jar_main_class(jar: &[u8]) -> Result<Option<String>> {
+    jar_attribute(jar, "Main-Class")
+}
+
+/// The `Class-Path` of a jar's manifest: its space-separated relative URLs, verbatim
+/// (empty when there is none).
+pub fn jar_class_path(jar: &[u8]) -> Result<Vec<String>> {
+    Ok(jar_attribute(jar, "Class-Path")?
+        .map(|v| v.split_ascii_whitespace().map(str::to_string).collect())
+        .unwrap_or_default())
+}
+
+/// An attribute of the main section of a jar's META-INF/MANIFEST.MF (non-empty value).
+pub fn jar_attribute(jar: &[u8], name: &str) -> Result<Option<String>> {
     let mf = match zip_entry(jar, "META-INF/MANIFEST.MF")? {
         Some(d) => d,
         None => return Ok(None),
@@ -316,9 +326,109 @@ pub fn jar_main_class(jar: &[u8]) -> Result<Option<String>> {
     }
     Ok(logical.iter().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        (k.trim().eq_ignore_ascii_case("Main-Class") && !v.trim().is_empty())
-            .then(|| v.trim().to_string())
+        (k.trim().eq_ignore_ascii_case(name) && !v.trim().is_empty()).then(|| v.trim().to_string())
     }))
+}
+
+/// What a jar's `Class-Path` brings in beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassPath {
+    /// Jars and class directories (ending in `/`) reached from the main jar, transitively,
+    /// relative to the app root, sorted; only those that exist.
+    pub entries: Vec<String>,
+    /// Entries that do not exist (the JVM skips them; the build warns), as
+    /// `<entry> (Class-Path of <jar>)`.
+    pub missing: Vec<String>,
+}
+
+/// Follows the `Class-Path` of the jar at `main` (relative to `root`, the directory that
+/// becomes /app) and of the jars it names, the way the JVM does for `java -jar`: each
+/// entry is a URL relative to the directory of the jar naming it. Entries leaving `root`
+/// (`../x.jar`, absolute URLs) are an error: the image has nothing there.
+pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
+    let mut out = ClassPath::default();
+    let mut seen: BTreeSet<String> = BTreeSet::from([main.to_string()]);
+    let mut todo = vec![main.to_string()];
+    while let Some(jar) = todo.pop() {
+        let path = root.join(&jar);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let entries = jar_class_path(&bytes)
+            .with_context(|| format!("cannot read the manifest of {}", path.display()))?;
+        let dir = jar.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        for entry in entries {
+            let rel = class_path_entry(dir, &entry).with_context(|| {
+                format!(
+                    "{}: Class-Path entry {entry:?} points outside {}, the directory that becomes {APP_DIR}: \
+                     make app.path a directory holding the jar and what it names",
+                    path.display(),
+                    root.display()
+                )
+            })?;
+            if !seen.insert(rel.clone()) {
+                continue;
+            }
+            let target = root.join(&rel);
+            if rel.ends_with('/') {
+                if target.is_dir() {
+                    out.entries.push(rel);
+                } else {
+                    out.missing.push(format!("{entry} (Class-Path of {jar})"));
+                }
+            } else if target.is_file() {
+                out.entries.push(rel.clone());
+                todo.push(rel);
+            } else {
+                out.missing.push(format!("{entry} (Class-Path of {jar})"));
+            }
+        }
+    }
+    out.entries.sort();
+    out.missing.sort();
+    Ok(out)
+}
+
+/// A relative Class-Path URL (`lib/a%20b.jar`, `classes/`) resolved against `dir` (a
+/// path relative to the app root): the path relative to the root, or None when it leaves
+/// the root or is an absolute URL. Percent-decoding by hand (URL escapes are the only
+/// syntax Class-Path entries use beyond `/`).
+fn class_path_entry(dir: &str, entry: &str) -> Option<String> {
+    if entry.starts_with('/') || entry.contains(':') {
+        return None; // absolute path or URL with a scheme: not in the image
+    }
+    let b = entry.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(b[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).ok()?;
+    let is_dir = decoded.ends_with('/');
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for c in decoded.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut rel = parts.join("/");
+    if is_dir {
+        rel.push('/');
+    }
+    Some(rel)
 }
 
 fn le16(b: &[u8], o: usize) -> Result<usize> {
@@ -605,11 +715,11 @@ pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A zip written by hand: one stored entry and one deflated entry.
-    fn zip_of(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+    pub(crate) fn zip_of(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
         use std::io::Write;
         let mut out = Vec::new();
         let mut central = Vec::new();
@@ -651,6 +761,89 @@ mod tests {
         out.extend_from_slice(&cd.to_le_bytes());
         out.extend_from_slice(&[0, 0]);
         out
+    }
+
+    /// A jar whose manifest has `attrs` (lines, `\r\n` added) and the given entries.
+    pub(crate) fn jar_of(attrs: &[&str], entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut mf = String::from("Manifest-Version: 1.0\r\n");
+        for a in attrs {
+            mf.push_str(a);
+            mf.push_str("\r\n");
+        }
+        mf.push_str("\r\n");
+        let mut all: Vec<(&str, &[u8], bool)> = vec![("META-INF/MANIFEST.MF", mf.as_bytes(), true)];
+        all.extend(entries.iter().map(|(n, d)| (*n, *d, false)));
+        zip_of(&all)
+    }
+
+    #[test]
+    fn class_path_entries_resolve_against_the_naming_jars_directory() {
+        assert_eq!(
+            class_path_entry("", "lib/a.jar").as_deref(),
+            Some("lib/a.jar")
+        );
+        assert_eq!(
+            class_path_entry("lib", "b%20c.jar").as_deref(),
+            Some("lib/b c.jar")
+        );
+        assert_eq!(
+            class_path_entry("lib", "../x/./y.jar").as_deref(),
+            Some("x/y.jar")
+        );
+        assert_eq!(
+            class_path_entry("", "classes/").as_deref(),
+            Some("classes/")
+        );
+        for outside in [
+            "../x.jar",
+            "/opt/x.jar",
+            "file:/opt/x.jar",
+            "http://h/x.jar",
+            "%zz.jar",
+            ".",
+        ] {
+            assert_eq!(class_path_entry("", outside), None, "{outside}");
+        }
+    }
+
+    #[test]
+    fn class_path_is_followed_transitively_and_missing_entries_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("lib")).unwrap();
+        std::fs::create_dir_all(r.join("classes")).unwrap();
+        // continuation line: the manifest's 72-byte lines split long Class-Paths
+        let main = jar_of(
+            &[
+                "Main-Class: a.Main",
+                "Class-Path: lib/a.jar lib/b%20c.jar classes/ lib/missin",
+                " g.jar lib/a.jar",
+            ],
+            &[],
+        );
+        std::fs::write(r.join("app.jar"), main).unwrap();
+        std::fs::write(
+            r.join("lib/a.jar"),
+            jar_of(&["Class-Path: d.jar ../app.jar"], &[]),
+        )
+        .unwrap();
+        std::fs::write(r.join("lib/b c.jar"), jar_of(&[], &[])).unwrap();
+        std::fs::write(r.join("lib/d.jar"), jar_of(&[], &[])).unwrap();
+        std::fs::write(r.join("lib/unnamed.jar"), jar_of(&[], &[])).unwrap();
+        let cp = class_path_closure(r, "app.jar").unwrap();
+        assert_eq!(
+            cp.entries,
+            ["classes/", "lib/a.jar", "lib/b c.jar", "lib/d.jar"]
+        );
+        assert_eq!(cp.missing, ["lib/missing.jar (Class-Path of app.jar)"]);
+        // leaving the directory that becomes /app is an error naming the entry
+        std::fs::write(
+            r.join("lib/d.jar"),
+            jar_of(&["Class-Path: ../../up.jar"], &[]),
+        )
+        .unwrap();
+        let e = format!("{:#}", class_path_closure(r, "app.jar").unwrap_err());
+        assert!(e.contains("lib/d.jar") && e.contains("../../up.jar"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,14 @@ fn copy_sources(m: &Manifest, dir: &Path) -> Result<Option<PathBuf>> {
     let base = std::fs::canonicalize(base)
         .with_context(|| format!("cannot resolve {}", base.display()))?;
     let mut inside = vec![m.app_path.clone()];
+    if let Some(j) = m.jar.as_ref().filter(|j| !j.dir) {
+        let root = j.root(&m.app_path);
+        inside.extend(
+            j.class_path
+                .iter()
+                .map(|rel| root.join(rel.trim_end_matches('/'))),
+        );
+    }
     if let Some(k) = &m.keyring {
         inside.push(std::fs::canonicalize(k).unwrap_or_else(|_| k.clone()));
     }

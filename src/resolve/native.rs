@@ -355,7 +355,7 @@ pub fn check_versions(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tree::Node;
 

@@ -299,26 +299,43 @@ fn node_app_with_a_native_addon_linking_zlib() {
     assert!(body.contains("zlib=1."), "{body}");
 }
 
+/// One Java boot for both: the fat jar's manifest also has `Class-Path: lib/extra.jar`, a
+/// jar beside it whose class uses java.sql (a module nothing else in the app needs).
+/// app.path is the fat jar; fuse brings lib/extra.jar along and the trimmed JRE keeps
+/// java.sql because the analysis read it.
 #[test]
-fn spring_boot_style_fat_jar_with_jni_in_a_nested_jar() {
+fn spring_boot_style_fat_jar_with_jni_in_a_nested_jar_and_a_class_path_sibling() {
     if !require_tool("javac") || !require_tool("jar") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    run(Command::new(data("fatjar/build.sh")).arg(dir.path()));
+    run(Command::new(data("fatjar/build.sh")).arg(dir.path().join("dist")));
     std::fs::write(
         dir.path().join("fuse.toml"),
-        "[image]\nname = \"fatjar\"\nversion = \"1.0.0\"\n\n[app]\nkind = \"jar\"\npath = \"fat.jar\"\nport = 8080\n",
+        "[image]\nname = \"fatjar\"\nversion = \"1.0.0\"\n\n[app]\nkind = \"jar\"\npath = \"dist/fat.jar\"\nport = 8080\n",
     )
     .unwrap();
     let meta = build(dir.path(), "fatjar");
     assert!(packages(&meta).contains(&"zlib1g".to_string()));
     let lock = std::fs::read_to_string(dir.path().join("fuse.lock")).unwrap();
     assert!(lock.contains("\"libz.so.1\""), "{lock}");
+    let modules: Vec<&str> = meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["java_modules"].as_array())
+        .flatten()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert!(
+        modules.contains(&"java.sql") && modules.contains(&"jdk.httpserver"),
+        "{modules:?}"
+    );
     let body = boot(dir.path(), "fatjar", 400);
     assert!(
         body.contains("hello fuse from a nested jar (zlib 1."),
         "{body}"
     );
+    assert!(body.contains("release=2026-11-29"), "{body}");
     assert!(body.contains("java=17."), "{body}");
 }

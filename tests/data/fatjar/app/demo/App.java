@@ -10,7 +10,7 @@ public final class App {
         int port = Integer.parseInt(System.getenv().getOrDefault("PORT", "8080"));
         HttpServer server = HttpServer.create(new InetSocketAddress(port), 0);
         server.createContext("/", ex -> {
-            byte[] body = (greet.Greeter.greet("fuse") + "\njava=" + System.getProperty("java.version") + "\n")
+            byte[] body = (greet.Greeter.greet("fuse") + "\n" + extra.Dates.release() + "\njava=" + System.getProperty("java.version") + "\n")
                     .getBytes(StandardCharsets.UTF_8);
             ex.sendResponseHeaders(200, body.length);
             try (OutputStream os = ex.getResponseBody()) {
