@@ -430,5 +430,6 @@ fn fuzz_jar_zip_reader() {
     );
     run("jar", seeds, |b| {
         let _ = fuse::runtimes::jar_main_class(b);
+        let _ = fuse::runtimes::jar_class_path(b);
     });
 }
