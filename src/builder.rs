@@ -493,45 +493,125 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     wanted.dedup();
     debs.fetch(&wanted)?;
 
-    let mut layers = Vec::new();
-    for (l, hit) in plan.layers.iter().zip(hits) {
-        let (built, source) = match hit {
-            Some(b) => b,
-            None => {
-                let tree = layer_tree(&l.inputs, debs, &kernel, app)?;
-                let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
-                let rec: Record<LayerMeta> =
-                    cache.put("layer", &l.key, &built.meta, &built.bytes)?;
-                debug_assert_eq!(rec.size, built.bytes.len() as u64);
-                (built, Source::Built)
-            }
-        };
-        report(&format!("layer {}", l.name), &l.key, source);
-        layers.push((built, source));
-    }
-
-    // The UKI holds the initramfs: when the UKI is cached, the initramfs' record is enough.
+    // The work left, side by side on the bounded pool: every missing layer, the
+    // initramfs' core (it needs the kernel only), and the packages read (decompressed)
+    // ahead of the layers that need them. Each job's result is a function of its inputs,
+    // so the bytes do not depend on the order in which jobs run.
     let (ip, up) = (&plan.initramfs, &plan.uki);
+    let core_key = initramfs_core_key(&ip.inputs)?;
+    // The UKI holds the initramfs: when the UKI is cached, the initramfs' record is enough.
     let uki_hit = cache.get::<UkiRecord>("uki", &up.key)?;
     let initramfs_record = match uki_hit {
         Some(_) => cache.lookup_record::<()>("initramfs", &ip.key)?,
         None => None,
     };
-    let (initramfs_sha256, initramfs_size, initramfs_source, initramfs_bytes) =
-        match initramfs_record {
-            Some((rec, source)) => (rec.sha256, rec.size, source, None),
-            None => match cache.get::<()>("initramfs", &ip.key)? {
-                Some((rec, bytes, source)) => (rec.sha256, rec.size, source, Some(bytes)),
-                None => {
+    let initramfs_hit = match initramfs_record {
+        Some(_) => None,
+        None => cache.get::<()>("initramfs", &ip.key)?,
+    };
+    let core_needed = initramfs_record.is_none()
+        && initramfs_hit.is_none()
+        && !cache.has_local("initramfs-core", &core_key)?;
+    // Packages first (largest first: the longest decompressions start early), then the
+    // layers (the one with the most package bytes first), the core after the first.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut missing: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].is_none()).collect();
+    let bytes_of =
+        |i: usize| -> u64 { plan.layers[i].inputs.packages.iter().map(|p| p.size).sum() };
+    missing.sort_by_key(|&i| std::cmp::Reverse(bytes_of(i)));
+    let layer_jobs = missing.len();
+    if layer_jobs > 0 {
+        let mut reads: Vec<&Pin> = wanted.iter().collect();
+        reads.sort_by_key(|p| std::cmp::Reverse(p.size));
+        jobs.extend(reads.into_iter().map(|p| Job::Read(p.clone())));
+    }
+    let mut layer_iter = missing.into_iter().map(Job::Layer);
+    jobs.extend(layer_iter.next());
+    if core_needed {
+        jobs.push(Job::Core);
+    }
+    jobs.extend(layer_iter);
+    let t = std::time::Instant::now();
+    let done = crate::pool::map(
+        &jobs,
+        crate::pool::default_workers(),
+        |job| -> Result<Done> {
+            match job {
+                Job::Core => {
                     let k = kernel.decode(&kernel_bytes)?;
-                    let mut boot = ip.inputs.boot.clone();
-                    let (always, device) = crate::kernel::boot_modules(&k)?;
-                    boot.modules = always;
-                    boot.device_modules = device;
-                    let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
-                    boot.verity = image::boot_verity(&built)?;
-                    let core_key = initramfs_core_key(&ip.inputs)?;
-                    let core = match cache.get::<()>("initramfs-core", &core_key)? {
+                    let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
+                    let bytes = image::write_initramfs(&tree)?;
+                    cache.put("initramfs-core", &core_key, &(), &bytes)?;
+                    Ok(Done::Core(bytes))
+                }
+                Job::Layer(i) => {
+                    let l = &plan.layers[*i];
+                    let tree = layer_tree(&l.inputs, debs, &kernel, app)
+                        .with_context(|| format!("layer {}", l.name))?;
+                    let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
+                    let rec: Record<LayerMeta> =
+                        cache.put("layer", &l.key, &built.meta, &built.bytes)?;
+                    debug_assert_eq!(rec.size, built.bytes.len() as u64);
+                    Ok(Done::Layer(*i, Box::new(built)))
+                }
+                Job::Read(p) => {
+                    debs.read(p)?;
+                    Ok(Done::Read)
+                }
+            }
+        },
+    );
+    let mut core = None;
+    let mut built_layers: BTreeMap<usize, BuiltLayer> = BTreeMap::new();
+    for r in done {
+        match r.map_err(|p| anyhow::anyhow!("a build job panicked: {p}"))?? {
+            Done::Core(b) => core = Some(b),
+            Done::Layer(i, b) => {
+                built_layers.insert(i, *b);
+            }
+            Done::Read => {}
+        }
+    }
+    if !jobs.is_empty() {
+        tracing::info!(
+            "{} jobs ({layer_jobs} layers{}) done in {:.2}s on {} workers",
+            jobs.len(),
+            if core_needed { ", initramfs core" } else { "" },
+            t.elapsed().as_secs_f64(),
+            workers()
+        );
+    }
+
+    let mut layers = Vec::new();
+    for (i, (l, hit)) in plan.layers.iter().zip(hits).enumerate() {
+        let (built, source) = match hit {
+            Some(b) => b,
+            None => (
+                built_layers
+                    .remove(&i)
+                    .context("internal error: a layer was not built")?,
+                Source::Built,
+            ),
+        };
+        report(&format!("layer {}", l.name), &l.key, source);
+        layers.push((built, source));
+    }
+
+    let (initramfs_sha256, initramfs_size, initramfs_source, initramfs_bytes) =
+        match (initramfs_record, initramfs_hit) {
+            (Some((rec, source)), _) => (rec.sha256, rec.size, source, None),
+            (None, Some((rec, bytes, source))) => (rec.sha256, rec.size, source, Some(bytes)),
+            (None, None) => {
+                let k = kernel.decode(&kernel_bytes)?;
+                let mut boot = ip.inputs.boot.clone();
+                let (always, device) = crate::kernel::boot_modules(&k)?;
+                boot.modules = always;
+                boot.device_modules = device;
+                let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
+                boot.verity = image::boot_verity(&built)?;
+                let core = match core.take() {
+                    Some(b) => b,
+                    None => match cache.get::<()>("initramfs-core", &core_key)? {
                         Some((_, bytes, _)) => bytes,
                         None => {
                             let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
@@ -539,13 +619,13 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                             cache.put("initramfs-core", &core_key, &(), &bytes)?;
                             bytes
                         }
-                    };
-                    let plan_tree = layers::initramfs_plan(&boot, ip.inputs.epoch)?;
-                    let bytes = image::join_initramfs(&plan_tree, &core)?;
-                    let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
-                    (rec.sha256, rec.size, Source::Built, Some(bytes))
-                }
-            },
+                    },
+                };
+                let plan_tree = layers::initramfs_plan(&boot, ip.inputs.epoch)?;
+                let bytes = image::join_initramfs(&plan_tree, &core)?;
+                let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
+                (rec.sha256, rec.size, Source::Built, Some(bytes))
+            }
         };
     report("initramfs", &ip.key, initramfs_source);
 
@@ -621,6 +701,33 @@ pub fn initramfs_core_key(i: &crate::plan::InitramfsInputs) -> Result<String> {
         "compression": i.compression,
     });
     Ok(crate::store::sha256_hex(&serde_json::to_vec(&d)?))
+}
+
+/// Workers for a build's jobs: `FUSE_JOBS` when set (a whole number, at least 1), else
+/// [`crate::pool::default_workers`].
+pub fn workers() -> usize {
+    std::env::var("FUSE_JOBS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or_else(crate::pool::default_workers)
+        .min(64)
+}
+
+/// A piece of a build's remaining work ([`build_units`]).
+enum Job {
+    /// The initramfs' core: init and modules, compressed.
+    Core,
+    /// The layer at this index of the plan.
+    Layer(usize),
+    /// A package read ahead of the layer that needs it.
+    Read(Pin),
+}
+
+enum Done {
+    Core(Vec<u8>),
+    Layer(usize, Box<BuiltLayer>),
+    Read,
 }
 
 fn report(unit: &str, key: &str, source: Source) {

@@ -260,6 +260,15 @@ impl Cache {
         Ok(self.get_remote(kind, key)?.map(|(r, _, s)| (r, s)))
     }
 
+    /// Whether the local cache has a record for `key` and its blob (not read, not
+    /// verified: [`Cache::get`] does that).
+    pub fn has_local(&self, kind: &str, key: &str) -> Result<bool> {
+        Ok(match self.local_record::<serde_json::Value>(kind, key)? {
+            Some(rec) => self.store.blob_path(&rec.sha256).exists(),
+            None => false,
+        })
+    }
+
     /// Push every unit the registry lacked (a failure is a warning: the build stands).
     /// Returns (units pushed, bytes sent).
     pub fn push_missing(&self) -> (usize, u64) {

@@ -287,3 +287,41 @@ fn a_registry_cache_builds_a_new_machine_without_packages_and_refuses_bad_blobs(
         assert_eq!(source, want, "{unit}:\n{err}");
     }
 }
+
+/// A cold build (no unit cached: every layer, the kernel unit, the initramfs and its core
+/// built) gives the same bytes on one worker as on several: jobs run side by side, and
+/// each unit's bytes are a function of its inputs only.
+#[test]
+fn a_cold_build_on_one_worker_or_several_gives_the_same_bytes() {
+    let shared = shared_image();
+    let lock_file = shared
+        .image
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("fuse.lock");
+    let mut digests = Vec::new();
+    for jobs in ["1", "3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = private_cache(dir.path());
+        // Packages and indexes only: no built unit, no image record.
+        for e in std::fs::read_dir(cache.join("named")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("unit-") || name.starts_with("image-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let app = example_app(dir.path());
+        std::fs::copy(&lock_file, app.join("fuse.lock")).unwrap();
+        let (digest, err) = build_in(&app, &cache, &[("FUSE_JOBS", jobs)]);
+        let srcs = sources(&err);
+        assert_eq!(srcs.len(), 5, "{err}");
+        assert!(srcs.iter().all(|(_, s)| s == "built"), "{srcs:?}");
+        assert!(err.contains(&format!("on {jobs} workers")), "{err}");
+        digests.push(digest);
+    }
+    assert_eq!(digests[0], digests[1], "the worker count changed the bytes");
+    assert_eq!(digests[0], shared.digest);
+}
