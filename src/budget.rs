@@ -32,16 +32,6 @@ pub struct Limit {
     pub text: String,
 }
 
-/// The layers an app of `kind` gets (the names a `[budget.layers]` key may use).
-pub fn layer_names(kind: crate::manifest::AppKind) -> Vec<&'static str> {
-    use crate::manifest::AppKind;
-    match kind {
-        AppKind::Binary => vec!["base", "app"],
-        AppKind::War => vec!["base", "runtime", "server", "app"],
-        AppKind::Jar | AppKind::Node | AppKind::Python => vec!["base", "runtime", "app"],
-    }
-}
-
 const SIZE_UNITS: &[(&str, u64)] = &[
     ("B", 1),
     ("kB", 1_000),

@@ -8,11 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The unprivileged user the app runs as.
-pub const APP_UID: u32 = 1000;
-pub const APP_GID: u32 = 1000;
-/// Where the app's artifact lives in the image (and its working directory).
-pub const APP_DIR: &str = "/app";
+pub use crate::runtimes::{APP_DIR, APP_GID, APP_UID};
 
 /// One file-system layer of the image.
 #[derive(Clone, Debug)]
@@ -542,37 +538,6 @@ pub const DEAD_WEIGHT: &[&str] = &[
     "usr/lib/x86_64-linux-gnu/gconv/",
 ];
 
-/// Is `path` (normalised, no leading '/') dead weight, unless kept?
-pub fn is_dead_weight(path: &str, keep: &[String]) -> bool {
-    if keep
-        .iter()
-        .any(|k| path == k || path.starts_with(&format!("{k}/")))
-    {
-        return false;
-    }
-    if path.starts_with("usr/share/doc/") && path.ends_with("/copyright") {
-        return false;
-    }
-    DEAD_WEIGHT.iter().any(|d| path.starts_with(d))
-}
-
-/// A package's files as they go into a layer: dead weight dropped, times clamped to the
-/// epoch. Returns the filtered tree and the bytes dropped.
-pub fn package_files(data: &Tree, keep: &[String], epoch: u64) -> Result<(Tree, u64)> {
-    let mut out = Tree::new();
-    let mut dropped = 0;
-    for (path, node) in data.iter() {
-        if is_dead_weight(path, keep) {
-            dropped += node.size();
-            continue;
-        }
-        let mut n = node.clone();
-        n.mtime = n.mtime.min(epoch);
-        out.insert(path, n)?;
-    }
-    Ok((out, dropped))
-}
-
 /// The CA bundle as `update-ca-certificates` builds it from the ca-certificates package:
 /// every certificate under usr/share/ca-certificates, in path order, concatenated.
 /// None when the tree has no certificates.
@@ -738,36 +703,19 @@ mod tests {
 
     #[test]
     fn dead_weight_filters_docs_but_keeps_licences_and_kept_paths() {
-        let keep = vec!["usr/share/locale/de".to_string()];
-        assert!(is_dead_weight(
-            "usr/share/doc/libc6/changelog.Debian.gz",
-            &keep
-        ));
-        assert!(!is_dead_weight("usr/share/doc/libc6/copyright", &keep));
-        assert!(is_dead_weight("usr/share/man/man1/ls.1.gz", &keep));
-        assert!(is_dead_weight(
-            "usr/share/locale/fr/LC_MESSAGES/x.mo",
-            &keep
-        ));
-        assert!(!is_dead_weight(
-            "usr/share/locale/de/LC_MESSAGES/x.mo",
-            &keep
-        ));
-        assert!(!is_dead_weight("usr/lib/x86_64-linux-gnu/libc.so.6", &keep));
-    }
-
-    #[test]
-    fn package_files_clamps_times_and_counts_dropped_bytes() {
-        let mut t = Tree::new();
-        let mut f = Node::file(b"lib".to_vec(), 0o644);
-        f.mtime = 2_000_000_000;
-        t.insert("usr/lib/libx.so.1", f).unwrap();
-        t.insert("usr/share/man/man1/x.1", Node::file(vec![0; 100], 0o644))
-            .unwrap();
-        let (out, dropped) = package_files(&t, &[], 1_000).unwrap();
-        assert_eq!(dropped, 100);
-        assert!(out.get("usr/share/man/man1/x.1").is_none());
-        assert_eq!(out.get("usr/lib/libx.so.1").unwrap().mtime, 1_000);
+        // The one filter (builder::is_dead_weight) over this list.
+        let f = crate::plan::Filter {
+            common: DEAD_WEIGHT.iter().map(|d| d.to_string()).collect(),
+            runtime: Vec::new(),
+            keep: vec!["usr/share/locale/de".to_string()],
+        };
+        let dead = |p: &str| crate::builder::is_dead_weight(&f, p);
+        assert!(dead("usr/share/doc/libc6/changelog.Debian.gz"));
+        assert!(!dead("usr/share/doc/libc6/copyright"));
+        assert!(dead("usr/share/man/man1/ls.1.gz"));
+        assert!(dead("usr/share/locale/fr/LC_MESSAGES/x.mo"));
+        assert!(!dead("usr/share/locale/de/LC_MESSAGES/x.mo"));
+        assert!(!dead("usr/lib/x86_64-linux-gnu/libc.so.6"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod configdisk;
+pub mod digest;
 pub mod envfile;
 pub mod export;
 pub mod fetch;

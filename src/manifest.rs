@@ -675,7 +675,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 format!("cannot read {}: {e}", app_path.display()),
             )
         })?;
-        if let Err(e) = crate::runtimes::zip_entry(&war, "WEB-INF/web.xml") {
+        if let Err(e) = crate::format::zip::entry(&war, "WEB-INF/web.xml") {
             bail!(cx.err(
                 "app.path",
                 app.path.span(),
@@ -902,7 +902,7 @@ fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate:
         out.boot = Some(limit("budget.boot", v, parse_duration_ms)?);
     }
     if let Some(layers) = b.layers {
-        let names = crate::budget::layer_names(kind);
+        let names = layer_names(kind);
         for (name, v) in layers {
             let key = format!("budget.layers.{name}");
             if !names.contains(&name.as_str()) {
@@ -1035,9 +1035,15 @@ fn find_venv(app: &Path, runtime: &str) -> Result<Option<String>> {
     }
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub use crate::digest::hex;
+
+/// The layers an app of `kind` gets (the names a `[budget.layers]` key may use).
+pub fn layer_names(kind: AppKind) -> Vec<&'static str> {
+    match kind {
+        AppKind::Binary => vec!["base", "app"],
+        AppKind::War => vec!["base", "runtime", "server", "app"],
+        AppKind::Jar | AppKind::Node | AppKind::Python => vec!["base", "runtime", "app"],
+    }
 }
 
 #[cfg(test)]

@@ -2,12 +2,17 @@
 //! which packages to resolve, which of them form the runtime and server layers, what the
 //! archive offers, how the app is started, and the per-runtime dead weight. Pure.
 
-use crate::layers::APP_DIR;
 use crate::manifest::{AppKind, Manifest};
 use crate::resolve::Index;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
+
+/// The unprivileged user the app runs as.
+pub const APP_UID: u32 = 1000;
+pub const APP_GID: u32 = 1000;
+/// Where the app's artifact lives in the image (and its working directory).
+pub const APP_DIR: &str = "/app";
 
 /// Tomcat's writable catalina.base: a skeleton in the server layer whose logs/, work/ and
 /// temp/ point into the /tmp tmpfs.
@@ -184,19 +189,6 @@ pub fn dead_weight(r: &Request) -> Vec<String> {
     }
 }
 
-/// Is `path` dead weight for the runtime?
-pub fn is_dead_weight(prefixes: &[String], path: &str, keep: &[String]) -> bool {
-    if keep
-        .iter()
-        .any(|k| path == k || path.starts_with(&format!("{k}/")))
-    {
-        return false;
-    }
-    prefixes
-        .iter()
-        .any(|p| path == p.trim_end_matches('/') || path.starts_with(p.as_str()))
-}
-
 /// The default JVM flags: heap sized from the VM's memory, no perf-data file, serial GC
 /// (one or two CPUs). `JAVA_OPTS` words are inserted after these, so they win.
 pub const JAVA_DEFAULTS: &[&str] = &[
@@ -300,7 +292,7 @@ pub fn jar_class_path(jar: &[u8]) -> Result<Vec<String>> {
 
 /// An attribute of the main section of a jar's META-INF/MANIFEST.MF (non-empty value).
 pub fn jar_attribute(jar: &[u8], name: &str) -> Result<Option<String>> {
-    let mf = match zip_entry(jar, "META-INF/MANIFEST.MF")? {
+    let mf = match crate::format::zip::entry(jar, "META-INF/MANIFEST.MF")? {
         Some(d) => d,
         None => return Ok(None),
     };
@@ -429,70 +421,6 @@ fn class_path_entry(dir: &str, entry: &str) -> Option<String> {
         rel.push('/');
     }
     Some(rel)
-}
-
-fn le16(b: &[u8], o: usize) -> Result<usize> {
-    let s = b.get(o..o + 2).context("zip truncated")?;
-    Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
-}
-fn le32(b: &[u8], o: usize) -> Result<usize> {
-    let s = b.get(o..o + 4).context("zip truncated")?;
-    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
-}
-
-/// One entry of a zip archive by name, decompressed; None when absent.
-pub fn zip_entry(zip: &[u8], name: &str) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    if zip.len() < 22 {
-        bail!("not a zip archive (too short)");
-    }
-    // The end-of-central-directory record is in the last 64 KiB + 22 bytes.
-    let lo = zip.len().saturating_sub(22 + 65535);
-    let eocd = (lo..=zip.len() - 22)
-        .rev()
-        .find(|&i| zip[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
-        .context("not a zip archive (no end of central directory)")?;
-    let count = le16(zip, eocd + 10)?;
-    let mut at = le32(zip, eocd + 16)?;
-    for _ in 0..count {
-        if zip.get(at..at + 4) != Some(&[0x50, 0x4b, 0x01, 0x02][..]) {
-            bail!("zip central directory is corrupt");
-        }
-        let method = le16(zip, at + 10)?;
-        let csize = le32(zip, at + 20)?;
-        let usize_ = le32(zip, at + 24)?;
-        let nlen = le16(zip, at + 28)?;
-        let xlen = le16(zip, at + 30)?;
-        let clen = le16(zip, at + 32)?;
-        let local = le32(zip, at + 42)?;
-        let ename = zip.get(at + 46..at + 46 + nlen).context("zip truncated")?;
-        if ename == name.as_bytes() {
-            if zip.get(local..local + 4) != Some(&[0x50, 0x4b, 0x03, 0x04][..]) {
-                bail!("zip local header of {name} is corrupt");
-            }
-            let start = local + 30 + le16(zip, local + 26)? + le16(zip, local + 28)?;
-            let data = zip
-                .get(start..start.checked_add(csize).context("zip size overflow")?)
-                .context("zip entry beyond the end of the archive")?;
-            if usize_ > 16 << 20 {
-                bail!("zip entry {name} is too large ({usize_} bytes)");
-            }
-            return Ok(Some(match method {
-                0 => data.to_vec(),
-                8 => {
-                    let mut out = Vec::with_capacity(usize_);
-                    flate2::read::DeflateDecoder::new(data)
-                        .take(16 << 20)
-                        .read_to_end(&mut out)
-                        .with_context(|| format!("cannot inflate {name}"))?;
-                    out
-                }
-                m => bail!("zip entry {name} uses compression method {m} (only 0 and 8 are read)"),
-            }));
-        }
-        at += 46 + nlen + xlen + clen;
-    }
-    Ok(None)
 }
 
 /// Decode the first PEM `CERTIFICATE` block of `pem` to DER.
@@ -986,30 +914,35 @@ pub(crate) mod tests {
         };
         assert!(owns(&py, "libpython3.11-stdlib"));
         assert!(!owns(&py, "libffi8"));
+        // The one filter (builder::is_dead_weight) over the runtime's list.
+        let dead = |prefixes: Vec<String>, path: &str, keep: &[&str]| {
+            let f = crate::plan::Filter {
+                common: Vec::new(),
+                runtime: prefixes,
+                keep: keep.iter().map(|k| k.to_string()).collect(),
+            };
+            crate::builder::is_dead_weight(&f, path)
+        };
         let dw = dead_weight(&py);
-        assert!(is_dead_weight(
-            &dw,
-            "usr/lib/python3.11/test/test_os.py",
-            &[]
-        ));
-        assert!(!is_dead_weight(&dw, "usr/lib/python3.11/os.py", &[]));
-        assert!(!is_dead_weight(
-            &dw,
+        assert!(dead(dw.clone(), "usr/lib/python3.11/test/test_os.py", &[]));
+        assert!(!dead(dw.clone(), "usr/lib/python3.11/os.py", &[]));
+        assert!(!dead(
+            dw,
             "usr/lib/python3.11/test/x.py",
-            &["usr/lib/python3.11/test".to_string()]
+            &["usr/lib/python3.11/test"]
         ));
         let j = Request {
             name: "java".into(),
             version: "17".into(),
         };
         assert_eq!(roots(&j), ["openjdk-17-jre-headless"]);
-        assert!(is_dead_weight(
-            &dead_weight(&j),
+        assert!(dead(
+            dead_weight(&j),
             "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes_nocoops.jsa",
             &[]
         ));
-        assert!(!is_dead_weight(
-            &dead_weight(&j),
+        assert!(!dead(
+            dead_weight(&j),
             "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes.jsa",
             &[]
         ));

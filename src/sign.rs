@@ -306,8 +306,8 @@ fn verify_pkcs7(p7: &[u8], digest: &[u8; 32]) -> Result<SignatureReport> {
         Ok(idc) if idc.message_digest.digest.as_bytes() == digest => {}
         Ok(idc) => problems.push(format!(
             "the signed Authenticode digest {} is not the image's {}",
-            crate::manifest::hex(idc.message_digest.digest.as_bytes()),
-            crate::manifest::hex(digest)
+            crate::digest::hex(idc.message_digest.digest.as_bytes()),
+            crate::digest::hex(digest)
         )),
         Err(e) => problems.push(format!("malformed SpcIndirectDataContent: {e}")),
     }

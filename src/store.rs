@@ -5,11 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A file path or a reference into the local image store (see [`crate::images`]).
-pub use crate::images::resolve_image_ref;
-
 /// Lower-case hex sha256 of bytes.
-pub use crate::archive::sha256_hex;
+pub use crate::digest::sha256_hex;
 
 /// Write `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
 /// On any error the destination is untouched and the temp file is removed.

@@ -18,12 +18,8 @@ pub use release::{parse_release, verify_inrelease, FileEntry, Keyring, Release, 
 pub use version::compare_versions;
 
 use anyhow::{bail, Result};
-use sha2::{Digest, Sha256};
 
-/// Lower-case hex SHA-256 of `data` (the one implementation; `store` re-exports it).
-pub fn sha256_hex(data: &[u8]) -> String {
-    crate::manifest::hex(&Sha256::digest(data))
-}
+pub use crate::digest::sha256_hex;
 
 /// The error for a checksum that does not match: names what was checked,
 /// the expected and the actual digest.

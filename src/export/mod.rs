@@ -112,7 +112,7 @@ pub fn uuid_bytes(digest: &[u8; 32], purpose: &str) -> [u8; 16] {
 
 /// [`uuid_bytes`] in the usual 8-4-4-4-12 form.
 pub fn uuid_from(digest: &[u8; 32], purpose: &str) -> String {
-    let h = crate::manifest::hex(&uuid_bytes(digest, purpose));
+    let h = crate::digest::hex(&uuid_bytes(digest, purpose));
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -123,7 +123,7 @@ pub fn write(raw: &[u8], base: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
         &disk_file,
         disk.len() as u64,
         raw.len() as u64,
-        &crate::manifest::hex(digest),
+        &crate::digest::hex(digest),
     );
     let ovf_file = format!("{base}.ovf");
     let mf = format!(
@@ -192,7 +192,7 @@ pub fn read(file: &[u8]) -> Result<Opened> {
                 "SHA256" => sha256_hex(data),
                 "SHA1" => {
                     use sha1::Digest;
-                    crate::manifest::hex(&sha1::Sha1::digest(data))
+                    crate::digest::hex(&sha1::Sha1::digest(data))
                 }
                 other => bail!("{mf_name}: digest {other} is not supported"),
             };
@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(o.raw, raw);
         assert_eq!(
             o.recorded_digest.unwrap(),
-            format!("sha256:{}", crate::manifest::hex(&d))
+            format!("sha256:{}", crate::digest::hex(&d))
         );
         // A changed byte in the disk is caught by the manifest.
         let mut bad = ova.clone();

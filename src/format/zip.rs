@@ -122,6 +122,14 @@ pub fn read(zip: &[u8], e: &Entry) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// One entry by name, its whole data ([`read`]); None when the archive has no such entry.
+pub fn entry(zip: &[u8], name: &str) -> Result<Option<Vec<u8>>> {
+    match entries(zip)?.into_iter().find(|e| e.name == name) {
+        Some(e) => read(zip, &e).map(Some),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -19,7 +19,7 @@ pub struct LayerContent<'a> {
 }
 
 fn sha1_hex(data: &[u8]) -> String {
-    crate::manifest::hex(&Sha1::digest(data))
+    crate::digest::hex(&Sha1::digest(data))
 }
 
 fn digest_hex(digest: &str) -> &str {
@@ -706,7 +706,7 @@ pub fn uuid_v5(name: &str) -> String {
     b.copy_from_slice(&d[..16]);
     b[6] = (b[6] & 0x0f) | 0x50;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let x = crate::manifest::hex(&b);
+    let x = crate::digest::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &x[..8],

@@ -5,10 +5,10 @@ pub mod classfile;
 pub mod jimage;
 pub mod modgraph;
 pub mod trim;
-pub mod zip;
 
 pub use trim::{trim, TrimReport};
 
+use crate::format::zip;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 
@@ -111,7 +111,7 @@ fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut Found) -> Result<()> {
         if !inner {
             continue;
         }
-        let data = e.read().with_context(|| format!("{name}!/{}", e.name))?;
+        let data = zip::read(bytes, &e).with_context(|| format!("{name}!/{}", e.name))?;
         scan(&format!("{name}!/{}", e.name), &data, depth + 1, out)?;
     }
     Ok(())
