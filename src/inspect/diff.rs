@@ -730,6 +730,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn jdk_modules_added_and_removed_are_listed() {
+        let mut a = meta("sha256:aa", vec![pkg("libc6", "2.36-9")], 700);
+        let mut b = meta("sha256:bb", vec![pkg("libc6", "2.36-9")], 700);
+        let mods = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        a.layers[0].java_modules = mods(&["java.base", "java.logging", "jdk.httpserver"]);
+        b.layers[0].java_modules = mods(&["java.base", "java.sql", "jdk.httpserver"]);
+        b.layers[0].digest = "sha256:other-runtime".into();
+        let d = diff("a.img", &a, "b.img", &b);
+        let l = &d.layers[0];
+        assert_eq!(l.java_modules_added, ["java.sql"]);
+        assert_eq!(l.java_modules_removed, ["java.logging"]);
+        let text = crate::inspect::render::diff(&d);
+        assert!(text.contains("+ java.sql"), "{text}");
+        assert!(text.contains("- java.logging"), "{text}");
+        assert!(
+            !text.contains("jdk.httpserver"),
+            "unchanged module listed:\n{text}"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["layers"][0]["java_modules_added"][0], "java.sql");
+        // Unchanged modules: no module section at all.
+        let d = diff("a.img", &a, "a2.img", &a.clone());
+        assert!(d.layers[0].java_modules_added.is_empty());
+        assert!(!crate::inspect::render::diff(&d).contains("JDK modules"));
+    }
+
+    #[test]
     fn one_package_version_is_named_with_both_versions() {
         let a = meta(
             "sha256:aa",
