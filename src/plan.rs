@@ -36,7 +36,7 @@ pub const STUB_PACKAGE: &str = "systemd-boot-efi";
 pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// The kernel command line of every image.
-pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
+pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet no_timer_check";
 
 /// The one reading of the app: what the lock, the plan and the app layer need of it.
 #[derive(Clone, Debug)]
