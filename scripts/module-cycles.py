@@ -5,7 +5,7 @@ out), its
 strongly connected components of more than one module printed with their edges.
 Usage: scripts/module-cycles.py [src] [--leaf MODULE...]; docs/architecture.md."""
 import os, re, sys, collections
-root = sys.argv[1] if len(sys.argv) > 1 else "src"
+root = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else "src"
 mods = {}
 for dp, _, fs in os.walk(root):
     for f in fs:

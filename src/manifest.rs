@@ -166,9 +166,9 @@ pub struct Manifest {
     /// Path prefixes kept even where the dead-weight filters would drop them.
     pub keep: Vec<String>,
     /// The language runtime (`[runtime]`, or the kind's default version).
-    pub runtime: Option<crate::runtimes::Request>,
+    pub runtime: Option<Request>,
     /// The app server (`[server]`, kind war).
-    pub server: Option<crate::runtimes::Request>,
+    pub server: Option<Request>,
     /// `[runtime] modules` (Java kinds): modules added to the analysis, or "all".
     pub java_modules: crate::java::Modules,
     /// A jar's Main-Class (kind jar).
@@ -484,7 +484,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         },
     };
     let mut java_modules = crate::java::Modules::default();
-    let runtime = match (crate::runtimes::runtime_of(kind), raw.runtime) {
+    let runtime = match (runtime_of(kind), raw.runtime) {
         (None, Some(r)) => bail!(cx.err(
             "runtime",
             r.span(),
@@ -558,7 +558,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                     )),
                 }
             }
-            Some(crate::runtimes::Request {
+            Some(Request {
                 name: want.into(),
                 version,
             })
@@ -588,7 +588,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                             && s.len() <= 16
                             && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
                     {
-                        out = Some(crate::runtimes::Request {
+                        out = Some(Request {
                             name: "tomcat".into(),
                             version: s.into(),
                         })
@@ -642,7 +642,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             )
         })?;
         let app_path = &main_jar;
-        match crate::runtimes::jar_main_class(&jar) {
+        match crate::format::jar::jar_main_class(&jar) {
             Ok(Some(c)) => Some(c),
             Ok(None) => bail!(cx.err(
                 "app.path",
@@ -657,7 +657,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     // After the Main-Class check, so that a jar that is no zip is reported as such.
     let jar_app = match jar_app {
         Some(mut j) => {
-            let cp = crate::runtimes::class_path_closure(&j.root(&app_path), &j.main)
+            let cp = crate::format::jar::class_path_closure(&j.root(&app_path), &j.main)
                 .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
             for m in &cp.missing {
                 tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
@@ -937,7 +937,7 @@ fn main_jar_of(dir: &Path) -> Result<String> {
     for j in &jars {
         let p = dir.join(j);
         let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        if let Ok(Some(_)) = crate::runtimes::jar_main_class(&bytes) {
+        if let Ok(Some(_)) = crate::format::jar::jar_main_class(&bytes) {
             main.push(j.clone());
         }
     }
@@ -1036,6 +1036,31 @@ fn find_venv(app: &Path, runtime: &str) -> Result<Option<String>> {
 }
 
 pub use crate::digest::hex;
+
+/// A `[runtime]` or `[server]` request: `java = "17"`, `tomcat = "10"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// "java", "node", "python" or "tomcat"
+    pub name: String,
+    pub version: String,
+}
+
+impl Request {
+    /// As recorded in fuse.lock's inputs: `java=17`.
+    pub fn key(&self) -> String {
+        format!("{}={}", self.name, self.version)
+    }
+}
+
+/// The runtime a kind needs and the distribution's default version of it.
+pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
+    match kind {
+        AppKind::Binary => None,
+        AppKind::Jar | AppKind::War => Some(("java", "17")),
+        AppKind::Node => Some(("node", "18")),
+        AppKind::Python => Some(("python", "3.11")),
+    }
+}
 
 /// The layers an app of `kind` gets (the names a `[budget.layers]` key may use).
 pub fn layer_names(kind: AppKind) -> Vec<&'static str> {

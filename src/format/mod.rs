@@ -4,6 +4,7 @@ pub mod authenticode;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
+pub mod jar;
 pub mod squashfs;
 pub mod uki;
 pub mod verity;
