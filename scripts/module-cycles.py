@@ -52,3 +52,4 @@ print("modules:", len(mods), "cycles:", len(sccs))
 if "--leaf" in sys.argv:
     for m in sys.argv[sys.argv.index("--leaf")+1:]:
         print(m, "imports", sorted(g[m]))
+sys.exit(1 if sccs else 0)

@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod mirror;
 pub mod oci;
+pub mod pin;
 pub mod plan;
 pub mod pool;
 pub mod qemu;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use crate::resolve::pin::{lock_path, Options};
+pub use crate::pin::{lock_path, Options};
 
 /// One unit of a build, as reported.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -305,7 +305,7 @@ pub fn plan_of(path: &Path, opts: Options) -> Result<(Plan, bool)> {
     let m = manifest::load(path)?;
     let app = plan::scan_app(&m)?;
     let s = Session::open()?;
-    let (lock, changed) = crate::resolve::pin::obtain_lock(&s, &m, &app, opts)?;
+    let (lock, changed) = crate::pin::obtain_lock(&s, &m, &app, opts)?;
     let epoch = source_epoch(lock.archive.epoch)?;
     Ok((plan::plan(&m, &lock, &app, epoch)?, changed))
 }
@@ -361,7 +361,7 @@ pub fn build_full(
     let app = plan::scan_app(&m)?;
     // 2. The lock: fuse.lock, or a fresh resolution against the archive.
     let s = Session::open()?;
-    let (lock, lock_changed) = crate::resolve::pin::obtain_lock(&s, &m, &app, opts)?;
+    let (lock, lock_changed) = crate::pin::obtain_lock(&s, &m, &app, opts)?;
     // 3. The plan: every unit and its key, without reading a package.
     let epoch = source_epoch(lock.archive.epoch)?;
     let plan = plan::plan(&m, &lock, &app, epoch)?;

@@ -3,7 +3,7 @@
 
 use crate::cli::LockArgs;
 use crate::mirror::{Session, Trust};
-use crate::resolve::pin::{lock_path, obtain_lock, Options};
+use crate::pin::{lock_path, obtain_lock, Options};
 use anyhow::Result;
 
 pub fn run(args: &LockArgs) -> Result<u8> {

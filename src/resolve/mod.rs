@@ -6,7 +6,6 @@
 pub mod elf;
 pub mod lock;
 pub mod native;
-pub mod pin;
 
 use crate::archive::packages::{parse_relations, Package, Relation};
 use crate::archive::version::{compare_versions, satisfies};
