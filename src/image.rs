@@ -452,21 +452,7 @@ fn hex_prefix4(hex: &str) -> [u8; 4] {
 /// Read the embedded image.json of a raw disk (GPT -> ESP -> FAT), refusing formats it does
 /// not know.
 pub fn read_meta(disk: &[u8]) -> Result<ImageMeta> {
-    let info = gpt::read_disk(disk).context("cannot read the GPT")?;
-    let esp = info
-        .partitions
-        .iter()
-        .find(|p| p.name == ESP_PARTITION_NAME)
-        .context("no fuse-esp partition")?;
-    let bytes = disk
-        .get(esp.byte_range())
-        .context("ESP partition beyond the end of the disk")?;
-    let tree = fat::read(bytes).context("cannot read the ESP's FAT file system")?;
-    let json = tree
-        .get(ESP_IMAGE_JSON)
-        .and_then(|n| n.data())
-        .with_context(|| format!("no /{ESP_IMAGE_JSON} on the ESP"))?;
-    parse_meta(json)
+    parse_meta(&read_esp_file(disk, ESP_IMAGE_JSON)?)
 }
 
 /// A file from a raw disk's ESP (GPT -> ESP -> FAT), e.g. the UKI.

@@ -479,50 +479,8 @@ pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A zip written by hand: one stored entry and one deflated entry.
-    pub(crate) fn zip_of(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
-        use std::io::Write;
-        let mut out = Vec::new();
-        let mut central = Vec::new();
-        for (name, data, deflate) in entries {
-            let (method, body) = if *deflate {
-                let mut e =
-                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-                e.write_all(data).unwrap();
-                (8u16, e.finish().unwrap())
-            } else {
-                (0u16, data.to_vec())
-            };
-            let off = out.len() as u32;
-            out.extend_from_slice(&[0x50, 0x4b, 0x03, 0x04, 20, 0, 0, 0]);
-            out.extend_from_slice(&method.to_le_bytes());
-            out.extend_from_slice(&[0; 8]); // time, date, crc (not checked)
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(&0u16.to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&body);
-            central.extend_from_slice(&[0x50, 0x4b, 0x01, 0x02, 20, 0, 20, 0, 0, 0]);
-            central.extend_from_slice(&method.to_le_bytes());
-            central.extend_from_slice(&[0; 8]);
-            central.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            central.extend_from_slice(&[0; 12]);
-            central.extend_from_slice(&off.to_le_bytes());
-            central.extend_from_slice(name.as_bytes());
-        }
-        let cd = out.len() as u32;
-        out.extend_from_slice(&central);
-        out.extend_from_slice(&[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0]);
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-        out.extend_from_slice(&cd.to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out
-    }
+    /// A zip written by hand (stored and deflated entries).
+    pub(crate) use crate::format::zip::tests::make as zip_of;
 
     /// A jar whose manifest has `attrs` (lines, `\r\n` added) and the given entries.
     pub(crate) fn jar_of(attrs: &[&str], entries: &[(&str, &[u8])]) -> Vec<u8> {
