@@ -242,204 +242,6 @@ pub fn base_layer(
     })
 }
 
-/// Names never taken from an app directory: fuse's own files and version control.
-const APP_DIR_SKIP: &[&str] = &["fuse.toml", "fuse.lock", "fuse-out", ".git"];
-
-/// Add the files of a host directory to `t` under `dest`, sorted, root-owned, 0644 or 0755
-/// (owner-executable files), times set to the epoch. Symlinks are kept as they are;
-/// anything else (sockets, devices) is refused.
-pub fn add_dir(t: &mut Tree, src: &std::path::Path, dest: &str, epoch: u64) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src)
-        .with_context(|| format!("cannot read directory {}", src.display()))?
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot read directory {}", src.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let name = name
-            .to_str()
-            .with_context(|| format!("{}: file name is not UTF-8", e.path().display()))?;
-        if dest == APP_DIR && APP_DIR_SKIP.contains(&name) {
-            continue;
-        }
-        let path = format!("{dest}/{name}");
-        let ft = e
-            .file_type()
-            .with_context(|| format!("cannot stat {}", e.path().display()))?;
-        let mut node = if ft.is_symlink() {
-            let target = std::fs::read_link(e.path())
-                .with_context(|| format!("cannot read link {}", e.path().display()))?;
-            Node::symlink(target.to_string_lossy().into_owned())
-        } else if ft.is_dir() {
-            let mut d = Node::dir(0o755);
-            d.mtime = epoch;
-            t.insert(&path, d)?;
-            add_dir(t, &e.path(), &path, epoch)?;
-            continue;
-        } else if ft.is_file() {
-            let meta = e
-                .metadata()
-                .with_context(|| format!("cannot stat {}", e.path().display()))?;
-            let mode = if meta.permissions().mode() & 0o100 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            let data = std::fs::read(e.path())
-                .with_context(|| format!("cannot read {}", e.path().display()))?;
-            Node::file(data, mode)
-        } else {
-            anyhow::bail!("{} is not a file, directory or symlink", e.path().display());
-        };
-        node.mtime = epoch;
-        t.insert(&path, node)?;
-    }
-    Ok(())
-}
-
-/// The app layer: for file kinds (binary, jar, war) the artifact at `/app/<file name>`
-/// (a war as `/app/ROOT.war`, Tomcat's ROOT context); for directory kinds (node, python)
-/// the app directory's files under `/app`. Root-owned, read-only to the app user.
-pub fn app_layer(m: &Manifest, epoch: u64) -> Result<Layer> {
-    let mut t = Tree::new();
-    let mut d = Node::dir(0o755);
-    d.mtime = epoch;
-    t.insert(APP_DIR, d)?;
-    if m.kind.is_dir() || m.jar.as_ref().is_some_and(|j| j.dir) {
-        add_dir(&mut t, &m.app_path, APP_DIR, epoch)?;
-        if let (Some(venv), Some(rt)) = (&m.python_venv, &m.runtime) {
-            retarget_venv(&mut t, venv, &rt.version, epoch)?;
-        }
-    } else {
-        let file_name = match m.kind {
-            AppKind::War => "ROOT.war",
-            _ => m
-                .app_path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .with_context(|| {
-                    format!("app path {} has no usable file name", m.app_path.display())
-                })?,
-        };
-        let bytes = std::fs::read(&m.app_path)
-            .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
-        let mode = if m.kind == AppKind::Binary {
-            0o755
-        } else {
-            0o644
-        };
-        let mut f = Node::file(bytes, mode);
-        f.mtime = epoch;
-        t.insert(&format!("{APP_DIR}/{file_name}"), f)?;
-        if let Some(j) = &m.jar {
-            add_class_path(&mut t, &j.root(&m.app_path), &j.class_path, epoch)?;
-        }
-    }
-    Ok(Layer {
-        name: "app".into(),
-        tree: t,
-        packages: Vec::new(),
-        java_modules: Vec::new(),
-    })
-}
-
-/// The jars and class directories a jar's Class-Path names (relative to `root`, the
-/// jar's directory), at the same places under /app; directories on the way are created
-/// with the epoch's time.
-fn add_class_path(
-    t: &mut Tree,
-    root: &std::path::Path,
-    entries: &[String],
-    epoch: u64,
-) -> Result<()> {
-    for rel in entries {
-        let rel = rel.trim_end_matches('/');
-        let dest = format!("{APP_DIR}/{rel}");
-        let mut parent = String::from(APP_DIR);
-        for c in rel
-            .split('/')
-            .take(rel.split('/').count().saturating_sub(1))
-        {
-            parent = format!("{parent}/{c}");
-            if t.get(&parent).is_none() {
-                let mut d = Node::dir(0o755);
-                d.mtime = epoch;
-                t.insert(&parent, d)?;
-            }
-        }
-        let src = root.join(rel);
-        if src.is_dir() {
-            let mut d = Node::dir(0o755);
-            d.mtime = epoch;
-            t.insert(&dest, d)?;
-            add_dir(t, &src, &dest, epoch)?;
-        } else {
-            let data =
-                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-            let mut f = Node::file(data, 0o644);
-            f.mtime = epoch;
-            t.insert(&dest, f)?;
-        }
-    }
-    Ok(())
-}
-
-/// Points a virtualenv at the image's Python, whatever Python it was made with on the
-/// build machine: `bin/python`, `bin/python3` and `bin/pythonX.Y` become symlinks to
-/// `/usr/bin/pythonX.Y`, and pyvenv.cfg's `home` (and `executable`, `command`, which
-/// Python 3.11+ writes) name it too. The venv's site-packages stay as they are.
-pub fn retarget_venv(t: &mut Tree, venv: &str, version: &str, epoch: u64) -> Result<()> {
-    let dir = if venv.is_empty() {
-        APP_DIR.trim_start_matches('/').to_string()
-    } else {
-        format!("{}/{venv}", APP_DIR.trim_start_matches('/'))
-    };
-    let python = format!("/usr/bin/python{version}");
-    for name in [
-        "python".to_string(),
-        "python3".into(),
-        format!("python{version}"),
-    ] {
-        let mut n = Node::symlink(python.clone());
-        n.mtime = epoch;
-        t.remove(&format!("{dir}/bin/{name}"));
-        t.insert(&format!("{dir}/bin/{name}"), n)?;
-    }
-    let cfg_path = format!("{dir}/pyvenv.cfg");
-    let text = t
-        .get(&cfg_path)
-        .and_then(|n| n.data())
-        .map(|d| String::from_utf8_lossy(d).into_owned())
-        .with_context(|| format!("/{cfg_path} is not a file"))?;
-    let mut out = String::new();
-    let mut home = false;
-    for line in text.lines() {
-        let key = line.split_once('=').map(|(k, _)| k.trim());
-        match key {
-            Some("home") if !home => {
-                home = true;
-                out.push_str("home = /usr/bin\n");
-            }
-            Some("home") => {}
-            Some("executable") => out.push_str(&format!("executable = {python}\n")),
-            Some("command") => {}
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    if !home {
-        out.insert_str(0, "home = /usr/bin\n");
-    }
-    let mut n = Node::file(out.into_bytes(), 0o644);
-    n.mtime = epoch;
-    t.remove(&cfg_path);
-    t.insert(&cfg_path, n)?;
-    Ok(())
-}
-
 /// The command, working directory and environment defaults of the app.
 pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
     let (argv, at) = crate::runtimes::argv(m)?;
@@ -641,6 +443,7 @@ pub fn dep5_licenses(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::retarget_venv;
 
     #[test]
     fn a_virtualenv_is_pointed_at_the_images_python() {
@@ -703,13 +506,13 @@ mod tests {
 
     #[test]
     fn dead_weight_filters_docs_but_keeps_licences_and_kept_paths() {
-        // The one filter (builder::is_dead_weight) over this list.
+        // The one filter (build::units::is_dead_weight) over this list.
         let f = crate::plan::Filter {
             common: DEAD_WEIGHT.iter().map(|d| d.to_string()).collect(),
             runtime: Vec::new(),
             keep: vec!["usr/share/locale/de".to_string()],
         };
-        let dead = |p: &str| crate::builder::is_dead_weight(&f, p);
+        let dead = |p: &str| crate::build::units::is_dead_weight(&f, p);
         assert!(dead("usr/share/doc/libc6/changelog.Debian.gz"));
         assert!(!dead("usr/share/doc/libc6/copyright"));
         assert!(dead("usr/share/man/man1/ls.1.gz"));

@@ -14,7 +14,7 @@
 //! and appends its line while holding flock(2) on the ledger, so concurrent promotions are
 //! serialised and each sees the others' lines.
 
-use crate::images::lock_file;
+use crate::image_store::lock_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,9 +1,10 @@
 //! fuse: an app manifest plus a signed distribution archive, fused into one
 //! content-addressed, immutable, bootable disk image.
 
+pub mod app;
 pub mod archive;
 pub mod budget;
-pub mod builder;
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -13,8 +14,8 @@ pub mod envfile;
 pub mod export;
 pub mod fetch;
 pub mod format;
-pub mod image;
-pub mod images;
+pub mod disk;
+pub mod image_store;
 pub mod inspect;
 pub mod java;
 pub mod kernel;
@@ -26,8 +27,7 @@ pub mod oci;
 pub mod pin;
 pub mod plan;
 pub mod pool;
-pub mod qemu;
-pub mod repro;
+pub mod vm;
 pub mod resolve;
 pub mod runtimes;
 pub mod sign;
@@ -35,3 +35,4 @@ pub mod store;
 #[cfg(test)]
 pub mod testutil;
 pub mod tree;
+pub mod util;

@@ -7,7 +7,8 @@ use crate::archive::deb::read_deb;
 use crate::archive::packages::{parse_relations, Package};
 use crate::manifest::Manifest;
 use crate::mirror::{self, Archive, Session, Trust};
-use crate::plan::{AppScan, STUB_PACKAGE};
+use crate::app::AppScan;
+use crate::plan::STUB_PACKAGE;
 use crate::resolve::elf::{self, Dynamic};
 use crate::resolve::lock::{
     AppPin, ArchiveSnapshot, Lock, Pin, ResolveInputs, LOCK_FILE, LOCK_VERSION,

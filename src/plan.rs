@@ -2,20 +2,18 @@
 //! of the image (its layers, the kernel, the initramfs, the UKI), each described by every
 //! input that determines its bytes. A unit's key is the sha256 of its description's JSON
 //! (fields in declaration order, maps sorted): equal keys, equal bytes. No package is read
-//! here; the cache is asked by key, and only a miss builds (see [`crate::builder`]).
+//! here; the cache is asked by key, and only a miss builds (see [`crate::build::units`]).
 //!
 //! To make a new input change a unit's bytes, add a field to its input struct below (keys
 //! change, which is intended) and read it in the unit's builder; fields that are `None` or
 //! empty are left out of the JSON, so adding one keeps the keys of units that do not use it.
 
-use crate::image::file_list;
+use crate::app::AppScan;
 use crate::layers::{AppPlan, BootPlan};
-use crate::manifest::{AppKind, Manifest};
-use crate::resolve::elf::{self, Dynamic};
+use crate::manifest::Manifest;
 use crate::resolve::lock::{Lock, Pin};
 use crate::store::sha256_hex;
-use crate::tree::Tree;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -25,7 +23,7 @@ pub const FORMAT: u32 = 1;
 
 /// How the initramfs is laid out (`InitramfsInputs.compression`): boot.json in an
 /// uncompressed newc archive, then the init and the modules in a zstd-19 one, cached on its
-/// own (`builder::initramfs_core_key`), so a layer change recompresses nothing.
+/// own (`build::units::initramfs_core_key`), so a layer change recompresses nothing.
 pub const INITRAMFS_LAYOUT: &str = "boot.json newc, then zstd-19 core";
 
 /// The init binary (PID 1), built static from `init/` by build.rs.
@@ -37,172 +35,6 @@ pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// The kernel command line of every image.
 pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet no_timer_check";
-
-/// The one reading of the app: what the lock, the plan and the app layer need of it.
-#[derive(Clone, Debug)]
-pub struct AppScan {
-    /// The app's identity (lock `app.sha256`, image.json `app_sha256`): the artifact's sha256,
-    /// or for an app directory the sha256 of its canonical file listing.
-    pub sha256: String,
-    /// sha256 of the file listing of the app layer (path, type, mode, size, sha256 of every
-    /// entry under /app): what the app layer's bytes depend on.
-    pub listing_sha256: String,
-    /// The app layer's files (under `app/`), times 0: stamped with the epoch when built.
-    pub files: Tree,
-    /// What a binary app needs from the dynamic linker (empty for static and runtime apps).
-    pub dynamic: Dynamic,
-    /// What the native code anywhere in the app (ELF objects in its files, jars, nested
-    /// jars, wars) needs from the distribution.
-    pub native: crate::resolve::native::AppNeeds,
-    /// JDK packages the app's classes refer to (Java kinds; filled by the Java scan).
-    pub java_packages: BTreeSet<String>,
-    /// Why the app's classes could not be read (Java kinds): the full JRE is kept.
-    pub java_scan_error: Option<String>,
-    /// A war holding JSP pages: Tomcat's JSP compiler is resolved and linked in.
-    pub jsp: bool,
-}
-
-/// Read the app once: its files, its identity, what it needs from the dynamic linker.
-pub fn scan_app(m: &Manifest) -> Result<AppScan> {
-    let files = crate::layers::app_layer(m, 0)?.tree;
-    let listing = serde_json::to_vec(&file_list(&files))?;
-    let listing_sha256 = sha256_hex(&listing);
-    // A jar with the jars its Class-Path names is several files: identified like a directory.
-    let several = m
-        .jar
-        .as_ref()
-        .is_some_and(|j| j.dir || !j.class_path.is_empty());
-    let sha256 = if m.kind.is_dir() || several {
-        listing_sha256.clone()
-    } else {
-        sha256_hex(artifact(m, &files)?)
-    };
-    let dynamic = if m.kind == AppKind::Binary {
-        let bytes = artifact(m, &files)?;
-        if !elf::is_elf(bytes) {
-            bail!(
-                "{}: kind \"binary\" needs an ELF executable",
-                m.app_path.display()
-            );
-        }
-        elf::dynamic(bytes)
-            .with_context(|| format!("cannot read the ELF headers of {}", m.app_path.display()))?
-    } else {
-        Dynamic::default()
-    };
-    let native = scan_native(m, &files)?;
-    let (java_packages, java_scan_error) = if matches!(m.kind, AppKind::Jar | AppKind::War) {
-        let classes = java_classes(m, &files)?;
-        match crate::java::referenced_packages(classes.iter().map(|(n, b)| (n.as_str(), *b))) {
-            Ok(p) => (p, None),
-            Err(e) => {
-                tracing::warn!(
-                    "keeping the full JRE: the app's classes cannot be analysed: {e:#} \
-                     (`[runtime] modules = \"all\"` says so on purpose)"
-                );
-                (BTreeSet::new(), Some(format!("{e:#}")))
-            }
-        }
-    } else {
-        (BTreeSet::new(), None)
-    };
-    let jsp = if m.kind == AppKind::War {
-        let war = artifact(m, &files)?;
-        crate::runtimes::war_has_jsp(war)
-            .with_context(|| format!("cannot list the pages of {}", m.app_path.display()))?
-    } else {
-        false
-    };
-    Ok(AppScan {
-        jsp,
-        sha256,
-        listing_sha256,
-        files,
-        dynamic,
-        native,
-        java_packages,
-        java_scan_error,
-    })
-}
-
-/// What the native code in the app (every ELF object in its files and archives) needs
-/// from the distribution; logged when the app has any.
-fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::AppNeeds> {
-    let java = matches!(m.kind, AppKind::Jar | AppKind::War);
-    let needs = crate::resolve::native::scan(files, java)?;
-    if needs.objects > 0 {
-        tracing::info!(
-            "native code in the app: {} ELF objects; from the distribution: {}{}",
-            needs.objects,
-            if needs.needed.is_empty() {
-                "nothing".to_string()
-            } else {
-                needs.needed.iter().cloned().collect::<Vec<_>>().join(" ")
-            },
-            if needs.bundled.is_empty() {
-                String::new()
-            } else {
-                format!("; bundled by the app: {}", needs.bundled.len())
-            }
-        );
-    }
-    for s in &needs.skipped {
-        tracing::info!("skipped {s}: another platform's build, the app has one for this one");
-    }
-    Ok(needs)
-}
-
-/// What the JVM loads the app's classes from: the artifact, and for a jar also what its
-/// Class-Path names (jars, and the class files of class directories), named as errors
-/// show them.
-fn java_classes<'a>(m: &Manifest, files: &'a Tree) -> Result<Vec<(String, &'a [u8])>> {
-    let Some(j) = &m.jar else {
-        return Ok(vec![(java_artifact_name(m), artifact(m, files)?)]);
-    };
-    let mut out = Vec::new();
-    let main = format!("app/{}", j.main);
-    let bytes = files
-        .get(&main)
-        .and_then(|n| n.data())
-        .with_context(|| format!("the app has no /{main}"))?;
-    out.push((j.main.clone(), bytes));
-    for rel in &j.class_path {
-        let at = format!("app/{rel}");
-        if rel.ends_with('/') {
-            for (path, node) in files.iter() {
-                if let (true, Some(d)) = (path.starts_with(&at), node.data()) {
-                    out.push((path.trim_start_matches("app/").to_string(), d));
-                }
-            }
-        } else if let Some(d) = files.get(&at).and_then(|n| n.data()) {
-            out.push((rel.clone(), d));
-        }
-    }
-    Ok(out)
-}
-
-/// The artifact's name as errors show it (`app.jar`, `ROOT.war`).
-fn java_artifact_name(m: &Manifest) -> String {
-    let name = m
-        .app_path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .unwrap_or("app");
-    match m.kind {
-        AppKind::War if !name.ends_with(".war") => format!("{name}.war"),
-        AppKind::Jar if !name.ends_with(".jar") => format!("{name}.jar"),
-        _ => name.to_string(),
-    }
-}
-
-/// The artifact of a file kind (binary, jar, war): the one file under `app/`.
-fn artifact<'a>(m: &Manifest, files: &'a Tree) -> Result<&'a [u8]> {
-    files
-        .iter()
-        .find(|(p, n)| p.matches('/').count() == 1 && n.data().is_some())
-        .and_then(|(_, n)| n.data())
-        .with_context(|| format!("the app {} holds no file", m.app_path.display()))
-}
 
 /// Everything that determines the image, unit by unit.
 #[derive(Clone, Debug, Serialize)]
@@ -623,6 +455,7 @@ fn init_sha256() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::scan_app;
     use crate::resolve::lock::{AppPin, ArchiveSnapshot, ResolveInputs, LOCK_VERSION};
 
     fn pin(name: &str, sha: char) -> Pin {

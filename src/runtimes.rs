@@ -705,14 +705,14 @@ pub(crate) mod tests {
         };
         assert!(owns(&py, "libpython3.11-stdlib"));
         assert!(!owns(&py, "libffi8"));
-        // The one filter (builder::is_dead_weight) over the runtime's list.
+        // The one filter (build::units::is_dead_weight) over the runtime's list.
         let dead = |prefixes: Vec<String>, path: &str, keep: &[&str]| {
             let f = crate::plan::Filter {
                 common: Vec::new(),
                 runtime: prefixes,
                 keep: keep.iter().map(|k| k.to_string()).collect(),
             };
-            crate::builder::is_dead_weight(&f, path)
+            crate::build::units::is_dead_weight(&f, path)
         };
         let dw = dead_weight(&py);
         assert!(dead(dw.clone(), "usr/lib/python3.11/test/test_os.py", &[]));

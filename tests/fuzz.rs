@@ -178,7 +178,7 @@ fn fuzz_gpt_and_whole_image_verification() {
     run("gpt", vec![disk_seed()], |b| {
         let _ = gpt::read_disk(b);
         let _ = fuse::inspect::verify::read(b, None);
-        let _ = fuse::image::read_meta(b);
+        let _ = fuse::disk::read_meta(b);
         let _ = fuse::oci::chunks(b);
     });
 }
@@ -375,7 +375,7 @@ fn fuzz_image_json() {
         b"{\"format\":1,\"name\":\"hello\",\"version\":\"1.0.0\",\"layers\":[]}",
     );
     run("image-json", seeds, |b| {
-        let _ = fuse::image::parse_meta(b);
+        let _ = fuse::disk::parse_meta(b);
     });
 }
 

@@ -2,7 +2,7 @@
 //! hypervisors without QEMU's fw_cfg. The disk holds secrets: it is written mode 0600.
 
 use crate::cli::ConfigDiskArgs;
-use crate::{configdisk, envfile, store};
+use crate::{configdisk, envfile};
 use anyhow::{Context, Result};
 
 pub fn run(args: &ConfigDiskArgs) -> Result<u8> {
@@ -10,8 +10,8 @@ pub fn run(args: &ConfigDiskArgs) -> Result<u8> {
         .with_context(|| format!("cannot read env file {}", args.file.display()))?;
     let keys = envfile::check(&env).with_context(|| format!("{}", args.file.display()))?;
     let disk = configdisk::write(&env)?;
-    store::write_atomic(&args.out, &disk)?;
-    store::set_mode(&args.out, 0o600)?;
+    crate::util::fs::write_atomic(&args.out, &disk)?;
+    crate::util::fs::set_mode(&args.out, 0o600)?;
     tracing::info!(
         "config disk {} ({} bytes, label {}): {} variables ({})",
         args.out.display(),

@@ -4,7 +4,7 @@
 
 use crate::cli::ExportArgs;
 use crate::export::{self, Format};
-use crate::image::read_meta;
+use crate::disk::read_meta;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +15,7 @@ fn image_path(image: &str) -> Result<(PathBuf, bool)> {
     if p.is_file() {
         return Ok((p.to_path_buf(), true));
     }
-    Ok((crate::images::resolve_image_ref(image)?, false))
+    Ok((crate::image_store::resolve_image_ref(image)?, false))
 }
 
 pub fn run(a: &ExportArgs) -> Result<u8> {
@@ -60,9 +60,9 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
         );
     } else {
         let bytes = export::export(format, &raw, &base)?;
-        crate::store::write_atomic(&target, &bytes)
+        crate::util::fs::write_atomic(&target, &bytes)
             .with_context(|| format!("cannot write {}", target.display()))?;
-        crate::store::set_mode(&target, 0o644)?;
+        crate::util::fs::set_mode(&target, 0o644)?;
         tracing::info!(
             "wrote {} ({format}, {} bytes) of {base} {digest} in {:.1}s",
             target.display(),

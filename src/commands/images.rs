@@ -1,7 +1,7 @@
 //! `fuse ls`, `fuse tag`, `fuse rm`, `fuse gc`: the local image store.
 
 use crate::cli::{GcArgs, LsArgs, RmArgs, TagArgs};
-use crate::images::{age, default_data_dir, now_unix, short_digest, Images};
+use crate::image_store::{age, default_data_dir, now_unix, short_digest, Images};
 use crate::ledger;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;

@@ -2,14 +2,13 @@
 //! the result in fuse.lock; `--update` re-resolves even when the lock still matches.
 
 use crate::cli::LockArgs;
-use crate::mirror::{Session, Trust};
-use crate::pin::{lock_path, obtain_lock, Options};
+use crate::build::prepare::{self, Locked};
+use crate::build::{lock_path, Options};
+use crate::mirror::Trust;
 use anyhow::Result;
 
 pub fn run(args: &LockArgs) -> Result<u8> {
     let m = crate::manifest::load(&args.path)?;
-    let app = crate::plan::scan_app(&m)?;
-    let s = Session::open()?;
     let opts = Options {
         trust: Trust {
             allow_unsigned: args.insecure_allow_unsigned,
@@ -18,7 +17,7 @@ pub fn run(args: &LockArgs) -> Result<u8> {
         locked: false,
         update: args.update,
     };
-    let (lock, changed) = obtain_lock(&s, &m, &app, opts)?;
+    let Locked { lock, changed, .. } = prepare::lock(&m, opts)?;
     let path = lock_path(&m);
     if changed {
         lock.save(&path)?;

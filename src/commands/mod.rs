@@ -10,4 +10,3 @@ pub mod promote;
 pub mod registry;
 pub mod run;
 pub mod test;
-pub mod verify;

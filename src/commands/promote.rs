@@ -4,11 +4,11 @@
 use crate::cli::{EnvsArgs, PromoteArgs};
 use crate::commands::images::print_table;
 use crate::commands::registry::client;
-use crate::images::{default_data_dir, now_unix, resolve_image_ref};
+use crate::image_store::{default_data_dir, now_unix, resolve_image_ref};
 use crate::ledger::{self, Entry};
 use crate::oci::{self, Reference};
 use crate::store::sha256_hex;
-use crate::{envfile, image};
+use crate::{disk, envfile};
 use anyhow::{bail, Context, Result};
 
 fn who(explicit: Option<&str>) -> String {
@@ -25,7 +25,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
     let path = resolve_image_ref(&args.image)?;
     let disk =
         std::fs::read(&path).with_context(|| format!("cannot read image {}", path.display()))?;
-    let meta = image::read_meta(&disk)
+    let meta = disk::read_meta(&disk)
         .with_context(|| format!("{} is not a fuse image", path.display()))?;
     let digest = format!("sha256:{}", sha256_hex(&disk));
     let signer = signer_of(&disk).with_context(|| format!("{}", path.display()))?;
@@ -102,7 +102,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
 /// The fingerprint of the certificate that signed the image's UKI, verified against the
 /// UKI's bytes; None when unsigned. A signature that does not verify is an error.
 fn signer_of(disk: &[u8]) -> Result<Option<String>> {
-    let uki = image::read_esp_file(disk, image::ESP_BOOT_PATH)?;
+    let uki = disk::read_esp_file(disk, disk::ESP_BOOT_PATH)?;
     let sigs = crate::sign::verify_pe(&uki).context("cannot read the UKI's signature")?;
     match sigs.first() {
         None => Ok(None),

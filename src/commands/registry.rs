@@ -3,7 +3,7 @@
 //! and the whole image before writing anything.
 
 use crate::cli::{PullArgs, PushArgs, RegistryArgs};
-use crate::images::{resolve_image_ref, Images};
+use crate::image_store::{resolve_image_ref, Images};
 use crate::oci::client::{credentials, Client};
 use crate::oci::{self, Artifact, Reference};
 use crate::store;
@@ -120,7 +120,7 @@ pub fn push(args: &PushArgs) -> Result<u8> {
 pub fn fetch_image(
     r: &Reference,
     reg: &RegistryArgs,
-) -> Result<(Vec<u8>, Vec<u8>, crate::image::ImageMeta, String)> {
+) -> Result<(Vec<u8>, Vec<u8>, crate::disk::ImageMeta, String)> {
     let reference = match (&r.digest, &r.tag) {
         (Some(d), _) => d.clone(),
         (None, Some(t)) => t.clone(),
@@ -161,15 +161,15 @@ pub fn pull(args: &PullArgs) -> Result<u8> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
     let stem = format!("{}-{}", meta.name, meta.version);
     ensure!(
-        crate::images::check_tag(&format!("{}:{}", meta.name, meta.version)).is_ok(),
+        crate::image_store::check_tag(&format!("{}:{}", meta.name, meta.version)).is_ok(),
         "the image's name/version {stem:?} are not safe as a file name"
     );
     let img = out.join(format!("{stem}.img"));
     let json = out.join(format!("{stem}.json"));
-    store::write_atomic(&img, &disk)?;
-    store::set_mode(&img, 0o644)?;
-    store::write_atomic(&json, &config)?;
-    store::set_mode(&json, 0o644)?;
+    crate::util::fs::write_atomic(&img, &disk)?;
+    crate::util::fs::set_mode(&img, 0o644)?;
+    crate::util::fs::write_atomic(&json, &config)?;
+    crate::util::fs::set_mode(&json, 0o644)?;
     Images::open_default()?
         .add_with(&disk, &meta.name, &meta.version)
         .context("adding the pulled image to the local store")?;

@@ -2,8 +2,8 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::image::read_meta;
-use crate::qemu::{self, BootSpec};
+use crate::disk::read_meta;
+use crate::vm::{self, BootSpec};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -75,7 +75,7 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
             handled = n;
             if n == 1 {
                 eprintln!("fuse: stopping the VM: ACPI power button (Ctrl-C again to kill it)");
-                if let Err(e) = qemu::qmp(&qmp, "system_powerdown") {
+                if let Err(e) = vm::qmp(&qmp, "system_powerdown") {
                     eprintln!("fuse: cannot press the power button: {e:#}; killing the VM");
                     // SAFETY: plain kill(2) of our own child.
                     unsafe { libc::kill(qemu_pid as libc::pid_t, libc::SIGTERM) };
@@ -116,7 +116,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     let image_path = if args.image.is_file() {
         args.image.clone()
     } else {
-        crate::images::resolve_image_ref(&args.image.to_string_lossy())?
+        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
     };
     let opened = crate::export::detect_and_open(&image_path)?;
     let meta = read_meta(&opened.raw)
@@ -128,22 +128,22 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         std::fs::metadata(cfg)
             .with_context(|| format!("cannot read config file {}", cfg.display()))?;
     }
-    let qemu_bin = qemu::qemu_binary()?;
-    let (code, vars_template) = qemu::ovmf()?;
+    let qemu_bin = vm::qemu_binary()?;
+    let (code, vars_template) = vm::ovmf()?;
     let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
     let vars = tmp.path().join("OVMF_VARS.fd");
     std::fs::copy(&vars_template, &vars)
         .with_context(|| format!("cannot copy {}", vars_template.display()))?;
     let qmp = tmp.path().join("qmp.sock");
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
-        vec![(qemu::free_port()?, meta.app.port)]
+        vec![(vm::free_port()?, meta.app.port)]
     } else {
         args.publish
             .iter()
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    let accel = qemu::choose_accel(&args.accel)?;
+    let accel = vm::choose_accel(&args.accel)?;
     let (image, disk_format) = bootable_disk(&image_path, format, raw, tmp.path())?;
     let spec = BootSpec {
         image: &image,
@@ -155,9 +155,9 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         forwards: &forwards,
         config: args.config.as_deref(),
     };
-    let mut cmd = qemu::command(&qemu_bin, &spec);
+    let mut cmd = vm::command(&qemu_bin, &spec);
     // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
-    cmd.args(qemu::qmp_args(&qmp));
+    cmd.args(vm::qmp_args(&qmp));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0);

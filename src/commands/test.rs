@@ -8,8 +8,8 @@
 
 use crate::budget::{self, Check, Limit};
 use crate::cli::TestArgs;
-use crate::image::{read_meta, ImageMeta};
-use crate::qemu::{self, BootSpec};
+use crate::disk::{read_meta, ImageMeta};
+use crate::vm::{self, BootSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -180,7 +180,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
 /// Stop the VM: ACPI power button (when `graceful`), then QMP quit, then kill. How it ended.
 fn stop(child: &mut Child, qmp: &Path, graceful: bool) -> &'static str {
     if graceful {
-        match qemu::qmp(qmp, "system_powerdown") {
+        match vm::qmp(qmp, "system_powerdown") {
             Ok(()) => {
                 if wait_exit(child, POWERDOWN_GRACE) {
                     return "powerdown";
@@ -193,7 +193,7 @@ fn stop(child: &mut Child, qmp: &Path, graceful: bool) -> &'static str {
             Err(e) => tracing::warn!("cannot press the ACPI power button: {e:#}"),
         }
     }
-    if qemu::qmp(qmp, "quit").is_ok() && wait_exit(child, Duration::from_secs(5)) {
+    if vm::qmp(qmp, "quit").is_ok() && wait_exit(child, Duration::from_secs(5)) {
         return "quit";
     }
     let _ = child.kill();
@@ -214,7 +214,7 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let image_path = if args.image.is_file() {
         args.image.clone()
     } else {
-        crate::images::resolve_image_ref(&args.image.to_string_lossy())?
+        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
     };
     let opened = crate::export::detect_and_open(&image_path)?;
     let meta = read_meta(&opened.raw)
@@ -235,16 +235,16 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     }
     let (limit, budget_source) = boot_budget(args, &image_path, &meta)?;
 
-    let qemu_bin = qemu::qemu_binary()?;
-    let (code, vars_template) = qemu::ovmf()?;
+    let qemu_bin = vm::qemu_binary()?;
+    let (code, vars_template) = vm::ovmf()?;
     let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
     let vars = tmp.path().join("OVMF_VARS.fd");
     std::fs::copy(&vars_template, &vars)
         .with_context(|| format!("cannot copy {}", vars_template.display()))?;
     let qmp = tmp.path().join("qmp.sock");
-    let port = qemu::free_port()?;
+    let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
-    let accel = qemu::choose_accel(&args.accel)?;
+    let accel = vm::choose_accel(&args.accel)?;
     let (image, disk_format) =
         super::run::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
     let spec = BootSpec {
@@ -257,8 +257,8 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         forwards: &forwards,
         config: args.config.as_deref(),
     };
-    let mut cmd = qemu::command(&qemu_bin, &spec);
-    cmd.args(qemu::qmp_args(&qmp))
+    let mut cmd = vm::command(&qemu_bin, &spec);
+    cmd.args(vm::qmp_args(&qmp))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

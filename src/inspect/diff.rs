@@ -3,7 +3,7 @@
 //! line, the boot files, the app's entrypoint and environment, the build inputs, the sizes.
 //! Pure; every list is sorted, so the JSON form is stable for scripts.
 
-use crate::image::{FileMeta, ImageMeta, LayerMeta};
+use crate::disk::{FileMeta, ImageMeta, LayerMeta};
 use crate::layers::PackageRef;
 use serde::Serialize;
 use serde_json::Value;
@@ -600,7 +600,7 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::image::{AppMeta, BootMeta, Inputs, KernelMeta};
+    use crate::disk::{AppMeta, BootMeta, Inputs, KernelMeta};
 
     fn pkg(name: &str, version: &str) -> PackageRef {
         PackageRef {

@@ -3,7 +3,7 @@
 //! of verification, diffs and SBOMs without a kernel or an archive.
 
 use crate::format::{fat, gpt, squashfs};
-use crate::image::{
+use crate::disk::{
     file_list, AppMeta, BootMeta, ImageMeta, Inputs, KernelMeta, LayerMeta, ESP_BOOT_PATH,
     ESP_IMAGE_JSON, ESP_PARTITION_NAME,
 };

@@ -14,7 +14,7 @@ pub mod verify;
 
 pub use verify::{Image, VerificationFailed};
 
-use crate::image::ImageMeta;
+use crate::disk::ImageMeta;
 use serde::Serialize;
 
 /// Version of the `--json` output structure (docs/inspect.md); bumped on incompatible change.
@@ -167,7 +167,7 @@ mod tests {
         let f = fixture::build(b"app v1", |m| {
             let l = m.layers[1].clone();
             m.layers
-                .extend((0..20_000).map(|i| crate::image::LayerMeta {
+                .extend((0..20_000).map(|i| crate::disk::LayerMeta {
                     name: format!("x{i}"),
                     partition: format!("fuse-x{i}"),
                     files: vec![],

@@ -3,7 +3,7 @@
 
 use super::diff::{FieldChange, ImageDiff, Status};
 use super::verify::Image;
-use crate::image::ImageMeta;
+use crate::disk::ImageMeta;
 use serde_json::Value;
 
 /// `12.0 MiB`, `4.0 KiB`, `512 B`.

@@ -4,7 +4,7 @@
 //! serial numbers derive from the image digest), every list sorted; fixed field order
 //! (serde structs, not maps).
 
-use crate::image::{ImageMeta, LayerMeta};
+use crate::disk::{ImageMeta, LayerMeta};
 use crate::layers::PackageRef;
 use crate::store::sha256_hex;
 use crate::tree::{Kind, Tree};

@@ -5,7 +5,7 @@
 //! padding after it), and the copy of image.json written beside the image. Pure.
 
 use crate::format::{fat, gpt, squashfs};
-use crate::image::{self, ImageMeta, ESP_BOOT_PATH, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
+use crate::disk::{self, ImageMeta, ESP_BOOT_PATH, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
 use crate::store::sha256_hex;
 use crate::tree::Tree;
 use serde::Serialize;
@@ -239,7 +239,7 @@ fn read_parts(disk: &[u8]) -> Parts {
         .get(ESP_IMAGE_JSON)
         .and_then(|n| n.data())
         .ok_or_else(|| format!("no /{ESP_IMAGE_JSON}"))
-        .and_then(|j| image::parse_meta(j).map_err(|e| format!("{e:#}")))
+        .and_then(|j| disk::parse_meta(j).map_err(|e| format!("{e:#}")))
     {
         Ok(m) => m,
         Err(e) => {
@@ -279,7 +279,7 @@ fn read_parts(disk: &[u8]) -> Parts {
         checks.push((l.name.clone(), part_bytes(&l.partition)));
     }
     // A bounded pool: image.json is untrusted and may list any number of layers.
-    let pairs: Vec<(&image::LayerMeta, &Result<&[u8], String>)> = meta
+    let pairs: Vec<(&disk::LayerMeta, &Result<&[u8], String>)> = meta
         .layers
         .iter()
         .zip(checks.iter().map(|(_, b)| b))
@@ -463,7 +463,7 @@ fn check_esp(meta: &ImageMeta, esp_bytes: &[u8], tree: &Tree, r: &mut Report) {
 }
 
 /// Problems of one layer's partition bytes against its metadata.
-fn check_layer(l: &image::LayerMeta, bytes: Result<&[u8], String>) -> Vec<String> {
+fn check_layer(l: &disk::LayerMeta, bytes: Result<&[u8], String>) -> Vec<String> {
     let bytes = match bytes {
         Ok(b) => b,
         Err(e) => return vec![e],
@@ -524,7 +524,7 @@ fn check_beside(embedded: &ImageMeta, name: &str, json: &[u8], r: &mut Report) {
     r.check(format!(
         "{name} (written beside the image) matches the image"
     ));
-    let beside = match image::parse_meta(json) {
+    let beside = match disk::parse_meta(json) {
         Ok(m) => m,
         Err(e) => {
             r.fail(part, format!("{e:#}"));
@@ -590,7 +590,7 @@ fn meta_differences(a: &ImageMeta, b: &ImageMeta) -> Vec<String> {
 pub fn check_layer_files(
     disk: &[u8],
     img: &Image,
-    layer: &image::LayerMeta,
+    layer: &disk::LayerMeta,
     report: &mut Report,
 ) -> Option<Tree> {
     let part = format!("layer {}", layer.name);
@@ -609,11 +609,11 @@ pub fn check_layer_files(
             return None;
         }
     };
-    let actual = image::file_list(&tree);
+    let actual = disk::file_list(&tree);
     if actual != layer.files {
-        let recorded: std::collections::BTreeMap<&str, &image::FileMeta> =
+        let recorded: std::collections::BTreeMap<&str, &disk::FileMeta> =
             layer.files.iter().map(|f| (f.path.as_str(), f)).collect();
-        let real: std::collections::BTreeMap<&str, &image::FileMeta> =
+        let real: std::collections::BTreeMap<&str, &disk::FileMeta> =
             actual.iter().map(|f| (f.path.as_str(), f)).collect();
         let mut diffs = Vec::new();
         for (p, f) in &real {
@@ -650,7 +650,7 @@ mod tests {
         let fs = b"a file system of 31 bytes, say.";
         let mut part = fs.to_vec();
         part.resize(4096, 0);
-        let l = image::LayerMeta {
+        let l = disk::LayerMeta {
             name: "app".into(),
             partition: "fuse-app".into(),
             fs: "squashfs".into(),
@@ -670,7 +670,7 @@ mod tests {
         assert!(p[0].contains("non-zero byte at offset 4000"), "{p:?}");
         bad[3] ^= 1;
         assert_eq!(check_layer(&l, Ok(&bad)).len(), 2);
-        let long = image::LayerMeta { size: 5000, ..l };
+        let long = disk::LayerMeta { size: 5000, ..l };
         assert!(check_layer(&long, Ok(&part))[0].contains("holds only 4096"));
     }
 }

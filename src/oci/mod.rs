@@ -15,7 +15,7 @@ pub mod auth;
 pub mod client;
 
 use crate::format::{fat, gpt};
-use crate::image::{read_meta, ImageMeta};
+use crate::disk::{read_meta, ImageMeta};
 use crate::store::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ impl Reference {
         let (rest, digest) = match rest.split_once('@') {
             Some((r, d)) => {
                 ensure!(
-                    crate::images::is_full_digest(d),
+                    crate::image_store::is_full_digest(d),
                     "{s:?}: {d:?} is not a sha256:<64 hex> digest"
                 );
                 (r, Some(d.to_string()))
@@ -498,7 +498,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(Manifest, String, u64)> {
     let digest = m
         .annotations
         .get(ANN_DIGEST)
-        .filter(|d| crate::images::is_full_digest(d))
+        .filter(|d| crate::image_store::is_full_digest(d))
         .with_context(|| format!("the manifest has no valid {ANN_DIGEST} annotation"))?
         .clone();
     let size: u64 = m

@@ -168,8 +168,8 @@ impl Lock {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = self.to_text()?;
-        crate::store::write_atomic(path, text.as_bytes())?;
-        crate::store::set_mode(path, 0o644)
+        crate::util::fs::write_atomic(path, text.as_bytes())?;
+        crate::util::fs::set_mode(path, 0o644)
     }
 
     /// Human description of how `current` inputs differ from the locked ones (empty: same).

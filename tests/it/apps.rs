@@ -77,7 +77,7 @@ http = "/"
 #[test]
 fn fuse_run_stops_the_app_gracefully_on_ctrl_c_and_writable_dirs_are_writable() {
     let image = lifecycle_image();
-    let port = fuse::qemu::free_port().unwrap();
+    let port = fuse::vm::free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
         .arg("run")
         .arg(image)
@@ -185,7 +185,7 @@ fn an_app_ignoring_sigterm_is_killed_at_the_stop_timeout() {
     let body = vm.get_until_ok("/", Duration::from_secs(300));
     assert!(body.is_some(), "no answer; console:\n{}", vm.console());
     let pressed = Instant::now();
-    fuse::qemu::qmp(&qmp, "system_powerdown").unwrap();
+    fuse::vm::qmp(&qmp, "system_powerdown").unwrap();
     assert!(
         vm.wait_exit(Duration::from_secs(STOP_TIMEOUT + 120)),
         "the VM did not power off; console:\n{}",

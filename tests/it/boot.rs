@@ -42,7 +42,7 @@ fn fuse_run_injects_config_without_changing_the_image_or_printing_secrets() {
         "# test environment\nGREETING=test-env\nDB_PASSWORD=s3cret-value\n",
     )
     .unwrap();
-    let port = fuse::qemu::free_port().unwrap();
+    let port = fuse::vm::free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
         .arg("run")
         .arg(&b.image)

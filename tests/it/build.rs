@@ -19,9 +19,9 @@ fn printed_digest_is_sha256_of_the_image_and_json_agrees() {
         std::fs::metadata(&b.image).unwrap().len()
     );
     // The embedded copy is the same metadata without the self-referencing fields.
-    let embedded = fuse::image::read_meta(&std::fs::read(&b.image).unwrap()).unwrap();
+    let embedded = fuse::disk::read_meta(&std::fs::read(&b.image).unwrap()).unwrap();
     assert_eq!(embedded.digest, None);
-    let mut beside: fuse::image::ImageMeta = serde_json::from_value(meta).unwrap();
+    let mut beside: fuse::disk::ImageMeta = serde_json::from_value(meta).unwrap();
     beside.digest = None;
     beside.disk_size = None;
     assert_eq!(embedded, beside);

@@ -93,7 +93,7 @@ fn a_build_over_its_size_budget_writes_the_image_and_exits_3_naming_each_budget(
             && l.contains("1 MB (1000000 bytes)")),
         "{over:?}"
     );
-    let meta: fuse::image::ImageMeta =
+    let meta: fuse::disk::ImageMeta =
         serde_json::from_slice(&std::fs::read(b.app.join("fuse-out/crash-1.0.0.json")).unwrap())
             .unwrap();
     let base = meta.layers.iter().find(|l| l.name == "base").unwrap();
@@ -421,7 +421,7 @@ fn build_json_describes_the_image_and_verify_proves_it_reproducible() {
     assert_eq!(img, app.join("fuse-out/hello-1.0.0.img"));
     assert_eq!(v["digest"], sha256_file(&img).as_str());
     assert_eq!(v["size"], std::fs::metadata(&img).unwrap().len());
-    let meta: fuse::image::ImageMeta =
+    let meta: fuse::disk::ImageMeta =
         serde_json::from_slice(&std::fs::read(v["image_json"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(meta.digest.as_deref(), v["digest"].as_str());
     let layers = v["layers"].as_array().unwrap();
@@ -517,12 +517,12 @@ fn verify_names_the_layer_and_file_that_differ_and_exits_4() {
 fn compare_names_the_first_differing_layer_and_files_of_two_images() {
     let a = std::fs::read(&shared_image().image).unwrap();
     let b = std::fs::read(&crate::registry::changed_image().image).unwrap();
-    let d = fuse::repro::compare(&a, &b)
+    let d = fuse::build::repro::compare(&a, &b)
         .unwrap()
         .expect("the images differ");
     assert_eq!(d.layer.as_deref(), Some("app"), "{d:?}");
     assert_eq!(d.files.len(), 1, "{d:?}");
     assert_eq!(d.files[0].path, "/app/hello");
     assert!(d.partitions.contains(&"fuse-esp".to_string()), "{d:?}");
-    assert_eq!(fuse::repro::compare(&a, &a).unwrap(), None);
+    assert_eq!(fuse::build::repro::compare(&a, &a).unwrap(), None);
 }

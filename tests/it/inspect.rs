@@ -106,7 +106,7 @@ fn a_flipped_byte_in_a_layer_fails_verification_naming_the_layer() {
     let dir = tempfile::tempdir().unwrap();
     let disk = std::fs::read(&b.image).unwrap();
     let parts = partitions(&disk);
-    let meta = fuse::image::read_meta(&disk).unwrap();
+    let meta = fuse::disk::read_meta(&disk).unwrap();
     for (layer, offset_in) in [("app", 0.5), ("base", 0.1)] {
         let mut d = disk.clone();
         let range = &parts
@@ -283,7 +283,7 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
     // Each layer's file list is what its file system holds, read back from the partition.
     let disk = std::fs::read(&b.image).unwrap();
     let parts = partitions(&disk);
-    let meta = fuse::image::read_meta(&disk).unwrap();
+    let meta = fuse::disk::read_meta(&disk).unwrap();
     let files = doc["files"].as_array().unwrap();
     for l in &meta.layers {
         let range = &parts.iter().find(|p| p.0 == l.partition).unwrap().1;

@@ -27,7 +27,7 @@ impl Registry {
             "{REGISTRY_BIN} (package docker-registry) is needed: scripts/setup.sh installs it"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = fuse::qemu::free_port().unwrap();
+        let port = fuse::vm::free_port().unwrap();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

@@ -185,8 +185,8 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let vars = dir.path().join("vars.fd");
         std::fs::copy(vars_template, &vars).expect("OVMF (package ovmf) is needed");
-        let port = fuse::qemu::free_port().unwrap();
-        let accel = if fuse::qemu::kvm_works() {
+        let port = fuse::vm::free_port().unwrap();
+        let accel = if fuse::vm::kvm_works() {
             "kvm"
         } else {
             "tcg"

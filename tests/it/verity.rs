@@ -55,7 +55,7 @@ fn expect_fatal(image: &Path, layer: &str) {
 fn a_tampered_app_layer_never_answers_and_powers_off() {
     let good = shared_image();
     let disk = std::fs::read(&good.image).unwrap();
-    let meta = fuse::image::parse_meta(&std::fs::read(&good.json).unwrap()).unwrap();
+    let meta = fuse::disk::parse_meta(&std::fs::read(&good.json).unwrap()).unwrap();
     let app_meta = meta.layers.iter().find(|l| l.name == "app").unwrap();
     assert!(
         app_meta.verity.is_some(),
@@ -250,7 +250,7 @@ fn signed_builds_are_identical_verify_with_sbverify_and_inspect_names_the_signer
     let Some(s) = signed() else { return };
     let k = keys().unwrap();
     let disk = std::fs::read(&s.snakeoil).unwrap();
-    let uki = fuse::image::read_esp_file(&disk, fuse::image::ESP_BOOT_PATH).unwrap();
+    let uki = fuse::disk::read_esp_file(&disk, fuse::disk::ESP_BOOT_PATH).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let efi = dir.path().join("BOOTX64.EFI");
     std::fs::write(&efi, &uki).unwrap();

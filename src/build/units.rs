@@ -11,10 +11,11 @@
 use crate::archive::deb::{read_deb, Deb};
 use crate::cache::{Cache, Record, Source};
 use crate::fetch::Fetcher;
-use crate::image::{self, BuiltLayer, LayerMeta};
+use crate::disk::{self, BuiltLayer, LayerMeta};
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
-use crate::plan::{AppScan, Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
+use crate::app::AppScan;
+use crate::plan::{Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
 use crate::resolve::lock::Pin;
 use crate::store::Store;
 use crate::tree::{Node, Tree};
@@ -540,7 +541,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 Job::Core => {
                     let k = kernel.decode(&kernel_bytes)?;
                     let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
-                    let bytes = image::write_initramfs(&tree)?;
+                    let bytes = disk::write_initramfs(&tree)?;
                     cache.put("initramfs-core", &core_key, &(), &bytes)?;
                     Ok(Done::Core(bytes))
                 }
@@ -548,7 +549,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                     let l = &plan.layers[*i];
                     let tree = layer_tree(&l.inputs, debs, &kernel, app)
                         .with_context(|| format!("layer {}", l.name))?;
-                    let built = image::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
+                    let built = disk::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
                     let rec: Record<LayerMeta> =
                         cache.put("layer", &l.key, &built.meta, &built.bytes)?;
                     debug_assert_eq!(rec.size, built.bytes.len() as u64);
@@ -608,21 +609,21 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 boot.modules = always;
                 boot.device_modules = device;
                 let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
-                boot.verity = image::boot_verity(&built)?;
+                boot.verity = disk::boot_verity(&built)?;
                 let core = match core.take() {
                     Some(b) => b,
                     None => match cache.get::<()>("initramfs-core", &core_key)? {
                         Some((_, bytes, _)) => bytes,
                         None => {
                             let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
-                            let bytes = image::write_initramfs(&tree)?;
+                            let bytes = disk::write_initramfs(&tree)?;
                             cache.put("initramfs-core", &core_key, &(), &bytes)?;
                             bytes
                         }
                     },
                 };
                 let plan_tree = layers::initramfs_plan(&boot, ip.inputs.epoch)?;
-                let bytes = image::join_initramfs(&plan_tree, &core)?;
+                let bytes = disk::join_initramfs(&plan_tree, &core)?;
                 let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
                 (rec.sha256, rec.size, Source::Built, Some(bytes))
             }
@@ -661,7 +662,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                     (stub, r)
                 }
             };
-            let bytes = image::write_uki(
+            let bytes = disk::write_uki(
                 &stub,
                 &up.inputs.os_release,
                 &up.inputs.cmdline,

@@ -14,8 +14,9 @@
 //! crash leaves either the old or the new index. Images are addressed by `name:version`,
 //! `name` (when one version has it), a full digest, or a unique digest prefix.
 
-use crate::image::read_meta;
-use crate::store::{set_mode, sha256_hex, write_atomic};
+use crate::disk::read_meta;
+use crate::store::sha256_hex;
+use crate::util::fs::{set_mode, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -332,7 +333,7 @@ impl Images {
         let now = now_unix();
         self.update(|index| {
             if !present() {
-                crate::store::copy_atomic(path, &blob)?;
+                crate::util::fs::copy_atomic(path, &blob)?;
                 set_mode(&blob, 0o444)?;
             }
             index

@@ -4,9 +4,9 @@
 //! packages still come from the verified download cache), and the two images are compared
 //! byte for byte (`repro::compare` names the first differing partition and files).
 
-use super::build::{build_with, Built, Options};
-use crate::manifest::Manifest;
-use crate::repro::{self, Difference};
+use super::repro::{self, Difference};
+use super::{Built, CacheOptions, Options};
+use crate::manifest::{self, Manifest};
 use crate::store::{self, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -98,7 +98,7 @@ fn copy_sources(m: &Manifest, dir: &Path) -> Result<Option<PathBuf>> {
         .file_name()
         .context("the manifest has no file name")?;
     copy_path(&m.file, &dir.join(name))?;
-    let lock = super::build::lock_path(m);
+    let lock = super::lock_path(m);
     if lock.is_file() {
         copy_path(
             &lock,
@@ -151,11 +151,13 @@ pub fn verify(
         ..opts
     };
     let manifest_path = copied.clone().unwrap_or_else(|| m.file.clone());
-    let second = build_with(
-        &manifest_path,
+    let second_manifest = manifest::load(&manifest_path)?;
+    let second = super::build(
+        &second_manifest,
         Some(&tmp.path().join("out")),
         second_opts,
         Some(&units),
+        &CacheOptions::default(),
         signer,
     )
     .context("verify: the second build failed")?;

@@ -5,7 +5,7 @@
 //! partitions' own file systems and compared with inspect's file diff.
 
 use crate::format::{fat, gpt, squashfs};
-use crate::image::{file_list, ESP_PARTITION_NAME};
+use crate::disk::{file_list, ESP_PARTITION_NAME};
 use crate::inspect::diff::diff_files;
 use crate::tree::Tree;
 use anyhow::{Context, Result};

@@ -1,0 +1,3 @@
+//! Small helpers shared by the stages: the file system.
+
+pub mod fs;
