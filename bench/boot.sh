@@ -1,49 +1,91 @@
 #!/bin/sh
-# Boot time to the first HTTP answer under QEMU TCG + OVMF, per example (default: hello
-# jar-hello), RUNS boots each (default 1). Prints seconds from QEMU's start to HTTP 200 and
-# the init's own verity read times from the console.
-# FUSE_BIN: the fuse binary to measure (default: a release build of this tree).
-# JRE=all: Java examples keep the full JRE (`[runtime] modules = "all"`, with the shipped
-# CDS archive) instead of the trimmed one, to measure what trimming costs at start.
+# Boot time per phase under QEMU TCG + OVMF, this tree against another commit in one run
+# (interleaved, so both see the same machine load): for every example (default: hello
+# jar-hello war-hello flask), RUNS rounds (default 1) of `fuse test --json --accel tcg`
+# with each binary. Prints the wall time of `fuse test`, the time to healthy and its phases
+# (firmware, kernel, init and its steps, app to healthy; a tree older than the phases
+# prints only the totals), and the load average at each boot.
+#   BASE     the commit to compare with (default HEAD~1; e.g. BASE=main)
+#   FUSE_BIN / BASE_BIN  use these binaries instead of building them
+#   flask    a pseudo-example: Flask + numpy 2.x from PyPI in a virtualenv
 set -eu
 cd "$(dirname "$0")/.."
-if [ -n "${FUSE_BIN:-}" ]; then FUSE=$FUSE_BIN; else cargo build --release -q; FUSE=$PWD/target/release/fuse; fi
-export FUSE_CACHE_DIR="${FUSE_CACHE_DIR:-$PWD/target/tmp/fuse-cache}"
-export FUSE_DATA_DIR="${FUSE_DATA_DIR:-$(mktemp -d)}"
+root=$PWD
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-now() { date +%s.%N; }
-for ex in ${*:-hello jar-hello}; do
-    cp -r "examples/$ex" "$work/$ex"
-    rm -rf "$work/$ex/fuse-out"
-    if [ "${JRE:-}" = all ] && grep -q '^java *=' "$work/$ex/fuse.toml"; then
-        sed -i 's/^java *=.*/&\nmodules = "all"/' "$work/$ex/fuse.toml"
+cleanup() {
+    if [ -d "$work/base-src" ]; then git -C "$root" worktree remove --force "$work/base-src" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export FUSE_CACHE_DIR="${FUSE_CACHE_DIR:-$root/target/tmp/fuse-cache}"
+export FUSE_DATA_DIR="$work/data"
+if [ -z "${BASE_BIN:-}" ]; then
+    base=${BASE:-HEAD~1}
+    git worktree add --detach -q "$work/base-src" "$base"
+    # Shares this tree's target directory: only the workspace's own crates are rebuilt.
+    (cd "$work/base-src" && CARGO_TARGET_DIR="$root/target" cargo build -q)
+    cp "$root/target/debug/fuse" "$work/fuse-base"
+    BASE_BIN=$work/fuse-base
+fi
+if [ -z "${FUSE_BIN:-}" ]; then
+    cargo build -q
+    cp "$root/target/debug/fuse" "$work/fuse-new"
+    FUSE_BIN=$work/fuse-new
+fi
+app() { # example name -> app directory in $work/src/$1
+    mkdir -p "$work/src"
+    if [ "$1" = flask ]; then
+        d=$work/src/flask
+        mkdir -p "$d/app"
+        cat >"$d/app/server.py" <<'PY'
+import numpy as np
+from flask import Flask
+app = Flask(__name__)
+@app.get("/")
+def root():
+    return f"numpy {np.__version__} sum={np.arange(12.0).sum():.0f}\n"
+if __name__ == "__main__":
+    app.run(host="0.0.0.0", port=8080)
+PY
+        printf '[image]\nname = "flasknp"\nversion = "1.0.0"\n\n[app]\nkind = "python"\npath = "app"\nargs = ["server.py"]\nport = 8080\n\n[runtime]\npython = "3.11"\n\n[health]\nhttp = "/"\n' >"$d/fuse.toml"
+        /usr/bin/python3.11 -m venv "$d/app/.venv"
+        "$d/app/.venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: flask 'numpy>=2,<3'
+    else
+        cp -r "examples/$1" "$work/src/$1"
+        rm -rf "$work/src/$1/fuse-out"
+        "$work/src/$1/build.sh" >/dev/null
     fi
-    "$work/$ex/build.sh" >/dev/null
-    "$FUSE" build "$work/$ex" >"$work/build.out" 2>"$work/build.log" || { cat "$work/build.log"; exit 1; }
-    img=$(grep '\.img$' "$work/build.out" | tail -1)
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    guest=$(sed -n 's/^port *= *\([0-9]*\).*/\1/p' "$work/$ex/fuse.toml")
+}
+summary() { # fuse test --json -> one line
+    python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+s = lambda ms: "%5.1f" % (ms / 1000) if isinstance(ms, int) else "    ?"
+p = v.get("phases") or {}
+steps = " ".join("%s %s" % (k, s(x).strip()) for k, x in sorted((p.get("init_steps") or {}).items()))
+print("%-4s healthy %s | firmware %s kernel %s init %s app %s | %s" % (
+    v["result"], s(v.get("time_to_healthy_ms")), s(p.get("firmware_ms")), s(p.get("kernel_ms")),
+    s(p.get("init_ms")), s(p.get("app_ms")), steps))' "$1" 2>/dev/null || echo "(no JSON: $(head -c 200 "$1"))"
+}
+now() { date +%s.%N; }
+echo "base: ${BASE:-HEAD~1} ($BASE_BIN), this tree: $FUSE_BIN"
+for ex in ${*:-hello jar-hello war-hello flask}; do
+    app "$ex"
+    for tree in base new; do
+        bin=$BASE_BIN; [ $tree = new ] && bin=$FUSE_BIN
+        rm -rf "$work/src/$ex/fuse-out"
+        "$bin" build "$work/src/$ex" --out "$work/out-$tree-$ex" >"$work/build.out" 2>"$work/build.log" || { cat "$work/build.log"; exit 1; }
+    done
     for run in $(seq "${RUNS:-1}"); do
-        cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
-        t0=$(now)
-        qemu-system-x86_64 -machine q35 -accel tcg -m 1024 -smp 1 -display none -nodefaults -no-reboot \
-            -serial file:"$work/console.log" \
-            -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
-            -drive if=pflash,format=raw,unit=1,file="$work/vars.fd" \
-            -drive if=virtio,format=raw,readonly=on,file="$img" \
-            -netdev user,id=n0,hostfwd=tcp:127.0.0.1:$port-:$guest -device virtio-net-pci,netdev=n0 &
-        qpid=$!
-        ok=no
-        for i in $(seq 1200); do
-            if curl -sf -m 2 "http://127.0.0.1:$port/" >/dev/null 2>&1; then ok=yes; break; fi
-            kill -0 $qpid 2>/dev/null || break
-            sleep 0.2
+        for tree in base new; do
+            bin=$BASE_BIN; [ $tree = new ] && bin=$FUSE_BIN
+            img=$(ls "$work/out-$tree-$ex"/*.img)
+            load=$(cut -d' ' -f1-3 /proc/loadavg)
+            t0=$(now)
+            "$bin" test "$img" --json --accel "${ACCEL:-tcg}" --timeout 600 --boot-budget 1h >"$work/test.json" 2>"$work/test.log" || true
+            t1=$(now)
+            printf '%-10s %-4s run %s  fuse test %5.1fs  %s  (load %s)\n' "$ex" "$tree" "$run" \
+                "$(echo "$t1 - $t0" | bc)" "$(summary "$work/test.json")" "$load"
         done
-        t1=$(now)
-        kill $qpid 2>/dev/null || true; wait $qpid 2>/dev/null || true
-        awk -v e="$ex" -v jre="${JRE:+JRE=$JRE}" -v a="$t0" -v b="$t1" -v ok="$ok" 'BEGIN { printf "%-10s %s boot to HTTP %6.1fs (%s)\n", e, jre, b - a, ok == "yes" ? "answered" : "NO ANSWER" }'
-        grep -a "verified .* bytes" "$work/console.log" | sed 's/^/    /' || true
-        [ $ok = yes ] || { tail -25 "$work/console.log"; cp "$work/console.log" "${KEEP_CONSOLE:-/dev/null}"; }
     done
 done

@@ -91,6 +91,10 @@ pub struct AppMeta {
     /// Directories mounted as tmpfs owned by the app user.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub writable: Vec<String>,
+    /// The x86-64 level (1-4) the app's ELF objects say they need
+    /// (`GNU_PROPERTY_X86_ISA_1_NEEDED`), when any says so.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub x86_64_level: Option<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -278,6 +282,8 @@ pub struct DiskInputs<'a> {
     pub layers: &'a [BuiltLayer],
     pub app: AppPlan,
     pub app_kind: &'a str,
+    /// The x86-64 level the app's ELF objects say they need.
+    pub x86_64_level: Option<u8>,
     pub port: u16,
     pub health_http: Option<String>,
     pub epoch: u64,
@@ -350,6 +356,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             env_args: i.app.env_args,
             stop_timeout: Some(i.app.stop_timeout),
             writable: i.app.writable,
+            x86_64_level: i.x86_64_level,
             port: i.port,
             health_http: i.health_http,
         },

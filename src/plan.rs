@@ -34,7 +34,7 @@ pub const STUB_PACKAGE: &str = "systemd-boot-efi";
 pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// The kernel command line of every image.
-pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet no_timer_check";
+pub const CMDLINE: &str = "console=ttyS0,115200 panic=0 quiet no_timer_check";
 
 /// Everything that determines the image, unit by unit.
 #[derive(Clone, Debug, Serialize)]

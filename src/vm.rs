@@ -1,9 +1,16 @@
-//! Local booting under QEMU: finding QEMU and OVMF, probing whether KVM really runs a guest
-//! (nested KVM can open /dev/kvm and then hang), and the command line for an image.
+//! Local booting under QEMU, shared by `fuse run` and `fuse test`: finding QEMU and OVMF,
+//! deciding about KVM (host facts, a short probe, remembered per host boot), the image's
+//! disk, the command line, the console (its lines, the app's exit code, boot phases),
+//! health polling and stopping the VM over QMP.
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -56,8 +63,19 @@ fn probe_firmware() -> Vec<u8> {
     fw
 }
 
-/// Does KVM really run a guest here? Boots the probe firmware under KVM with a deadline.
+/// How long the KVM probe guest gets: a guest that really runs under KVM exits in a few
+/// milliseconds after QEMU's start; nested KVM hangs instead.
+const PROBE_DEADLINE: Duration = Duration::from_millis(700);
+
+/// Does KVM really run a guest here? Decided from what the host says (the CPU's vmx/svm
+/// flag, a read-write `/dev/kvm`), then a probe guest bounded by [`PROBE_DEADLINE`]; the
+/// answer is remembered for this boot of the host (keyed by its `boot_id`) in the cache
+/// directory, so only the first `fuse run`/`fuse test` after a host boot pays the probe.
 pub fn kvm_works() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu_has_virtualization(&cpuinfo) {
+        return false;
+    }
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -66,11 +84,51 @@ pub fn kvm_works() -> bool {
     {
         return false;
     }
-    probe("kvm")
+    let memo = kvm_memo_path();
+    if let Some(p) = &memo {
+        match std::fs::read_to_string(p).as_deref() {
+            Ok("kvm\n") => return true,
+            Ok("tcg\n") => return false,
+            _ => {}
+        }
+    }
+    let works = probe_within("kvm", PROBE_DEADLINE);
+    if let Some(p) = &memo {
+        let text = if works { "kvm\n" } else { "tcg\n" };
+        if let Err(e) = crate::util::fs::write_atomic(p, text.as_bytes()) {
+            tracing::debug!("cannot remember the KVM answer in {}: {e:#}", p.display());
+        }
+    }
+    works
+}
+
+/// Does `/proc/cpuinfo` list hardware virtualization (Intel VMX or AMD SVM)?
+pub fn cpu_has_virtualization(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// `<cache>/host/kvm-<boot_id>`: the KVM answer for this boot of the host.
+fn kvm_memo_path() -> Option<PathBuf> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return None;
+    }
+    let dir = crate::store::default_cache_dir().ok()?.join("host");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(format!("kvm-{id}")))
 }
 
 /// Run the probe firmware under `accel`; true when it exited as expected within 10 s.
 pub fn probe(accel: &str) -> bool {
+    probe_within(accel, Duration::from_secs(10))
+}
+
+/// Run the probe firmware under `accel`; true when it exited as expected within `limit`.
+fn probe_within(accel: &str, limit: Duration) -> bool {
     let Ok(qemu) = qemu_binary() else {
         return false;
     };
@@ -108,11 +166,11 @@ pub fn probe(accel: &str) -> bool {
         .stderr(Stdio::null())
         .spawn();
     let Ok(mut child) = child else { return false };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
             Ok(Some(st)) => return st.code() == Some(3),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -150,8 +208,20 @@ pub struct BootSpec<'a> {
     pub config: Option<&'a Path>,
 }
 
-/// The QEMU command that boots an image: q35, OVMF, read-only virtio disk, virtio NIC with
-/// user networking, serial console on stdout.
+/// The guest CPU model for `accel`: the host's own under KVM, QEMU's most capable model
+/// under TCG. Both have what cloud CPUs have (x86-64-v3: AVX2, FMA, BMI2, MOVBE), which
+/// current wheels and JITs require; QEMU's default model (qemu64) is x86-64-v1.
+pub fn cpu_model(accel: &str) -> &'static str {
+    if accel == "kvm" {
+        "host"
+    } else {
+        "max"
+    }
+}
+
+/// The QEMU command that boots an image: q35, OVMF, read-only virtio disk (the first and
+/// only boot entry), virtio NIC without an option ROM on user networking, serial console
+/// on stdout.
 pub fn command(qemu: &Path, b: &BootSpec) -> Command {
     let mut c = Command::new(qemu);
     c.args([
@@ -159,6 +229,8 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
         "q35",
         "-accel",
         b.accel,
+        "-cpu",
+        cpu_model(b.accel),
         "-m",
         &b.memory_mib.to_string(),
         "-smp",
@@ -181,10 +253,11 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
         b.vars.display()
     ));
     c.arg("-drive").arg(format!(
-        "if=virtio,format={},readonly=on,file={}",
+        "if=none,id=disk0,format={},readonly=on,file={}",
         b.disk_format,
         b.image.display()
     ));
+    c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
     let fwd: String = b
         .forwards
         .iter()
@@ -194,7 +267,7 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
         "-netdev",
         &format!("user,id=n0{fwd}"),
         "-device",
-        "virtio-net-pci,netdev=n0",
+        "virtio-net-pci,netdev=n0,romfile=",
     ]);
     if let Some(cfg) = b.config {
         c.arg("-fw_cfg")
@@ -254,9 +327,506 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// An image opened for booting: its metadata and digest, and the file QEMU boots.
+pub struct PreparedImage {
+    /// The image file as found (a path, or the store's file for NAME:VERSION/digest).
+    pub path: PathBuf,
+    pub format: crate::export::Format,
+    pub meta: crate::disk::ImageMeta,
+    /// `sha256:` of the raw disk.
+    pub digest: String,
+    /// The file QEMU reads and its block driver.
+    pub disk: PathBuf,
+    pub driver: &'static str,
+    /// Scratch space of this boot (the raw disk when written, OVMF vars, QMP socket).
+    pub tmp: tempfile::TempDir,
+}
+
+/// The one place where an image (path, NAME:VERSION, digest or prefix) becomes the disk a
+/// local VM boots: opened in any format `fuse export` writes, checked to be a fuse image
+/// (its image.json), digested; the file itself when QEMU reads its format (raw, qcow2,
+/// vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into the scratch directory.
+pub fn prepare_disk(image: &Path) -> Result<PreparedImage> {
+    let path = if image.is_file() {
+        image.to_path_buf()
+    } else {
+        crate::image_store::resolve_image_ref(&image.to_string_lossy())?
+    };
+    let opened = crate::export::detect_and_open(&path)?;
+    let meta = crate::disk::read_meta(&opened.raw)
+        .with_context(|| format!("{} is not a fuse image", path.display()))?;
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
+    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    let (disk, driver) = match opened.format.qemu_driver() {
+        Some(driver) => (
+            std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?,
+            driver,
+        ),
+        None => {
+            let p = tmp.path().join("disk.raw");
+            std::fs::write(&p, &opened.raw)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            (p, "raw")
+        }
+    };
+    Ok(PreparedImage {
+        path,
+        format: opened.format,
+        meta,
+        digest,
+        disk,
+        driver,
+        tmp,
+    })
+}
+
+/// How to start one VM of a prepared image.
+pub struct Launch<'a> {
+    /// "auto", "kvm" or "tcg".
+    pub accel: &'a str,
+    pub memory_mib: u32,
+    pub forwards: &'a [(u16, u16)],
+    /// Env file passed to the init (fw_cfg opt/fuse/env).
+    pub config: Option<&'a Path>,
+    /// Copy the console to stdout as it arrives (`fuse run`).
+    pub echo: bool,
+}
+
+/// Console lines kept for a failure report.
+const TAIL_LINES: usize = 40;
+
+/// Boot phases in milliseconds, from the console: when each init line arrived (host clock,
+/// from QEMU's start) and the guest's own clocks the init prints.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Phases {
+    /// QEMU's start to the kernel's clock starting: OVMF, the EFI stub, decompression.
+    pub firmware_ms: Option<u64>,
+    /// The kernel's clock start to the init's first line.
+    pub kernel_ms: Option<u64>,
+    /// The init's first line to the app's start.
+    pub init_ms: Option<u64>,
+    /// The init's own steps (modules, layers, network, config), as it timed them.
+    pub init_steps: BTreeMap<String, u64>,
+    /// The app's start to its first healthy answer.
+    pub app_ms: Option<u64>,
+    /// QEMU's start to the first healthy answer.
+    pub total_ms: Option<u64>,
+}
+
+impl Phases {
+    /// One line: `firmware 5.1s, kernel 3.2s, init 0.9s (modules 0.3s, ...), app 1.2s`.
+    pub fn summary(&self) -> String {
+        let s = |ms: Option<u64>| match ms {
+            Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+            None => "?".into(),
+        };
+        let steps: Vec<String> = self
+            .init_steps
+            .iter()
+            .map(|(k, v)| format!("{k} {}", s(Some(*v))))
+            .collect();
+        format!(
+            "firmware {}, kernel {}, init {} ({}), app {}",
+            s(self.firmware_ms),
+            s(self.kernel_ms),
+            s(self.init_ms),
+            steps.join(", "),
+            s(self.app_ms)
+        )
+    }
+}
+
+#[derive(Default)]
+struct ConsoleState {
+    tail: VecDeque<String>,
+    exit_code: Option<u8>,
+    /// When the init's first line arrived and the kernel uptime it printed.
+    init_seen: Option<(Duration, u64)>,
+    app_started: Option<Duration>,
+    init_steps: BTreeMap<String, u64>,
+    panicked: bool,
+}
+
+/// What the console said so far: its last lines, the app's exit code and the phase marks.
+#[derive(Clone, Default)]
+pub struct Console {
+    state: Arc<Mutex<ConsoleState>>,
+}
+
+impl Console {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One console line that arrived `at` after QEMU's start.
+    fn push(&self, line: &str, at: Duration) {
+        let mut st = self.lock();
+        if let Some(c) = exit_code_of(line) {
+            st.exit_code = Some(c);
+        }
+        if let Some(up) = init_uptime_ms(line) {
+            st.init_seen.get_or_insert((at, up));
+        }
+        if let Some(steps) = init_steps(line) {
+            st.init_steps = steps;
+        }
+        if line.contains("fuse-init: starting ") && line.contains(" as uid ") {
+            st.app_started.get_or_insert(at);
+        }
+        if line.contains("Kernel panic - not syncing") {
+            st.panicked = true;
+        }
+        if st.tail.len() == TAIL_LINES {
+            st.tail.pop_front();
+        }
+        st.tail.push_back(line.to_string());
+    }
+
+    /// The last lines (at most 40).
+    pub fn tail(&self) -> Vec<String> {
+        self.lock().tail.iter().cloned().collect()
+    }
+
+    /// The app's exit code, once the init reported it.
+    pub fn exit_code(&self) -> Option<u8> {
+        self.lock().exit_code
+    }
+
+    /// Did the guest kernel panic (e.g. dm-verity found a corrupted block)?
+    pub fn panicked(&self) -> bool {
+        self.lock().panicked
+    }
+
+    /// The phases so far; `healthy`: QEMU's start to the first healthy answer.
+    pub fn phases(&self, healthy: Option<Duration>) -> Phases {
+        let st = self.lock();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut p = Phases {
+            init_steps: st.init_steps.clone(),
+            total_ms: healthy.map(ms),
+            ..Default::default()
+        };
+        if let Some((at, up)) = st.init_seen {
+            p.kernel_ms = Some(up);
+            p.firmware_ms = Some(ms(at).saturating_sub(up));
+            p.init_ms = st.app_started.map(|a| ms(a.saturating_sub(at)));
+        }
+        if let (Some(a), Some(h)) = (st.app_started, healthy) {
+            p.app_ms = Some(ms(h.saturating_sub(a)));
+        }
+        p
+    }
+}
+
+/// The app's exit code from the init's last words on the console: its own code, or for an
+/// app ended by a signal 128 + the signal's number (as a shell reports it).
+pub fn exit_code_of(line: &str) -> Option<u8> {
+    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
+    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
+        return number(rest).map(|c| c.clamp(0, 255) as u8);
+    }
+    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
+    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
+}
+
+/// The kernel uptime (ms) in the init's first line: `fuse-init: starting (fuse-init X)
+/// at N ms of kernel uptime`.
+fn init_uptime_ms(line: &str) -> Option<u64> {
+    let rest = line.split("fuse-init: starting (fuse-init ").nth(1)?;
+    let rest = rest.split(") at ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The init's step times: `fuse-init: boot steps (ms): modules 12, layers 30, ...`.
+fn init_steps(line: &str) -> Option<BTreeMap<String, u64>> {
+    let rest = line.split("fuse-init: boot steps (ms): ").nth(1)?;
+    let mut out = BTreeMap::new();
+    for item in rest.split(',') {
+        let mut w = item.split_whitespace();
+        let (Some(k), Some(v)) = (w.next(), w.next()) else {
+            continue;
+        };
+        if let Ok(v) = v.parse() {
+            out.insert(k.to_string(), v);
+        }
+        if out.len() >= 16 {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// How waiting for health ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Answered 2xx this long after QEMU's start.
+    Healthy(Duration),
+    /// QEMU exited (the guest powered off, or was killed) before an answer.
+    Exited(String),
+    /// The guest kernel panicked: nothing will answer.
+    Panicked,
+    TimedOut,
+}
+
+/// How long one health request may take: short, so that a request sent while the guest
+/// boots (QEMU accepts the connection before the app listens) does not hold up the next.
+const HEALTH_ATTEMPT: Duration = Duration::from_millis(800);
+/// The pause between health requests.
+const HEALTH_POLL: Duration = Duration::from_millis(100);
+
+/// One local VM: QEMU with its console read into a [`Console`] and a QMP socket.
+pub struct Vm {
+    child: Child,
+    qmp: PathBuf,
+    pub accel: &'static str,
+    pub started: Instant,
+    pub console: Console,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    qemu_err: Console,
+}
+
+impl Vm {
+    /// Start QEMU on `img` (its own process group, killed if fuse dies); the console is
+    /// read from now on.
+    pub fn start(img: &PreparedImage, l: &Launch) -> Result<Vm> {
+        let qemu_bin = qemu_binary()?;
+        let (code, vars_template) = ovmf()?;
+        let vars = img.tmp.path().join("OVMF_VARS.fd");
+        std::fs::copy(&vars_template, &vars)
+            .with_context(|| format!("cannot copy {}", vars_template.display()))?;
+        let qmp = img.tmp.path().join("qmp.sock");
+        let accel = choose_accel(l.accel)?;
+        let spec = BootSpec {
+            image: &img.disk,
+            disk_format: img.driver,
+            vars: &vars,
+            code: &code,
+            accel,
+            memory_mib: l.memory_mib,
+            forwards: l.forwards,
+            config: l.config,
+        };
+        let mut cmd = command(&qemu_bin, &spec);
+        cmd.args(qmp_args(&qmp))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C reaches fuse only, which stops the VM.
+            .process_group(0);
+        // QEMU must not outlive fuse (killed CI job, second Ctrl-C).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
+        let console = Console::default();
+        let qemu_err = Console::default();
+        let out = child.stdout.take().context("no QEMU stdout")?;
+        let err = child.stderr.take().context("no QEMU stderr")?;
+        let readers = vec![
+            follow(out, console.clone(), started, l.echo, "console"),
+            follow(err, qemu_err.clone(), started, false, "qemu"),
+        ];
+        Ok(Vm {
+            child,
+            qmp,
+            accel,
+            started,
+            console,
+            readers,
+            qemu_err,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The QMP socket.
+    pub fn qmp_socket(&self) -> &Path {
+        &self.qmp
+    }
+
+    /// QEMU's own stderr lines (the last 40).
+    pub fn qemu_stderr(&self) -> Vec<String> {
+        self.qemu_err.tail()
+    }
+
+    /// Poll `url` (GET, healthy on 2xx) with short attempts until it answers, QEMU exits,
+    /// the guest kernel panics, or `timeout` (from QEMU's start) passes.
+    pub fn wait_healthy(&mut self, url: &str, timeout: Duration) -> Result<Health> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(HEALTH_ATTEMPT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot wait for QEMU")? {
+                self.join_readers();
+                return Ok(Health::Exited(status.to_string()));
+            }
+            if self.console.panicked() {
+                return Ok(Health::Panicked);
+            }
+            if agent
+                .get(url)
+                .call()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+            {
+                return Ok(Health::Healthy(self.started.elapsed()));
+            }
+            if self.started.elapsed() >= timeout {
+                return Ok(Health::TimedOut);
+            }
+            std::thread::sleep(HEALTH_POLL);
+        }
+    }
+
+    /// Stop the VM: the ACPI power button when `graceful` (the guest gets `grace` to power
+    /// off), then QMP `quit`, then a kill. How it ended: "powerdown", "quit" or "killed".
+    pub fn stop(&mut self, graceful: bool, grace: Duration) -> &'static str {
+        if graceful {
+            match qmp(&self.qmp, "system_powerdown") {
+                Ok(()) => {
+                    if self.wait_exit(grace) {
+                        return "powerdown";
+                    }
+                    tracing::info!(
+                        "the guest did not power off within {}s of the ACPI power button; stopping QEMU",
+                        grace.as_secs()
+                    );
+                }
+                Err(e) => tracing::warn!("cannot press the ACPI power button: {e:#}"),
+            }
+        }
+        if qmp(&self.qmp, "quit").is_ok() && self.wait_exit(Duration::from_secs(5)) {
+            return "quit";
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+        "killed"
+    }
+
+    /// Wait for QEMU to exit and for its console to be read to the end.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        let st = self.child.wait().context("waiting for QEMU")?;
+        self.join_readers();
+        Ok(st)
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => {
+                    self.join_readers();
+                    return true;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Read `r` line by line into `console` (each line timed from `started`), copying it to
+/// stdout when `echo`, until EOF.
+fn follow(
+    r: impl Read + Send + 'static,
+    console: Console,
+    started: Instant,
+    echo: bool,
+    label: &'static str,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        for line in BufReader::new(r).split(b'\n') {
+            let Ok(line) = line else { break };
+            let at = started.elapsed();
+            if echo {
+                let _ = out.write_all(&line);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            tracing::debug!("{label}| {text}");
+            console.push(&text, at);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_code_is_read_from_console() {
+        assert_eq!(
+            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
+            Some(3)
+        );
+        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
+        assert_eq!(exit_code_of("hello"), None);
+        assert_eq!(
+            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
+            Some(143)
+        );
+    }
+
+    #[test]
+    fn phases_come_from_console_arrival_times_and_the_inits_clocks() {
+        let c = Console::default();
+        let s = Duration::from_millis;
+        c.push("fuse-init: starting (fuse-init 0.1.0) at 3000 ms of kernel uptime", s(8000));
+        c.push("fuse-init: boot steps (ms): modules 120, layers 40, network 300, config 5", s(8500));
+        c.push("fuse-init: starting /app/hello as uid 1000 gid 1000 in /app (600 ms after fuse-init started)", s(8600));
+        let p = c.phases(Some(s(9100)));
+        assert_eq!(p.firmware_ms, Some(5000));
+        assert_eq!(p.kernel_ms, Some(3000));
+        assert_eq!(p.init_ms, Some(600));
+        assert_eq!(p.app_ms, Some(500));
+        assert_eq!(p.total_ms, Some(9100));
+        assert_eq!(p.init_steps["network"], 300);
+        assert_eq!(p.init_steps.len(), 4);
+        assert!(!c.panicked());
+        c.push("[ 9.1] Kernel panic - not syncing: dm-verity device corrupted", s(9200));
+        assert!(c.panicked());
+    }
+
+    #[test]
+    fn virtualization_flags_are_read_from_cpuinfo() {
+        assert!(cpu_has_virtualization("processor : 0\nflags\t\t: fpu vme vmx sse\n"));
+        assert!(cpu_has_virtualization("flags : svm lm\n"));
+        assert!(!cpu_has_virtualization("flags : fpu sse hypervisor\n"));
+    }
 
     #[test]
     fn probe_firmware_runs_under_tcg() {

@@ -18,7 +18,7 @@ mod sys;
 mod userconfig;
 mod verity;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -56,9 +56,15 @@ fn main() {
 
 /// Every step up to the app's exit. Returns when the app has exited.
 fn run() -> Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mask = app::block_signals()?;
-    log!("starting (fuse-init {})", env!("CARGO_PKG_VERSION"));
+    // The kernel's clock at this line, and the host's arrival time of it, split firmware
+    // from kernel time (`fuse test --json` phases).
+    log!(
+        "starting (fuse-init {}) at {} ms of kernel uptime",
+        env!("CARGO_PKG_VERSION"),
+        sys::uptime_ms()
+    );
 
     mounts::early().context("mounting /proc, /sys, /dev, /run")?;
     console::ensure_stdio();
@@ -72,18 +78,25 @@ fn run() -> Result<()> {
         cfg.modules.len(),
         cfg.app.argv.first().map(String::as_str).unwrap_or("")
     );
+    let t = Instant::now();
     modules::load_all(&cfg.modules);
     let hotplug = modules::Hotplug::start(
         modules::DeviceLoader::new(cfg.device_modules.clone()),
         HOTPLUG_POLL,
     );
+    let modules_ms = t.elapsed().as_millis();
+    // DHCP needs only the NIC's driver: it runs while the layers are set up.
+    let network = net::start(&cfg.hostname);
+
+    let t = Instant::now();
 
     let parts = verity::find_partitions(&cfg.layers, &cfg.verity, PARTITION_WAIT, POLL)?;
     for layer in &cfg.layers {
         if let Some(p) = parts.get(layer) {
             log!(
-                "layer {layer}: {} (GUID {})",
+                "layer {layer}: {} ({}, GUID {}), verified on access",
                 p.dev.display(),
+                p.majmin,
                 cfg.verity[layer].partuuid
             );
         }
@@ -107,16 +120,23 @@ fn run() -> Result<()> {
         );
     }
 
-    net::setup(&cfg.hostname, mounts::NEWROOT);
+    let layers_ms = t.elapsed().as_millis();
 
+    let t = Instant::now();
     let overrides = userconfig::load();
+    let config_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    net::finish(network, mounts::NEWROOT);
+    let network_ms = t.elapsed().as_millis();
     let env = app::build_env(&cfg.app.workdir, &cfg.app.env, &overrides);
     log!(
         "environment: {} variables ({})",
         env.len(),
         env.keys().cloned().collect::<Vec<_>>().join(", ")
     );
+    let mut device_ms = 0;
     if let Some(l) = hotplug.stop() {
+        device_ms = l.load_time.as_millis();
         log!(
             "loaded {} of {} device modules for the devices present ({} ms): {}",
             l.names.len(),
@@ -125,6 +145,9 @@ fn run() -> Result<()> {
             l.names.join(" ")
         );
     }
+    log!(
+        "boot steps (ms): modules {modules_ms}, layers {layers_ms}, network {network_ms}, config {config_ms}, devices {device_ms}"
+    );
     let prepared = app::Prepared::new(mounts::NEWROOT, &cfg.app, &env)?;
     let argv0 = cfg.app.argv.first().map(String::as_str).unwrap_or("");
     log!(

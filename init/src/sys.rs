@@ -94,3 +94,16 @@ pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     }
     Ok(buf)
 }
+
+/// Milliseconds since the kernel's clock started (CLOCK_BOOTTIME), 0 if unreadable.
+pub fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

@@ -2,13 +2,9 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::disk::read_meta;
-use crate::vm::{self, BootSpec};
+use crate::vm::{self, Health, Launch, Vm};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,17 +22,6 @@ pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
         bail!("port 0 in -p {s:?}");
     }
     Ok((h, g))
-}
-
-/// The app's exit code from the init's last words on the console: its own code, or for an
-/// app ended by a signal 128 + the signal's number (as a shell reports it).
-pub fn exit_code_of(line: &str) -> Option<u8> {
-    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
-    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
-        return number(rest).map(|c| c.clamp(0, 255) as u8);
-    }
-    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
-    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM received by `fuse run` so far.
@@ -90,51 +75,13 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
     }
 }
 
-/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
-/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
-pub fn bootable_disk(
-    image_path: &std::path::Path,
-    format: crate::export::Format,
-    raw: Vec<u8>,
-    tmp: &std::path::Path,
-) -> Result<(std::path::PathBuf, &'static str)> {
-    match format.qemu_driver() {
-        Some(driver) => Ok((
-            std::fs::canonicalize(image_path)
-                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
-            driver,
-        )),
-        None => {
-            let p = tmp.join("disk.raw");
-            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
-            Ok((p, "raw"))
-        }
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let image_path = if args.image.is_file() {
-        args.image.clone()
-    } else {
-        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
-    };
-    let opened = crate::export::detect_and_open(&image_path)?;
-    let meta = read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
-    let format = opened.format;
-    let raw = opened.raw;
+    let img = vm::prepare_disk(&args.image)?;
     if let Some(cfg) = &args.config {
         std::fs::metadata(cfg)
             .with_context(|| format!("cannot read config file {}", cfg.display()))?;
     }
-    let qemu_bin = vm::qemu_binary()?;
-    let (code, vars_template) = vm::ovmf()?;
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-    let qmp = tmp.path().join("qmp.sock");
+    let meta = &img.meta;
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(vm::free_port()?, meta.app.port)]
     } else {
@@ -143,30 +90,25 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = bootable_disk(&image_path, format, raw, tmp.path())?;
-    let spec = BootSpec {
-        image: &image,
-        disk_format,
-        vars: &vars,
-        code: &code,
-        accel,
-        memory_mib: args.memory,
-        forwards: &forwards,
-        config: args.config.as_deref(),
-    };
-    let mut cmd = vm::command(&qemu_bin, &spec);
-    // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
-    cmd.args(vm::qmp_args(&qmp));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0);
+    warn_missing_isa(meta);
     catch_stop_signals()?;
+    let mut vm = Vm::start(
+        &img,
+        &Launch {
+            accel: &args.accel,
+            memory_mib: args.memory,
+            forwards: &forwards,
+            config: args.config.as_deref(),
+            echo: true,
+        },
+    )?;
     tracing::info!(
-        "booting {} {} ({}, {format}) with {accel}; app port {} on http://127.0.0.1:{}/",
+        "booting {} {} ({}, {}) with {}; app port {} on http://127.0.0.1:{}/",
         meta.name,
         meta.version,
-        digest,
+        img.digest,
+        img.format,
+        vm.accel,
         meta.app.port,
         forwards[0].0
     );
@@ -174,36 +116,31 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         "fuse: app port {} forwarded to 127.0.0.1:{}",
         meta.app.port, forwards[0].0
     );
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
-    let stdout = child.stdout.take().context("no QEMU stdout")?;
     let done = Arc::new(AtomicBool::new(false));
     {
-        let (qmp, pid, done) = (qmp.clone(), child.id(), done.clone());
+        let (qmp, pid, done) = (vm.qmp_socket().to_path_buf(), vm.pid(), done.clone());
         std::thread::spawn(move || stop_watcher(qmp, pid, done));
     }
-
     if let Some(path) = meta.app.health_http.clone() {
         let url = format!("http://127.0.0.1:{}{}", forwards[0].0, path);
-        std::thread::spawn(move || wait_healthy(&url));
-    }
-    let mut code_seen = None;
-    let mut out = std::io::stdout();
-    for line in BufReader::new(stdout).split(b'\n') {
-        let Ok(line) = line else { break };
-        let text = String::from_utf8_lossy(&line);
-        if let Some(c) = exit_code_of(&text) {
-            code_seen = Some(c);
+        match vm.wait_healthy(&url, Duration::from_secs(600))? {
+            Health::Healthy(t) => {
+                eprintln!("fuse: healthy after {:.1}s: {url}", t.as_secs_f64());
+                tracing::debug!("boot phases: {}", vm.console.phases(Some(t)).summary());
+            }
+            Health::TimedOut => eprintln!("fuse: no healthy answer from {url} after 10 minutes"),
+            Health::Panicked => {
+                eprintln!("fuse: the guest kernel panicked; stopping the VM");
+                vm.stop(false, Duration::ZERO);
+            }
+            Health::Exited(_) => {}
         }
-        let _ = out.write_all(&line);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
     }
-    let status = child.wait().context("waiting for QEMU")?;
+    let status = vm.wait()?;
     done.store(true, Ordering::SeqCst);
-    match code_seen {
+    match vm.console.exit_code() {
         Some(c) => Ok(c),
+        None if vm.console.panicked() => bail!("the guest kernel panicked"),
         None if status.success() => {
             bail!("the VM powered off without the app's exit code on the console")
         }
@@ -211,28 +148,18 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     }
 }
 
-fn wait_healthy(url: &str) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(3)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(r) = agent.get(url).call() {
-            if r.status().is_success() {
-                eprintln!(
-                    "fuse: healthy after {:.1}s: {url}",
-                    started.elapsed().as_secs_f64()
-                );
-                return;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            eprintln!("fuse: no healthy answer from {url} after 10 minutes");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+/// Warns when this host's CPU lacks the x86-64 level the image's app needs (from its ELF
+/// notes): under KVM the guest gets the host's CPU, and the app would die with SIGILL.
+fn warn_missing_isa(meta: &crate::disk::ImageMeta) {
+    let Some(level) = meta.app.x86_64_level else {
+        return;
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let host = crate::format::elf::host_x86_64_level(&cpuinfo);
+    if host < level {
+        tracing::warn!(
+            "the app needs x86-64-v{level} (its ELF notes say so) and this host's CPU is x86-64-v{host}: under KVM it may die with SIGILL (TCG's -cpu max has it)"
+        );
     }
 }
 
@@ -246,19 +173,5 @@ mod tests {
         assert_eq!(parse_publish("80").unwrap(), (80, 80));
         assert!(parse_publish("x:1").is_err());
         assert!(parse_publish("0:1").is_err());
-    }
-
-    #[test]
-    fn exit_code_is_read_from_console() {
-        assert_eq!(
-            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
-            Some(3)
-        );
-        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
-        assert_eq!(exit_code_of("hello"), None);
-        assert_eq!(
-            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
-            Some(143)
-        );
     }
 }

@@ -1,28 +1,22 @@
 //! `fuse test IMAGE`: the acceptance smoke test of a CI pipeline. Boots the image headless
 //! (as `fuse run` does), waits for its `[health]` answer, reports the time to healthy and
-//! checks the `boot` budget, then stops the VM with the ACPI power button (QMP
-//! `system_powerdown`; `quit`, then a kill, when the guest does not power off).
+//! its phases and checks the `boot` budget, then stops the VM at once (QMP `quit`, then a
+//! kill); a VM that never answered gets the ACPI power button first.
 //!
 //! Exit codes: 0 healthy (within the boot budget), 1 never healthy within `--timeout` (the
 //! console's last lines go to stderr), 3 healthy but over the boot budget, 2 an error.
 
 use crate::budget::{self, Check, Limit};
 use crate::cli::TestArgs;
-use crate::disk::{read_meta, ImageMeta};
-use crate::vm::{self, BootSpec};
+use crate::disk::ImageMeta;
+use crate::vm::{self, Health, Launch, Phases, Vm};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Version of the `fuse test --json` object.
 pub const TEST_JSON_SCHEMA: u32 = 1;
-/// Console lines kept for the failure report.
-const TAIL_LINES: usize = 40;
 /// How long the guest gets to power off after the ACPI power button.
 const POWERDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -44,6 +38,8 @@ pub struct TestReport {
     pub healthy: bool,
     /// Milliseconds from QEMU's start to the first healthy answer.
     pub time_to_healthy_ms: Option<u64>,
+    /// Where the time went: firmware, kernel, init (and its steps), app to healthy.
+    pub phases: Phases,
     pub timeout_s: u64,
     /// The boot budget's check, when there is a budget.
     pub budget: Option<Check>,
@@ -114,116 +110,13 @@ fn boot_budget(
     Ok((None, None))
 }
 
-/// The last lines of a stream, kept while it is read.
-#[derive(Clone, Default)]
-struct Tail {
-    lines: Arc<Mutex<VecDeque<String>>>,
-    exit_code: Arc<Mutex<Option<u8>>>,
-}
-
-impl Tail {
-    fn push(&self, line: String) {
-        if let Some(c) = crate::commands::run::exit_code_of(&line) {
-            *self.exit_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-        }
-        let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() == TAIL_LINES {
-            l.pop_front();
-        }
-        l.push_back(line);
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    fn exit_code(&self) -> Option<u8> {
-        *self.exit_code.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Read `r` line by line into the tail (console lines at debug level) until EOF.
-    fn follow(
-        &self,
-        r: impl Read + Send + 'static,
-        label: &'static str,
-    ) -> std::thread::JoinHandle<()> {
-        let t = self.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).split(b'\n') {
-                let Ok(line) = line else { break };
-                let text = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
-                tracing::debug!("{label}| {text}");
-                t.push(text);
-            }
-        })
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return true,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            _ => return false,
-        }
-    }
-}
-
-/// Stop the VM: ACPI power button (when `graceful`), then QMP quit, then kill. How it ended.
-fn stop(child: &mut Child, qmp: &Path, graceful: bool) -> &'static str {
-    if graceful {
-        match vm::qmp(qmp, "system_powerdown") {
-            Ok(()) => {
-                if wait_exit(child, POWERDOWN_GRACE) {
-                    return "powerdown";
-                }
-                tracing::info!(
-                    "the guest did not power off within {}s of the ACPI power button; stopping QEMU",
-                    POWERDOWN_GRACE.as_secs()
-                );
-            }
-            Err(e) => tracing::warn!("cannot press the ACPI power button: {e:#}"),
-        }
-    }
-    if vm::qmp(qmp, "quit").is_ok() && wait_exit(child, Duration::from_secs(5)) {
-        return "quit";
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    "killed"
-}
-
-/// Is `url` answering 2xx?
-fn healthy(agent: &ureq::Agent, url: &str) -> bool {
-    agent
-        .get(url)
-        .call()
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
-}
-
 pub fn run(args: &TestArgs) -> Result<u8> {
-    let image_path = if args.image.is_file() {
-        args.image.clone()
-    } else {
-        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
-    };
-    let opened = crate::export::detect_and_open(&image_path)?;
-    let meta = read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
+    let img = vm::prepare_disk(&args.image)?;
+    let meta = &img.meta;
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",
-            image_path.display()
+            img.path.display()
         );
     };
     if let Some(cfg) = &args.config {
@@ -233,105 +126,59 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    let (limit, budget_source) = boot_budget(args, &image_path, &meta)?;
+    let (limit, budget_source) = boot_budget(args, &img.path, meta)?;
 
-    let qemu_bin = vm::qemu_binary()?;
-    let (code, vars_template) = vm::ovmf()?;
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-    let qmp = tmp.path().join("qmp.sock");
     let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
-    let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) =
-        super::run::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
-    let spec = BootSpec {
-        image: &image,
-        disk_format,
-        vars: &vars,
-        code: &code,
-        accel,
-        memory_mib: args.memory,
-        forwards: &forwards,
-        config: args.config.as_deref(),
-    };
-    let mut cmd = vm::command(&qemu_bin, &spec);
-    cmd.args(vm::qmp_args(&qmp))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // QEMU must not outlive fuse (killed CI job, Ctrl-C).
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let url = format!("http://127.0.0.1:{port}{health}");
+    let mut vm = Vm::start(
+        &img,
+        &Launch {
+            accel: &args.accel,
+            memory_mib: args.memory,
+            forwards: &forwards,
+            config: args.config.as_deref(),
+            echo: false,
+        },
+    )?;
     tracing::info!(
-        "testing {} {} ({digest}) with {accel}: waiting up to {}s for {url}",
+        "testing {} {} ({}) with {}: waiting up to {}s for {url}",
         meta.name,
         meta.version,
+        img.digest,
+        vm.accel,
         args.timeout
     );
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
-    let console = Tail::default();
-    let qemu_err = Tail::default();
-    let out_reader = console.follow(child.stdout.take().context("no QEMU stdout")?, "console");
-    let err_reader = qemu_err.follow(child.stderr.take().context("no QEMU stderr")?, "qemu");
-
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(3)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let timeout = Duration::from_secs(args.timeout);
-    let mut time_to_healthy = None;
-    let mut failure = None;
-    let mut stopped = None;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let _ = out_reader.join();
-                let _ = err_reader.join();
-                failure = Some(match console.exit_code() {
-                    Some(c) => format!(
-                        "the app exited with code {c} after {:.1}s, before answering {health}",
-                        started.elapsed().as_secs_f64()
-                    ),
-                    None => format!(
-                        "the VM stopped ({status}) after {:.1}s, before the app answered {health}",
-                        started.elapsed().as_secs_f64()
-                    ),
-                });
-                stopped = Some("exited");
-                break;
-            }
-            Ok(None) => {}
-            Err(e) => bail!("cannot wait for QEMU: {e}"),
+    let waited = vm.wait_healthy(&url, Duration::from_secs(args.timeout))?;
+    let secs = vm.started.elapsed().as_secs_f64();
+    let (time_to_healthy, failure, stop) = match waited {
+        // The verdict is in: nothing of the guest is kept (its disk is read-only), so QEMU
+        // quits at once instead of waiting for an orderly power-off.
+        Health::Healthy(t) => (Some(t), None, vm.stop(false, Duration::ZERO)),
+        Health::Exited(status) => {
+            let why = match vm.console.exit_code() {
+                Some(c) => format!("the app exited with code {c} after {secs:.1}s, before answering {health}"),
+                None => format!(
+                    "the VM stopped ({status}) after {secs:.1}s, before the app answered {health}"
+                ),
+            };
+            (None, Some(why), "exited")
         }
-        if healthy(&agent, &url) {
-            time_to_healthy = Some(started.elapsed());
-            break;
-        }
-        if started.elapsed() >= timeout {
-            failure = Some(format!(
+        Health::Panicked => (
+            None,
+            Some(format!(
+                "the guest kernel panicked after {secs:.1}s, before the app answered {health}"
+            )),
+            vm.stop(false, Duration::ZERO),
+        ),
+        Health::TimedOut => (
+            None,
+            Some(format!(
                 "no healthy answer from {health} within {}s",
                 args.timeout
-            ));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let stop = match stopped {
-        Some(s) => s,
-        None => stop(&mut child, &qmp, failure.is_none()),
+            )),
+            vm.stop(true, POWERDOWN_GRACE),
+        ),
     };
     let ms = time_to_healthy.map(|d| d.as_millis() as u64);
     let check = ms.and_then(|ms| {
@@ -350,30 +197,33 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     };
     let mut tail = Vec::new();
     if failure.is_some() {
-        tail = console.lines();
-        let errs = qemu_err.lines();
+        tail = vm.console.tail();
+        let errs = vm.qemu_stderr();
         if !errs.is_empty() {
             tail.push("-- QEMU's stderr:".into());
             tail.extend(errs);
         }
     }
+    let phases = vm.console.phases(time_to_healthy);
+    tracing::debug!("boot phases: {}", phases.summary());
     let report = TestReport {
         schema: TEST_JSON_SCHEMA,
         result: result.into(),
         exit_code,
-        image: image_path.display().to_string(),
-        digest,
+        image: img.path.display().to_string(),
+        digest: img.digest.clone(),
         name: meta.name.clone(),
         version: meta.version.clone(),
-        accel: accel.into(),
+        accel: vm.accel.into(),
         health_url: url,
         healthy: time_to_healthy.is_some(),
         time_to_healthy_ms: ms,
+        phases,
         timeout_s: args.timeout,
         budget: check,
         budget_source,
         stop: stop.into(),
-        app_exit_code: console.exit_code(),
+        app_exit_code: vm.console.exit_code(),
         failure,
         console_tail: tail,
     };

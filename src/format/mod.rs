@@ -2,6 +2,7 @@
 
 pub mod authenticode;
 pub mod cpio;
+pub mod elf;
 pub mod fat;
 pub mod gpt;
 pub mod jar;

@@ -671,6 +671,7 @@ pub(crate) mod tests {
                 env_args: None,
                 stop_timeout: Some(30),
                 writable: Vec::new(),
+                x86_64_level: None,
             },
             layers: vec![
                 LayerMeta {

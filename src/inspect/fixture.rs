@@ -146,6 +146,7 @@ pub(crate) fn build_with(
             env_args: None,
             stop_timeout: Some(30),
             writable: Vec::new(),
+                x86_64_level: None,
         },
         layers,
         disk_size: None,

@@ -252,6 +252,11 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             "  stop        power button: SIGTERM, SIGKILL after {t} s\n"
         ));
     }
+    if let Some(l) = a.x86_64_level {
+        o.push_str(&format!(
+            "  cpu         x86-64-v{l} (the app's ELF notes: GNU_PROPERTY_X86_ISA_1_NEEDED)\n"
+        ));
+    }
     if !a.writable.is_empty() {
         o.push_str(&format!(
             "  writable    {} (tmpfs, owned by the app user)\n",

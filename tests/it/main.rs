@@ -8,6 +8,7 @@ mod ci;
 mod config;
 mod export;
 mod fixture;
+mod flask;
 mod hostile;
 mod inspect;
 mod libs;

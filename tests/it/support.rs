@@ -198,6 +198,8 @@ impl Vm {
                 "q35",
                 "-accel",
                 accel,
+                "-cpu",
+                fuse::vm::cpu_model(accel),
                 "-m",
                 "512",
                 "-display",
@@ -274,6 +276,22 @@ impl Vm {
             }
             if let Ok(Some(_)) = self.child.try_wait() {
                 return self.console().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    }
+
+    /// Wait until the console contains one of `needles` or QEMU exits; true if either.
+    pub fn wait_console_any(&mut self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let c = self.console();
+            if needles.iter().any(|n| c.contains(n)) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(300));
         }

@@ -28,9 +28,37 @@ const MAX_RETRY: Duration = Duration::from_secs(4);
 /// ARPHRD_ETHER, the `type` of Ethernet-like interfaces in sysfs.
 const ARPHRD_ETHER: &str = "1";
 
-/// Brings up networking and writes the host name files into `newroot`. Never fails.
-pub fn setup(default_hostname: &str, newroot: &str) {
-    let lease = match configure(default_hostname) {
+/// Networking under way in its own thread (loopback, interface, DHCP), started as soon as
+/// the drivers are loading: it needs nothing of the layers, which are set up meanwhile.
+pub struct Pending(Option<std::thread::JoinHandle<Result<Option<Lease>>>>, String);
+
+/// Starts [`configure`] in a thread (or runs it here when no thread can be made).
+pub fn start(default_hostname: &str) -> Pending {
+    let h = default_hostname.to_string();
+    match std::thread::Builder::new()
+        .name("network".into())
+        .spawn(move || configure(&h))
+    {
+        Ok(t) => Pending(Some(t), default_hostname.to_string()),
+        Err(e) => {
+            log!("warning: cannot start the network thread ({e}); configuring here");
+            Pending(None, default_hostname.to_string())
+        }
+    }
+}
+
+/// Waits for the network (joining its thread: PID 1 is single-threaded again when the
+/// app is forked), sets the host name and writes the host name files into `newroot`.
+/// Never fails.
+pub fn finish(p: Pending, newroot: &str) {
+    let Pending(thread, default_hostname) = p;
+    let result = match thread {
+        Some(t) => t
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the network thread panicked"))),
+        None => configure(&default_hostname),
+    };
+    let lease = match result {
         Ok(lease) => lease,
         Err(e) => {
             log!("warning: network: {e:#}; continuing without network");
@@ -39,7 +67,7 @@ pub fn setup(default_hostname: &str, newroot: &str) {
     };
     let hostname = choose_hostname(
         lease.as_ref().and_then(|l| l.hostname.as_deref()),
-        default_hostname,
+        &default_hostname,
     );
     if let Err(e) = crate::sys::sethostname(&hostname) {
         log!("warning: sethostname {hostname}: {e}");
