@@ -82,7 +82,7 @@ for ex in ${*:-hello jar-hello war-hello flask}; do
             img=$(ls "$work/out-$tree-$ex"/*.img)
             load=$(cut -d' ' -f1-3 /proc/loadavg)
             t0=$(now)
-            "$bin" test "$img" --json --accel "${ACCEL:-tcg}" --timeout 600 --boot-budget 1h >"$work/test.json" 2>"$work/test.log" || true
+            "$bin" test "$img" --json --accel "${ACCEL:-tcg}" --timeout 600 --boot-budget 3600s >"$work/test.json" 2>"$work/test.log" || true
             t1=$(now)
             printf '%-10s %-4s run %s  fuse test %5.1fs  %s  (load %s)\n' "$ex" "$tree" "$run" \
                 "$(echo "$t1 - $t0" | bc)" "$(summary "$work/test.json")" "$load"

@@ -400,9 +400,9 @@ const TAIL_LINES: usize = 40;
 /// from QEMU's start) and the guest's own clocks the init prints.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Phases {
-    /// QEMU's start to the kernel's clock starting: OVMF, the EFI stub, decompression.
+    /// QEMU's start to OVMF starting the boot entry (the UKI).
     pub firmware_ms: Option<u64>,
-    /// The kernel's clock start to the init's first line.
+    /// The UKI's start (EFI stub, decompression, kernel, initramfs) to the init's first line.
     pub kernel_ms: Option<u64>,
     /// The init's first line to the app's start.
     pub init_ms: Option<u64>,
@@ -441,6 +441,8 @@ impl Phases {
 struct ConsoleState {
     tail: VecDeque<String>,
     exit_code: Option<u8>,
+    /// When OVMF said it starts the boot entry (the UKI): the end of the firmware.
+    firmware_done: Option<Duration>,
     /// When the init's first line arrived and the kernel uptime it printed.
     init_seen: Option<(Duration, u64)>,
     app_started: Option<Duration>,
@@ -464,6 +466,9 @@ impl Console {
         let mut st = self.lock();
         if let Some(c) = exit_code_of(line) {
             st.exit_code = Some(c);
+        }
+        if line.contains("BdsDxe: starting ") {
+            st.firmware_done.get_or_insert(at);
         }
         if let Some(up) = init_uptime_ms(line) {
             st.init_seen.get_or_insert((at, up));
@@ -508,8 +513,16 @@ impl Console {
             ..Default::default()
         };
         if let Some((at, up)) = st.init_seen {
-            p.kernel_ms = Some(up);
-            p.firmware_ms = Some(ms(at).saturating_sub(up));
+            // The firmware ends where OVMF starts the UKI (its `BdsDxe: starting` line).
+            // Without that line, the kernel's clock: it starts with the kernel on a CPU
+            // without an invariant TSC, but counts from the machine's reset with one
+            // (`-cpu max`/`host`), so it is used only when it is the shorter.
+            let fw = match st.firmware_done {
+                Some(f) => ms(f),
+                None => ms(at).saturating_sub(up),
+            };
+            p.firmware_ms = Some(fw);
+            p.kernel_ms = Some(ms(at).saturating_sub(fw));
             p.init_ms = st.app_started.map(|a| ms(a.saturating_sub(at)));
         }
         if let (Some(a), Some(h)) = (st.app_started, healthy) {
@@ -805,25 +818,41 @@ mod tests {
     fn phases_come_from_console_arrival_times_and_the_inits_clocks() {
         let c = Console::default();
         let s = Duration::from_millis;
-        c.push("fuse-init: starting (fuse-init 0.1.0) at 3000 ms of kernel uptime", s(8000));
-        c.push("fuse-init: boot steps (ms): modules 120, layers 40, network 300, config 5", s(8500));
+        c.push(
+            "fuse-init: starting (fuse-init 0.1.0) at 3000 ms of kernel uptime",
+            s(8000),
+        );
+        assert_eq!(c.phases(None).firmware_ms, Some(5000));
+        c.push(
+            "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
+            s(4000),
+        );
+        c.push(
+            "fuse-init: boot steps (ms): modules 120, layers 40, network 300, config 5",
+            s(8500),
+        );
         c.push("fuse-init: starting /app/hello as uid 1000 gid 1000 in /app (600 ms after fuse-init started)", s(8600));
         let p = c.phases(Some(s(9100)));
-        assert_eq!(p.firmware_ms, Some(5000));
-        assert_eq!(p.kernel_ms, Some(3000));
+        assert_eq!(p.firmware_ms, Some(4000));
+        assert_eq!(p.kernel_ms, Some(4000));
         assert_eq!(p.init_ms, Some(600));
         assert_eq!(p.app_ms, Some(500));
         assert_eq!(p.total_ms, Some(9100));
         assert_eq!(p.init_steps["network"], 300);
         assert_eq!(p.init_steps.len(), 4);
         assert!(!c.panicked());
-        c.push("[ 9.1] Kernel panic - not syncing: dm-verity device corrupted", s(9200));
+        c.push(
+            "[ 9.1] Kernel panic - not syncing: dm-verity device corrupted",
+            s(9200),
+        );
         assert!(c.panicked());
     }
 
     #[test]
     fn virtualization_flags_are_read_from_cpuinfo() {
-        assert!(cpu_has_virtualization("processor : 0\nflags\t\t: fpu vme vmx sse\n"));
+        assert!(cpu_has_virtualization(
+            "processor : 0\nflags\t\t: fpu vme vmx sse\n"
+        ));
         assert!(cpu_has_virtualization("flags : svm lm\n"));
         assert!(!cpu_has_virtualization("flags : fpu sse hypervisor\n"));
     }

@@ -285,4 +285,3 @@ pub fn build(
     }
     Ok(built)
 }
-

@@ -157,7 +157,9 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         Health::Healthy(t) => (Some(t), None, vm.stop(false, Duration::ZERO)),
         Health::Exited(status) => {
             let why = match vm.console.exit_code() {
-                Some(c) => format!("the app exited with code {c} after {secs:.1}s, before answering {health}"),
+                Some(c) => format!(
+                    "the app exited with code {c} after {secs:.1}s, before answering {health}"
+                ),
                 None => format!(
                     "the VM stopped ({status}) after {secs:.1}s, before the app answered {health}"
                 ),

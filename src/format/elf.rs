@@ -93,7 +93,10 @@ pub fn host_x86_64_level(cpuinfo: &str) -> u8 {
     let has: std::collections::BTreeSet<&str> = flags.split_whitespace().collect();
     let all = |fs: &[&str]| fs.iter().all(|f| has.contains(f));
     let v2 = all(&["cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"]);
-    let v3 = v2 && all(&["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"]);
+    let v3 = v2
+        && all(&[
+            "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
+        ]);
     let v4 = v3 && all(&["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]);
     1 + u8::from(v2) + u8::from(v3) + u8::from(v4)
 }
@@ -123,7 +126,8 @@ mod tests {
         note.extend_from_slice(&[0; 4]);
         let ph = 64;
         e[ph..ph + 4].copy_from_slice(&PT_NOTE.to_le_bytes());
-        e[ph + 8..ph + 16].copy_from_slice(&(e.len() as u64).to_le_bytes());
+        let at = e.len() as u64;
+        e[ph + 8..ph + 16].copy_from_slice(&at.to_le_bytes());
         e[ph + 32..ph + 40].copy_from_slice(&(note.len() as u64).to_le_bytes());
         e[ph + 48..ph + 56].copy_from_slice(&8u64.to_le_bytes());
         e.extend_from_slice(&note);

@@ -99,7 +99,10 @@ fn flask_numpy_app_passes_fuse_test() {
         .map(|k| p[k].as_u64().unwrap_or_else(|| panic!("no {k}: {v}")))
         .sum();
     let total = v["time_to_healthy_ms"].as_u64().unwrap();
-    assert!(sum.abs_diff(total) < 1500, "phases {sum} ms vs {total} ms: {v}");
+    assert!(
+        sum.abs_diff(total) < 1500,
+        "phases {sum} ms vs {total} ms: {v}"
+    );
     for step in ["modules", "layers", "network", "config"] {
         assert!(p["init_steps"][step].is_u64(), "no init step {step}: {v}");
     }

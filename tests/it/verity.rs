@@ -40,7 +40,10 @@ fn expect_fatal(image: &Path, layer: &str) {
         Duration::from_secs(300),
     );
     let console = vm.console();
-    assert!(stopped, "the VM did not stop by itself; console:\n{console}");
+    assert!(
+        stopped,
+        "the VM did not stop by itself; console:\n{console}"
+    );
     let fatal = console.contains(&format!(
         "fuse-init: FATAL: layer {layer} failed verification"
     ));

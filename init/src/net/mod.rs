@@ -30,7 +30,10 @@ const ARPHRD_ETHER: &str = "1";
 
 /// Networking under way in its own thread (loopback, interface, DHCP), started as soon as
 /// the drivers are loading: it needs nothing of the layers, which are set up meanwhile.
-pub struct Pending(Option<std::thread::JoinHandle<Result<Option<Lease>>>>, String);
+pub struct Pending(
+    Option<std::thread::JoinHandle<Result<Option<Lease>>>>,
+    String,
+);
 
 /// Starts [`configure`] in a thread (or runs it here when no thread can be made).
 pub fn start(default_hostname: &str) -> Pending {
