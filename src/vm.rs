@@ -393,6 +393,24 @@ pub struct Launch<'a> {
     pub echo: bool,
 }
 
+impl<'a> Launch<'a> {
+    pub fn new(
+        accel: &'a str,
+        memory_mib: u32,
+        forwards: &'a [(u16, u16)],
+        config: Option<&'a Path>,
+        echo: bool,
+    ) -> Launch<'a> {
+        Launch {
+            accel,
+            memory_mib,
+            forwards,
+            config,
+            echo,
+        }
+    }
+}
+
 /// Console lines kept for a failure report.
 const TAIL_LINES: usize = 40;
 

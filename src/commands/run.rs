@@ -92,16 +92,14 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     };
     warn_missing_isa(meta);
     catch_stop_signals()?;
-    let mut vm = Vm::start(
-        &img,
-        &Launch {
-            accel: &args.accel,
-            memory_mib: args.memory,
-            forwards: &forwards,
-            config: args.config.as_deref(),
-            echo: true,
-        },
-    )?;
+    let l = Launch::new(
+        &args.accel,
+        args.memory,
+        &forwards,
+        args.config.as_deref(),
+        true,
+    );
+    let mut vm = Vm::start(&img, &l)?;
     tracing::info!(
         "booting {} {} ({}, {}) with {}; app port {} on http://127.0.0.1:{}/",
         meta.name,

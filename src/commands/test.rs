@@ -131,16 +131,14 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
     let url = format!("http://127.0.0.1:{port}{health}");
-    let mut vm = Vm::start(
-        &img,
-        &Launch {
-            accel: &args.accel,
-            memory_mib: args.memory,
-            forwards: &forwards,
-            config: args.config.as_deref(),
-            echo: false,
-        },
-    )?;
+    let l = Launch::new(
+        &args.accel,
+        args.memory,
+        &forwards,
+        args.config.as_deref(),
+        false,
+    );
+    let mut vm = Vm::start(&img, &l)?;
     tracing::info!(
         "testing {} {} ({}) with {}: waiting up to {}s for {url}",
         meta.name,
