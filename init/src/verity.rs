@@ -1,7 +1,7 @@
 //! Verified layers: finds each layer's partition by its GPT partition GUID (read from the
 //! disks' own GPTs), sets it up as a dm-verity device with the device-mapper ioctls on
-//! `/dev/mapper/control` (no dmsetup, no libdevmapper), and reads it once end to end so a
-//! corrupted block stops the boot before anything runs from it.
+//! `/dev/mapper/control` (no dmsetup, no libdevmapper), verified on access: a corrupted
+//! block halts the kernel (`panic_on_corruption`) before its bytes are used.
 //!
 //! Device-mapper ioctl protocol (`linux/dm-ioctl.h`): every call passes a buffer that starts
 //! with `struct dm_ioctl` (312 bytes: `version[3]` u32 @0, `data_size` u32 @12,
@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -23,7 +23,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 /// The x86-64 level (1..=4) a 64-bit little-endian x86-64 ELF object says it needs, or
 /// None when it is not such an object or has no ISA-needed property.
 pub fn x86_64_level_needed(elf: &[u8]) -> Option<u8> {
-    if elf.get(0..4)? != b"\x7fELF" || elf.get(4)? != &2 || elf.get(5)? != &1 {
+    if elf.get(0..4)? != b"\x7fELF" || *elf.get(4)? != 2 || *elf.get(5)? != 1 {
         return None;
     }
     if u16_at(elf, 18)? != 62 {
