@@ -63,7 +63,9 @@ fn notes_level(notes: &[u8], align: usize) -> Option<u8> {
         let descsz = u32_at(notes, at + 4)? as usize;
         let ntype = u32_at(notes, at + 8)?;
         let name_at = at + 12;
-        let desc_at = name_at.checked_add(pad(namesz))?;
+        // Offsets are aligned (name and descriptor start on `align` boundaries of the
+        // segment), not lengths: 12 + "GNU\0" = 16 is already 8-aligned.
+        let desc_at = pad(name_at.checked_add(namesz)?);
         let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
         if ntype == NT_GNU_PROPERTY_TYPE_0 && notes.get(name_at..name_at + namesz)? == b"GNU\0" {
             let mut p = 0;
@@ -80,7 +82,7 @@ fn notes_level(notes: &[u8], align: usize) -> Option<u8> {
                 p = p.checked_add(8 + datasz.div_ceil(8) * 8)?;
             }
         }
-        at = desc_at.checked_add(pad(descsz))?;
+        at = pad(desc_at.checked_add(descsz)?);
     }
     level
 }
