@@ -192,6 +192,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         .filter(|e| args.image.as_deref().is_none_or(|i| e.image == i))
         .collect();
     cur.sort_by(|a, b| (&a.image, rank(&a.env), &a.env).cmp(&(&b.image, rank(&b.env), &b.env)));
+    let servers = env_servers(&project, &all, args.image.as_deref());
     if args.json {
         println!(
             "{}",
@@ -199,6 +200,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
                 "ledger": project.ledger,
                 "order": project.order,
                 "current": cur,
+                "servers": servers,
                 "history": history,
             }))?
         );
@@ -221,6 +223,22 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         })
         .collect();
     print_table(&["IMAGE", "ENV", "VERSION", "DIGEST", "SINCE", "BY"], &rows);
+    for (env, list) in &servers {
+        println!();
+        println!("servers of {env}:");
+        let rows: Vec<[String; 4]> = list
+            .iter()
+            .map(|s| {
+                [
+                    s.name.clone(),
+                    s.address.clone().unwrap_or_else(|| "-".into()),
+                    s.health.clone(),
+                    s.digest.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ADDRESS", "HEALTH", "DIGEST"], &rows);
+    }
     println!();
     println!("history ({}):", project.ledger.display());
     for e in history {
@@ -237,7 +255,82 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         if let Some(r) = &e.registry {
             line.push_str(&format!(" registry {r}"));
         }
+        if let Some(d) = &e.deploy {
+            line.push_str(&format!(
+                " {} {} ({} servers)",
+                d.kind,
+                d.result,
+                d.servers.len()
+            ));
+            if let Some(err) = &d.error {
+                line.push_str(&format!(": {}", err.lines().next().unwrap_or("")));
+            }
+        }
         println!("{line}");
     }
     Ok(0)
+}
+
+/// One server of an environment as `fuse envs` shows it.
+#[derive(serde::Serialize)]
+struct ServerView {
+    name: String,
+    address: Option<String>,
+    /// `healthy`, `unhealthy` (no answer to the image's [health]) or `unknown`.
+    health: String,
+    digest: String,
+}
+
+/// The servers of every environment with a target (leftovers of interrupted deployments are
+/// removed first); an unreachable target is reported and skipped.
+fn env_servers(
+    project: &ledger::Project,
+    all: &[Entry],
+    image: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<ServerView>> {
+    let mut out = std::collections::BTreeMap::new();
+    for env in &project.envs {
+        let listed = (|| -> Result<Vec<ServerView>> {
+            let (mut target, mut switch) = crate::deploy::connect(env)?;
+            target.check()?;
+            if switch.check().is_ok() {
+                crate::deploy::reconcile(all, image, &env.name, target.as_mut(), switch.as_mut())?;
+            }
+            let mut v = vec![];
+            for s in target.servers(&env.name)? {
+                let address = target.address(&s)?;
+                let path = crate::deploy::Image::open(&s.digest)
+                    .ok()
+                    .and_then(|i| i.meta.app.health_http);
+                let health = match (&address, path) {
+                    (Some(a), Some(p)) => {
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .timeout_global(Some(std::time::Duration::from_secs(3)))
+                            .http_status_as_error(false)
+                            .build()
+                            .into();
+                        match agent.get(format!("http://{a}{p}")).call() {
+                            Ok(r) if r.status().is_success() => "healthy",
+                            _ => "unhealthy",
+                        }
+                    }
+                    _ => "unknown",
+                };
+                v.push(ServerView {
+                    name: s.name,
+                    address,
+                    health: health.into(),
+                    digest: s.digest,
+                });
+            }
+            Ok(v)
+        })();
+        match listed {
+            Ok(v) => {
+                out.insert(env.name.clone(), v);
+            }
+            Err(e) => tracing::warn!("environment {}: cannot list its servers: {e:#}", env.name),
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@ mod boot;
 mod build;
 mod ci;
 mod config;
+mod deploy;
 mod export;
 mod fixture;
 mod hostile;
