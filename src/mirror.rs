@@ -332,6 +332,14 @@ impl Archive {
                 pkg.filename
             );
         }
+        // One process downloads a blob at a time; a waiter finds it in the cache.
+        let _lock = store.lock_blob(&pkg.sha256)?;
+        if let Some(b) = store
+            .get(&pkg.sha256)
+            .with_context(|| format!("package {} {}", pkg.name, pkg.version))?
+        {
+            return Ok(b);
+        }
         let url = join_url(&self.url, &pkg.filename);
         tracing::info!(
             "fetching {} {} ({} KiB)",
@@ -366,6 +374,10 @@ fn index_file(
         .files
         .get(path)
         .with_context(|| format!("the Release file does not list {path}"))?;
+    if let Some(b) = store.get(&entry.sha256)? {
+        return Ok(b);
+    }
+    let _lock = store.lock_blob(&entry.sha256)?;
     if let Some(b) = store.get(&entry.sha256)? {
         return Ok(b);
     }
@@ -435,11 +447,17 @@ pub fn fetch_pins(
                         if p.path.split('/').any(|c| c == ".." || c.is_empty()) {
                             bail!("suspicious path {:?}", p.path);
                         }
+                        // The partial file has one writer: whoever holds the blob's
+                        // lock. Another build that fetched it meanwhile left it cached.
+                        let _lock = store.lock_blob(&p.sha256)?;
+                        if store.blob_path(&p.sha256).exists() {
+                            if let Some(bar) = &bar {
+                                bar.inc(p.size);
+                            }
+                            return Ok(());
+                        }
                         let url = join_url(&base, &p.path);
-                        let partial = store
-                            .root()
-                            .join("partial")
-                            .join(format!("{}.part", p.sha256));
+                        let partial = store.partial_path(&p.sha256);
                         let b = fetcher.get_resumable(&url, p.size, &partial)?;
                         let got = sha256_hex(&b);
                         if got != p.sha256 {

@@ -207,6 +207,7 @@ pub fn build(
     let mut json = serde_json::to_vec_pretty(&disk.meta)?;
     json.push(b'\n');
     let t = Instant::now();
+    crate::util::fs::remove_stale_temps(&out);
     crate::util::fs::write_atomic(&img_path, &disk.bytes)?;
     crate::util::fs::set_mode(&img_path, 0o644)?;
     crate::util::fs::write_atomic(&json_path, &json)?;
@@ -280,4 +281,3 @@ pub fn build(
     }
     Ok(built)
 }
-
