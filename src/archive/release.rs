@@ -1097,7 +1097,7 @@ mod tests {
         // `gen_key_of(KeyType::Rsa(2048), 7, KEY_TIME)`; stored because RSA
         // key generation takes many seconds in debug builds).
         let (k, _) = SignedSecretKey::from_armor_single(
-            include_bytes!("testdata/rsa2048-test-key.sec.asc").as_slice(),
+            include_bytes!("../../fixtures/rsa2048-test-key.sec.asc").as_slice(),
         )
         .unwrap();
         let ring = Keyring::from_bytes(&public_bytes(&[&k])).unwrap();

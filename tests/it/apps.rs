@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 /// The stop timeout of the lifecycle image (short, so the SIGKILL test is quick).
 const STOP_TIMEOUT: u64 = 6;
 
-/// tests/data/lifecycle.c compiled static.
+/// fixtures/lifecycle.c compiled static.
 fn lifecycle_binary(dir: &Path) -> PathBuf {
     let out = dir.join("lifecycle");
     let st = Command::new("gcc")
         .args(["-static", "-Os", "-s", "-o"])
         .arg(&out)
-        .arg(repo_root().join("tests/data/lifecycle.c"))
+        .arg(repo_root().join("fixtures/lifecycle.c"))
         .status()
         .expect("gcc is needed to build the test app");
     assert!(st.success(), "gcc -static failed (is libc6-dev installed?)");

@@ -1,4 +1,4 @@
-//! Native code inside apps, built here from tests/data (no network): a Python app whose
+//! Native code inside apps, built here from fixtures/ (no network): a Python app whose
 //! vendored dependency has a compiled extension (libstdc++, libgomp, a bundled library
 //! found through $ORIGIN), the same app from a virtualenv made by the host's Python, a
 //! Node app with an N-API addon linking zlib, and a Spring Boot-style fat jar whose nested
@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn data(name: &str) -> PathBuf {
-    repo_root().join("tests/data").join(name)
+    repo_root().join("fixtures").join(name)
 }
 
 fn run(cmd: &mut Command) {
