@@ -503,10 +503,7 @@ mod tests {
 
     #[test]
     fn spdx_of_the_fixture_validates_against_the_official_schema() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/spdx-schema-2.3.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spdx-schema-2.3.json");
         let schema: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();

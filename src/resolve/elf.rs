@@ -536,8 +536,7 @@ mod tests {
         let dyn_off = 64 + 2 * 56;
         let dyn_len = (dynamic.len() + 1) * 16;
         let str_off = dyn_off + dyn_len;
-        let extra_off = str_off + strtab.len();
-        let total = extra_off + extra.len();
+        let total = str_off + strtab.len() + extra.len();
         let mut b = vec![0u8; 64];
         b[..6].copy_from_slice(b"\x7fELF\x02\x01");
         b[0x10] = 3; // ET_DYN
@@ -563,7 +562,6 @@ mod tests {
         b.extend([0u8; 16]);
         b.extend(strtab);
         b.extend(extra);
-        let _ = extra_off;
         b
     }
 
@@ -577,13 +575,13 @@ mod tests {
         strtab.push(0);
         let long_off = 4002u64;
         let mut dynv = vec![(5u64, 0u64)];
-        dynv.extend(std::iter::repeat((1u64, long_off)).take(20000));
+        dynv.extend(std::iter::repeat_n((1u64, long_off), 20000));
         let t = std::time::Instant::now();
         let e = format!("{:#}", object(&crafted(&dynv, &strtab, &[])).unwrap_err());
         assert!(e.contains("longer than"), "{e}");
         // Names under the length cap, named many times: the total is bounded.
         let mut dynv = vec![(5u64, 0u64)];
-        dynv.extend(std::iter::repeat((1u64, 1u64)).take(20000));
+        dynv.extend(std::iter::repeat_n((1u64, 1u64), 20000));
         let e = format!("{:#}", object(&crafted(&dynv, &strtab, &[])).unwrap_err());
         assert!(e.contains("bytes of strings"), "{e}");
         assert!(t.elapsed() < std::time::Duration::from_secs(3));
