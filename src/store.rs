@@ -4,8 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Lower-case hex sha256 of bytes.
-pub use crate::digest::sha256_hex;
+use crate::digest::sha256_hex;
 use crate::util::fs::write_atomic;
 
 /// The cache directory: `FUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/fuse`, else `~/.cache/fuse`.

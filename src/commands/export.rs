@@ -3,8 +3,8 @@
 //! stdout. IMAGE may itself be in any format fuse reads.
 
 use crate::cli::ExportArgs;
-use crate::export::{self, Format};
 use crate::disk::read_meta;
+use crate::export::{self, Format};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,7 +30,7 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
             src.display()
         )
     })?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&raw));
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&raw));
     let base = format!("{}-{}", meta.name, meta.version);
     let out_dir = match (&a.out, is_file) {
         (Some(d), _) => d.clone(),
