@@ -698,14 +698,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         ));
     }
 
-    let System {
-        distribution,
-        kernel,
-        packages,
-        mirror,
-        keyring,
-        keep,
-    } = system(
+    let sys = system(
         &cx,
         raw.system.map(Spanned::into_inner).unwrap_or_default(),
         &base,
@@ -727,12 +720,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         port,
         env,
         health_http,
-        distribution,
-        kernel,
-        packages,
-        mirror,
-        keyring,
-        keep,
+        distribution: sys.distribution,
+        kernel: sys.kernel,
+        packages: sys.packages,
+        mirror: sys.mirror,
+        keyring: sys.keyring,
+        keep: sys.keep,
         runtime,
         java_modules,
         server,

@@ -121,7 +121,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     let opened = crate::export::detect_and_open(&image_path)?;
     let meta = read_meta(&opened.raw)
         .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
     let format = opened.format;
     let raw = opened.raw;
     if let Some(cfg) = &args.config {

@@ -219,7 +219,7 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let opened = crate::export::detect_and_open(&image_path)?;
     let meta = read_meta(&opened.raw)
         .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",

@@ -134,11 +134,9 @@ impl Archive {
     /// The kernel and the EFI stub of the shared example build (real packages).
     pub fn add_kernel_and_stub(&mut self) {
         let b = shared_image();
-        let lock = fuse::resolve::lock::Lock::load(
-            &b.lock_file(),
-        )
-        .unwrap()
-        .unwrap();
+        let lock = fuse::resolve::lock::Lock::load(&b.lock_file())
+            .unwrap()
+            .unwrap();
         self.add_cached(&lock.kernel.sha256);
         self.add_cached(&lock.stub.sha256);
         // The meta-package the manifest names, as the real archive has it.

@@ -297,11 +297,7 @@ fn fuse_jobs_sets_the_build_threads_and_the_bytes_do_not_depend_on_them() {
     assert_eq!(digests[0], shared.digest);
     for bad in ["0", "two", "65"] {
         let out = fuse(
-            &[
-                "build",
-                shared.app.to_str()
-                    .unwrap(),
-            ],
+            &["build", shared.app.to_str().unwrap()],
             &[("FUSE_JOBS", bad)],
         );
         assert_eq!(out.status.code(), Some(2), "FUSE_JOBS={bad}");
