@@ -368,7 +368,7 @@ mod tests {
             .unwrap();
         assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_some());
         // A record copied from another key: refused.
-        let text = c.record_text(&k2).unwrap().unwrap();
+        let text = c.store.get_named(&record_name(&k2)).unwrap().unwrap();
         c.store().put_named(&format!("unit-{k1}"), &text).unwrap();
         assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_none());
     }
