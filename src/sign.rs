@@ -93,7 +93,7 @@ pub struct Signer {
 fn signer_meta(cert: &Certificate, der: &[u8]) -> SignerMeta {
     SignerMeta {
         subject: cert.tbs_certificate.subject.to_string(),
-        fingerprint: crate::store::sha256_hex(der),
+        fingerprint: crate::digest::sha256_hex(der),
     }
 }
 

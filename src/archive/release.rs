@@ -316,6 +316,7 @@ impl Keyring {
     }
 
     /// Primary key IDs (16 upper-case hex digits), in keyring order.
+    #[cfg(test)]
     pub fn key_ids(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.id.clone()).collect()
     }
@@ -364,6 +365,7 @@ pub struct Release {
 
 impl Release {
     /// The by-hash path of a listed file: `<dir>/by-hash/SHA256/<sha256>`.
+    #[cfg(test)]
     pub fn by_hash_path(entry: &FileEntry) -> String {
         match entry.path.rsplit_once('/') {
             Some((dir, _)) => format!("{dir}/by-hash/SHA256/{}", entry.sha256),

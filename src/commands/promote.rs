@@ -2,12 +2,10 @@
 //! the append-only ledger, with the promotion order of the project's fuse-envs.toml enforced.
 
 use crate::cli::{EnvsArgs, PromoteArgs};
-use crate::commands::images::print_table;
-use crate::commands::registry::client;
+use crate::digest::sha256_hex;
 use crate::image_store::{default_data_dir, now_unix, resolve_image_ref};
 use crate::ledger::{self, Entry};
 use crate::oci::{self, Reference};
-use crate::store::sha256_hex;
 use crate::{disk, envfile};
 use anyhow::{bail, Context, Result};
 
@@ -131,7 +129,7 @@ fn find_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<
     let r = Reference::parse(reference)?;
     let tag = r.tag.clone().unwrap_or_else(|| args.env.clone());
     let r = r.with_tag(&tag);
-    let c = client(&r, &args.reg, true)?;
+    let c = crate::oci::client::connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
     for whole in [false, true] {
         let art = oci::artifact(disk, whole)?;
         if c.manifest_exists(&art.manifest_digest)? {
@@ -209,7 +207,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
             ]
         })
         .collect();
-    print_table(&["IMAGE", "ENV", "VERSION", "DIGEST", "SINCE", "BY"], &rows);
+    crate::util::table::print_table(&["IMAGE", "ENV", "VERSION", "DIGEST", "SINCE", "BY"], &rows);
     println!();
     println!("history ({}):", project.ledger.display());
     for e in history {

@@ -118,7 +118,7 @@ pub(crate) mod fixture;
 mod tests {
     use super::fixture::{self, partition};
     use super::*;
-    use crate::store::sha256_hex;
+    use crate::digest::sha256_hex;
 
     fn read(disk: &[u8], beside: &[u8]) -> Image {
         verify::read(disk, Some(("hello-1.0.0.json", beside)))

@@ -4,39 +4,15 @@
 pub mod classfile;
 pub mod jimage;
 pub mod modgraph;
+pub mod modules;
 pub mod trim;
 
+pub use modules::Modules;
 pub use trim::{trim, TrimReport};
 
 use crate::format::zip;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
-
-/// `[runtime] modules`: modules added to those the analysis finds, or the whole JRE.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Modules {
-    Extra(Vec<String>),
-    All,
-}
-
-impl Default for Modules {
-    fn default() -> Self {
-        Modules::Extra(Vec::new())
-    }
-}
-
-impl Modules {
-    /// As recorded in a layer's inputs: `all` or the sorted list.
-    pub fn key(&self) -> String {
-        match self {
-            Modules::All => "all".into(),
-            Modules::Extra(v) => {
-                let s: BTreeSet<&String> = v.iter().collect();
-                s.into_iter().cloned().collect::<Vec<_>>().join(",")
-            }
-        }
-    }
-}
 
 /// Nested archives deeper than this are not opened (a jar in a jar in a war is 2).
 const MAX_DEPTH: usize = 3;

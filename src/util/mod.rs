@@ -1,4 +1,5 @@
-//! Small helpers shared by the stages: the file system, test pause points.
+//! Small helpers shared by the stages: the file system, text tables, test pause points.
 
 pub mod fault;
 pub mod fs;
+pub mod table;

@@ -292,7 +292,7 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
             .iter()
             .filter_map(|(p, n)| {
                 n.data()
-                    .map(|d| (format!("./{p}"), fuse::store::sha256_hex(d)))
+                    .map(|d| (format!("./{p}"), fuse::digest::sha256_hex(d)))
             })
             .collect();
         real.sort();
