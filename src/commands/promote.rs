@@ -2,23 +2,13 @@
 //! the append-only ledger, with the promotion order of the project's fuse-envs.toml enforced.
 
 use crate::cli::{EnvsArgs, PromoteArgs};
-use crate::commands::images::print_table;
-use crate::commands::registry::client;
+use crate::digest::sha256_hex;
 use crate::image_store::{default_data_dir, now_unix, resolve_image_ref};
 use crate::ledger::{self, Entry};
 use crate::oci::{self, Reference};
-use crate::store::sha256_hex;
+use crate::util::table::print_table;
 use crate::{disk, envfile};
 use anyhow::{bail, Context, Result};
-
-pub fn who(explicit: Option<&str>) -> String {
-    explicit
-        .map(str::to_string)
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .filter(|w| !w.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 pub fn promote(args: &PromoteArgs) -> Result<u8> {
     ledger::check_env(&args.env)?;
@@ -49,7 +39,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
             e.name
         );
     }
-    let who = who(args.who.as_deref());
+    let who = ledger::who(args.who.as_deref());
     // The registry's manifest is found (read-only) before the ledger line is written; the
     // tag moves only after the line is on disk, so the ledger never misses a tag move.
     let pending: std::cell::RefCell<Option<TagMove>> = std::cell::RefCell::new(None);
@@ -142,7 +132,7 @@ fn find_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<
     let r = Reference::parse(reference)?;
     let tag = r.tag.clone().unwrap_or_else(|| args.env.clone());
     let r = r.with_tag(&tag);
-    let c = client(&r, &args.reg, true)?;
+    let c = crate::oci::client::connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
     for whole in [false, true] {
         let art = oci::artifact(disk, whole)?;
         if c.manifest_exists(&art.manifest_digest)? {

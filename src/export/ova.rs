@@ -4,7 +4,7 @@
 //! and a vmxnet3 NIC, and records the raw image's digest in its annotation.
 
 use super::{tarball, vmdk};
-use crate::store::sha256_hex;
+use crate::digest::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Memory and CPUs the descriptor asks for; the importing user may change both.

@@ -7,7 +7,7 @@ use crate::support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -249,17 +249,6 @@ fn project(h: &Haproxy, dir: &Path, backend: &str, uri: &str) {
     .unwrap();
 }
 
-fn fuse_in(dir: &Path, data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .args(args)
-        .current_dir(dir)
-        .env("FUSE_DATA_DIR", data)
-        .env("USER", "tester")
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run fuse")
-}
-
 fn get(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(
         &format!("127.0.0.1:{port}").parse().unwrap(),
@@ -312,7 +301,7 @@ fn domains() -> Vec<String> {
 }
 
 fn envs_json(dir: &Path, data: &Path) -> serde_json::Value {
-    let o = fuse_in(dir, data, &["envs", "--json"]);
+    let o = fuse_in(dir, data, &["envs", "--json"], &[]);
     assert!(o.status.success(), "envs: {}", text(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -347,7 +336,7 @@ fn errors_are_clear_and_nothing_starts() {
         "dapp",
         "qemu+unix:///system?socket=/nonexistent/sock",
     );
-    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"]);
+    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"], &[]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
@@ -356,7 +345,7 @@ fn errors_are_clear_and_nothing_starts() {
     );
     // A backend that does not exist.
     project(&h, dir.path(), "nosuch", URI);
-    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"]);
+    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"], &[]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("no backend \"nosuch\""), "{e}");
@@ -368,7 +357,7 @@ fn errors_are_clear_and_nothing_starts() {
         toml.replace("admin.sock", "missing.sock"),
     )
     .unwrap();
-    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"]);
+    let o = fuse_in(dir.path(), &data, &["deploy", v1, "test"], &[]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
@@ -377,12 +366,12 @@ fn errors_are_clear_and_nothing_starts() {
     );
     // prod before test: refused.
     project(&h, dir.path(), "dapp", URI);
-    let o = fuse_in(dir.path(), &data, &["deploy", v1, "prod"]);
+    let o = fuse_in(dir.path(), &data, &["deploy", v1, "prod"], &[]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("never promoted to test"), "{e}");
     // promote refuses an environment with a target.
-    let o = fuse_in(dir.path(), &data, &["promote", v1, "test"]);
+    let o = fuse_in(dir.path(), &data, &["promote", v1, "test"], &[]);
     assert!(
         text(&o.stderr).contains("fuse deploy"),
         "{}",
@@ -407,7 +396,7 @@ fn blue_green_deploy_gates_and_rollback() {
     let t = Instant::now();
 
     // v1, 2 servers: the frontend answers v1 with the env's config value.
-    let o = fuse_in(dir.path(), &data, &["deploy", &v1, "test"]);
+    let o = fuse_in(dir.path(), &data, &["deploy", &v1, "test"], &[]);
     assert!(o.status.success(), "deploy v1: {}", text(&o.stderr));
     assert_eq!(get(h.port).unwrap(), "v1 teal");
     let e = envs_json(dir.path(), &data);
@@ -423,7 +412,7 @@ fn blue_green_deploy_gates_and_rollback() {
     // v2 under load: zero failed requests, answers move from v1 to v2, v1's domains gone.
     let t = Instant::now();
     let (o, ok, bad) = under_load(h.port, || {
-        fuse_in(dir.path(), &data, &["deploy", &v2, "test"])
+        fuse_in(dir.path(), &data, &["deploy", &v2, "test"], &[])
     });
     assert!(o.status.success(), "deploy v2: {}", text(&o.stderr));
     let secs = t.elapsed().as_secs_f64();
@@ -444,7 +433,7 @@ fn blue_green_deploy_gates_and_rollback() {
 
     // v3 exits at start: exit 5, zero failed requests, v2 still answers, no v3 domain.
     let (o, ok, bad) = under_load(h.port, || {
-        fuse_in(dir.path(), &data, &["deploy", &v3, "test"])
+        fuse_in(dir.path(), &data, &["deploy", &v3, "test"], &[])
     });
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(5), "{err}");
@@ -469,6 +458,7 @@ fn blue_green_deploy_gates_and_rollback() {
             dir.path(),
             &data,
             &["deploy", bad_img.to_str().unwrap(), "test"],
+            &[],
         )
     });
     let err = text(&o.stderr);
@@ -480,7 +470,9 @@ fn blue_green_deploy_gates_and_rollback() {
     );
 
     // Rollback brings v1 back with zero failed requests.
-    let (o, ok, bad) = under_load(h.port, || fuse_in(dir.path(), &data, &["rollback", "test"]));
+    let (o, ok, bad) = under_load(h.port, || {
+        fuse_in(dir.path(), &data, &["rollback", "test"], &[])
+    });
     assert!(o.status.success(), "rollback: {}", text(&o.stderr));
     assert!(bad.is_empty(), "failed requests during rollback: {bad:?}");
     assert_eq!(ok.last().map(String::as_str), Some("v1 teal"));

@@ -35,16 +35,6 @@ fn export(format: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        format!("{}{}", text(&out.stdout), text(&out.stderr)),
-    )
-}
-
 /// `qemu-img check` (when the format has a checker) and `qemu-img compare` against the raw.
 fn qemu_img_agrees(raw: &Path, file: &Path, driver: &str, check: bool) {
     if check {

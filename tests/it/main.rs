@@ -17,6 +17,7 @@ mod native;
 mod plan;
 mod promote;
 mod registry;
+mod reliability;
 mod runtimes;
 mod support;
 mod verity;
