@@ -336,7 +336,6 @@ impl Drop for DomainsGuard {
 }
 
 #[test]
-#[ignore = "not yet seen passing; run: cargo test --test it deploy:: -- --ignored --test-threads 2"]
 fn errors_are_clear_and_nothing_starts() {
     let Some(_libvirt) = libvirt_ready() else {
         return;
