@@ -400,7 +400,6 @@ fn errors_are_clear_and_nothing_starts() {
 }
 
 #[test]
-#[ignore = "not yet seen passing; run: cargo test --test it deploy:: -- --ignored --test-threads 2"]
 fn blue_green_deploy_gates_and_rollback() {
     let Some(_libvirt) = libvirt_ready() else {
         return;
