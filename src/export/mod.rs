@@ -5,13 +5,15 @@
 
 pub mod gce;
 pub mod ova;
+pub mod padding;
 pub mod qcow2;
 pub mod tarball;
 pub mod uuid;
 pub mod vhd;
 pub mod vmdk;
 
-pub use uuid::{uuid_bytes, uuid_from};
+pub use padding::{cut_padding, gpt_len};
+pub use uuid::{digest_of, uuid_bytes, uuid_from};
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -96,11 +98,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// The image digest as bytes.
-pub fn digest_of(raw: &[u8]) -> [u8; 32] {
-    crate::digest::sha256(raw)
-}
-
 /// `raw` in `format`. `base` names the files inside formats that hold more than one
 /// (OVA) or name themselves (VMDK's extent line): `<name>-<version>`.
 pub fn export(format: Format, raw: &[u8], base: &str) -> Result<Vec<u8>> {
@@ -172,32 +169,6 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
         raw,
         recorded_digest,
     })
-}
-
-/// The length of the disk image that starts `disk`, as its own GPT records it: the primary
-/// header (LBA 1, 512-byte sectors) names the backup header's LBA, the image's last sector.
-/// `None` without a primary header at LBA 1.
-pub fn gpt_len(disk: &[u8]) -> Option<u64> {
-    let h = disk.get(512..512 + 40)?;
-    if &h[..8] != b"EFI PART" || u64::from_le_bytes(h[24..32].try_into().ok()?) != 1 {
-        return None;
-    }
-    let backup = u64::from_le_bytes(h[32..40].try_into().ok()?);
-    backup
-        .checked_add(1)?
-        .checked_mul(512)
-        .filter(|&l| l > 1024)
-}
-
-/// `disk` without the zeros a format appended after the image (a VHD's 20 MiB minimum, GCE's
-/// whole GiB): cut at [`gpt_len`] when everything after it is zero, else left whole.
-pub fn cut_padding(mut disk: Vec<u8>) -> Vec<u8> {
-    if let Some(len) = gpt_len(&disk).and_then(|l| usize::try_from(l).ok()) {
-        if len < disk.len() && disk[len..].iter().all(|&b| b == 0) {
-            disk.truncate(len);
-        }
-    }
-    disk
 }
 
 /// Reads an image file of any format and returns its raw disk.

@@ -163,7 +163,10 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
                 // disk.raw is the image then zeros to a whole GiB (sparse in the tar).
                 let disk_raw = x.join("disk.raw");
                 let len = std::fs::metadata(&disk_raw).unwrap().len();
-                assert!(len > 0 && len % (1 << 30) == 0, "disk.raw is {len} bytes");
+                assert!(
+                    len > 0 && len.is_multiple_of(1 << 30),
+                    "disk.raw is {len} bytes"
+                );
                 assert!(list.contains(&len.to_string()), "{list}");
                 qemu_img_agrees(&b.image, &disk_raw, "raw", false);
                 std::fs::remove_file(&disk_raw).unwrap();
