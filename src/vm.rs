@@ -261,6 +261,39 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The app's exit code from the init's last words on the console: its own code, or for an
+/// app ended by a signal 128 + the signal's number (as a shell reports it).
+pub fn exit_code_of(line: &str) -> Option<u8> {
+    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
+    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
+        return number(rest).map(|c| c.clamp(0, 255) as u8);
+    }
+    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
+    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
+}
+
+/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
+/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
+pub fn bootable_disk(
+    image_path: &std::path::Path,
+    format: crate::export::Format,
+    raw: Vec<u8>,
+    tmp: &std::path::Path,
+) -> Result<(std::path::PathBuf, &'static str)> {
+    match format.qemu_driver() {
+        Some(driver) => Ok((
+            std::fs::canonicalize(image_path)
+                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
+            driver,
+        )),
+        None => {
+            let p = tmp.join("disk.raw");
+            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
+            Ok((p, "raw"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +307,20 @@ mod tests {
         assert!(
             probe("tcg"),
             "the probe firmware did not exit with status 3 under TCG"
+        );
+    }
+
+    #[test]
+    fn exit_code_is_read_from_console() {
+        assert_eq!(
+            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
+            Some(3)
+        );
+        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
+        assert_eq!(exit_code_of("hello"), None);
+        assert_eq!(
+            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
+            Some(143)
         );
     }
 }

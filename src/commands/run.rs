@@ -28,17 +28,6 @@ pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
     Ok((h, g))
 }
 
-/// The app's exit code from the init's last words on the console: its own code, or for an
-/// app ended by a signal 128 + the signal's number (as a shell reports it).
-pub fn exit_code_of(line: &str) -> Option<u8> {
-    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
-    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
-        return number(rest).map(|c| c.clamp(0, 255) as u8);
-    }
-    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
-    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
-}
-
 /// Ctrl-C (SIGINT) and SIGTERM received by `fuse run` so far.
 static STOP_REQUESTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -90,28 +79,6 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
     }
 }
 
-/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
-/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
-pub fn bootable_disk(
-    image_path: &std::path::Path,
-    format: crate::export::Format,
-    raw: Vec<u8>,
-    tmp: &std::path::Path,
-) -> Result<(std::path::PathBuf, &'static str)> {
-    match format.qemu_driver() {
-        Some(driver) => Ok((
-            std::fs::canonicalize(image_path)
-                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
-            driver,
-        )),
-        None => {
-            let p = tmp.join("disk.raw");
-            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
-            Ok((p, "raw"))
-        }
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<u8> {
     let image_path = if args.image.is_file() {
         args.image.clone()
@@ -144,7 +111,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .collect::<Result<_>>()?
     };
     let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = bootable_disk(&image_path, format, raw, tmp.path())?;
+    let (image, disk_format) = vm::bootable_disk(&image_path, format, raw, tmp.path())?;
     let spec = BootSpec {
         image: &image,
         disk_format,
@@ -193,7 +160,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     for line in BufReader::new(stdout).split(b'\n') {
         let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
-        if let Some(c) = exit_code_of(&text) {
+        if let Some(c) = vm::exit_code_of(&text) {
             code_seen = Some(c);
         }
         let _ = out.write_all(&line);
@@ -246,19 +213,5 @@ mod tests {
         assert_eq!(parse_publish("80").unwrap(), (80, 80));
         assert!(parse_publish("x:1").is_err());
         assert!(parse_publish("0:1").is_err());
-    }
-
-    #[test]
-    fn exit_code_is_read_from_console() {
-        assert_eq!(
-            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
-            Some(3)
-        );
-        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
-        assert_eq!(exit_code_of("hello"), None);
-        assert_eq!(
-            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
-            Some(143)
-        );
     }
 }

@@ -123,7 +123,7 @@ struct Tail {
 
 impl Tail {
     fn push(&self, line: String) {
-        if let Some(c) = crate::commands::run::exit_code_of(&line) {
+        if let Some(c) = vm::exit_code_of(&line) {
             *self.exit_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
         }
         let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,7 +246,7 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let forwards = [(port, meta.app.port)];
     let accel = vm::choose_accel(&args.accel)?;
     let (image, disk_format) =
-        super::run::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
+        vm::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
     let spec = BootSpec {
         image: &image,
         disk_format,

@@ -30,3 +30,8 @@ pub fn uuid_from(digest: &[u8; 32], purpose: &str) -> String {
         &h[20..]
     )
 }
+
+/// The image digest as bytes.
+pub fn digest_of(raw: &[u8]) -> [u8; 32] {
+    crate::digest::sha256(raw)
+}
