@@ -294,6 +294,93 @@ pub fn bootable_disk(
     }
 }
 
+/// An image as `fuse run` and `fuse test` take it: a file of any format or a store reference,
+/// opened, its image.json read and its digest computed.
+pub struct OpenedImage {
+    pub path: PathBuf,
+    pub opened: crate::export::Opened,
+    pub meta: crate::disk::ImageMeta,
+    /// `sha256:` of the raw disk.
+    pub digest: String,
+}
+
+/// Open IMAGE (a file, else a reference into the local image store); `config`, when given,
+/// must be readable.
+pub fn open_image(image: &Path, config: Option<&Path>) -> Result<OpenedImage> {
+    let path = if image.is_file() {
+        image.to_path_buf()
+    } else {
+        crate::image_store::resolve_image_ref(&image.to_string_lossy())?
+    };
+    let opened = crate::export::detect_and_open(&path)?;
+    let meta = crate::disk::read_meta(&opened.raw)
+        .with_context(|| format!("{} is not a fuse image", path.display()))?;
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
+    if let Some(cfg) = config {
+        std::fs::metadata(cfg)
+            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
+    }
+    Ok(OpenedImage {
+        path,
+        opened,
+        meta,
+        digest,
+    })
+}
+
+/// A QEMU command ready to start, with what it needs in a private temp dir: a copy of
+/// OVMF's vars, the disk QEMU reads ([`bootable_disk`]) and a QMP socket. stdin is null and
+/// the console (stdout) piped.
+pub struct Launch {
+    pub tmp: tempfile::TempDir,
+    pub qmp: PathBuf,
+    pub accel: &'static str,
+    pub qemu: PathBuf,
+    pub cmd: Command,
+}
+
+impl Launch {
+    pub fn new(
+        img: OpenedImage,
+        accel: &str,
+        memory_mib: u32,
+        forwards: &[(u16, u16)],
+        config: Option<&Path>,
+    ) -> Result<Launch> {
+        let qemu = qemu_binary()?;
+        let (code, vars_template) = ovmf()?;
+        let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+        let vars = tmp.path().join("OVMF_VARS.fd");
+        std::fs::copy(&vars_template, &vars)
+            .with_context(|| format!("cannot copy {}", vars_template.display()))?;
+        let qmp = tmp.path().join("qmp.sock");
+        let accel = choose_accel(accel)?;
+        let (image, disk_format) =
+            bootable_disk(&img.path, img.opened.format, img.opened.raw, tmp.path())?;
+        let spec = BootSpec {
+            image: &image,
+            disk_format,
+            vars: &vars,
+            code: &code,
+            accel,
+            memory_mib,
+            forwards,
+            config,
+        };
+        let mut cmd = command(&qemu, &spec);
+        cmd.args(qmp_args(&qmp))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        Ok(Launch {
+            tmp,
+            qmp,
+            accel,
+            qemu,
+            cmd,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

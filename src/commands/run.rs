@@ -2,13 +2,11 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::disk::read_meta;
-use crate::vm::{self, BootSpec};
+use crate::vm;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,28 +78,8 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let image_path = if args.image.is_file() {
-        args.image.clone()
-    } else {
-        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
-    };
-    let opened = crate::export::detect_and_open(&image_path)?;
-    let meta = read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
-    let format = opened.format;
-    let raw = opened.raw;
-    if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg)
-            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
-    }
-    let qemu_bin = vm::qemu_binary()?;
-    let (code, vars_template) = vm::ovmf()?;
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-    let qmp = tmp.path().join("qmp.sock");
+    let img = vm::open_image(&args.image, args.config.as_deref())?;
+    let (meta, digest, format) = (img.meta.clone(), img.digest.clone(), img.opened.format);
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(vm::free_port()?, meta.app.port)]
     } else {
@@ -110,24 +88,12 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = vm::bootable_disk(&image_path, format, raw, tmp.path())?;
-    let spec = BootSpec {
-        image: &image,
-        disk_format,
-        vars: &vars,
-        code: &code,
-        accel,
-        memory_mib: args.memory,
-        forwards: &forwards,
-        config: args.config.as_deref(),
-    };
-    let mut cmd = vm::command(&qemu_bin, &spec);
+    let cfg = args.config.as_deref();
+    let launch = vm::Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
+    // launch.tmp (the vars copy, the disk, the QMP socket) lives until the end of this scope.
+    let (qmp, accel, qemu_bin, mut cmd) = (launch.qmp, launch.accel, launch.qemu, launch.cmd);
     // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
-    cmd.args(vm::qmp_args(&qmp));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0);
+    cmd.process_group(0);
     catch_stop_signals()?;
     tracing::info!(
         "booting {} {} ({}, {format}) with {accel}; app port {} on http://127.0.0.1:{}/",
