@@ -18,6 +18,20 @@ pub struct Archive {
 }
 
 /// Create a throw-away signing key in `home`; returns its exported public keyring.
+/// The path of the HTTP GET request on `s` (request line read, headers skipped).
+pub fn request_path(s: &std::net::TcpStream) -> String {
+    let mut r = BufReader::new(s.try_clone().expect("clone the test server's socket"));
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    line.split_whitespace().nth(1).unwrap_or("/").to_string()
+}
+
 pub fn gpg_key(home: &Path, name: &str) -> Vec<u8> {
     std::fs::create_dir_all(home).unwrap();
     let mut perms = std::fs::metadata(home).unwrap().permissions();
@@ -228,16 +242,7 @@ impl Server {
                     continue;
                 };
                 let _ = s.set_nonblocking(false);
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = request_path(&s);
                 r2.lock().unwrap().push(path.clone());
                 let file = root.join(path.trim_start_matches('/'));
                 match std::fs::read(&file) {

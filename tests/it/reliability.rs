@@ -9,7 +9,7 @@
 
 use crate::fixture::{app_with, Archive};
 use crate::support::*;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,16 +47,7 @@ impl SlowServer {
                 std::thread::spawn(move || {
                     let _ = s.set_nonblocking(false);
                     let mut s = s;
-                    let mut r = BufReader::new(s.try_clone().unwrap());
-                    let mut line = String::new();
-                    let _ = r.read_line(&mut line);
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let path = crate::fixture::request_path(&s);
                     let start = Instant::now();
                     match std::fs::read(root.join(path.trim_start_matches('/'))) {
                         Ok(b) if !path.contains("..") => {
