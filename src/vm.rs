@@ -321,32 +321,54 @@ pub fn qmp(socket: &Path, command: &str) -> Result<()> {
     answer(command)
 }
 
+/// A free TCP port on `host` (bound then released).
+pub fn free_port_on(host: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((host, 0))
+        .with_context(|| format!("cannot bind a port on {host}"))?;
+    Ok(l.local_addr()?.port())
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(l.local_addr()?.port())
 }
 
-/// An image opened for booting: its metadata and digest, and the file QEMU boots.
-pub struct PreparedImage {
-    /// The image file as found (a path, or the store's file for NAME:VERSION/digest).
+/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
+/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
+pub fn bootable_disk(
+    image_path: &std::path::Path,
+    format: crate::export::Format,
+    raw: Vec<u8>,
+    tmp: &std::path::Path,
+) -> Result<(std::path::PathBuf, &'static str)> {
+    match format.qemu_driver() {
+        Some(driver) => Ok((
+            std::fs::canonicalize(image_path)
+                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
+            driver,
+        )),
+        None => {
+            let p = tmp.join("disk.raw");
+            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
+            Ok((p, "raw"))
+        }
+    }
+}
+
+/// An image as `fuse run` and `fuse test` take it: a file of any format or a store reference,
+/// opened, its image.json read and its digest computed.
+pub struct OpenedImage {
     pub path: PathBuf,
-    pub format: crate::export::Format,
+    pub opened: crate::export::Opened,
     pub meta: crate::disk::ImageMeta,
     /// `sha256:` of the raw disk.
     pub digest: String,
-    /// The file QEMU reads and its block driver.
-    pub disk: PathBuf,
-    pub driver: &'static str,
-    /// Scratch space of this boot (the raw disk when written, OVMF vars, QMP socket).
-    pub tmp: tempfile::TempDir,
 }
 
-/// The one place where an image (path, NAME:VERSION, digest or prefix) becomes the disk a
-/// local VM boots: opened in any format `fuse export` writes, checked to be a fuse image
-/// (its image.json), digested; the file itself when QEMU reads its format (raw, qcow2,
-/// vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into the scratch directory.
-pub fn prepare_disk(image: &Path) -> Result<PreparedImage> {
+/// Open IMAGE (a file, else a reference into the local image store); `config`, when given,
+/// must be readable.
+pub fn open_image(image: &Path, config: Option<&Path>) -> Result<OpenedImage> {
     let path = if image.is_file() {
         image.to_path_buf()
     } else {
@@ -355,59 +377,114 @@ pub fn prepare_disk(image: &Path) -> Result<PreparedImage> {
     let opened = crate::export::detect_and_open(&path)?;
     let meta = crate::disk::read_meta(&opened.raw)
         .with_context(|| format!("{} is not a fuse image", path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    let (disk, driver) = match opened.format.qemu_driver() {
-        Some(driver) => (
-            std::fs::canonicalize(&path)
-                .with_context(|| format!("cannot resolve {}", path.display()))?,
-            driver,
-        ),
-        None => {
-            let p = tmp.path().join("disk.raw");
-            std::fs::write(&p, &opened.raw)
-                .with_context(|| format!("cannot write {}", p.display()))?;
-            (p, "raw")
-        }
-    };
-    Ok(PreparedImage {
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
+    if let Some(cfg) = config {
+        std::fs::metadata(cfg)
+            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
+    }
+    Ok(OpenedImage {
         path,
-        format: opened.format,
+        opened,
         meta,
         digest,
-        disk,
-        driver,
-        tmp,
     })
 }
 
-/// How to start one VM of a prepared image.
-pub struct Launch<'a> {
-    /// "auto", "kvm" or "tcg".
-    pub accel: &'a str,
-    pub memory_mib: u32,
-    pub forwards: &'a [(u16, u16)],
-    /// Env file passed to the init (fw_cfg opt/fuse/env).
-    pub config: Option<&'a Path>,
-    /// Copy the console to stdout as it arrives (`fuse run`).
-    pub echo: bool,
+/// A QEMU command ready to start, with what it needs in a private temp dir: a copy of
+/// OVMF's vars, the disk QEMU reads ([`bootable_disk`]) and a QMP socket. stdin is null and
+/// the console (stdout) piped.
+pub struct Launch {
+    pub tmp: tempfile::TempDir,
+    pub qmp: PathBuf,
+    pub accel: &'static str,
+    pub qemu: PathBuf,
+    pub cmd: Command,
 }
 
-impl<'a> Launch<'a> {
+impl Launch {
     pub fn new(
-        accel: &'a str,
+        img: OpenedImage,
+        accel: &str,
         memory_mib: u32,
-        forwards: &'a [(u16, u16)],
-        config: Option<&'a Path>,
-        echo: bool,
-    ) -> Launch<'a> {
-        Launch {
+        forwards: &[(u16, u16)],
+        config: Option<&Path>,
+    ) -> Result<Launch> {
+        let qemu = qemu_binary()?;
+        let (code, vars_template) = ovmf()?;
+        let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+        let vars = tmp.path().join("OVMF_VARS.fd");
+        std::fs::copy(&vars_template, &vars)
+            .with_context(|| format!("cannot copy {}", vars_template.display()))?;
+        let qmp = tmp.path().join("qmp.sock");
+        let accel = choose_accel(accel)?;
+        let (image, disk_format) =
+            bootable_disk(&img.path, img.opened.format, img.opened.raw, tmp.path())?;
+        let spec = BootSpec {
+            image: &image,
+            disk_format,
+            vars: &vars,
+            code: &code,
             accel,
             memory_mib,
             forwards,
             config,
-            echo,
+        };
+        let mut cmd = command(&qemu, &spec);
+        cmd.args(qmp_args(&qmp))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        Ok(Launch {
+            tmp,
+            qmp,
+            accel,
+            qemu,
+            cmd,
+        })
+    }
+
+    /// Start QEMU (its own process group, killed if fuse dies); the console is read from
+    /// now on, and copied to stdout as it arrives when `echo` (`fuse run`).
+    pub fn start(self, echo: bool) -> Result<Vm> {
+        let Launch {
+            tmp,
+            qmp,
+            accel,
+            qemu,
+            mut cmd,
+        } = self;
+        cmd.stderr(Stdio::piped())
+            // Its own process group: Ctrl-C reaches fuse only, which stops the VM.
+            .process_group(0);
+        // QEMU must not outlive fuse (killed CI job, second Ctrl-C).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", qemu.display()))?;
+        let console = Console::default();
+        let qemu_err = Console::default();
+        let out = child.stdout.take().context("no QEMU stdout")?;
+        let err = child.stderr.take().context("no QEMU stderr")?;
+        let readers = vec![
+            follow(out, console.clone(), started, echo, "console"),
+            follow(err, qemu_err.clone(), started, false, "qemu"),
+        ];
+        Ok(Vm {
+            child,
+            qmp,
+            accel,
+            started,
+            console,
+            readers,
+            qemu_err,
+            _tmp: tmp,
+        })
     }
 }
 
@@ -615,67 +692,11 @@ pub struct Vm {
     pub console: Console,
     readers: Vec<std::thread::JoinHandle<()>>,
     qemu_err: Console,
+    /// The launch's scratch directory (vars copy, disk, QMP socket): kept while QEMU runs.
+    _tmp: tempfile::TempDir,
 }
 
 impl Vm {
-    /// Start QEMU on `img` (its own process group, killed if fuse dies); the console is
-    /// read from now on.
-    pub fn start(img: &PreparedImage, l: &Launch) -> Result<Vm> {
-        let qemu_bin = qemu_binary()?;
-        let (code, vars_template) = ovmf()?;
-        let vars = img.tmp.path().join("OVMF_VARS.fd");
-        std::fs::copy(&vars_template, &vars)
-            .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-        let qmp = img.tmp.path().join("qmp.sock");
-        let accel = choose_accel(l.accel)?;
-        let spec = BootSpec {
-            image: &img.disk,
-            disk_format: img.driver,
-            vars: &vars,
-            code: &code,
-            accel,
-            memory_mib: l.memory_mib,
-            forwards: l.forwards,
-            config: l.config,
-        };
-        let mut cmd = command(&qemu_bin, &spec);
-        cmd.args(qmp_args(&qmp))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: Ctrl-C reaches fuse only, which stops the VM.
-            .process_group(0);
-        // QEMU must not outlive fuse (killed CI job, second Ctrl-C).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", qemu_bin.display()))?;
-        let console = Console::default();
-        let qemu_err = Console::default();
-        let out = child.stdout.take().context("no QEMU stdout")?;
-        let err = child.stderr.take().context("no QEMU stderr")?;
-        let readers = vec![
-            follow(out, console.clone(), started, l.echo, "console"),
-            follow(err, qemu_err.clone(), started, false, "qemu"),
-        ];
-        Ok(Vm {
-            child,
-            qmp,
-            accel,
-            started,
-            console,
-            readers,
-            qemu_err,
-        })
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -2,7 +2,7 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::vm::{self, Health, Launch, Vm};
+use crate::vm::{self, Health, Launch};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -76,12 +76,8 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let img = vm::prepare_disk(&args.image)?;
-    if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg)
-            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
-    }
-    let meta = &img.meta;
+    let img = vm::open_image(&args.image, args.config.as_deref())?;
+    let (meta, digest, format) = (img.meta.clone(), img.digest.clone(), img.opened.format);
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(vm::free_port()?, meta.app.port)]
     } else {
@@ -90,23 +86,15 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    warn_missing_isa(meta);
+    warn_missing_isa(&meta);
+    let cfg = args.config.as_deref();
+    let launch = Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
     catch_stop_signals()?;
-    let l = Launch::new(
-        &args.accel,
-        args.memory,
-        &forwards,
-        args.config.as_deref(),
-        true,
-    );
-    let mut vm = Vm::start(&img, &l)?;
     tracing::info!(
-        "booting {} {} ({}, {}) with {}; app port {} on http://127.0.0.1:{}/",
+        "booting {} {} ({digest}, {format}) with {}; app port {} on http://127.0.0.1:{}/",
         meta.name,
         meta.version,
-        img.digest,
-        img.format,
-        vm.accel,
+        launch.accel,
         meta.app.port,
         forwards[0].0
     );
@@ -114,6 +102,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         "fuse: app port {} forwarded to 127.0.0.1:{}",
         meta.app.port, forwards[0].0
     );
+    let mut vm = launch.start(true)?;
     let done = Arc::new(AtomicBool::new(false));
     {
         let (qmp, pid, done) = (vm.qmp_socket().to_path_buf(), vm.pid(), done.clone());

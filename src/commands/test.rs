@@ -9,7 +9,7 @@
 use crate::budget::{self, Check, Limit};
 use crate::cli::TestArgs;
 use crate::disk::ImageMeta;
-use crate::vm::{self, Health, Launch, Phases, Vm};
+use crate::vm::{self, Health, Launch, Phases};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -111,42 +111,32 @@ fn boot_budget(
 }
 
 pub fn run(args: &TestArgs) -> Result<u8> {
-    let img = vm::prepare_disk(&args.image)?;
-    let meta = &img.meta;
+    let img = vm::open_image(&args.image, args.config.as_deref())?;
+    let (image_path, meta, digest) = (img.path.clone(), img.meta.clone(), img.digest.clone());
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",
-            img.path.display()
+            image_path.display()
         );
     };
-    if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg)
-            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
-    }
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    let (limit, budget_source) = boot_budget(args, &img.path, meta)?;
+    let (limit, budget_source) = boot_budget(args, &image_path, &meta)?;
 
     let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
     let url = format!("http://127.0.0.1:{port}{health}");
-    let l = Launch::new(
-        &args.accel,
-        args.memory,
-        &forwards,
-        args.config.as_deref(),
-        false,
-    );
-    let mut vm = Vm::start(&img, &l)?;
+    let cfg = args.config.as_deref();
+    let launch = Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
     tracing::info!(
-        "testing {} {} ({}) with {}: waiting up to {}s for {url}",
+        "testing {} {} ({digest}) with {}: waiting up to {}s for {url}",
         meta.name,
         meta.version,
-        img.digest,
-        vm.accel,
+        launch.accel,
         args.timeout
     );
+    let mut vm = launch.start(false)?;
     let waited = vm.wait_healthy(&url, Duration::from_secs(args.timeout))?;
     let secs = vm.started.elapsed().as_secs_f64();
     let (time_to_healthy, failure, stop) = match waited {
@@ -210,8 +200,8 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         schema: TEST_JSON_SCHEMA,
         result: result.into(),
         exit_code,
-        image: img.path.display().to_string(),
-        digest: img.digest.clone(),
+        image: image_path.display().to_string(),
+        digest,
         name: meta.name.clone(),
         version: meta.version.clone(),
         accel: vm.accel.into(),
