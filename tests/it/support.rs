@@ -487,8 +487,14 @@ impl Vm {
         false
     }
 
-    /// Wait until the console contains one of `needles` or QEMU exits; true if either.
-    pub fn wait_console_any(&mut self, needles: &[&str], timeout: Duration) -> bool {
+    /// Wait until the console contains one of `needles` or QEMU exits (true if either),
+    /// asking `path` of the app's port all the while: any answer fails the test.
+    pub fn wait_stop_unanswered(
+        &mut self,
+        needles: &[&str],
+        path: &str,
+        timeout: Duration,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let c = self.console();
@@ -497,6 +503,9 @@ impl Vm {
             }
             if let Ok(Some(_)) = self.child.try_wait() {
                 return true;
+            }
+            if let Some((status, body)) = http_get(self.port, path) {
+                panic!("the VM answered {path}: {status} {body:?}; console:\n{c}");
             }
             std::thread::sleep(Duration::from_millis(300));
         }

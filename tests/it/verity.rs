@@ -35,8 +35,9 @@ fn partition(disk: &[u8], name: &str) -> std::ops::Range<usize> {
 /// the kernel halting on it (`panic_on_corruption`, `panic=0`: no restart).
 fn expect_fatal(image: &Path, layer: &str) {
     let mut vm = Vm::boot(image, 8080, &[]);
-    let stopped = vm.wait_console_any(
+    let stopped = vm.wait_stop_unanswered(
         &["Kernel panic - not syncing", "fuse-init: FATAL: "],
+        "/",
         Duration::from_secs(300),
     );
     let console = vm.console();
