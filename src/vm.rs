@@ -829,7 +829,9 @@ fn follow(
             let text = String::from_utf8_lossy(&line)
                 .trim_end_matches('\r')
                 .to_string();
-            tracing::debug!("{label}| {text}");
+            if !echo {
+                tracing::debug!("{label}| {text}");
+            }
             console.push(&text, at);
         }
     })

@@ -86,9 +86,9 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    warn_missing_isa(&meta);
     let cfg = args.config.as_deref();
     let launch = Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
+    warn_missing_isa(&meta, launch.accel);
     catch_stop_signals()?;
     tracing::info!(
         "booting {} {} ({digest}, {format}) with {}; app port {} on http://127.0.0.1:{}/",
@@ -135,20 +135,31 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     }
 }
 
-/// Warns when this host's CPU lacks the x86-64 level the image's app needs (from its ELF
-/// notes): under KVM the guest gets the host's CPU, and the app would die with SIGILL.
-fn warn_missing_isa(meta: &crate::disk::ImageMeta) {
+/// Warns when the guest's CPU lacks the x86-64 level the image's app needs (from its ELF
+/// notes): the app would die with SIGILL. Under KVM the guest has the host's CPU; under
+/// TCG, QEMU's `-cpu max` (QEMU 7.2 emulates up to x86-64-v3: AVX2, no AVX-512).
+fn warn_missing_isa(meta: &crate::disk::ImageMeta, accel: &str) {
     let Some(level) = meta.app.x86_64_level else {
         return;
     };
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let host = crate::format::elf::host_x86_64_level(&cpuinfo);
-    if host < level {
+    let (guest, what) = if accel == "kvm" {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        (
+            crate::format::elf::host_x86_64_level(&cpuinfo),
+            "this host's CPU (KVM)",
+        )
+    } else {
+        (TCG_MAX_LEVEL, "QEMU's emulated CPU (TCG, -cpu max)")
+    };
+    if guest < level {
         tracing::warn!(
-            "the app needs x86-64-v{level} (its ELF notes say so) and this host's CPU is x86-64-v{host}: under KVM it may die with SIGILL (TCG's -cpu max has it)"
+            "the app needs x86-64-v{level} (its ELF notes say so) and {what} is x86-64-v{guest}: it may die with SIGILL"
         );
     }
 }
+
+/// The x86-64 level of QEMU's `-cpu max` under TCG.
+const TCG_MAX_LEVEL: u8 = 3;
 
 #[cfg(test)]
 mod tests {
