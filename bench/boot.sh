@@ -28,6 +28,9 @@ if [ -z "${BASE_BIN:-}" ]; then
     BASE_BIN=$work/fuse-base
 fi
 if [ -z "${FUSE_BIN:-}" ]; then
+    # The base build above put its binary at target/debug/fuse; a fresh (unchanged) tree
+    # would not be linked again and cargo would leave that one there: relink this tree's.
+    touch src/main.rs
     cargo build -q
     cp "$root/target/debug/fuse" "$work/fuse-new"
     FUSE_BIN=$work/fuse-new
