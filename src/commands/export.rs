@@ -3,8 +3,8 @@
 //! stdout. IMAGE may itself be in any format fuse reads.
 
 use crate::cli::ExportArgs;
-use crate::export::{self, Format};
 use crate::disk::read_meta;
+use crate::export::{self, Format};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,12 +44,6 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let target = out_dir.join(format!("{base}.{}", format.extension()));
-    if format == Format::Vhd && raw.len() % (1024 * 1024) != 0 {
-        tracing::warn!(
-            "the raw disk is {} bytes, not a whole MiB: the VHD pads it, so its disk's digest differs from {digest}",
-            raw.len()
-        );
-    }
     let same_file = opened.format == format
         && target.is_file()
         && std::fs::canonicalize(&target).ok() == std::fs::canonicalize(&src).ok();

@@ -191,7 +191,7 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
             let o = ova::read(&bytes)?;
             (o.raw, o.recorded_digest)
         }
-        Format::Vhd => (vhd::read(&bytes)?.to_vec(), None),
+        Format::Vhd => (cut_padding(vhd::read(&bytes)?.to_vec()), None),
         Format::Gce => (gce::read(&bytes)?, None),
     };
     Ok(Opened {
@@ -199,6 +199,32 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
         raw,
         recorded_digest,
     })
+}
+
+/// The length of the disk image that starts `disk`, as its own GPT records it: the primary
+/// header (LBA 1, 512-byte sectors) names the backup header's LBA, the image's last sector.
+/// `None` without a primary header at LBA 1.
+pub fn gpt_len(disk: &[u8]) -> Option<u64> {
+    let h = disk.get(512..512 + 40)?;
+    if &h[..8] != b"EFI PART" || u64::from_le_bytes(h[24..32].try_into().ok()?) != 1 {
+        return None;
+    }
+    let backup = u64::from_le_bytes(h[32..40].try_into().ok()?);
+    backup
+        .checked_add(1)?
+        .checked_mul(512)
+        .filter(|&l| l > 1024)
+}
+
+/// `disk` without the zeros a format appended after the image (a VHD's 20 MiB minimum, GCE's
+/// whole GiB): cut at [`gpt_len`] when everything after it is zero, else left whole.
+pub fn cut_padding(mut disk: Vec<u8>) -> Vec<u8> {
+    if let Some(len) = gpt_len(&disk).and_then(|l| usize::try_from(l).ok()) {
+        if len < disk.len() && disk[len..].iter().all(|&b| b == 0) {
+            disk.truncate(len);
+        }
+    }
+    disk
 }
 
 /// Reads an image file of any format and returns its raw disk.
@@ -241,6 +267,9 @@ pub(crate) mod tests {
         let mut raw = vec![0u8; len];
         raw[..100].copy_from_slice(&[7u8; 100]);
         raw[512..520].copy_from_slice(b"EFI PART");
+        raw[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+        let last = (len as u64).div_ceil(512) - 1;
+        raw[512 + 32..512 + 40].copy_from_slice(&last.to_le_bytes());
         if len > 5 * 65536 + 3 {
             raw[5 * 65536 + 3] = 1;
         }
@@ -262,6 +291,19 @@ pub(crate) mod tests {
         }
         assert!(detect(&[0u8; 4096]).is_err());
         assert!(Format::parse("vdi").is_err());
+    }
+
+    #[test]
+    fn padding_is_cut_at_the_gpt_length_only_when_it_is_zeros() {
+        let raw = sample(3 * 1024 * 1024);
+        assert_eq!(gpt_len(&raw), Some(raw.len() as u64));
+        let mut padded = raw.clone();
+        padded.resize(raw.len() + 4096, 0);
+        assert_eq!(cut_padding(padded.clone()), raw);
+        let n = padded.len();
+        padded[n - 1] = 1;
+        assert_eq!(cut_padding(padded.clone()).len(), n);
+        assert_eq!(cut_padding(vec![0; 4096]).len(), 4096);
     }
 
     #[test]
