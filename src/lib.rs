@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod digest;
 pub mod disk;
 pub mod envfile;
+pub mod envs;
 pub mod export;
 pub mod fetch;
 pub mod format;

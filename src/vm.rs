@@ -248,6 +248,13 @@ pub fn qmp(socket: &Path, command: &str) -> Result<()> {
     answer(command)
 }
 
+/// A free TCP port on `host` (bound then released).
+pub fn free_port_on(host: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((host, 0))
+        .with_context(|| format!("cannot bind a port on {host}"))?;
+    Ok(l.local_addr()?.port())
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;

@@ -425,7 +425,24 @@ pub fn setup_all(
             t.elapsed().as_millis()
         );
     }
+    // One line with every layer's verity root, printed only once all of them verified: the
+    // identity gate of `fuse deploy` compares it with the image's image.json.
+    crate::log!("{}", roots_line(layers, verity));
     Ok(out)
+}
+
+/// `verity roots: NAME=ROOT ...` in layer order (the line `fuse deploy` reads).
+pub fn roots_line(layers: &[String], verity: &BTreeMap<String, LayerVerity>) -> String {
+    let roots: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            format!(
+                "{l}={}",
+                verity.get(l).map(|v| v.root_hash.as_str()).unwrap_or("?")
+            )
+        })
+        .collect();
+    format!("verity roots: {}", roots.join(" "))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::store::sha256_hex;
 use crate::{disk, envfile};
 use anyhow::{bail, Context, Result};
 
-fn who(explicit: Option<&str>) -> String {
+pub fn who(explicit: Option<&str>) -> String {
     explicit
         .map(str::to_string)
         .or_else(|| std::env::var("USER").ok())
@@ -39,6 +39,16 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
         None => None,
     };
     let project = ledger::load_project(args.envs.as_deref(), &default_data_dir()?)?;
+    if let Some(e) = project.env(&args.env) {
+        bail!(
+            "environment {} has a target ({}): use `fuse deploy {} {}`, which starts its \
+             servers and records the deployment",
+            e.name,
+            e.target,
+            args.image,
+            e.name
+        );
+    }
     let who = who(args.who.as_deref());
     // The registry's manifest is found (read-only) before the ledger line is written; the
     // tag moves only after the line is on disk, so the ledger never misses a tag move.
@@ -68,6 +78,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
                 config: config.clone(),
                 registry,
                 signer: signer.clone(),
+                deploy: None,
             })
         },
         |_| match pending.borrow_mut().take() {
