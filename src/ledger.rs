@@ -461,6 +461,16 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
+/// Who asked for a promotion or deployment: `--who`, else $USER, else $LOGNAME.
+pub fn who(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

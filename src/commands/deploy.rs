@@ -2,9 +2,9 @@
 //! environment of fuse-envs.toml -> deploy::deploy over its target and switch -> print.
 
 use crate::cli::{DeployArgs, RollbackArgs};
-use crate::commands::promote::who;
 use crate::deploy::{self, GateFailed, Image, Request};
 use crate::image_store::{default_data_dir, Images};
+use crate::ledger::who;
 use crate::ledger::{self, Project};
 use anyhow::{bail, Context, Result};
 

@@ -30,7 +30,7 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
             src.display()
         )
     })?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&raw));
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&raw));
     let base = format!("{}-{}", meta.name, meta.version);
     let out_dir = match (&a.out, is_file) {
         (Some(d), _) => d.clone(),

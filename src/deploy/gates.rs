@@ -3,7 +3,7 @@
 //! image.json) and the health gate (the image's [health] answers over HTTP, or the switch
 //! judges it healthy). Servers are polled side by side, each against its own deadline.
 
-use super::{tail, GateFailed, Image, Server, Switch, Target};
+use super::model::{tail, GateFailed, Image, Server, Switch, Target};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! `set server ... state drain|maint`, `show servers state`, `show stat`, `del server`. One
 //! command per connection (HAProxy answers and closes).
 
-use super::{Server, Switch};
+use super::model::{Server, Switch};
 use crate::envs::HaproxySpec;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};

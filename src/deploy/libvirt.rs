@@ -6,7 +6,7 @@
 //! other commands. libvirt 9.0 rejects passt, so the forward is QEMU's own
 //! `-netdev user,hostfwd=...` in a `<qemu:commandline>` block, the NIC at a pinned address.
 
-use super::{Image, Server, ServerSpec, Target, Upload};
+use super::model::{Image, Server, ServerSpec, Target, Upload};
 use crate::envs::LibvirtSpec;
 use crate::util::fs::write_atomic;
 use anyhow::{bail, Context, Result};

@@ -111,7 +111,7 @@ fn read_disk(mut e: impl Read) -> Result<Vec<u8>> {
         .take(1024)
         .read_to_end(&mut head)
         .context(DISK_RAW)?;
-    let limit = super::gpt_len(&head).unwrap_or(MAX_UNCUT);
+    let limit = super::padding::gpt_len(&head).unwrap_or(MAX_UNCUT);
     let mut disk = head;
     (&mut e)
         .take(limit.saturating_sub(disk.len() as u64))

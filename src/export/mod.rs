@@ -5,13 +5,17 @@
 
 pub mod gce;
 pub mod ova;
+pub mod padding;
 pub mod qcow2;
 pub mod tarball;
+pub mod uuid;
 pub mod vhd;
 pub mod vmdk;
 
+pub use padding::{cut_padding, gpt_len};
+pub use uuid::{digest_of, uuid_bytes, uuid_from};
+
 use anyhow::{bail, Context, Result};
-use sha2::Digest;
 use std::path::Path;
 
 /// The formats `fuse export` writes and `inspect`/`run` read.
@@ -94,40 +98,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// 16 bytes derived from the image digest for one purpose (an RFC 9562 version 8 UUID:
-/// custom, not random), so identifiers are the same for the same image.
-pub fn uuid_bytes(digest: &[u8; 32], purpose: &str) -> [u8; 16] {
-    let mut h = sha2::Sha256::new();
-    h.update(b"fuse export uuid\0");
-    h.update(purpose.as_bytes());
-    h.update([0]);
-    h.update(digest);
-    let d = h.finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x80;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
-}
-
-/// [`uuid_bytes`] in the usual 8-4-4-4-12 form.
-pub fn uuid_from(digest: &[u8; 32], purpose: &str) -> String {
-    let h = crate::digest::hex(&uuid_bytes(digest, purpose));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// The image digest as bytes.
-pub fn digest_of(raw: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(raw).into()
-}
-
 /// `raw` in `format`. `base` names the files inside formats that hold more than one
 /// (OVA) or name themselves (VMDK's extent line): `<name>-<version>`.
 pub fn export(format: Format, raw: &[u8], base: &str) -> Result<Vec<u8>> {
@@ -199,32 +169,6 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
         raw,
         recorded_digest,
     })
-}
-
-/// The length of the disk image that starts `disk`, as its own GPT records it: the primary
-/// header (LBA 1, 512-byte sectors) names the backup header's LBA, the image's last sector.
-/// `None` without a primary header at LBA 1.
-pub fn gpt_len(disk: &[u8]) -> Option<u64> {
-    let h = disk.get(512..512 + 40)?;
-    if &h[..8] != b"EFI PART" || u64::from_le_bytes(h[24..32].try_into().ok()?) != 1 {
-        return None;
-    }
-    let backup = u64::from_le_bytes(h[32..40].try_into().ok()?);
-    backup
-        .checked_add(1)?
-        .checked_mul(512)
-        .filter(|&l| l > 1024)
-}
-
-/// `disk` without the zeros a format appended after the image (a VHD's 20 MiB minimum, GCE's
-/// whole GiB): cut at [`gpt_len`] when everything after it is zero, else left whole.
-pub fn cut_padding(mut disk: Vec<u8>) -> Vec<u8> {
-    if let Some(len) = gpt_len(&disk).and_then(|l| usize::try_from(l).ok()) {
-        if len < disk.len() && disk[len..].iter().all(|&b| b == 0) {
-            disk.truncate(len);
-        }
-    }
-    disk
 }
 
 /// Reads an image file of any format and returns its raw disk.

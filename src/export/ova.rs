@@ -9,7 +9,7 @@
 //! disk would not boot.
 
 use super::{tarball, vmdk};
-use crate::store::sha256_hex;
+use crate::digest::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Memory and CPUs the descriptor asks for; the importing user may change both.
@@ -35,9 +35,13 @@ pub fn descriptor(
     let name = xml_escape(name);
     let disk_file = xml_escape(disk_file);
     // VirtualBox's machine and disk uuids, derived from the image digest.
-    let digest = super::digest_of(digest_hex.as_bytes());
-    let disk_uuid = super::uuid_from(&digest, "ova disk");
-    let vbox = vbox_machine(&name, &super::uuid_from(&digest, "ova machine"), &disk_uuid);
+    let digest = super::uuid::digest_of(digest_hex.as_bytes());
+    let disk_uuid = super::uuid::uuid_from(&digest, "ova disk");
+    let vbox = vbox_machine(
+        &name,
+        &super::uuid::uuid_from(&digest, "ova machine"),
+        &disk_uuid,
+    );
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine">

@@ -69,7 +69,7 @@ fn footer(size: u64, digest: &[u8; 32]) -> [u8; FOOTER] {
     f[58] = h;
     f[59] = s;
     f[60..64].copy_from_slice(&FIXED.to_be_bytes());
-    f[68..84].copy_from_slice(&crate::export::uuid_bytes(digest, "vhd"));
+    f[68..84].copy_from_slice(&super::uuid::uuid_bytes(digest, "vhd"));
     let sum = checksum(&f);
     f[64..68].copy_from_slice(&sum.to_be_bytes());
     f

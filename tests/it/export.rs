@@ -35,16 +35,6 @@ fn export(format: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        format!("{}{}", text(&out.stdout), text(&out.stderr)),
-    )
-}
-
 /// `qemu-img check` (when the format has a checker) and `qemu-img compare` against the raw.
 fn qemu_img_agrees(raw: &Path, file: &Path, driver: &str, check: bool) {
     if check {
@@ -173,7 +163,10 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
                 // disk.raw is the image then zeros to a whole GiB (sparse in the tar).
                 let disk_raw = x.join("disk.raw");
                 let len = std::fs::metadata(&disk_raw).unwrap().len();
-                assert!(len > 0 && len % (1 << 30) == 0, "disk.raw is {len} bytes");
+                assert!(
+                    len > 0 && len.is_multiple_of(1 << 30),
+                    "disk.raw is {len} bytes"
+                );
                 assert!(list.contains(&len.to_string()), "{list}");
                 qemu_img_agrees(&b.image, &disk_raw, "raw", false);
                 std::fs::remove_file(&disk_raw).unwrap();
