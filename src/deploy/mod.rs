@@ -37,6 +37,19 @@ pub fn connect(env: &EnvSpec) -> Result<(Box<dyn Target>, Box<dyn Switch>)> {
                 Box::new(haproxy::Haproxy::new(h)),
             ))
         }
+        "aws" => {
+            let t = env.aws.clone().with_context(|| {
+                format!(
+                    "environment {}: [env.{}.aws] is missing",
+                    env.name, env.name
+                )
+            })?;
+            let spec = aws::AwsSpec::from_table(&env.name, &t)?;
+            Ok((
+                Box::new(aws::ec2::Ec2::new(&env.name, spec.clone())),
+                Box::new(aws::ec2::TargetGroup::new(&env.name, &spec)),
+            ))
+        }
         other => bail!(
             "environment {}: target {other:?} is not available in this build",
             env.name

@@ -389,4 +389,92 @@ mod tests {
         assert!(refused(400, "<Code>AuthFailure</Code>"));
         assert!(refused(403, ""));
     }
+
+    /// A local HTTP server answering the scripted (status, body) pairs in order, one per
+    /// connection; returns its URL and a counter of the requests it read.
+    fn scripted(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = n.clone();
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Read the head and the (small) body.
+                while let Ok(k) = c.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..k]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(h) = text.find("\r\n\r\n") {
+                        let len = text[..h]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= h + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, n)
+    }
+
+    fn test_client(url: String) -> Client {
+        Client::with(
+            "eu-west-1".into(),
+            Credentials {
+                access_key: "AKID".into(),
+                secret_key: "s".into(),
+                token: None,
+            },
+            Some(url),
+        )
+    }
+
+    #[test]
+    fn throttling_and_5xx_are_retried_then_answered() {
+        let (url, n) = scripted(vec![
+            (503, ""),
+            (400, "<Code>RequestLimitExceeded</Code>"),
+            (200, "<ok/>"),
+        ]);
+        let c = test_client(url);
+        let a = c.query("ec2", "DescribeInstances", &[]).unwrap();
+        assert_eq!(a, "<ok/>");
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn an_expired_credential_is_not_retried_and_names_the_call() {
+        let (url, n) =
+            scripted(vec![
+            (400, "<Response><Errors><Error><Code>ExpiredToken</Code></Error></Errors></Response>"),
+            (200, "<ok/>"),
+        ]);
+        let c = test_client(url);
+        let e = format!("{:#}", c.query("ec2", "RunInstances", &[]).unwrap_err());
+        assert!(
+            e.contains("ec2:RunInstances") && e.contains("ExpiredToken"),
+            "{e}"
+        );
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

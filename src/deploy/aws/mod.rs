@@ -7,6 +7,7 @@
 pub mod blocks;
 pub mod client;
 pub mod ebs;
+pub mod ec2;
 pub mod sigv4;
 
 use serde::{Deserialize, Serialize};
