@@ -58,7 +58,28 @@ struct RawApp {
     stop_timeout: Option<Spanned<i64>>,
     #[serde(default)]
     writable: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    layers: Option<Spanned<Vec<RawAppLayer>>>,
 }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAppLayer {
+    name: String,
+    paths: Vec<String>,
+}
+
+/// An `[app] layers` entry: the app's files matching `paths` go to layer `name`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppLayerRule {
+    pub name: String,
+    /// Patterns relative to /app: `*` (not across `/`), `**`, `?`; a pattern that names a
+    /// directory takes everything under it.
+    pub paths: Vec<String>,
+}
+
+/// Most `[app] layers` entries.
+pub const MAX_APP_LAYERS: usize = 8;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +207,9 @@ pub struct Manifest {
     pub stop_timeout: u32,
     /// Directories mounted as tmpfs owned by the app user, sorted.
     pub writable: Vec<String>,
+    /// `[app] layers`: the app's split into layers, bottom to top (files matching no entry
+    /// go to the top layer, "app"); `None`: the split the app's kind implies.
+    pub app_layers: Option<Vec<AppLayerRule>>,
 }
 
 /// `[app] stop_timeout` when the manifest has none (seconds).
@@ -462,6 +486,50 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         }
         writable.sort();
     }
+    let mut app_layers = None;
+    if let Some(l) = &app.layers {
+        let mut rules: Vec<AppLayerRule> = Vec::new();
+        if l.get_ref().len() > MAX_APP_LAYERS {
+            bail!(cx.err(
+                "app.layers",
+                l.span(),
+                format!("at most {MAX_APP_LAYERS} layers")
+            ));
+        }
+        for r in l.get_ref() {
+            let reserved = ["base", "runtime", "server", "app"].contains(&r.name.as_str());
+            // a GPT partition name (`fuse-<name>`) holds 36 characters
+            let long = r.name.len() > 24;
+            if !is_name(&r.name) || long || reserved || rules.iter().any(|o| o.name == r.name) {
+                bail!(cx.err(
+                    "app.layers",
+                    l.span(),
+                    format!(
+                        "layer name {:?} must be 1-24 characters of [a-z0-9-], not base, runtime, server or app, and used once",
+                        r.name
+                    )
+                ));
+            }
+            for p in &r.paths {
+                if p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/').any(|c| c == "..")
+                    || p.len() > 4096
+                {
+                    bail!(cx.err(
+                        "app.layers",
+                        l.span(),
+                        format!("path pattern {p:?} must be relative to the app, without `..`")
+                    ));
+                }
+            }
+            rules.push(AppLayerRule {
+                name: r.name.clone(),
+                paths: r.paths.clone(),
+            });
+        }
+        app_layers = Some(rules);
+    }
 
     let health_http = match raw.health {
         None => None,
@@ -632,6 +700,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     } else {
         None
     };
+    // The main jar, read once here for its Main-Class and Class-Path.
+    let mut main_jar_bytes = None;
     let main_class = if let Some(j) = &jar_app {
         let main_jar = j.root(&app_path).join(&j.main);
         let jar = std::fs::read(&main_jar).map_err(|e| {
@@ -642,7 +712,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             )
         })?;
         let app_path = &main_jar;
-        match crate::format::jar::jar_main_class(&jar) {
+        let class = crate::format::jar::jar_main_class(&jar);
+        main_jar_bytes = Some(jar);
+        match class {
             Ok(Some(c)) => Some(c),
             Ok(None) => bail!(cx.err(
                 "app.path",
@@ -657,8 +729,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     // After the Main-Class check, so that a jar that is no zip is reported as such.
     let jar_app = match jar_app {
         Some(mut j) => {
-            let cp = crate::format::jar::class_path_closure(&j.root(&app_path), &j.main)
-                .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+            let cp = crate::format::jar::class_path_closure(
+                &j.root(&app_path),
+                &j.main,
+                main_jar_bytes.as_deref(),
+            )
+            .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
             for m in &cp.missing {
                 tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
             }
@@ -828,6 +904,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         python_venv,
         stop_timeout,
         writable,
+        app_layers,
     })
 }
 

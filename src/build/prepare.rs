@@ -1,10 +1,10 @@
 //! The steps every command that needs a plan shares (`build`, `build --plan`, `lock`): the
 //! one scan of the app, the lock (fuse.lock or a fresh resolution), the plan.
 
+use crate::app::{self, AppScan};
 use crate::manifest::Manifest;
 use crate::mirror::Session;
 use crate::pin::{obtain_lock, Options};
-use crate::app::{self, AppScan};
 use crate::plan::{self, Plan};
 use crate::resolve::lock::Lock;
 use anyhow::{Context, Result};
@@ -20,8 +20,8 @@ pub struct Locked {
 
 /// Scan the app (its one reading) and obtain the lock.
 pub fn lock(m: &Manifest, opts: Options) -> Result<Locked> {
-    let app = app::scan_app(m)?;
     let session = Session::open()?;
+    let app = app::scan_app(m, Some(&session.store))?;
     let (lock, changed) = obtain_lock(&session, m, &app, opts)?;
     Ok(Locked {
         app,
@@ -56,4 +56,3 @@ pub fn source_epoch(locked: u64) -> Result<u64> {
         _ => Ok(locked),
     }
 }
-

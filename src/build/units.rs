@@ -8,13 +8,13 @@
 //! part of the inputs into files. A new kind of content is a new optional field of
 //! `LayerInputs` plus one step in [`layer_tree`].
 
+use crate::app::AppScan;
 use crate::archive::deb::{read_deb, Deb};
 use crate::cache::{Cache, Record, Source};
-use crate::fetch::Fetcher;
 use crate::disk::{self, BuiltLayer, LayerMeta};
+use crate::fetch::Fetcher;
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
-use crate::app::AppScan;
 use crate::plan::{Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
 use crate::resolve::lock::Pin;
 use crate::store::Store;
@@ -293,14 +293,10 @@ pub fn layer_tree(
         java_modules = trim_jre(&mut tree, jre, debs)?;
     }
     if let Some(a) = &i.app {
-        if a.listing_sha256 != app.listing_sha256 {
+        if app.part(&i.name).map(|p| &p.listing_sha256) != Some(&a.listing_sha256) {
             bail!("internal error: the app changed between planning and building");
         }
-        let mut files = app.files.clone();
-        for (_, n) in files.iter_mut() {
-            n.mtime = epoch;
-        }
-        tree.merge(&files)?;
+        tree.merge(&app.tree(&i.name, epoch)?)?;
     }
     Ok(Layer {
         name: i.name.clone(),

@@ -66,14 +66,19 @@ pub struct ClassPath {
 /// becomes /app) and of the jars it names, the way the JVM does for `java -jar`: each
 /// entry is a URL relative to the directory of the jar naming it. Entries leaving `root`
 /// (`../x.jar`, absolute URLs) are an error: the image has nothing there.
-pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
+/// `main_bytes`: the main jar's bytes when the caller has read them already (not read again).
+pub fn class_path_closure(root: &Path, main: &str, main_bytes: Option<&[u8]>) -> Result<ClassPath> {
     let mut out = ClassPath::default();
     let mut seen: BTreeSet<String> = BTreeSet::from([main.to_string()]);
     let mut todo = vec![main.to_string()];
     while let Some(jar) = todo.pop() {
         let path = root.join(&jar);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = match main_bytes.filter(|_| jar == main) {
+            Some(b) => b.to_vec(),
+            None => {
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+            }
+        };
         let entries = jar_class_path(&bytes)
             .with_context(|| format!("cannot read the manifest of {}", path.display()))?;
         let dir = jar.rsplit_once('/').map(|(d, _)| d).unwrap_or("");

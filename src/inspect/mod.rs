@@ -166,13 +166,12 @@ mod tests {
         }
         let f = fixture::build(b"app v1", |m| {
             let l = m.layers[1].clone();
-            m.layers
-                .extend((0..20_000).map(|i| crate::disk::LayerMeta {
-                    name: format!("x{i}"),
-                    partition: format!("fuse-x{i}"),
-                    files: vec![],
-                    ..l.clone()
-                }));
+            m.layers.extend((0..20_000).map(|i| crate::disk::LayerMeta {
+                name: format!("x{i}"),
+                partition: format!("fuse-x{i}"),
+                files: vec![],
+                ..l.clone()
+            }));
         });
         let before = threads();
         let done = std::sync::atomic::AtomicBool::new(false);

@@ -419,8 +419,11 @@ fn push_pull_is_byte_identical_and_a_new_app_sends_only_changed_blobs() {
         .map(|(d, _)| d)
         .filter(|d| !known.contains(d.digest.as_str()))
         .map(title)
+        // the ESP's long chunks are cut into fixed pieces (`<name>#<n>`)
+        .map(|t| t.split('#').next().unwrap_or_default().to_string())
         .collect();
     changed_names.sort();
+    changed_names.dedup();
     assert_eq!(
         changed_names,
         [
