@@ -242,7 +242,10 @@ struct StatEntry {
     sha256: String,
 }
 
-fn stat_of(meta: &std::fs::Metadata) -> (u64, i128, i128, u64, u64) {
+/// size, mtime (ns), ctime (ns), inode, device
+type Stat = (u64, i128, i128, u64, u64);
+
+fn stat_of(meta: &std::fs::Metadata) -> Stat {
     use std::os::unix::fs::MetadataExt;
     (
         meta.size(),
@@ -551,7 +554,7 @@ struct Walk<'a> {
     new: BTreeMap<String, StatEntry>,
     entries: Vec<Entry>,
     /// Files whose digest the stat cache does not vouch for: (entry index, host path, stat).
-    pending: Vec<(usize, PathBuf, (u64, i128, i128, u64, u64))>,
+    pending: Vec<(usize, PathBuf, Stat)>,
 }
 
 impl Walk<'_> {
