@@ -76,9 +76,7 @@ fn inspect_files(image: &Path, name: &str) -> Vec<String> {
     let out = fuse(&["inspect", "--json", image.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let layers = v["layers"]
-        .as_array()
-        .or_else(|| v["image"]["layers"].as_array());
+    let layers = v["metadata"]["layers"].as_array();
     let l = layers
         .unwrap_or_else(|| panic!("no layers in inspect --json: {v}"))
         .iter()
