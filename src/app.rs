@@ -8,11 +8,12 @@
 //! listing's digest; a layer's tree, the only other reader, is built on a cache miss and
 //! checks every file it reads against the digest the listing holds.
 
+use crate::digest::sha256_hex;
 use crate::disk::FileMeta;
 use crate::manifest::{AppKind, AppLayerRule, Manifest};
 use crate::resolve::elf::{self, Dynamic};
 use crate::runtimes::APP_DIR;
-use crate::store::{sha256_hex, Store};
+use crate::store::Store;
 use crate::tree::{Node, Tree};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

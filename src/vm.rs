@@ -248,10 +248,137 @@ pub fn qmp(socket: &Path, command: &str) -> Result<()> {
     answer(command)
 }
 
+/// A free TCP port on `host` (bound then released).
+pub fn free_port_on(host: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((host, 0))
+        .with_context(|| format!("cannot bind a port on {host}"))?;
+    Ok(l.local_addr()?.port())
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// The app's exit code from the init's last words on the console: its own code, or for an
+/// app ended by a signal 128 + the signal's number (as a shell reports it).
+pub fn exit_code_of(line: &str) -> Option<u8> {
+    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
+    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
+        return number(rest).map(|c| c.clamp(0, 255) as u8);
+    }
+    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
+    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
+}
+
+/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
+/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
+pub fn bootable_disk(
+    image_path: &std::path::Path,
+    format: crate::export::Format,
+    raw: Vec<u8>,
+    tmp: &std::path::Path,
+) -> Result<(std::path::PathBuf, &'static str)> {
+    match format.qemu_driver() {
+        Some(driver) => Ok((
+            std::fs::canonicalize(image_path)
+                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
+            driver,
+        )),
+        None => {
+            let p = tmp.join("disk.raw");
+            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
+            Ok((p, "raw"))
+        }
+    }
+}
+
+/// An image as `fuse run` and `fuse test` take it: a file of any format or a store reference,
+/// opened, its image.json read and its digest computed.
+pub struct OpenedImage {
+    pub path: PathBuf,
+    pub opened: crate::export::Opened,
+    pub meta: crate::disk::ImageMeta,
+    /// `sha256:` of the raw disk.
+    pub digest: String,
+}
+
+/// Open IMAGE (a file, else a reference into the local image store); `config`, when given,
+/// must be readable.
+pub fn open_image(image: &Path, config: Option<&Path>) -> Result<OpenedImage> {
+    let path = if image.is_file() {
+        image.to_path_buf()
+    } else {
+        crate::image_store::resolve_image_ref(&image.to_string_lossy())?
+    };
+    let opened = crate::export::detect_and_open(&path)?;
+    let meta = crate::disk::read_meta(&opened.raw)
+        .with_context(|| format!("{} is not a fuse image", path.display()))?;
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
+    if let Some(cfg) = config {
+        std::fs::metadata(cfg)
+            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
+    }
+    Ok(OpenedImage {
+        path,
+        opened,
+        meta,
+        digest,
+    })
+}
+
+/// A QEMU command ready to start, with what it needs in a private temp dir: a copy of
+/// OVMF's vars, the disk QEMU reads ([`bootable_disk`]) and a QMP socket. stdin is null and
+/// the console (stdout) piped.
+pub struct Launch {
+    pub tmp: tempfile::TempDir,
+    pub qmp: PathBuf,
+    pub accel: &'static str,
+    pub qemu: PathBuf,
+    pub cmd: Command,
+}
+
+impl Launch {
+    pub fn new(
+        img: OpenedImage,
+        accel: &str,
+        memory_mib: u32,
+        forwards: &[(u16, u16)],
+        config: Option<&Path>,
+    ) -> Result<Launch> {
+        let qemu = qemu_binary()?;
+        let (code, vars_template) = ovmf()?;
+        let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+        let vars = tmp.path().join("OVMF_VARS.fd");
+        std::fs::copy(&vars_template, &vars)
+            .with_context(|| format!("cannot copy {}", vars_template.display()))?;
+        let qmp = tmp.path().join("qmp.sock");
+        let accel = choose_accel(accel)?;
+        let (image, disk_format) =
+            bootable_disk(&img.path, img.opened.format, img.opened.raw, tmp.path())?;
+        let spec = BootSpec {
+            image: &image,
+            disk_format,
+            vars: &vars,
+            code: &code,
+            accel,
+            memory_mib,
+            forwards,
+            config,
+        };
+        let mut cmd = command(&qemu, &spec);
+        cmd.args(qmp_args(&qmp))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        Ok(Launch {
+            tmp,
+            qmp,
+            accel,
+            qemu,
+            cmd,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +394,20 @@ mod tests {
         assert!(
             probe("tcg"),
             "the probe firmware did not exit with status 3 under TCG"
+        );
+    }
+
+    #[test]
+    fn exit_code_is_read_from_console() {
+        assert_eq!(
+            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
+            Some(3)
+        );
+        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
+        assert_eq!(exit_code_of("hello"), None);
+        assert_eq!(
+            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
+            Some(143)
         );
     }
 }

@@ -5,13 +5,17 @@
 
 pub mod gce;
 pub mod ova;
+pub mod padding;
 pub mod qcow2;
 pub mod tarball;
+pub mod uuid;
 pub mod vhd;
 pub mod vmdk;
 
+pub use padding::{cut_padding, gpt_len};
+pub use uuid::{digest_of, uuid_bytes, uuid_from};
+
 use anyhow::{bail, Context, Result};
-use sha2::Digest;
 use std::path::Path;
 
 /// The formats `fuse export` writes and `inspect`/`run` read.
@@ -94,40 +98,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// 16 bytes derived from the image digest for one purpose (an RFC 9562 version 8 UUID:
-/// custom, not random), so identifiers are the same for the same image.
-pub fn uuid_bytes(digest: &[u8; 32], purpose: &str) -> [u8; 16] {
-    let mut h = sha2::Sha256::new();
-    h.update(b"fuse export uuid\0");
-    h.update(purpose.as_bytes());
-    h.update([0]);
-    h.update(digest);
-    let d = h.finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x80;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
-}
-
-/// [`uuid_bytes`] in the usual 8-4-4-4-12 form.
-pub fn uuid_from(digest: &[u8; 32], purpose: &str) -> String {
-    let h = crate::digest::hex(&uuid_bytes(digest, purpose));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// The image digest as bytes.
-pub fn digest_of(raw: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(raw).into()
-}
-
 /// `raw` in `format`. `base` names the files inside formats that hold more than one
 /// (OVA) or name themselves (VMDK's extent line): `<name>-<version>`.
 pub fn export(format: Format, raw: &[u8], base: &str) -> Result<Vec<u8>> {
@@ -191,7 +161,7 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
             let o = ova::read(&bytes)?;
             (o.raw, o.recorded_digest)
         }
-        Format::Vhd => (vhd::read(&bytes)?.to_vec(), None),
+        Format::Vhd => (cut_padding(vhd::read(&bytes)?.to_vec()), None),
         Format::Gce => (gce::read(&bytes)?, None),
     };
     Ok(Opened {
@@ -241,6 +211,9 @@ pub(crate) mod tests {
         let mut raw = vec![0u8; len];
         raw[..100].copy_from_slice(&[7u8; 100]);
         raw[512..520].copy_from_slice(b"EFI PART");
+        raw[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+        let last = (len as u64).div_ceil(512) - 1;
+        raw[512 + 32..512 + 40].copy_from_slice(&last.to_le_bytes());
         if len > 5 * 65536 + 3 {
             raw[5 * 65536 + 3] = 1;
         }
@@ -262,6 +235,19 @@ pub(crate) mod tests {
         }
         assert!(detect(&[0u8; 4096]).is_err());
         assert!(Format::parse("vdi").is_err());
+    }
+
+    #[test]
+    fn padding_is_cut_at_the_gpt_length_only_when_it_is_zeros() {
+        let raw = sample(3 * 1024 * 1024);
+        assert_eq!(gpt_len(&raw), Some(raw.len() as u64));
+        let mut padded = raw.clone();
+        padded.resize(raw.len() + 4096, 0);
+        assert_eq!(cut_padding(padded.clone()), raw);
+        let n = padded.len();
+        padded[n - 1] = 1;
+        assert_eq!(cut_padding(padded.clone()).len(), n);
+        assert_eq!(cut_padding(vec![0; 4096]).len(), 4096);
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn descriptor(create_type: &str, capacity: u64, file_name: &str, digest: &[u8; 3
     // CID 0xffffffff means "no parent" in parentCID; avoid it as a disk's own CID.
     let cid = if cid == u32::MAX { 0xfffffffe } else { cid };
     let cylinders = (capacity / (16 * 63)).clamp(1, 16383);
-    let uuid = crate::export::uuid_from(digest, "vmdk");
+    let uuid = super::uuid::uuid_from(digest, "vmdk");
     format!(
         "# Disk DescriptorFile\n\
          version=1\n\

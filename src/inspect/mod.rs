@@ -118,7 +118,7 @@ pub(crate) mod fixture;
 mod tests {
     use super::fixture::{self, partition};
     use super::*;
-    use crate::store::sha256_hex;
+    use crate::digest::sha256_hex;
 
     fn read(disk: &[u8], beside: &[u8]) -> Image {
         verify::read(disk, Some(("hello-1.0.0.json", beside)))
@@ -503,10 +503,7 @@ mod tests {
 
     #[test]
     fn spdx_of_the_fixture_validates_against_the_official_schema() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/spdx-schema-2.3.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spdx-schema-2.3.json");
         let schema: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();

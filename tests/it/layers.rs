@@ -254,7 +254,7 @@ fn a_booted_split_image_answers_from_code_and_dependency_layers() {
 /// on the wire by a proxy in front of Debian's docker-registry.
 #[test]
 fn a_push_of_a_code_only_change_sends_far_fewer_bytes_than_the_image() {
-    use crate::registry::{fuse_with, ok, Auth, Proxy, Registry};
+    use crate::registry::{Auth, Proxy, Registry};
     use std::sync::atomic::Ordering;
     let dir = python_app(&tmp_root().join("layers-push"), "");
     // some weight in the dependencies: 4 MiB of incompressible bytes
