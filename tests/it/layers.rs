@@ -93,7 +93,27 @@ fn inspect_files(image: &Path, name: &str) -> Vec<String> {
 #[test]
 fn a_python_apps_distributions_are_a_layer_of_their_own_and_a_code_change_rebuilds_only_the_code() {
     let dir = python_app(&tmp_root().join("layers-python"), "");
+    // This run's own app (the shared cache holds the layers of earlier runs, and this test
+    // asserts that its layers are built, not found): a nonce in the code and in the
+    // dependencies.
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    write(
+        &dir,
+        &[
+            ("vendor/greet/_run.py", &format!("RUN = {nonce:?}\n")),
+            ("run.txt", &nonce),
+        ],
+    );
     let first = build_json(&dir);
+    assert_eq!(layer(&first, "deps")["source"], "built");
+    assert_eq!(layer(&first, "app")["source"], "built");
     assert_eq!(names(&first), ["base", "runtime", "deps", "app"]);
     let image = PathBuf::from(first["image"].as_str().unwrap());
     let deps = inspect_files(&image, "deps");
