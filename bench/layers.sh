@@ -6,8 +6,10 @@
 #   jar:   the jar example with a Class-Path library
 # Goals: code change <= 0.1x cold, no-op <= 0.02x cold; push of a code change <= 5 MB.
 #
-# "Cold": packages downloaded, runtime units cached (a first build ran), the app's layers
-# and image not cached. Needs pip, npm, javac/jar, docker-registry. Prints figures only.
+# "Cold": packages downloaded, runtime units cached (a first build ran), the app's layers,
+# the UKI and the image not cached. Needs pip, npm, javac/jar, docker-registry. Prints
+# figures only. FUSE_BIN: the fuse binary to measure (default: a release build).
+# Usage: bench/layers.sh [flask] [node] [jar]
 set -eu
 cd "$(dirname "$0")/.."
 if [ -n "${FUSE_BIN:-}" ]; then FUSE=$FUSE_BIN; else cargo build --release -q; FUSE=$PWD/target/release/fuse; fi
@@ -88,7 +90,7 @@ change() {
     case $1 in
         flask) echo "# one more line" >> "$work/flask/main.py" ;;
         node) echo "// one more line" >> "$work/node/server.js" ;;
-        jar) sed -i 's/hello/howdy/' "$work/jar/src/hello/Main.java"; build_main_jar "$work/jar" ;;
+        jar) sed -i 's/"greeting", "hello"/"greeting", "howdy"/' "$work/jar/src/hello/Main.java"; build_main_jar "$work/jar" ;;
     esac
 }
 layer_sizes() {
@@ -104,10 +106,12 @@ for ex in ${*:-flask node jar}; do
     "$FUSE" build "$d" >/dev/null 2>&1                   # downloads, lock, runtime units
     rm -rf "$d/fuse-out"
     files=$(find "$d" -type f | wc -l); mb=$(du -sm "$d" | cut -f1)
-    # forget the app's units and images (every layer whose name is not base/runtime/server)
+    # forget the app's units and images: every layer but base/runtime/server, the UKI and
+    # the initramfs (the kernel, the stub and the initramfs' init+modules do not depend on
+    # the app and stay cached)
     for rec in "$FUSE_CACHE_DIR"/named/unit-* "$FUSE_CACHE_DIR"/named/image-* "$FUSE_CACHE_DIR"/named/appstat-* "$FUSE_CACHE_DIR"/named/appscan-*; do
         [ -e "$rec" ] || continue
-        case $(head -c 4000 "$rec") in *'"kind":"layer"'*'"name":"base"'*|*'"kind":"layer"'*'"name":"runtime"'*|*'"kind":"kernel"'*) ;; *) rm -f "$rec" ;; esac
+        case $(head -c 4000 "$rec") in *'"kind":"layer"'*'"name":"base"'*|*'"kind":"layer"'*'"name":"runtime"'*|*'"kind":"layer"'*'"name":"server"'*|*'"kind":"kernel"'*|*'"kind":"stub"'*|*'"kind":"initramfs-core"'*) ;; *) rm -f "$rec" ;; esac
     done
     t0=$(now); "$FUSE" build --json "$d" >"$work/cold.json" 2>"$work/cold.log"; t1=$(now); cold=$(secs "$t0" "$t1")
     sleep 2   # the stat cache trusts stats older than itself

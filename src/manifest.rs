@@ -782,7 +782,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
 
     let budget = match raw.budget {
         None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
+        Some(b) => {
+            let rules: Option<Vec<String>> = app_layers
+                .as_ref()
+                .map(|r: &Vec<AppLayerRule>| r.iter().map(|r| r.name.clone()).collect());
+            parse_budget(&cx, kind, rules.as_deref(), b)?
+        }
     };
 
     Ok(Manifest {
@@ -827,9 +832,10 @@ pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
         file: &file,
     };
     let kind = app_kind(&cx, raw.app.get_ref())?;
+    let rules = rule_names(raw.app.get_ref());
     let budget = match raw.budget {
         None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
+        Some(b) => parse_budget(&cx, kind, rules.as_deref(), b)?,
     };
     Ok((crate::digest::sha256_hex(text.as_bytes()), budget))
 }
@@ -978,7 +984,12 @@ fn system(cx: &Ctx, system: RawSystem, base: &Path) -> Result<System> {
 
 /// `[budget]`: every value a string with a unit; layer budgets name layers this kind of app
 /// has.
-fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate::budget::Budget> {
+fn parse_budget(
+    cx: &Ctx,
+    kind: AppKind,
+    rules: Option<&[String]>,
+    b: Spanned<RawBudget>,
+) -> Result<crate::budget::Budget> {
     use crate::budget::{parse_duration_ms, parse_size, Limit};
     let limit = |key: &str, v: &Spanned<toml::Value>, parse: fn(&str) -> Result<u64>| {
         let Some(text) = v.get_ref().as_str() else {
@@ -1004,10 +1015,10 @@ fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate:
         out.boot = Some(limit("budget.boot", v, parse_duration_ms)?);
     }
     if let Some(layers) = b.layers {
-        let names = layer_names(kind);
+        let names = layer_names(kind, rules);
         for (name, v) in layers {
             let key = format!("budget.layers.{name}");
-            if !names.contains(&name.as_str()) {
+            if !names.contains(&name) {
                 bail!(cx.err(
                     &key,
                     v.span(),
@@ -1162,13 +1173,36 @@ pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// The layers an app of `kind` gets (the names a `[budget.layers]` key may use).
-pub fn layer_names(kind: AppKind) -> Vec<&'static str> {
-    match kind {
-        AppKind::Binary => vec!["base", "app"],
-        AppKind::War => vec!["base", "runtime", "server", "app"],
-        AppKind::Jar | AppKind::Node | AppKind::Python => vec!["base", "runtime", "app"],
-    }
+/// The layers an app of `kind` may get (the names a `[budget.layers]` key may use): with
+/// `[app] layers` (`rules`, their names) those and `app`, else the kind's split (`deps`
+/// below `app` for python, node and jar; the `deps` layer is left out of an image whose app
+/// has no dependency files).
+pub fn layer_names(kind: AppKind, rules: Option<&[String]>) -> Vec<String> {
+    let system: &[&str] = match kind {
+        AppKind::Binary => &["base"],
+        AppKind::War => &["base", "runtime", "server"],
+        AppKind::Jar | AppKind::Node | AppKind::Python => &["base", "runtime"],
+    };
+    let app: Vec<String> = match rules {
+        Some(r) => r.to_vec(),
+        None if matches!(kind, AppKind::Jar | AppKind::Node | AppKind::Python) => {
+            vec!["deps".into()]
+        }
+        None => vec![],
+    };
+    system
+        .iter()
+        .map(|s| s.to_string())
+        .chain(app)
+        .chain(["app".to_string()])
+        .collect()
+}
+
+/// The names of `[app] layers` as written (`None` without the key).
+fn rule_names(app: &RawApp) -> Option<Vec<String>> {
+    app.layers
+        .as_ref()
+        .map(|l| l.get_ref().iter().map(|r| r.name.clone()).collect())
 }
 
 #[cfg(test)]
@@ -1252,6 +1286,30 @@ http = "/"
         assert!(e.contains("app"), "{e}");
         let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
         assert!(e.contains(":9"), "{e}");
+    }
+
+    #[test]
+    fn budget_layers_are_the_apps_layers_deps_or_its_own() {
+        // python, node, jar: the dependency layer may have a budget
+        assert_eq!(
+            layer_names(AppKind::Python, None),
+            ["base", "runtime", "deps", "app"]
+        );
+        assert_eq!(layer_names(AppKind::Binary, None), ["base", "app"]);
+        // `[app] layers`: those names, and no `deps`
+        let with_rules = GOOD.replace(
+            "port = 8080",
+            "port = 8080\nlayers = [{ name = \"assets\", paths = [\"static/\"] }]",
+        );
+        let (_d, m) = with_app(&format!(
+            "{with_rules}\n[budget]\nlayers.assets = \"2 MB\"\n"
+        ));
+        assert_eq!(m.unwrap().budget.layers["assets"].value, 2_000_000);
+        let e = err_of(&format!("{with_rules}\n[budget]\nlayers.deps = \"2 MB\"\n"));
+        assert!(
+            e.contains("budget.layers.deps") && e.contains("base, assets, app"),
+            "{e}"
+        );
     }
 
     #[test]
