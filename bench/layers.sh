@@ -9,6 +9,8 @@
 # "Cold": packages downloaded, runtime units cached (a first build ran), the app's layers,
 # the UKI and the image not cached. Needs pip, npm, javac/jar, docker-registry. Prints
 # figures only. FUSE_BIN: the fuse binary to measure (default: a release build).
+# Wall times on a shared machine grow with its load: the CPU time (user + system) of each
+# build is printed too. BENCH_LOGS=DIR keeps each build's log and report there.
 # Usage: bench/layers.sh [flask] [node] [jar]
 set -eu
 cd "$(dirname "$0")/.."
@@ -19,8 +21,14 @@ work=$(mktemp -d)
 reg_pid=
 cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# timed NAME DIR: `fuse build --json DIR` into $work/NAME.json, its log in $work/NAME.log;
+# sets t_NAME (wall seconds) and c_NAME (CPU seconds, user + system: what a loaded machine
+# does not inflate)
+timed() {
+    /usr/bin/time -f '%e %U %S' -o "$work/$1.time" "$FUSE" build --json "$2" >"$work/$1.json" 2>"$work/$1.log"
+    read -r wall user sys < "$work/$1.time"
+    eval "t_$1=$wall; c_$1=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')"
+}
 echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M) UTC"
 
 # A local registry for the push figures.
@@ -105,7 +113,10 @@ for ex in ${*:-flask node jar}; do
     d=$work/$ex
     "$FUSE" build "$d" >/dev/null 2>&1                   # downloads, lock, runtime units
     rm -rf "$d/fuse-out"
-    files=$(find "$d" -type f | wc -l); mb=$(du -sm "$d" | cut -f1)
+    # what the image takes of it (the jar's sources and classes are not part of the app)
+    case $ex in jar) app="$d/hello.jar $d/lib" ;; *) app=$d ;; esac
+    # shellcheck disable=SC2086
+    files=$(find $app -type f | wc -l); mb=$(du -scm $app | tail -1 | cut -f1)
     # forget the app's units and images: every layer but base/runtime/server, the UKI and
     # the initramfs (the kernel, the stub and the initramfs' init+modules do not depend on
     # the app and stay cached)
@@ -113,13 +124,14 @@ for ex in ${*:-flask node jar}; do
         [ -e "$rec" ] || continue
         case $(head -c 4000 "$rec") in *'"kind":"layer"'*'"name":"base"'*|*'"kind":"layer"'*'"name":"runtime"'*|*'"kind":"layer"'*'"name":"server"'*|*'"kind":"kernel"'*|*'"kind":"stub"'*|*'"kind":"initramfs-core"'*) ;; *) rm -f "$rec" ;; esac
     done
-    t0=$(now); "$FUSE" build --json "$d" >"$work/cold.json" 2>"$work/cold.log"; t1=$(now); cold=$(secs "$t0" "$t1")
+    timed cold "$d"
     sleep 2   # the stat cache trusts stats older than itself
     "$FUSE" build "$d" >/dev/null 2>&1
-    t0=$(now); "$FUSE" build --json "$d" >"$work/noop.json" 2>"$work/noop.log"; t1=$(now); noop=$(secs "$t0" "$t1")
+    timed noop "$d"
     "$FUSE" push "$d/fuse-out/$ex-1.0.0.img" "127.0.0.1:$port/bench/$ex:v1" --insecure >/dev/null 2>"$work/push1.log"
     change "$ex"
-    t0=$(now); "$FUSE" build --json "$d" >"$work/code.json" 2>"$work/code.log"; t1=$(now); code=$(secs "$t0" "$t1")
+    timed code "$d"
+    cold=$t_cold noop=$t_noop code=$t_code
     "$FUSE" push "$d/fuse-out/$ex-1.0.0.img" "127.0.0.1:$port/bench/$ex:v2" --insecure >/dev/null 2>"$work/push2.log"
     p1=$(sed -n 's/.*push: \([0-9]*\) bytes.*/\1/p' "$work/push1.log" | tail -1)
     p2=$(sed -n 's/.*push: \([0-9]*\) bytes.*/\1/p' "$work/push2.log" | tail -1)
@@ -127,6 +139,9 @@ for ex in ${*:-flask node jar}; do
     printf '%-6s app %d files %d MB; image %.1f MB\n' "$ex" "$files" "$mb" "$(echo "$img / 1048576" | bc -l)"
     printf '       cold %6.2fs   no-op %5.2fs (%.3fx, goal 0.02)   code change %5.2fs (%.3fx, goal 0.1)\n' \
         "$cold" "$noop" "$(echo "$noop / $cold" | bc -l)" "$code" "$(echo "$code / $cold" | bc -l)"
+    printf '       cpu  %6.2fs   no-op %5.2fs (%.3fx)                code change %5.2fs (%.3fx)\n' \
+        "$c_cold" "$c_noop" "$(echo "$c_noop / $c_cold" | bc -l)" "$c_code" "$(echo "$c_code / $c_cold" | bc -l)"
+    if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS/$ex"; cp "$work"/*.log "$work"/*.json "$BENCH_LOGS/$ex/"; fi
     echo "       layers (cold; * = built): $(layer_sizes "$work/cold.json")"
     echo "       layers (code change):     $(layer_sizes "$work/code.json")"
     printf '       push: first %.1f MB, code change %.2f MB (goal 5)\n' "$(echo "${p1:-0} / 1000000" | bc -l)" "$(echo "${p2:-0} / 1000000" | bc -l)"
