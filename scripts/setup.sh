@@ -43,5 +43,11 @@ if command -v libvirtd >/dev/null; then
     id libvirt-qemu >/dev/null 2>&1 || $SUDO useradd -r -g kvm -d /var/lib/libvirt \
         -s /usr/sbin/nologin libvirt-qemu
     $SUDO mkdir -p /var/log/libvirt
+    # /dev/kvm as udev's rule would leave it (root:kvm 0660). Without it libvirt finds the
+    # KVM it probed as root unusable by libvirt-qemu, calls its capability cache outdated and
+    # probes QEMU again on every `virsh create`: 65 s per server instead of 1 s.
+    if [ -c /dev/kvm ]; then
+        $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm
+    fi
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
