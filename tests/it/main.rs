@@ -12,6 +12,7 @@ mod export;
 mod fixture;
 mod hostile;
 mod inspect;
+mod layers;
 mod libs;
 mod lock;
 mod native;
