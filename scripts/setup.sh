@@ -51,3 +51,12 @@ if command -v libvirtd >/dev/null; then
     fi
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
+# The AWS deploy tests talk to a local AWS API emulator, moto's server (PyPI), pinned, in
+# its own venv (Debian's python3 is externally managed), on PATH as moto_server.
+MOTO_VERSION=5.2.1
+if ! command -v moto_server >/dev/null 2>&1; then
+    echo "setup: installing moto[server]==$MOTO_VERSION into /opt/fuse-moto" >&2
+    $SUDO python3 -m venv /opt/fuse-moto
+    $SUDO /opt/fuse-moto/bin/pip install -q "moto[server]==$MOTO_VERSION"
+    $SUDO ln -sf /opt/fuse-moto/bin/moto_server /usr/local/bin/moto_server
+fi

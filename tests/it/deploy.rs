@@ -60,7 +60,7 @@ pub struct Versions {
 }
 
 /// v1/v2/v3 built once per test run.
-fn versions() -> &'static Versions {
+pub fn versions() -> &'static Versions {
     static V: OnceLock<Versions> = OnceLock::new();
     V.get_or_init(|| {
         let root = tmp_root().join("deploy-versions");

@@ -2,6 +2,7 @@
 //! boots under QEMU + OVMF, reproducibility, hostile input. One test binary, modules per area.
 
 mod apps;
+mod aws;
 mod boot;
 mod build;
 mod ci;
@@ -12,6 +13,7 @@ mod fixture;
 mod flask;
 mod hostile;
 mod inspect;
+mod layers;
 mod libs;
 mod lock;
 mod native;
