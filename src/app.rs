@@ -154,7 +154,39 @@ pub struct AppScan {
     pub files_read: usize,
 }
 
+/// Bytes of a file's head read for its ELF notes (they follow the program headers).
+const ELF_HEAD: usize = 64 * 1024;
+
 impl AppScan {
+    /// The highest x86-64 level the app's ELF files say they need
+    /// (`GNU_PROPERTY_X86_ISA_1_NEEDED`), from the first 64 KiB of each file.
+    pub fn x86_64_level(&self) -> Option<u8> {
+        use std::io::Read;
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let EntryKind::File { source, data, .. } = &e.kind else {
+                    return None;
+                };
+                let head: Vec<u8> = match (data.get(), source) {
+                    (Some(d), _) | (None, FileSource::Bytes(d)) => {
+                        d[..d.len().min(ELF_HEAD)].to_vec()
+                    }
+                    (None, FileSource::Host(p)) => {
+                        let mut buf = Vec::new();
+                        std::fs::File::open(p)
+                            .ok()?
+                            .take(ELF_HEAD as u64)
+                            .read_to_end(&mut buf)
+                            .ok()?;
+                        buf
+                    }
+                };
+                crate::format::elf::x86_64_level_needed(&head)
+            })
+            .max()
+    }
+
     /// The part named `name`.
     pub fn part(&self, name: &str) -> Option<&AppPart> {
         self.parts.iter().find(|p| p.name == name)

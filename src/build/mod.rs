@@ -144,11 +144,7 @@ pub fn build(
         layers: &layers,
         app: app_plan,
         app_kind: m.kind.name(),
-        x86_64_level: app
-            .files
-            .iter()
-            .filter_map(|(_, n)| n.data().and_then(crate::format::elf::x86_64_level_needed))
-            .max(),
+        x86_64_level: app.x86_64_level(),
         port: m.port,
         health_http: m.health_http.clone(),
         epoch,
