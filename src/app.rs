@@ -375,4 +375,3 @@ pub fn retarget_venv(t: &mut Tree, venv: &str, version: &str, epoch: u64) -> Res
     t.insert(&cfg_path, n)?;
     Ok(())
 }
-

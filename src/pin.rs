@@ -3,11 +3,11 @@
 //! never loads, and the packages that ship the app's libraries), or the existing fuse.lock
 //! when it still matches. What the lock pins is exactly what the image holds.
 
+use crate::app::AppScan;
 use crate::archive::deb::read_deb;
 use crate::archive::packages::{parse_relations, Package};
 use crate::manifest::Manifest;
 use crate::mirror::{self, Archive, Session, Trust};
-use crate::app::AppScan;
 use crate::plan::STUB_PACKAGE;
 use crate::resolve::elf::{self, Dynamic};
 use crate::resolve::lock::{

@@ -1,10 +1,10 @@
 //! The steps every command that needs a plan shares (`build`, `build --plan`, `lock`): the
 //! one scan of the app, the lock (fuse.lock or a fresh resolution), the plan.
 
+use crate::app::{self, AppScan};
 use crate::manifest::Manifest;
 use crate::mirror::Session;
 use crate::pin::{obtain_lock, Options};
-use crate::app::{self, AppScan};
 use crate::plan::{self, Plan};
 use crate::resolve::lock::Lock;
 use anyhow::{Context, Result};
@@ -56,4 +56,3 @@ pub fn source_epoch(locked: u64) -> Result<u64> {
         _ => Ok(locked),
     }
 }
-

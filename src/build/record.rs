@@ -52,7 +52,12 @@ pub fn image_key(
 /// The build recorded for `key` when the image and image.json files hold exactly what it
 /// wrote (both hashed: an edited or truncated output is rebuilt), with every unit reported
 /// as from the local cache.
-pub fn up_to_date(store: &store::Store, key: &str, img: &Path, json: &Path) -> Result<Option<Built>> {
+pub fn up_to_date(
+    store: &store::Store,
+    key: &str,
+    img: &Path,
+    json: &Path,
+) -> Result<Option<Built>> {
     let Some(text) = store.get_named(&format!("image-{key}"))? else {
         return Ok(None);
     };
@@ -89,7 +94,13 @@ pub fn up_to_date(store: &store::Store, key: &str, img: &Path, json: &Path) -> R
 }
 
 /// Record what a build wrote for `key` (`named/image-<key>` in the download cache).
-pub fn save(store: &store::Store, key: &str, image: &[u8], json: &[u8], built: &Built) -> Result<()> {
+pub fn save(
+    store: &store::Store,
+    key: &str,
+    image: &[u8],
+    json: &[u8],
+    built: &Built,
+) -> Result<()> {
     let rec = ImageRecord {
         format: IMAGE_RECORD_FORMAT,
         key: key.to_string(),

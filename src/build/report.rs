@@ -159,4 +159,3 @@ pub fn check_budget(budget: &crate::budget::Budget, built: &Built) -> Result<Bud
         unknown_layers: missing,
     })
 }
-

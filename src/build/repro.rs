@@ -4,8 +4,8 @@
 //! else the partition table), and within it the first differing files, read back from the
 //! partitions' own file systems and compared with inspect's file diff.
 
-use crate::format::{fat, gpt, squashfs};
 use crate::disk::{file_list, ESP_PARTITION_NAME};
+use crate::format::{fat, gpt, squashfs};
 use crate::inspect::diff::diff_files;
 use crate::tree::Tree;
 use anyhow::{Context, Result};

@@ -8,13 +8,13 @@
 //! part of the inputs into files. A new kind of content is a new optional field of
 //! `LayerInputs` plus one step in [`layer_tree`].
 
+use crate::app::AppScan;
 use crate::archive::deb::{read_deb, Deb};
 use crate::cache::{Cache, Record, Source};
-use crate::fetch::Fetcher;
 use crate::disk::{self, BuiltLayer, LayerMeta};
+use crate::fetch::Fetcher;
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
-use crate::app::AppScan;
 use crate::plan::{Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
 use crate::resolve::lock::Pin;
 use crate::store::Store;

@@ -35,14 +35,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         (None, None) => None,
         _ => bail!("--sign-key and --sign-cert (FUSE_SIGN_KEY, FUSE_SIGN_CERT) go together"),
     };
-    let built = build::build(
-        &m,
-        args.out.as_deref(),
-        opts,
-        None,
-        &cache,
-        signer.as_ref(),
-    )?;
+    let built = build::build(&m, args.out.as_deref(), opts, None, &cache, signer.as_ref())?;
     for (part, size) in &built.parts {
         tracing::info!(
             "  {part:<18} {:>10} bytes ({:.1} MiB)",
@@ -80,4 +73,3 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
     }
     Ok(code)
 }
-

@@ -3,8 +3,8 @@
 //! stdout. IMAGE may itself be in any format fuse reads.
 
 use crate::cli::ExportArgs;
-use crate::export::{self, Format};
 use crate::disk::read_meta;
+use crate::export::{self, Format};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

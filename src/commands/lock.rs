@@ -1,9 +1,9 @@
 //! `fuse lock`: resolve the manifest (and the app's libraries) against the archive and pin
 //! the result in fuse.lock; `--update` re-resolves even when the lock still matches.
 
-use crate::cli::LockArgs;
 use crate::build::prepare::{self, Locked};
 use crate::build::{lock_path, Options};
+use crate::cli::LockArgs;
 use crate::mirror::Trust;
 use anyhow::Result;
 

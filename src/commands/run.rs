@@ -2,7 +2,6 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::disk::read_meta;
 use crate::vm::{self, BootSpec};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -90,47 +89,22 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
     }
 }
 
-/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
-/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
-pub fn bootable_disk(
-    image_path: &std::path::Path,
-    format: crate::export::Format,
-    raw: Vec<u8>,
-    tmp: &std::path::Path,
-) -> Result<(std::path::PathBuf, &'static str)> {
-    match format.qemu_driver() {
-        Some(driver) => Ok((
-            std::fs::canonicalize(image_path)
-                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
-            driver,
-        )),
-        None => {
-            let p = tmp.join("disk.raw");
-            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
-            Ok((p, "raw"))
-        }
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<u8> {
     let image_path = if args.image.is_file() {
         args.image.clone()
     } else {
         crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
     };
-    let opened = crate::export::detect_and_open(&image_path)?;
-    let meta = read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
-    let format = opened.format;
-    let raw = opened.raw;
     if let Some(cfg) = &args.config {
         std::fs::metadata(cfg)
             .with_context(|| format!("cannot read config file {}", cfg.display()))?;
     }
+    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    // Verified once, booted from a private copy of the verified bytes.
+    let boot = crate::inspect::boot_disk(&image_path, tmp.path())?;
+    let (meta, digest, format) = (&boot.meta, &boot.digest, boot.format);
     let qemu_bin = vm::qemu_binary()?;
     let (code, vars_template) = vm::ovmf()?;
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
     let vars = tmp.path().join("OVMF_VARS.fd");
     std::fs::copy(&vars_template, &vars)
         .with_context(|| format!("cannot copy {}", vars_template.display()))?;
@@ -144,7 +118,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .collect::<Result<_>>()?
     };
     let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = bootable_disk(&image_path, format, raw, tmp.path())?;
+    let (image, disk_format) = (boot.path.clone(), boot.driver);
     let spec = BootSpec {
         image: &image,
         disk_format,

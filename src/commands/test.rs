@@ -8,7 +8,7 @@
 
 use crate::budget::{self, Check, Limit};
 use crate::cli::TestArgs;
-use crate::disk::{read_meta, ImageMeta};
+use crate::disk::ImageMeta;
 use crate::vm::{self, BootSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -216,10 +216,10 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     } else {
         crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
     };
-    let opened = crate::export::detect_and_open(&image_path)?;
-    let meta = read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", image_path.display()))?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&opened.raw));
+    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    // Verified once, booted from a private copy of the verified bytes.
+    let boot = crate::inspect::boot_disk(&image_path, tmp.path())?;
+    let (meta, digest) = (boot.meta.clone(), boot.digest.clone());
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",
@@ -237,7 +237,6 @@ pub fn run(args: &TestArgs) -> Result<u8> {
 
     let qemu_bin = vm::qemu_binary()?;
     let (code, vars_template) = vm::ovmf()?;
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
     let vars = tmp.path().join("OVMF_VARS.fd");
     std::fs::copy(&vars_template, &vars)
         .with_context(|| format!("cannot copy {}", vars_template.display()))?;
@@ -245,8 +244,7 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
     let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) =
-        super::run::bootable_disk(&image_path, opened.format, opened.raw, tmp.path())?;
+    let (image, disk_format) = (boot.path.clone(), boot.driver);
     let spec = BootSpec {
         image: &image,
         disk_format,

@@ -4,7 +4,7 @@
 
 use super::tarball;
 use anyhow::{ensure, Context, Result};
-use std::io::Write;
+use std::io::{Read, Write};
 
 /// The one file name GCE accepts inside the archive.
 pub const DISK_RAW: &str = "disk.raw";
@@ -28,20 +28,180 @@ pub fn is_gzip(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
 }
 
-/// `disk.raw` from a gzip'ed (or plain) tar.
+/// The most bytes of zero padding allowed after the image in `disk.raw` (GCE wants whole
+/// GiB: the padding fills up to the next one).
+const MAX_PADDING: u64 = 1 << 30;
+/// The most image bytes per byte of input (beyond a fixed allowance): a fuse disk is
+/// mostly compressed file systems, so a larger ratio is a crafted bomb.
+const EXPANSION: u64 = 16;
+const ALLOWANCE: u64 = 64 << 20;
+
+/// `disk.raw` from a gzip'ed (or plain) tar, checked to be what every other reader (GNU tar,
+/// GCE's importer, multi-member gzip readers) sees too: exactly one gzip member, exactly one
+/// tar member, a regular file (type '0') named exactly `disk.raw`, nothing after it but
+/// the end-of-archive zero blocks. Zero padding after the image (whose end the GPT's backup
+/// header gives) is checked while streaming and left out of the result, so memory is
+/// bounded by the image and time by the input (at most [`MAX_PADDING`] of padding).
 pub fn read(file: &[u8]) -> Result<Vec<u8>> {
-    let want = |n: &str| n == DISK_RAW;
-    let entries = if is_gzip(file) {
-        tarball::read(flate2::read::GzDecoder::new(file), want)?
+    let budget = (file.len() as u64).saturating_mul(EXPANSION) + ALLOWANCE;
+    if is_gzip(file) {
+        let mut rest = file;
+        let raw = {
+            let mut gz = flate2::bufread::GzDecoder::new(&mut rest);
+            let raw = read_tar(&mut gz, budget)?;
+            // Drain what is left of the member (its trailer and CRC check).
+            let mut tail = [0u8; 1];
+            ensure!(
+                gz.read(&mut tail).context("gzip")? == 0,
+                "data after the tar archive inside the gzip stream"
+            );
+            raw
+        };
+        ensure!(
+            rest.is_empty(),
+            "{} bytes after the first gzip member (a GCE image is exactly one member)",
+            rest.len()
+        );
+        Ok(raw)
     } else {
-        tarball::read(file, want)?
-    };
+        let mut r = file;
+        let raw = read_tar(&mut r, budget)?;
+        Ok(raw)
+    }
+}
+
+fn octal(field: &[u8], what: &str) -> Result<u64> {
+    let t: Vec<u8> = field
+        .iter()
+        .copied()
+        .take_while(|&b| b != 0)
+        .filter(|&b| b != b' ')
+        .collect();
     ensure!(
-        entries.len() == 1,
-        "the archive holds {} files named {DISK_RAW} (a GCE image holds exactly one)",
-        entries.len()
+        !t.is_empty() && t.iter().all(|b| (b'0'..=b'7').contains(b)),
+        "tar header {what} is not an octal number"
     );
-    Ok(entries.into_iter().next().map(|e| e.1).unwrap_or_default())
+    t.iter()
+        .try_fold(0u64, |a, &b| {
+            a.checked_mul(8)?.checked_add((b - b'0') as u64)
+        })
+        .with_context(|| format!("tar header {what} overflows"))
+}
+
+fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
+    r.read_exact(buf)
+        .with_context(|| format!("the archive ends inside {what}"))
+}
+
+/// True when `r` yields only zero bytes until its end; reads at most `limit` bytes.
+fn only_zeros(r: &mut impl Read, limit: u64, what: &str) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = limit;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {what}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        ensure!(buf[..n].iter().all(|&b| b == 0), "non-zero bytes in {what}");
+        left = left
+            .checked_sub(n as u64)
+            .with_context(|| format!("more than {limit} bytes of {what}"))?;
+    }
+}
+
+/// The single `disk.raw` member of a tar stream (see [`read`]).
+fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
+    let mut h = [0u8; 512];
+    read_exact_or(r, &mut h, "the first header")?;
+    let sum = octal(&h[148..156], "checksum")?;
+    let got: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u64
+            }
+        })
+        .sum();
+    ensure!(
+        sum == got,
+        "tar header checksum is {sum}, the header sums to {got}"
+    );
+    let name_end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+    ensure!(
+        &h[..name_end] == DISK_RAW.as_bytes() && h[name_end..100].iter().all(|&b| b == 0),
+        "the archive's member is {:?}, not exactly {DISK_RAW} (a GCE image holds only {DISK_RAW})",
+        String::from_utf8_lossy(&h[..name_end])
+    );
+    ensure!(
+        h[156] == b'0',
+        "{DISK_RAW} is a tar member of type {:?}, not a regular file ('0')",
+        h[156] as char
+    );
+    ensure!(
+        h[157..257].iter().all(|&b| b == 0),
+        "{DISK_RAW} has a link name"
+    );
+    if &h[257..263] == b"ustar\0" {
+        ensure!(
+            h[345..500].iter().all(|&b| b == 0),
+            "{DISK_RAW} has a ustar name prefix"
+        );
+    } else {
+        ensure!(
+            &h[257..265] == b"ustar  \0",
+            "not a ustar or GNU tar header"
+        );
+    }
+    let size = octal(&h[124..136], "size")?;
+    // The image's end: the GPT's backup header is its last sector.
+    let mut head = vec![0u8; size.min(1024) as usize];
+    read_exact_or(r, &mut head, DISK_RAW)?;
+    // A GPT whose backup header is not inside disk.raw describes no padding: then the
+    // whole member is the disk.
+    let image_end = Some(&head)
+        .filter(|h| h.get(512..520) == Some(b"EFI PART"))
+        .and_then(|h| h.get(512 + 32..512 + 40))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|alt| alt.checked_add(1)?.checked_mul(512))
+        .filter(|&e| e >= 1024 && e <= size)
+        .unwrap_or(size);
+    ensure!(
+        size - image_end <= MAX_PADDING,
+        "{DISK_RAW} is {size} bytes, {} of them after the {image_end}-byte disk its GPT describes",
+        size - image_end
+    );
+    ensure!(
+        image_end <= budget,
+        "{DISK_RAW} holds a {image_end}-byte disk: implausible for this archive's size"
+    );
+    let mut raw = Vec::with_capacity(usize::try_from(image_end)?);
+    raw.extend_from_slice(&head);
+    let mut data = r.take(size - head.len() as u64);
+    (&mut data)
+        .take(image_end - head.len() as u64)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("cannot read {DISK_RAW}"))?;
+    ensure!(
+        raw.len() as u64 == image_end,
+        "the archive ends inside {DISK_RAW}"
+    );
+    ensure!(
+        image_end == size || raw.get(raw.len() - 512..raw.len() - 504) == Some(b"EFI PART"),
+        "{DISK_RAW} has {} bytes after the sector its GPT names as the backup header, which is not one",
+        size - image_end
+    );
+    only_zeros(&mut data, MAX_PADDING, "the padding after the disk")?;
+    ensure!(data.limit() == 0, "the archive ends inside {DISK_RAW}");
+    let r = data.into_inner();
+    // Padding of the member to 512 bytes, then end-of-archive blocks: zeros only.
+    only_zeros(r, 1 << 20, "the end of the archive")?;
+    Ok(raw)
 }
 
 #[cfg(test)]
@@ -61,5 +221,103 @@ mod tests {
         assert_eq!(&g[4..8], &[0, 0, 0, 0]);
         let other = tarball::write(&[("x.raw", &raw)], tarball::Flavour::Gnu).unwrap();
         assert!(read(&other).is_err());
+    }
+
+    fn gz(b: &[u8]) -> Vec<u8> {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        z.write_all(b).unwrap();
+        z.finish().unwrap()
+    }
+
+    /// One tar member with a hand-set name and type (the checksum fixed up).
+    fn member(name: &[u8], kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut t = tarball::write(&[("x", data)], tarball::Flavour::Gnu).unwrap();
+        t[..100].fill(0);
+        t[..name.len()].copy_from_slice(name);
+        t[156] = kind;
+        if kind == b'2' {
+            t[157..165].copy_from_slice(b"/etc/pwd");
+        }
+        t[148..156].fill(b' ');
+        let sum: u32 = t[..512].iter().map(|&b| b as u32).sum();
+        t[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        t
+    }
+
+    /// Finding 4: what other tar and gzip readers would see differently is refused.
+    #[test]
+    fn anything_but_one_member_disk_raw_in_one_gzip_member_is_refused() {
+        let raw = sample(1024 * 1024);
+        let good = write(&raw).unwrap();
+        // A second gzip member (multi-member readers see another disk).
+        let mut two = good.clone();
+        two.extend_from_slice(&write(&sample(2048 * 1024)).unwrap());
+        assert!(format!("{:#}", read(&two).unwrap_err()).contains("gzip member"));
+        for (name, kind, needle) in [
+            (&b".//disk.raw"[..], b'0', "not exactly"),
+            (&b"./disk.raw"[..], b'0', "not exactly"),
+            (&b"disk.raw"[..], b'7', "not a regular file"),
+            (&b"disk.raw"[..], b'2', "not a regular file"),
+            (&b"disk.raw"[..], b'0', ""),
+        ] {
+            let t = gz(&member(name, kind, &raw));
+            match read(&t) {
+                Ok(r) => assert!(needle.is_empty() && r == raw),
+                Err(e) => assert!(
+                    !needle.is_empty() && format!("{e:#}").contains(needle),
+                    "{e:#}"
+                ),
+            }
+        }
+        // A second member after disk.raw.
+        let mut t = member(b"disk.raw", b'0', &raw);
+        let n = t.len() - 1024;
+        t.truncate(n);
+        t.extend_from_slice(&member(b"disk.raw", b'0', &sample(2048 * 1024)));
+        assert!(read(&gz(&t)).is_err());
+    }
+
+    /// A disk padded with zeros after its backup GPT (GCE wants whole GiB) reads back as
+    /// the image itself; non-zero bytes there are refused.
+    #[test]
+    fn zero_padding_after_the_gpt_is_left_out() {
+        let mut raw = sample(1024 * 1024);
+        let lba = (raw.len() / 512 - 1) as u64;
+        raw[512 + 32..512 + 40].copy_from_slice(&lba.to_le_bytes());
+        let n = raw.len();
+        raw[n - 512..n - 504].copy_from_slice(b"EFI PART");
+        let mut padded = raw.clone();
+        padded.resize(3 * 1024 * 1024, 0);
+        assert_eq!(read(&write(&padded).unwrap()).unwrap(), raw);
+        padded[2 * 1024 * 1024] = 1;
+        assert!(read(&write(&padded).unwrap()).is_err());
+    }
+
+    /// Finding 8: a 1.5 MB tar.gz of a 1.5 GiB disk.raw expanded in memory (1.65 GB, 6.7 s).
+    #[test]
+    fn a_gzip_bomb_is_refused_quickly() {
+        let t0 = std::time::Instant::now();
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        let mut h = tar::Header::new_gnu();
+        h.set_path(DISK_RAW).unwrap();
+        h.set_size(3 << 29);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        z.write_all(h.as_bytes()).unwrap();
+        // Only the first MiB of the 1.5 GiB is given: the header alone must be refused,
+        // before anything is inflated.
+        z.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let bomb = z.finish().unwrap();
+        assert!(bomb.len() < 16 << 20);
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", read(&bomb).unwrap_err());
+        assert!(e.contains("implausible"), "{e}");
+        assert!(
+            t.elapsed().as_secs() < 3,
+            "{:?} (made in {:?})",
+            t.elapsed(),
+            t0.elapsed()
+        );
     }
 }

@@ -191,7 +191,7 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
             let o = ova::read(&bytes)?;
             (o.raw, o.recorded_digest)
         }
-        Format::Vhd => (vhd::read(&bytes)?.to_vec(), None),
+        Format::Vhd => (without_padding(vhd::read(&bytes)?).to_vec(), None),
         Format::Gce => (gce::read(&bytes)?, None),
     };
     Ok(Opened {
@@ -199,6 +199,32 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
         raw,
         recorded_digest,
     })
+}
+
+/// The image inside a disk that was padded with zeros after it (the VHD and GCE exports
+/// pad to the sizes clouds ask for): when the primary GPT header's backup LBA names a
+/// sector before the end that holds the backup header, and only zeros follow it, the disk
+/// up to that sector; else the whole disk.
+pub fn without_padding(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .get(512..520)
+        .filter(|m| *m == b"EFI PART")
+        .and_then(|_| raw.get(512 + 32..512 + 40))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|lba| lba.checked_add(1)?.checked_mul(512))
+        .and_then(|e| usize::try_from(e).ok());
+    match end {
+        Some(e)
+            if e < raw.len()
+                && e >= 1024
+                && raw.get(e - 512..e - 504) == Some(b"EFI PART")
+                && raw[e..].iter().all(|&b| b == 0) =>
+        {
+            &raw[..e]
+        }
+        _ => raw,
+    }
 }
 
 /// Reads an image file of any format and returns its raw disk.

@@ -14,8 +14,8 @@
 pub mod auth;
 pub mod client;
 
-use crate::format::{fat, gpt};
 use crate::disk::{read_meta, ImageMeta};
+use crate::format::{fat, gpt};
 use crate::store::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,7 @@ mod lock;
 mod native;
 mod plan;
 mod promote;
+mod readers;
 mod registry;
 mod runtimes;
 mod support;

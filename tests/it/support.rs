@@ -186,11 +186,7 @@ impl Vm {
         let vars = dir.path().join("vars.fd");
         std::fs::copy(vars_template, &vars).expect("OVMF (package ovmf) is needed");
         let port = fuse::vm::free_port().unwrap();
-        let accel = if fuse::vm::kvm_works() {
-            "kvm"
-        } else {
-            "tcg"
-        };
+        let accel = if fuse::vm::kvm_works() { "kvm" } else { "tcg" };
         eprintln!("booting {disk:?} with -accel {accel}, NIC {nic}");
         let mut child = Command::new("qemu-system-x86_64")
             .args([
