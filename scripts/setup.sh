@@ -9,7 +9,8 @@ SUDO=""
 PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
 squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl openssl docker-registry \
 openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin \
-g++ python3-dev python3-venv node-gyp libnode-dev"
+g++ python3-dev python3-venv node-gyp libnode-dev \
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients haproxy"
 # node-gyp and libnode-dev (the Node addon test) conflict with a nodejs from NodeSource,
 # which ships both itself (npm's node-gyp, /usr/include/node): keep that nodejs then.
 if dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then
@@ -33,5 +34,14 @@ if [ -n "$missing" ]; then
         ;;
     esac
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --allow-downgrades $missing
+fi
+# libvirt without a service manager (fuse deploy's tests start `virtlogd -d` and
+# `libvirtd -d` themselves): what the packages' own scripts would create.
+if command -v libvirtd >/dev/null; then
+    getent group kvm >/dev/null || $SUDO groupadd -r kvm
+    getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
+    id libvirt-qemu >/dev/null 2>&1 || $SUDO useradd -r -g kvm -d /var/lib/libvirt \
+        -s /usr/sbin/nologin libvirt-qemu
+    $SUDO mkdir -p /var/log/libvirt
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }

@@ -2,12 +2,12 @@
 //! ([`scan_app`]: files, identity, what its native and Java code needs) and the app layer's
 //! file tree ([`app_layer`]).
 
+use crate::digest::sha256_hex;
 use crate::disk::file_list;
 use crate::layers::Layer;
 use crate::manifest::{AppKind, Manifest};
 use crate::resolve::elf::{self, Dynamic};
 use crate::runtimes::APP_DIR;
-use crate::store::sha256_hex;
 use crate::tree::{Node, Tree};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;

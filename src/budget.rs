@@ -85,7 +85,12 @@ fn parse_quantity(s: &str, units: &[(&str, u64)], what: &str) -> Result<u64> {
         .parse()
         .map_err(|_| anyhow::anyhow!("{s:?}: {num:?} is too large"))?;
     let milli: u128 = format!("{frac:0<3}").parse().unwrap_or(0);
-    let total = (int * 1000 + milli) * scale as u128;
+    // Checked: a number near u128::MAX must not wrap to a small budget.
+    let total = int
+        .checked_mul(1000)
+        .and_then(|v| v.checked_add(milli))
+        .and_then(|v| v.checked_mul(scale as u128))
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is too large"))?;
     if !total.is_multiple_of(1000) {
         bail!("{s:?} is not a whole number of {}", units[0].0);
     }
@@ -241,6 +246,22 @@ mod tests {
         assert!(e.contains("did you mean MB"), "{e}");
         let e = parse_size("40").unwrap_err().to_string();
         assert!(e.contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn huge_numbers_are_too_large_not_wrapped() {
+        // 2^125 + 1: (int * 1000) * 1 wrapped to 1000 in u128 arithmetic, i.e. "1 B".
+        for s in [
+            "42535295865117307932921825928971026433 B",
+            "340282366920938463463374607431768211455 B",
+            "18446744073709551616 B",
+            "17179869184 GiB",
+        ] {
+            let e = format!("{:#}", parse_size(s).unwrap_err());
+            assert!(e.contains("too large"), "{s}: {e}");
+        }
+        assert!(parse_duration_ms("42535295865117307932921825928971026433 s").is_err());
+        assert_eq!(parse_size("18446744073709551615 B").unwrap(), u64::MAX);
     }
 
     #[test]

@@ -44,8 +44,14 @@ pub enum Command {
     Gc(GcArgs),
     /// Record that an environment runs an image's digest (append-only ledger).
     Promote(PromoteArgs),
-    /// Show each environment's current digest and the promotion history.
+    /// Show each environment's current digest, its servers, and the promotion and deployment
+    /// history.
     Envs(EnvsArgs),
+    /// Replace an environment's servers with servers of IMAGE, blue-green behind its switch
+    /// (exit 5 when a gate fails; the old servers keep serving).
+    Deploy(DeployArgs),
+    /// Deploy the digest an environment ran before its current one (or --to DIGEST).
+    Rollback(RollbackArgs),
     /// Upload an image to an OCI registry as an artifact.
     Push(PushArgs),
     /// Download an image from an OCI registry, verified, into a file and the local store.
@@ -287,6 +293,39 @@ pub struct EnvsArgs {
     /// Machine-readable output: {"current": [...], "history": [...]}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The raw image: a file, or NAME:VERSION, digest or unique prefix in the local store.
+    pub image: String,
+    /// The environment (an [env.NAME] of fuse-envs.toml with a target).
+    pub env: String,
+    /// The project file (default ./fuse-envs.toml).
+    #[arg(long)]
+    pub envs: Option<PathBuf>,
+    /// Who deploys (default $USER).
+    #[arg(long)]
+    pub who: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The environment.
+    pub env: String,
+    /// The digest to go back to (it must have run in ENV); default: the one before the
+    /// current one.
+    #[arg(long, value_name = "DIGEST")]
+    pub to: Option<String>,
+    /// The image name, when the environment runs several.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The project file (default ./fuse-envs.toml).
+    #[arg(long)]
+    pub envs: Option<PathBuf>,
+    /// Who rolls back (default $USER).
+    #[arg(long)]
+    pub who: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -4,8 +4,8 @@
 //! as `/env`. The init finds it by the label in the FAT boot sector. Deterministic: the same
 //! env file gives the same bytes (serial number from the content, 1980 timestamps).
 
+use crate::digest::sha256_hex;
 use crate::format::fat;
-use crate::store::sha256_hex;
 use crate::tree::{Node, Tree};
 use anyhow::{Context, Result};
 

@@ -1,9 +1,9 @@
 //! Assemble the disk: one squashfs per layer, the initramfs, the UKI, the ESP, the GPT disk;
 //! and the image's metadata (image.json) and identity (sha256 of the raw disk). Pure.
 
+use crate::digest::sha256_hex;
 use crate::format::{cpio, fat, gpt, squashfs, uki, verity};
 use crate::layers::{AppPlan, Layer, PackageRef};
-use crate::store::sha256_hex;
 use crate::tree::{Kind, Tree};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -228,14 +228,27 @@ impl Fetcher {
                 .body_mut()
                 .as_reader()
                 .take(size.saturating_sub(start).saturating_add(1));
-            let copied = std::io::copy(&mut reader, &mut f);
-            f.sync_all().map_err(io)?;
-            if let Err(e) = copied {
-                let got = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
-                return Err(Failure::Retry(anyhow::anyhow!(
-                    "truncated download: got {got} of {size} bytes ({e})"
-                )));
+            // A read error is the network's (resumed on the next attempt); a write error is
+            // the cache's disk (full, read-only): no retry helps, and it is named.
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = f.sync_all();
+                        let got = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+                        return Err(Failure::Retry(anyhow::anyhow!(
+                            "truncated download: got {got} of {size} bytes ({e})"
+                        )));
+                    }
+                };
+                std::io::Write::write_all(&mut f, &buf[..n]).map_err(|e| {
+                    Failure::Fatal(anyhow::anyhow!("cannot write {}: {e}", partial.display()))
+                })?;
             }
+            f.sync_all().map_err(io)?;
         }
         let data = std::fs::read(partial).map_err(io)?;
         match (data.len() as u64).cmp(&size) {

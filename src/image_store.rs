@@ -14,8 +14,8 @@
 //! crash leaves either the old or the new index. Images are addressed by `name:version`,
 //! `name` (when one version has it), a full digest, or a unique digest prefix.
 
+use crate::digest::sha256_hex;
 use crate::disk::read_meta;
-use crate::store::sha256_hex;
 use crate::util::fs::{set_mode, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -10,10 +10,15 @@
 //! ledger = "fuse-ledger.jsonl"          # optional, relative to this file
 //! ```
 //!
+//! Environments with a target (`[env.NAME]`, src/envs.rs) run servers: `fuse deploy` appends
+//! an entry with a `deploy` record (servers, steps, result); only a successful one makes its
+//! digest the environment's current one, and only those count for the order.
+//!
 //! Without `ledger`, the ledger is `<data dir>/ledger.jsonl`. A promotion checks the order
 //! and appends its line while holding flock(2) on the ledger, so concurrent promotions are
 //! serialised and each sees the others' lines.
 
+use crate::envs::{check_env_table, EnvSpec, EnvToml};
 use crate::image_store::lock_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -25,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub const ENVS_FILE: &str = "fuse-envs.toml";
 
 /// `fuse-envs.toml`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnvsFile {
     /// Environments in promotion order.
@@ -34,14 +39,29 @@ pub struct EnvsFile {
     /// Ledger path, relative to the envs file.
     #[serde(default)]
     pub ledger: Option<PathBuf>,
+    /// `[env.NAME]` tables as written.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvToml>,
+    /// The environments with a target, checked (filled by [`parse_envs`]).
+    #[serde(skip)]
+    pub envs: Vec<EnvSpec>,
 }
 
 /// The project's environment settings and where they came from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Project {
     pub file: Option<PathBuf>,
     pub order: Vec<String>,
     pub ledger: PathBuf,
+    /// Environments with a target (`fuse deploy`).
+    pub envs: Vec<EnvSpec>,
+}
+
+impl Project {
+    /// The environment `name` when it has a target.
+    pub fn env(&self, name: &str) -> Option<&EnvSpec> {
+        self.envs.iter().find(|e| e.name == name)
+    }
 }
 
 /// An environment name: `[a-z0-9][a-z0-9._-]*`, at most 63 characters (also valid as an OCI tag).
@@ -63,12 +83,25 @@ pub fn check_env(name: &str) -> Result<()> {
 
 /// Parses `fuse-envs.toml` text (`file` names it in errors).
 pub fn parse_envs(text: &str, file: &Path) -> Result<EnvsFile> {
-    let e: EnvsFile =
+    let mut e: EnvsFile =
         toml::from_str(text).with_context(|| format!("{} is not valid", file.display()))?;
     for (i, env) in e.order.iter().enumerate() {
         check_env(env).with_context(|| format!("{}: order", file.display()))?;
         if e.order[..i].contains(env) {
             bail!("{}: order lists {env:?} twice", file.display());
+        }
+    }
+    for (name, t) in &e.env {
+        check_env(name).with_context(|| format!("{}: [env.{name}]", file.display()))?;
+        if !e.order.is_empty() && !e.order.contains(name) {
+            bail!(
+                "{}: [env.{name}] is not in order ({})",
+                file.display(),
+                e.order.join(", ")
+            );
+        }
+        if let Some(spec) = check_env_table(name, t, file)? {
+            e.envs.push(spec);
         }
     }
     Ok(e)
@@ -87,6 +120,7 @@ pub fn load_project(explicit: Option<&Path>, data_dir: &Path) -> Result<Project>
             file: None,
             order: vec![],
             ledger: default_ledger,
+            envs: vec![],
         });
     };
     let text = std::fs::read_to_string(&file)
@@ -100,6 +134,7 @@ pub fn load_project(explicit: Option<&Path>, data_dir: &Path) -> Result<Project>
         file: Some(file),
         order: e.order,
         ledger,
+        envs: e.envs,
     })
 }
 
@@ -130,6 +165,79 @@ pub struct Entry {
     /// Boot (verified at promotion), when it is signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// Set by `fuse deploy` / `fuse rollback`: what ran where, and whether it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deployment>,
+}
+
+impl Entry {
+    /// Whether this entry makes its digest the environment's current one: a promotion, or
+    /// a successful deployment.
+    pub fn counts(&self) -> bool {
+        self.deploy.as_ref().is_none_or(|d| d.result == "ok")
+    }
+}
+
+/// A deployment's record in the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// `libvirt`, `aws`.
+    pub target: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    /// `ok`, or `failed` (the environment kept what it ran).
+    pub result: String,
+    /// Why it failed: the gate, the server and the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub identity_gate: bool,
+    /// The new servers (on failure: the ones that were started, then destroyed).
+    pub servers: Vec<Server>,
+    /// The servers that were replaced (retired).
+    #[serde(default)]
+    pub retired: Vec<Server>,
+    /// Each step and how long it took, in order.
+    pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Upload>,
+}
+
+/// One step of a deployment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub step: String,
+    /// RFC 3339 UTC start.
+    pub started: String,
+    pub ms: u64,
+    pub ok: bool,
+}
+
+/// One server of an environment (see [`crate::deploy`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Carries the environment, the image name and a digest prefix.
+    pub name: String,
+    /// The target's id: libvirt domain name, EC2 instance id.
+    pub id: String,
+    pub digest: String,
+    /// `host:port` the switch sends traffic to, once known.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// What a target's upload did (libvirt: whole volume or nothing; AWS: blocks).
+#[derive(Default, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub reused: bool,
+    pub blocks_total: u64,
+    pub blocks_sent: u64,
+    pub skipped_zero: u64,
+    pub skipped_unchanged: u64,
+    pub bytes_sent: u64,
 }
 
 /// Reads every line of the ledger (an absent ledger is empty); a malformed line is an error
@@ -230,13 +338,13 @@ pub fn check_promotion(
     let was_in = |e: &str| {
         entries
             .iter()
-            .any(|x| x.image == image && x.env == e && x.digest == digest)
+            .any(|x| x.image == image && x.env == e && x.digest == digest && x.counts())
     };
     if order.is_empty() {
         return Ok(entries
             .iter()
             .rev()
-            .find(|x| x.image == image && x.digest == digest && x.env != env)
+            .find(|x| x.image == image && x.digest == digest && x.env != env && x.counts())
             .map(|x| x.env.clone()));
     }
     let Some(pos) = order.iter().position(|e| e == env) else {
@@ -259,10 +367,11 @@ pub fn check_promotion(
     Ok(Some(prev.clone()))
 }
 
-/// The latest entry of each (image, environment). Pure.
+/// The latest entry of each (image, environment) that counts (a promotion or a successful
+/// deployment). Pure.
 pub fn current(entries: &[Entry]) -> BTreeMap<(String, String), &Entry> {
     let mut out = BTreeMap::new();
-    for e in entries {
+    for e in entries.iter().filter(|e| e.counts()) {
         out.insert((e.image.clone(), e.env.clone()), e);
     }
     out
@@ -352,6 +461,16 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
+/// Who asked for a promotion or deployment: `--who`, else $USER, else $LOGNAME.
+pub fn who(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +487,7 @@ mod tests {
             config: None,
             registry: None,
             signer: None,
+            deploy: None,
         }
     }
 

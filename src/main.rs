@@ -1,5 +1,6 @@
 //! The `fuse` command: parse arguments, set up logging, run, map errors to exit codes
-//! (0 ok, 1 differences found / not healthy, 2 error, 3 over budget, 4 not reproducible;
+//! (0 ok, 1 differences found / not healthy, 2 error, 3 over budget, 4 not reproducible,
+//! 5 a deployment failed a gate;
 //! docs/ci.md). Codes other than 2 come from the commands as `Ok(code)`.
 
 use clap::Parser;
@@ -44,6 +45,8 @@ fn main() -> ExitCode {
         Command::Gc(a) => fuse::commands::images::gc(&a),
         Command::Promote(a) => fuse::commands::promote::promote(&a),
         Command::Envs(a) => fuse::commands::promote::envs(&a),
+        Command::Deploy(a) => fuse::commands::deploy::deploy(&a),
+        Command::Rollback(a) => fuse::commands::deploy::rollback(&a),
         Command::Push(a) => fuse::commands::registry::push(&a),
         Command::Pull(a) => fuse::commands::registry::pull(&a),
     };

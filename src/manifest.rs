@@ -262,6 +262,12 @@ impl Ctx<'_> {
 
 /// Read and validate `fuse.toml` (a file, or a directory holding one).
 pub fn load(path: &Path) -> Result<Manifest> {
+    let (file, text) = read(path)?;
+    parse(&text, &file)
+}
+
+/// The manifest file (`path`, or `path/fuse.toml` for a directory) and its text.
+fn read(path: &Path) -> Result<(PathBuf, String)> {
     let file = if path.is_dir() {
         path.join(MANIFEST_FILE)
     } else {
@@ -269,7 +275,18 @@ pub fn load(path: &Path) -> Result<Manifest> {
     };
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read manifest {}", file.display()))?;
-    parse(&text, &file)
+    Ok((file, text))
+}
+
+/// The TOML document, its keys checked (unknown keys are errors naming their line).
+fn document(text: &str, file: &Path) -> Result<RawManifest> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
+    })
 }
 
 fn is_name(s: &str) -> bool {
@@ -303,14 +320,7 @@ fn is_package_name(s: &str) -> bool {
 
 /// Parse manifest text; `file` is used for messages and to resolve relative paths.
 pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
-    use sha2::Digest;
-    let raw: RawManifest = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| format!(":{}", line_of(text, s.start)))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
-    })?;
+    let raw = document(text, file)?;
     let cx = Ctx { text, file };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() {
@@ -320,35 +330,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     };
 
     let image = raw.image.into_inner();
-    if !is_name(image.name.get_ref()) {
-        bail!(cx.err(
-            "image.name",
-            image.name.span(),
-            "must be 1-63 characters of [a-z0-9-]"
-        ));
-    }
-    if !is_version(image.version.get_ref()) {
-        bail!(cx.err(
-            "image.version",
-            image.version.span(),
-            "must be 1-64 characters of [A-Za-z0-9._+~-]"
-        ));
-    }
-
+    check_image(&cx, &image)?;
     let app_span = raw.app.span();
     let app = raw.app.into_inner();
-    let kind = match app.kind.get_ref().as_str() {
-        "binary" => AppKind::Binary,
-        "jar" => AppKind::Jar,
-        "war" => AppKind::War,
-        "node" => AppKind::Node,
-        "python" => AppKind::Python,
-        other => bail!(cx.err(
-            "app.kind",
-            app.kind.span(),
-            format!("unknown kind {other:?} (expected one of binary, jar, war, node, python)")
-        )),
-    };
+    let kind = app_kind(&cx, &app)?;
     let rel = app.path.get_ref();
     if rel.is_empty() {
         bail!(cx.err("app.path", app.path.span(), "must not be empty"));
@@ -463,26 +448,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         writable.sort();
     }
 
-    let health_http = match raw.health {
-        None => None,
-        Some(h) => match h.into_inner().http {
-            None => None,
-            Some(p) => {
-                if !p.get_ref().starts_with('/')
-                    || p.get_ref()
-                        .chars()
-                        .any(|c| c.is_whitespace() || c.is_control())
-                {
-                    bail!(cx.err(
-                        "health.http",
-                        p.span(),
-                        "must be a path starting with '/' without spaces"
-                    ));
-                }
-                Some(p.into_inner())
-            }
-        },
-    };
+    let health_http = health(&cx, raw.health)?;
     let mut java_modules = crate::java::Modules::default();
     let runtime = match (runtime_of(kind), raw.runtime) {
         (None, Some(r)) => bail!(cx.err(
@@ -732,7 +698,135 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         ));
     }
 
-    let system = raw.system.map(Spanned::into_inner).unwrap_or_default();
+    let sys = system(
+        &cx,
+        raw.system.map(Spanned::into_inner).unwrap_or_default(),
+        &base,
+    )?;
+
+    let budget = match raw.budget {
+        None => crate::budget::Budget::default(),
+        Some(b) => parse_budget(&cx, kind, b)?,
+    };
+
+    Ok(Manifest {
+        file: file.to_path_buf(),
+        sha256: crate::digest::sha256_hex(text.as_bytes()),
+        name: image.name.into_inner(),
+        version: image.version.into_inner(),
+        kind,
+        app_path,
+        args: app.args,
+        port,
+        env,
+        health_http,
+        distribution: sys.distribution,
+        kernel: sys.kernel,
+        packages: sys.packages,
+        mirror: sys.mirror,
+        keyring: sys.keyring,
+        keep: sys.keep,
+        runtime,
+        java_modules,
+        server,
+        main_class,
+        jar: jar_app,
+        node_main,
+        budget,
+        python_venv,
+        stop_timeout,
+        writable,
+    })
+}
+
+/// The `[budget]` of a manifest file (or directory) and the file's sha256, without reading
+/// the app (for `fuse test`, where the artifact may be absent): as strict as [`load`] about
+/// the file's keys and the budget's values.
+pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
+    let (file, text) = read(path)?;
+    let raw = document(&text, &file)?;
+    let cx = Ctx {
+        text: &text,
+        file: &file,
+    };
+    let kind = app_kind(&cx, raw.app.get_ref())?;
+    let budget = match raw.budget {
+        None => crate::budget::Budget::default(),
+        Some(b) => parse_budget(&cx, kind, b)?,
+    };
+    Ok((crate::digest::sha256_hex(text.as_bytes()), budget))
+}
+
+/// `[image]`: the name and version, checked.
+fn check_image(cx: &Ctx, image: &RawImage) -> Result<()> {
+    if !is_name(image.name.get_ref()) {
+        bail!(cx.err(
+            "image.name",
+            image.name.span(),
+            "must be 1-63 characters of [a-z0-9-]"
+        ));
+    }
+    if !is_version(image.version.get_ref()) {
+        bail!(cx.err(
+            "image.version",
+            image.version.span(),
+            "must be 1-64 characters of [A-Za-z0-9._+~-]"
+        ));
+    }
+    Ok(())
+}
+
+/// `[app] kind`.
+fn app_kind(cx: &Ctx, app: &RawApp) -> Result<AppKind> {
+    Ok(match app.kind.get_ref().as_str() {
+        "binary" => AppKind::Binary,
+        "jar" => AppKind::Jar,
+        "war" => AppKind::War,
+        "node" => AppKind::Node,
+        "python" => AppKind::Python,
+        other => bail!(cx.err(
+            "app.kind",
+            app.kind.span(),
+            format!("unknown kind {other:?} (expected one of binary, jar, war, node, python)")
+        )),
+    })
+}
+
+/// `[health] http`: a path starting with '/'.
+fn health(cx: &Ctx, h: Option<Spanned<RawHealth>>) -> Result<Option<String>> {
+    Ok(match h {
+        None => None,
+        Some(h) => match h.into_inner().http {
+            None => None,
+            Some(p) => {
+                if !p.get_ref().starts_with('/')
+                    || p.get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control())
+                {
+                    bail!(cx.err(
+                        "health.http",
+                        p.span(),
+                        "must be a path starting with '/' without spaces"
+                    ));
+                }
+                Some(p.into_inner())
+            }
+        },
+    })
+}
+
+/// `[system]`, checked; paths relative to the manifest's folder `base`.
+struct System {
+    distribution: Distribution,
+    kernel: String,
+    packages: Vec<String>,
+    mirror: Option<String>,
+    keyring: Option<PathBuf>,
+    keep: Vec<String>,
+}
+
+fn system(cx: &Ctx, system: RawSystem, base: &Path) -> Result<System> {
     let distribution = match &system.distribution {
         None => Distribution { vendor: "debian".into(), codename: "bookworm".into() },
         Some(d) => match d.get_ref().as_str() {
@@ -795,83 +889,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             }
         }
     }
-
-    let budget = match raw.budget {
-        None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
-    };
-
-    Ok(Manifest {
-        file: file.to_path_buf(),
-        sha256: hex(&sha2::Sha256::digest(text.as_bytes())),
-        name: image.name.into_inner(),
-        version: image.version.into_inner(),
-        kind,
-        app_path,
-        args: app.args,
-        port,
-        env,
-        health_http,
+    Ok(System {
         distribution,
         kernel,
         packages,
         mirror,
         keyring,
         keep,
-        runtime,
-        java_modules,
-        server,
-        main_class,
-        jar: jar_app,
-        node_main,
-        budget,
-        python_venv,
-        stop_timeout,
-        writable,
     })
-}
-
-/// The `[budget]` of a manifest file (or directory) and the file's sha256, without reading
-/// the app (for `fuse test`, where the artifact may be absent): as strict as [`load`] about
-/// the file's keys and the budget's values.
-pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
-    use sha2::Digest;
-    let file = if path.is_dir() {
-        path.join(MANIFEST_FILE)
-    } else {
-        path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read manifest {}", file.display()))?;
-    let raw: RawManifest = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| format!(":{}", line_of(&text, s.start)))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}{}: {}", file.display(), line, e.message())
-    })?;
-    let cx = Ctx {
-        text: &text,
-        file: &file,
-    };
-    let app = raw.app.into_inner();
-    let kind = match app.kind.get_ref().as_str() {
-        "binary" => AppKind::Binary,
-        "jar" => AppKind::Jar,
-        "war" => AppKind::War,
-        "node" => AppKind::Node,
-        "python" => AppKind::Python,
-        other => bail!(cx.err(
-            "app.kind",
-            app.kind.span(),
-            format!("unknown kind {other:?}")
-        )),
-    };
-    let budget = match raw.budget {
-        None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
-    };
-    Ok((hex(&sha2::Sha256::digest(text.as_bytes())), budget))
 }
 
 /// `[budget]`: every value a string with a unit; layer budgets name layers this kind of app
@@ -1034,8 +1059,6 @@ fn find_venv(app: &Path, runtime: &str) -> Result<Option<String>> {
         ),
     }
 }
-
-pub use crate::digest::hex;
 
 /// A `[runtime]` or `[server]` request: `java = "17"`, `tomcat = "10"`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,9 @@
 
 use crate::archive::packages::{parse_packages, Package};
 use crate::archive::release::{verify_inrelease, Keyring, Release, VerifyOptions};
+use crate::digest::sha256_hex;
 use crate::fetch::{join_url, Fetcher};
-use crate::store::{sha256_hex, Store};
+use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -316,40 +317,6 @@ impl Archive {
             })
             .with_context(|| format!("package {name} is not in {} {}", self.url, self.codename))
     }
-
-    /// A package's .deb bytes, from the cache or the mirror, verified against the index sha256.
-    pub fn fetch_deb(&self, fetcher: &Fetcher, store: &Store, pkg: &Package) -> Result<Vec<u8>> {
-        if let Some(b) = store
-            .get(&pkg.sha256)
-            .with_context(|| format!("package {} {}", pkg.name, pkg.version))?
-        {
-            return Ok(b);
-        }
-        if pkg.filename.split('/').any(|c| c == ".." || c.is_empty()) {
-            bail!(
-                "package {} has a suspicious Filename {:?}",
-                pkg.name,
-                pkg.filename
-            );
-        }
-        let url = join_url(&self.url, &pkg.filename);
-        tracing::info!(
-            "fetching {} {} ({} KiB)",
-            pkg.name,
-            pkg.version,
-            pkg.size / 1024
-        );
-        let b = fetcher.get(&url, Some(pkg.size), pkg.size)?;
-        let got = sha256_hex(&b);
-        if got != pkg.sha256 {
-            bail!(
-                "{url} does not match the Packages index: expected sha256 {}, got {got}",
-                pkg.sha256
-            );
-        }
-        store.put(&pkg.sha256, &b)?;
-        Ok(b)
-    }
 }
 
 /// An index file named in the verified Release (`dists/<codename>/<path>`), from the cache or
@@ -366,6 +333,10 @@ fn index_file(
         .files
         .get(path)
         .with_context(|| format!("the Release file does not list {path}"))?;
+    if let Some(b) = store.get(&entry.sha256)? {
+        return Ok(b);
+    }
+    let _lock = store.lock_blob(&entry.sha256)?;
     if let Some(b) = store.get(&entry.sha256)? {
         return Ok(b);
     }
@@ -435,11 +406,17 @@ pub fn fetch_pins(
                         if p.path.split('/').any(|c| c == ".." || c.is_empty()) {
                             bail!("suspicious path {:?}", p.path);
                         }
+                        // The partial file has one writer: whoever holds the blob's
+                        // lock. Another build that fetched it meanwhile left it cached.
+                        let _lock = store.lock_blob(&p.sha256)?;
+                        if store.blob_path(&p.sha256).exists() {
+                            if let Some(bar) = &bar {
+                                bar.inc(p.size);
+                            }
+                            return Ok(());
+                        }
                         let url = join_url(&base, &p.path);
-                        let partial = store
-                            .root()
-                            .join("partial")
-                            .join(format!("{}.part", p.sha256));
+                        let partial = store.partial_path(&p.sha256);
                         let b = fetcher.get_resumable(&url, p.size, &partial)?;
                         let got = sha256_hex(&b);
                         if got != p.sha256 {
@@ -521,7 +498,7 @@ mod tests {
             name: name.into(),
             version: "1".into(),
             arch: "amd64".into(),
-            sha256: crate::store::sha256_hex(name.as_bytes()),
+            sha256: crate::digest::sha256_hex(name.as_bytes()),
             size,
             path: format!("pool/{name}.deb"),
         };

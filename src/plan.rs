@@ -9,10 +9,10 @@
 //! empty are left out of the JSON, so adding one keeps the keys of units that do not use it.
 
 use crate::app::AppScan;
+use crate::digest::sha256_hex;
 use crate::layers::{AppPlan, BootPlan};
 use crate::manifest::Manifest;
 use crate::resolve::lock::{Lock, Pin};
-use crate::store::sha256_hex;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -23,7 +23,7 @@ pub const FORMAT: u32 = 1;
 
 /// How the initramfs is laid out (`InitramfsInputs.compression`): boot.json in an
 /// uncompressed newc archive, then the init and the modules in a zstd-19 one, cached on its
-/// own (`build::units::initramfs_core_key`), so a layer change recompresses nothing.
+/// own ([`initramfs_core_key`]), so a layer change recompresses nothing.
 pub const INITRAMFS_LAYOUT: &str = "boot.json newc, then zstd-19 core";
 
 /// The init binary (PID 1), built static from `init/` by build.rs.
@@ -75,13 +75,122 @@ pub fn key_of<T: Serialize>(inputs: &T) -> Result<String> {
     ))
 }
 
+/// The key of the initramfs' core (init and modules, compressed): what of the initramfs'
+/// inputs decides it; not the layers or the boot plan.
+pub fn initramfs_core_key(i: &InitramfsInputs) -> Result<String> {
+    let d = serde_json::json!({
+        "unit": UnitKind::InitramfsCore,
+        "format": i.format,
+        "fuse_version": i.fuse_version,
+        "kernel": i.kernel,
+        "init_sha256": i.init_sha256,
+        "epoch": i.epoch,
+        "compression": i.compression,
+    });
+    Ok(sha256_hex(&serde_json::to_vec(&d)?))
+}
+
+/// The key of the EFI stub taken from its package (cached on its own: every layer change
+/// rebuilds the UKI, which must not need the package again).
+pub fn stub_key(i: &UkiInputs) -> String {
+    sha256_hex(format!("efi-stub\0{}\0{}", i.stub.sha256, i.stub_path).as_bytes())
+}
+
+/// Version of the whole image's key recipe and of the record a build keeps under it.
+pub const IMAGE_FORMAT: u32 = 1;
+
+/// The key of the whole image: everything its bytes are a function of (the plan, with every
+/// unit's key, the manifest, the app, the fingerprint of the Secure Boot certificate).
+pub fn image_key(
+    plan: &Plan,
+    m: &Manifest,
+    app: &AppScan,
+    signer_fingerprint: Option<String>,
+) -> Result<String> {
+    let d = serde_json::json!({
+        "unit": "image",
+        "format": IMAGE_FORMAT,
+        "plan": plan,
+        "manifest_sha256": m.sha256,
+        "app_sha256": app.sha256,
+        "app_listing_sha256": app.listing_sha256,
+        "signer": signer_fingerprint,
+    });
+    Ok(sha256_hex(&serde_json::to_vec(&d)?))
+}
+
+/// What a unit is: its inputs' `unit` field and its cache record's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitKind {
+    Layer,
+    Kernel,
+    Initramfs,
+    /// The initramfs' second archive: the init and the modules, compressed.
+    InitramfsCore,
+    /// The EFI stub taken from its package.
+    Stub,
+    Uki,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Layer => "layer",
+            UnitKind::Kernel => "kernel",
+            UnitKind::Initramfs => "initramfs",
+            UnitKind::InitramfsCore => "initramfs-core",
+            UnitKind::Stub => "stub",
+            UnitKind::Uki => "uki",
+        }
+    }
+}
+
+impl std::fmt::Display for UnitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A maintainer script's effect that matters, done natively, with its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// ca-certificates: /etc/ssl/certs/ca-certificates.crt and the hash links.
+    #[serde(rename = "ca-bundle/1")]
+    CaBundle,
+    /// ca-certificates-java: /etc/ssl/certs/java/cacerts.
+    #[serde(rename = "java-cacerts/1")]
+    JavaCacerts,
+}
+
+/// The file system a layer is written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    Squashfs,
+}
+
+impl FsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsKind::Squashfs => "squashfs",
+        }
+    }
+}
+
+/// A layer file system's compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCompression {
+    Xz,
+    Gzip,
+}
+
 /// The file system a layer is written as.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FsOptions {
-    /// "squashfs"
-    pub kind: String,
-    /// "xz"
-    pub compression: String,
+    pub kind: FsKind,
+    pub compression: FsCompression,
     pub block_size: u32,
     /// Superblock time (the epoch, clamped to 32 bits).
     pub mkfs_time: u32,
@@ -131,7 +240,7 @@ pub struct AppFiles {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerInputs {
     /// "layer"
-    pub unit: String,
+    pub unit: UnitKind,
     pub format: u32,
     pub fuse_version: String,
     pub name: String,
@@ -143,7 +252,7 @@ pub struct LayerInputs {
     pub filter: Filter,
     /// Native effects of maintainer scripts, by name and version (`ca-bundle/1`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub effects: Vec<String>,
+    pub effects: Vec<Effect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemFiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +279,7 @@ pub struct JreInputs {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KernelInputs {
     /// "kernel"
-    pub unit: String,
+    pub unit: UnitKind,
     pub format: u32,
     pub fuse_version: String,
     pub package: Pin,
@@ -183,7 +292,7 @@ pub struct KernelInputs {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InitramfsInputs {
     /// "initramfs"
-    pub unit: String,
+    pub unit: UnitKind,
     pub format: u32,
     pub fuse_version: String,
     /// The kernel unit's key (its modules go in, and their paths into `boot.modules`).
@@ -209,7 +318,7 @@ pub struct InitramfsInputs {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UkiInputs {
     /// "uki"
-    pub unit: String,
+    pub unit: UnitKind,
     pub format: u32,
     pub fuse_version: String,
     pub stub: Pin,
@@ -251,8 +360,8 @@ pub fn layer_of(m: &Manifest, name: &str) -> &'static str {
 pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan> {
     let version = fuse_version();
     let fs = FsOptions {
-        kind: "squashfs".into(),
-        compression: "xz".into(),
+        kind: FsKind::Squashfs,
+        compression: FsCompression::Xz,
         block_size: crate::format::squashfs::Options::default().block_size,
         mkfs_time: epoch.min(u32::MAX as u64) as u32,
         verity: VERITY_LAYOUT,
@@ -272,7 +381,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         keep: m.keep.clone(),
     };
     let layer = |name: &str| LayerInputs {
-        unit: "layer".into(),
+        unit: UnitKind::Layer,
         format: FORMAT,
         fuse_version: version.clone(),
         name: name.into(),
@@ -298,9 +407,9 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
 
     let mut base = layer("base");
     base.packages = pins_of("base");
-    base.effects.push("ca-bundle/1".into());
+    base.effects.push(Effect::CaBundle);
     if m.runtime.as_ref().is_some_and(|r| r.name == "java") {
-        base.effects.push("java-cacerts/1".into());
+        base.effects.push(Effect::JavaCacerts);
     }
     let mut status = vec![lock.kernel.clone()];
     status.extend(packages.iter().cloned());
@@ -364,7 +473,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         .collect::<Result<Vec<_>>>()?;
 
     let kernel_inputs = KernelInputs {
-        unit: "kernel".into(),
+        unit: UnitKind::Kernel,
         format: FORMAT,
         fuse_version: version.clone(),
         package: lock.kernel.clone(),
@@ -387,12 +496,12 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         modules: Vec::new(),
         device_modules: Vec::new(),
         layers: layers.iter().map(|l| l.name.clone()).collect(),
-        fs_type: fs.kind.clone(),
+        fs_type: fs.kind.as_str().into(),
         verity: Default::default(),
         app: app_plan(m)?,
     };
     let initramfs_inputs = InitramfsInputs {
-        unit: "initramfs".into(),
+        unit: UnitKind::Initramfs,
         format: FORMAT,
         fuse_version: version.clone(),
         kernel: kernel.key.clone(),
@@ -415,7 +524,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         codename: m.distribution.codename.clone(),
     };
     let uki_inputs = UkiInputs {
-        unit: "uki".into(),
+        unit: UnitKind::Uki,
         format: FORMAT,
         fuse_version: version.clone(),
         stub: lock.stub.clone(),
@@ -611,7 +720,7 @@ mod tests {
         assert_eq!(names, ["base", "runtime", "app"]);
         assert_eq!(p.layers[0].inputs.packages[0].name, "libc6");
         assert_eq!(p.layers[1].inputs.packages[0].name, "python3.11-minimal");
-        assert_eq!(p.layers[0].inputs.effects, ["ca-bundle/1"]);
+        assert_eq!(p.layers[0].inputs.effects, [Effect::CaBundle]);
         assert!(p.layers[1]
             .inputs
             .filter

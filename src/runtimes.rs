@@ -453,6 +453,7 @@ pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
             .any(|ext| n.ends_with(ext))
     }
     let entries = crate::format::zip::entries(war)?;
+    let mut budget = crate::format::zip::Budget::for_input(war.len());
     for e in &entries {
         if is_jsp(&e.name) {
             return Ok(true);
@@ -460,7 +461,8 @@ pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
     }
     for e in &entries {
         if e.name.starts_with("WEB-INF/lib/") && e.name.ends_with(".jar") {
-            let jar = crate::format::zip::read(war, e)
+            let jar = budget
+                .read(war, e)
                 .with_context(|| format!("cannot read {} in the war", e.name))?;
             let inner = crate::format::zip::entries(&jar)
                 .with_context(|| format!("cannot read {} in the war", e.name))?;

@@ -93,7 +93,7 @@ pub struct Signer {
 fn signer_meta(cert: &Certificate, der: &[u8]) -> SignerMeta {
     SignerMeta {
         subject: cert.tbs_certificate.subject.to_string(),
-        fingerprint: crate::store::sha256_hex(der),
+        fingerprint: crate::digest::sha256_hex(der),
     }
 }
 
@@ -107,16 +107,25 @@ fn cert_key(cert: &Certificate) -> Result<RsaPublicKey> {
         .context("the certificate's key is not an RSA key (UEFI Secure Boot needs RSA)")
 }
 
+/// Largest key or certificate file read (a 16384-bit RSA key in PEM is under 13 KiB; a
+/// certificate with a long chain of extensions a few KiB): anything larger is refused
+/// before it is read whole.
+const MAX_PEM: u64 = 1 << 20;
+
 impl Signer {
     /// Reads an unencrypted PEM private key (PKCS#8 `PRIVATE KEY` or PKCS#1
     /// `RSA PRIVATE KEY`) and a PEM (or DER) certificate; fails when they do not match.
     pub fn load(key_path: &Path, cert_path: &Path) -> Result<Signer> {
-        let key_text = std::fs::read_to_string(key_path)
-            .with_context(|| format!("cannot read the signing key {}", key_path.display()))?;
+        let key_bytes = crate::util::fs::read_capped(key_path, MAX_PEM, "signing key")?;
+        let key_text = String::from_utf8(key_bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "the signing key {} is not a PEM text file",
+                key_path.display()
+            )
+        })?;
+        let cert_bytes = crate::util::fs::read_capped(cert_path, MAX_PEM, "certificate")?;
         let key =
             parse_key(&key_text).with_context(|| format!("signing key {}", key_path.display()))?;
-        let cert_bytes = std::fs::read(cert_path)
-            .with_context(|| format!("cannot read the certificate {}", cert_path.display()))?;
         let cert = if cert_bytes.starts_with(b"-----") || cert_bytes.contains(&b'-') {
             Certificate::from_pem(&cert_bytes)
         } else {
@@ -457,6 +466,34 @@ pub(crate) mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn endless_or_huge_key_and_cert_files_fail_fast() {
+        // /dev/zero as either file: refused after at most MAX_PEM + 1 bytes (unbounded
+        // reading grew to 16 GB before this cap).
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.pem");
+        std::fs::write(&small, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let zero = Path::new("/dev/zero");
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", Signer::load(zero, &small).err().unwrap());
+        assert!(
+            e.contains("signing key /dev/zero") && e.contains("larger"),
+            "{e}"
+        );
+        let e = format!("{:#}", Signer::load(&small, zero).err().unwrap());
+        assert!(
+            e.contains("certificate /dev/zero") && e.contains("larger"),
+            "{e}"
+        );
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; (MAX_PEM + 1) as usize]).unwrap();
+        let e = format!("{:#}", Signer::load(&small, &big).err().unwrap());
+        assert!(e.contains("certificate") && e.contains("larger"), "{e}");
+        let e = format!("{:#}", Signer::load(&big, &small).err().unwrap());
+        assert!(e.contains("larger"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -328,6 +328,7 @@ impl Tree {
     }
 
     /// Set every mtime to min(mtime, epoch): the reproducibility clamp.
+    #[cfg(test)]
     pub fn clamp_mtimes(&mut self, epoch: u64) {
         for n in self.entries.values_mut() {
             n.mtime = n.mtime.min(epoch);

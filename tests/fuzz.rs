@@ -86,6 +86,7 @@ fn squashfs_seeds() -> Vec<Vec<u8>> {
                     compression: c,
                     block_size: 4096,
                     mkfs_time: 1_700_000_000,
+                    threads: 0,
                 },
             )
             .unwrap()

@@ -10,6 +10,8 @@ mod cloud;
 mod config;
 mod configdisk;
 mod console;
+#[cfg(test)]
+mod fuzz;
 mod modules;
 mod mounts;
 mod net;

@@ -176,19 +176,35 @@ fn scan_guids() -> BTreeMap<String, Vec<Found>> {
         let Ok(guids) = gpt_partuuids(&head, sector) else {
             continue;
         };
-        for part in blocks
-            .iter()
-            .filter(|b| b.parent.as_deref() == Some(disk.name.as_str()))
-        {
-            if let Some(g) = part.partn.and_then(|n| guids.get(&n)) {
-                out.entry(g.clone()).or_default().push(Found {
-                    dev: Path::new("/dev").join(&part.devname),
-                    majmin: part.majmin.clone(),
-                });
-            }
+        for (g, f) in partitions_of(disk, &blocks, &guids) {
+            out.entry(g).or_default().push(f);
         }
     }
     out
+}
+
+/// The partitions of `disk` whose GPT entry has a GUID in `guids` (by partition number).
+/// A partition shows in sysfs (its uevent) a moment before its `dev` attribute: one without
+/// major:minor yet is left out, and the next poll finds it whole.
+fn partitions_of(
+    disk: &SysBlock,
+    blocks: &[SysBlock],
+    guids: &BTreeMap<u32, String>,
+) -> Vec<(String, Found)> {
+    blocks
+        .iter()
+        .filter(|b| b.parent.as_deref() == Some(disk.name.as_str()) && !b.majmin.is_empty())
+        .filter_map(|part| {
+            let g = part.partn.and_then(|n| guids.get(&n))?;
+            Some((
+                g.clone(),
+                Found {
+                    dev: Path::new("/dev").join(&part.devname),
+                    majmin: part.majmin.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Polls until every layer's partition (by GUID) is present, or `timeout` passes.
@@ -307,6 +323,9 @@ fn open_control() -> Result<std::fs::File> {
 /// Creates the read-only dm-verity device `fuse-<layer>` over `part`; returns its node
 /// (`/dev/dm-N`).
 pub fn create(layer: &str, part: &Found, v: &LayerVerity) -> Result<PathBuf> {
+    if part.majmin.is_empty() {
+        bail!("{}: no major:minor in sysfs", part.dev.display());
+    }
     let ctl = open_control()?;
     let name = format!("fuse-{layer}");
     let mut buf = dm_buf(&name, 0)?;
@@ -425,12 +444,56 @@ pub fn setup_all(
             t.elapsed().as_millis()
         );
     }
+    // One line with every layer's verity root, printed only once all of them verified: the
+    // identity gate of `fuse deploy` compares it with the image's image.json.
+    crate::log!("{}", roots_line(layers, verity));
     Ok(out)
+}
+
+/// `verity roots: NAME=ROOT ...` in layer order (the line `fuse deploy` reads).
+pub fn roots_line(layers: &[String], verity: &BTreeMap<String, LayerVerity>) -> String {
+    let roots: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            format!(
+                "{l}={}",
+                verity.get(l).map(|v| v.root_hash.as_str()).unwrap_or("?")
+            )
+        })
+        .collect();
+    format!("verity roots: {}", roots.join(" "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_without_major_minor_yet_is_not_found() {
+        let disk = SysBlock {
+            name: "vda".into(),
+            devname: "vda".into(),
+            is_disk: true,
+            majmin: "254:0".into(),
+            ..Default::default()
+        };
+        let part = |n: u32, majmin: &str| SysBlock {
+            name: format!("vda{n}"),
+            devname: format!("vda{n}"),
+            partn: Some(n),
+            majmin: majmin.into(),
+            parent: Some("vda".into()),
+            ..Default::default()
+        };
+        let guids: BTreeMap<u32, String> = [(2, "g2".to_string()), (4, "g4".to_string())].into();
+        let blocks = vec![disk.clone(), part(2, "254:2"), part(4, "")];
+        let found = partitions_of(&disk, &blocks, &guids);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "g2");
+        assert_eq!(found[0].1.majmin, "254:2");
+        let blocks = vec![disk.clone(), part(2, "254:2"), part(4, "254:4")];
+        assert_eq!(partitions_of(&disk, &blocks, &guids).len(), 2);
+    }
 
     #[test]
     fn ioctl_numbers_match_the_header() {

@@ -19,7 +19,7 @@ pub use version::compare_versions;
 
 use anyhow::{bail, Result};
 
-pub use crate::digest::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// The error for a checksum that does not match: names what was checked,
 /// the expected and the actual digest.

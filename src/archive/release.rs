@@ -316,6 +316,7 @@ impl Keyring {
     }
 
     /// Primary key IDs (16 upper-case hex digits), in keyring order.
+    #[cfg(test)]
     pub fn key_ids(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.id.clone()).collect()
     }
@@ -364,6 +365,7 @@ pub struct Release {
 
 impl Release {
     /// The by-hash path of a listed file: `<dir>/by-hash/SHA256/<sha256>`.
+    #[cfg(test)]
     pub fn by_hash_path(entry: &FileEntry) -> String {
         match entry.path.rsplit_once('/') {
             Some((dir, _)) => format!("{dir}/by-hash/SHA256/{}", entry.sha256),
@@ -1097,7 +1099,7 @@ mod tests {
         // `gen_key_of(KeyType::Rsa(2048), 7, KEY_TIME)`; stored because RSA
         // key generation takes many seconds in debug builds).
         let (k, _) = SignedSecretKey::from_armor_single(
-            include_bytes!("testdata/rsa2048-test-key.sec.asc").as_slice(),
+            include_bytes!("../../fixtures/rsa2048-test-key.sec.asc").as_slice(),
         )
         .unwrap();
         let ring = Keyring::from_bytes(&public_bytes(&[&k])).unwrap();

@@ -3,6 +3,7 @@
 //! [`record`] (the whole image's key and what it wrote), [`report`] (`--json`, budgets),
 //! [`verify`] and [`repro`] (`--verify`: a second build compared byte for byte).
 
+pub mod outcome;
 pub mod prepare;
 pub mod record;
 pub mod report;
@@ -11,76 +12,21 @@ pub mod units;
 pub mod verify;
 
 use crate::cache::registry::RegistryCache;
-use crate::cache::{Cache, Source};
+use crate::cache::Cache;
 use crate::disk::{self, DiskInputs, Inputs, KernelMeta};
 use crate::manifest::Manifest;
 use crate::mirror;
 use crate::plan::CMDLINE;
 use crate::store;
 use anyhow::{Context, Result};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use units::Debs;
 
 pub use crate::pin::{lock_path, Options};
+use outcome::unit;
+pub use outcome::{Built, CacheOptions, UnitReport};
 pub use prepare::{plan_of, source_epoch};
-
-/// One unit of a build, as reported.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct UnitReport {
-    /// "base", "runtime", "server", "app" for layers; "kernel", "initramfs", "uki".
-    pub name: String,
-    pub key: String,
-    /// Bytes (a layer's partition, vmlinuz, the gzipped initramfs, the UKI).
-    pub size: u64,
-    /// `sha256:` of those bytes.
-    pub digest: String,
-    pub source: Source,
-}
-
-/// What a build produced.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Built {
-    pub image: PathBuf,
-    pub json: PathBuf,
-    pub digest: String,
-    /// Bytes per part of the disk: (part, size).
-    pub parts: Vec<(String, u64)>,
-    /// The layers in disk order.
-    pub layers: Vec<UnitReport>,
-    /// Kernel, initramfs, UKI.
-    pub boot: Vec<UnitReport>,
-    /// sha256 of the fuse.lock text the image was built from.
-    pub lock_sha256: String,
-    /// Whether fuse.lock was written (fresh resolution, or the app digest updated).
-    pub lock_changed: bool,
-    /// .deb files read (decompressed) by this build: 0 when every unit was cached.
-    pub debs_read: usize,
-    /// Units pushed to the registry cache.
-    pub pushed: usize,
-    /// Wall time of the build, in seconds.
-    pub duration: f64,
-}
-
-/// Where built units are shared beyond this machine.
-#[derive(Clone, Debug, Default)]
-pub struct CacheOptions {
-    /// REGISTRY/REPOSITORY of the registry cache.
-    pub registry: Option<String>,
-    pub insecure: bool,
-    pub username: Option<String>,
-}
-
-fn unit(name: &str, key: &str, size: u64, sha256: &str, source: Source) -> UnitReport {
-    UnitReport {
-        name: name.into(),
-        key: key.into(),
-        size,
-        digest: format!("sha256:{sha256}"),
-        source,
-    }
-}
 
 /// Build the image of `m` into `out` (default `<app dir>/fuse-out`). `units` replaces the
 /// download cache's store as the unit cache (`fuse build --verify` passes an empty one, so
@@ -96,6 +42,7 @@ pub fn build(
     signer: Option<&crate::sign::Signer>,
 ) -> Result<Built> {
     let started = Instant::now();
+    let workers = units::workers()?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
         m.file
             .parent()
@@ -119,7 +66,7 @@ pub fn build(
     // 3b. The image, keyed by its plan: when the output holds what that key gave, done.
     // (Not with a unit store of its own (--verify builds everything), a registry cache
     // (which may lack units to push) or a new lock (to be written).)
-    let image_key = record::image_key(&plan, m, &app, signer)?;
+    let image_key = crate::plan::image_key(&plan, m, &app, signer.map(|s| s.meta().fingerprint))?;
     let default_store = units.is_none();
     let shortcut = default_store && cache_opts.registry.is_none() && !lock_changed;
     if shortcut {
@@ -153,7 +100,7 @@ pub fn build(
         .url)
     };
     let debs = Debs::new(&s.store, &s.fetcher, &mirror_url);
-    let units = units::build_units(&plan, &cache, &debs, &app)?;
+    let units = units::build_units(&plan, &cache, &debs, &app, workers)?;
     // 5. The disk.
     let layers: Vec<disk::BuiltLayer> = units.layers.iter().map(|(l, _)| l.clone()).collect();
     let app_plan = plan.initramfs.inputs.boot.app.clone();
@@ -207,6 +154,7 @@ pub fn build(
     let mut json = serde_json::to_vec_pretty(&disk.meta)?;
     json.push(b'\n');
     let t = Instant::now();
+    crate::util::fs::remove_stale_temps(&out);
     crate::util::fs::write_atomic(&img_path, &disk.bytes)?;
     crate::util::fs::set_mode(&img_path, 0o644)?;
     crate::util::fs::write_atomic(&json_path, &json)?;

@@ -1,17 +1,12 @@
 //! The whole image's key (everything its bytes are a function of) and the record of what a
 //! build wrote for it, so a build where nothing changed stops after hashing two files.
 
-use super::Built;
+use super::outcome::Built;
 use crate::cache::Source;
-use crate::manifest::Manifest;
-use crate::plan::Plan;
 use crate::store;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::Path;
-
-/// Version of the image record; records of other versions are misses.
-const IMAGE_RECORD_FORMAT: u32 = 1;
 
 /// What a build wrote for an image key (`named/image-<key>` in the download cache).
 #[derive(Serialize, serde::Deserialize)]
@@ -23,30 +18,6 @@ struct ImageRecord {
     image_size: u64,
     json_sha256: String,
     built: Built,
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    crate::store::sha256_hex(bytes)
-}
-
-/// The key of the whole image: everything its bytes are a function of (the plan, with every
-/// unit's key, the manifest, the app, the Secure Boot certificate).
-pub fn image_key(
-    plan: &Plan,
-    m: &Manifest,
-    app: &crate::app::AppScan,
-    signer: Option<&crate::sign::Signer>,
-) -> Result<String> {
-    let d = serde_json::json!({
-        "unit": "image",
-        "format": IMAGE_RECORD_FORMAT,
-        "plan": plan,
-        "manifest_sha256": m.sha256,
-        "app_sha256": app.sha256,
-        "app_listing_sha256": app.listing_sha256,
-        "signer": signer.map(|s| s.meta().fingerprint),
-    });
-    Ok(crate::store::sha256_hex(&serde_json::to_vec(&d)?))
 }
 
 /// The build recorded for `key` when the image and image.json files hold exactly what it
@@ -64,7 +35,7 @@ pub fn up_to_date(
     let Ok(rec) = serde_json::from_slice::<ImageRecord>(&text) else {
         return Ok(None);
     };
-    if rec.format != IMAGE_RECORD_FORMAT || rec.key != key {
+    if rec.format != crate::plan::IMAGE_FORMAT || rec.key != key {
         return Ok(None);
     }
     let size = std::fs::metadata(img).map(|m| m.len()).ok();
@@ -73,7 +44,7 @@ pub fn up_to_date(
     }
     let same = |path: &Path, sha: &str| -> Result<bool> {
         match std::fs::read(path) {
-            Ok(b) => Ok(sha256_of(&b) == sha),
+            Ok(b) => Ok(crate::digest::sha256_hex(&b) == sha),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -102,11 +73,11 @@ pub fn save(
     built: &Built,
 ) -> Result<()> {
     let rec = ImageRecord {
-        format: IMAGE_RECORD_FORMAT,
+        format: crate::plan::IMAGE_FORMAT,
         key: key.to_string(),
-        image_sha256: sha256_of(image),
+        image_sha256: crate::digest::sha256_hex(image),
         image_size: image.len() as u64,
-        json_sha256: crate::store::sha256_hex(json),
+        json_sha256: crate::digest::sha256_hex(json),
         built: built.clone(),
     };
     store.put_named(&format!("image-{key}"), &serde_json::to_vec(&rec)?)

@@ -1,9 +1,10 @@
 //! What a build reports: the `fuse build --json` document (docs/ci.md) and the manifest's
 //! size budgets checked against the built image.
 
-use super::{lock_path, Built, UnitReport};
+use super::outcome::{Built, UnitReport};
 use crate::cache::Source;
 use crate::manifest::Manifest;
+use crate::pin::lock_path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;

@@ -15,7 +15,9 @@ use crate::disk::{self, BuiltLayer, LayerMeta};
 use crate::fetch::Fetcher;
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
-use crate::plan::{Filter, JreInputs, LayerInputs, LayerPlan, Plan, INIT};
+use crate::plan::{
+    Effect, Filter, FsCompression, FsKind, JreInputs, LayerInputs, LayerPlan, Plan, UnitKind, INIT,
+};
 use crate::resolve::lock::Pin;
 use crate::store::Store;
 use crate::tree::{Node, Tree};
@@ -241,13 +243,13 @@ pub fn layer_tree(
         );
     }
     for effect in &i.effects {
-        match effect.as_str() {
-            "ca-bundle/1" => {
+        match effect {
+            Effect::CaBundle => {
                 for e in layers::native_effects(&mut tree, epoch)? {
                     tracing::info!("native effect: {e}");
                 }
             }
-            "java-cacerts/1" => {
+            Effect::JavaCacerts => {
                 let jks = crate::runtimes::java_cacerts(&tree, epoch).context(
                     "the Java runtime needs CA certificates, but the packages have none (ca-certificates)",
                 )?;
@@ -256,7 +258,6 @@ pub fn layer_tree(
                 tree.insert("etc/ssl/certs/java/cacerts", n)?;
                 tracing::info!("native effect: ca-certificates-java: /etc/ssl/certs/java/cacerts");
             }
-            other => bail!("internal error: unknown native effect {other}"),
         }
     }
     if let Some(sys) = &i.system {
@@ -397,7 +398,7 @@ fn build_kernel(pin: &Pin, debs: &Debs) -> Result<(KernelRecord, Vec<u8>)> {
 
 /// A cached layer, checked against its plan: its record's metadata must describe the bytes.
 fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Source)>> {
-    let Some((rec, bytes, source)) = cache.get::<LayerMeta>("layer", &l.key)? else {
+    let Some((rec, bytes, source)) = cache.get::<LayerMeta>(UnitKind::Layer, &l.key)? else {
         return Ok(None);
     };
     let meta = rec.meta;
@@ -411,7 +412,7 @@ fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Sour
     let fs_ok = usize::try_from(meta.size)
         .ok()
         .and_then(|n| bytes.get(..n))
-        .is_some_and(|fs| format!("sha256:{}", crate::store::sha256_hex(fs)) == meta.digest);
+        .is_some_and(|fs| format!("sha256:{}", crate::digest::sha256_hex(fs)) == meta.digest);
     let verity_ok = meta.verity.as_ref().is_some_and(|v| {
         v.partition_size() == bytes.len() as u64 && crate::format::verity::verify(&bytes, v).is_ok()
     });
@@ -426,37 +427,40 @@ fn cached_layer(cache: &Cache, l: &LayerPlan) -> Result<Option<(BuiltLayer, Sour
     Ok(Some((BuiltLayer { meta, bytes }, source)))
 }
 
-fn squashfs_options(i: &LayerInputs) -> Result<crate::format::squashfs::Options> {
+fn squashfs_options(i: &LayerInputs) -> crate::format::squashfs::Options {
     use crate::format::squashfs::{Compression, Options};
-    if i.fs.kind != "squashfs" {
-        bail!(
-            "internal error: layer file system {} is not known",
-            i.fs.kind
-        );
-    }
-    let compression = match i.fs.compression.as_str() {
-        "xz" => Compression::Xz,
-        "gzip" => Compression::Gzip,
-        c => bail!("internal error: squashfs compression {c} is not known"),
-    };
-    Ok(Options {
-        compression,
+    let FsKind::Squashfs = i.fs.kind;
+    Options {
+        compression: match i.fs.compression {
+            FsCompression::Xz => Compression::Xz,
+            FsCompression::Gzip => Compression::Gzip,
+        },
         block_size: i.fs.block_size,
         mkfs_time: i.fs.mkfs_time,
-    })
+        // One thread per layer: the build's parallelism is the pool's (FUSE_JOBS).
+        threads: 1,
+    }
 }
 
 /// Every unit of `plan`: from the cache when it holds the key, else built and cached.
-pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Result<Units> {
+/// The jobs left after the cache run on `workers` threads ([`workers`]).
+pub fn build_units(
+    plan: &Plan,
+    cache: &Cache,
+    debs: &Debs,
+    app: &AppScan,
+    workers: usize,
+) -> Result<Units> {
     // Kernel first: the base layer's dpkg status and the initramfs need its record.
     let kp = &plan.kernel;
     let (kernel, kernel_bytes, kernel_sha256, kernel_source) =
-        match cache.get::<KernelRecord>("kernel", &kp.key)? {
+        match cache.get::<KernelRecord>(UnitKind::Kernel, &kp.key)? {
             Some((rec, bytes, source)) => (rec.meta, bytes, rec.sha256, source),
             None => {
                 let t = std::time::Instant::now();
                 let (rec, bytes) = build_kernel(&kp.inputs.package, debs)?;
-                let r = cache.put("kernel", &kp.key, &rec, &bytes)?;
+                let r = cache.put(UnitKind::Kernel, &kp.key, &rec, &bytes)?;
+                crate::util::fault::pause("units");
                 tracing::info!(
                     "kernel {} read from {} in {:.2}s",
                     rec.release,
@@ -499,20 +503,20 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     // ahead of the layers that need them. Each job's result is a function of its inputs,
     // so the bytes do not depend on the order in which jobs run.
     let (ip, up) = (&plan.initramfs, &plan.uki);
-    let core_key = initramfs_core_key(&ip.inputs)?;
+    let core_key = crate::plan::initramfs_core_key(&ip.inputs)?;
     // The UKI holds the initramfs: when the UKI is cached, the initramfs' record is enough.
-    let uki_hit = cache.get::<UkiRecord>("uki", &up.key)?;
+    let uki_hit = cache.get::<UkiRecord>(UnitKind::Uki, &up.key)?;
     let initramfs_record = match uki_hit {
-        Some(_) => cache.lookup_record::<()>("initramfs", &ip.key)?,
+        Some(_) => cache.lookup_record::<()>(UnitKind::Initramfs, &ip.key)?,
         None => None,
     };
     let initramfs_hit = match initramfs_record {
         Some(_) => None,
-        None => cache.get::<()>("initramfs", &ip.key)?,
+        None => cache.get::<()>(UnitKind::Initramfs, &ip.key)?,
     };
     let core_needed = initramfs_record.is_none()
         && initramfs_hit.is_none()
-        && !cache.has_local("initramfs-core", &core_key)?;
+        && !cache.has_local(UnitKind::InitramfsCore, &core_key)?;
     // Packages first (largest first: the longest decompressions start early), then the
     // layers (the one with the most package bytes first), the core after the first.
     let mut jobs: Vec<Job> = Vec::new();
@@ -533,35 +537,31 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     }
     jobs.extend(layer_iter);
     let t = std::time::Instant::now();
-    let done = crate::pool::map(
-        &jobs,
-        crate::pool::default_workers(),
-        |job| -> Result<Done> {
-            match job {
-                Job::Core => {
-                    let k = kernel.decode(&kernel_bytes)?;
-                    let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
-                    let bytes = disk::write_initramfs(&tree)?;
-                    cache.put("initramfs-core", &core_key, &(), &bytes)?;
-                    Ok(Done::Core(bytes))
-                }
-                Job::Layer(i) => {
-                    let l = &plan.layers[*i];
-                    let tree = layer_tree(&l.inputs, debs, &kernel, app)
-                        .with_context(|| format!("layer {}", l.name))?;
-                    let built = disk::write_layer(&tree, &squashfs_options(&l.inputs)?)?;
-                    let rec: Record<LayerMeta> =
-                        cache.put("layer", &l.key, &built.meta, &built.bytes)?;
-                    debug_assert_eq!(rec.size, built.bytes.len() as u64);
-                    Ok(Done::Layer(*i, Box::new(built)))
-                }
-                Job::Read(p) => {
-                    debs.read(p)?;
-                    Ok(Done::Read)
-                }
+    let done = crate::pool::map(&jobs, workers, |job| -> Result<Done> {
+        match job {
+            Job::Core => {
+                let k = kernel.decode(&kernel_bytes)?;
+                let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
+                let bytes = disk::write_initramfs(&tree)?;
+                cache.put(UnitKind::InitramfsCore, &core_key, &(), &bytes)?;
+                Ok(Done::Core(bytes))
             }
-        },
-    );
+            Job::Layer(i) => {
+                let l = &plan.layers[*i];
+                let tree = layer_tree(&l.inputs, debs, &kernel, app)
+                    .with_context(|| format!("layer {}", l.name))?;
+                let built = disk::write_layer(&tree, &squashfs_options(&l.inputs))?;
+                let rec: Record<LayerMeta> =
+                    cache.put(UnitKind::Layer, &l.key, &built.meta, &built.bytes)?;
+                debug_assert_eq!(rec.size, built.bytes.len() as u64);
+                Ok(Done::Layer(*i, Box::new(built)))
+            }
+            Job::Read(p) => {
+                debs.read(p)?;
+                Ok(Done::Read)
+            }
+        }
+    });
     let mut core = None;
     let mut built_layers: BTreeMap<usize, BuiltLayer> = BTreeMap::new();
     for r in done {
@@ -579,7 +579,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
             jobs.len(),
             if core_needed { ", initramfs core" } else { "" },
             t.elapsed().as_secs_f64(),
-            workers()
+            workers
         );
     }
 
@@ -612,19 +612,19 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 boot.verity = disk::boot_verity(&built)?;
                 let core = match core.take() {
                     Some(b) => b,
-                    None => match cache.get::<()>("initramfs-core", &core_key)? {
+                    None => match cache.get::<()>(UnitKind::InitramfsCore, &core_key)? {
                         Some((_, bytes, _)) => bytes,
                         None => {
                             let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
                             let bytes = disk::write_initramfs(&tree)?;
-                            cache.put("initramfs-core", &core_key, &(), &bytes)?;
+                            cache.put(UnitKind::InitramfsCore, &core_key, &(), &bytes)?;
                             bytes
                         }
                     },
                 };
                 let plan_tree = layers::initramfs_plan(&boot, ip.inputs.epoch)?;
                 let bytes = disk::join_initramfs(&plan_tree, &core)?;
-                let rec = cache.put("initramfs", &ip.key, &(), &bytes)?;
+                let rec = cache.put(UnitKind::Initramfs, &ip.key, &(), &bytes)?;
                 (rec.sha256, rec.size, Source::Built, Some(bytes))
             }
         };
@@ -639,10 +639,8 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
             // The stub is cached on its own (keyed by its package and path): every layer
             // change rebuilds the UKI (the root hashes are in it), and that must not need
             // the package again.
-            let stub_key = crate::store::sha256_hex(
-                format!("efi-stub\0{}\0{}", stub_pin.sha256, up.inputs.stub_path).as_bytes(),
-            );
-            let (stub, stub_ref) = match cache.get::<PackageRef>("stub", &stub_key)? {
+            let stub_key = crate::plan::stub_key(&up.inputs);
+            let (stub, stub_ref) = match cache.get::<PackageRef>(UnitKind::Stub, &stub_key)? {
                 Some((rec, bytes, _)) => (bytes, rec.meta),
                 None => {
                     let stub_deb = debs.read(stub_pin)?;
@@ -658,7 +656,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                         })?
                         .to_vec();
                     let r = package_ref(stub_pin, &stub_deb);
-                    cache.put("stub", &stub_key, &r, &stub)?;
+                    cache.put(UnitKind::Stub, &stub_key, &r, &stub)?;
                     (stub, r)
                 }
             };
@@ -670,7 +668,7 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
                 &initrd,
             )?;
             let rec = UkiRecord { stub: stub_ref };
-            cache.put("uki", &up.key, &rec, &bytes)?;
+            cache.put(UnitKind::Uki, &up.key, &rec, &bytes)?;
             (bytes, rec.stub, Source::Built)
         }
     };
@@ -689,30 +687,18 @@ pub fn build_units(plan: &Plan, cache: &Cache, debs: &Debs, app: &AppScan) -> Re
     })
 }
 
-/// The key of the initramfs' core (init and modules, compressed): what of the initramfs'
-/// inputs decides it; not the layers or the boot plan.
-pub fn initramfs_core_key(i: &crate::plan::InitramfsInputs) -> Result<String> {
-    let d = serde_json::json!({
-        "unit": "initramfs-core",
-        "format": i.format,
-        "fuse_version": i.fuse_version,
-        "kernel": i.kernel,
-        "init_sha256": i.init_sha256,
-        "epoch": i.epoch,
-        "compression": i.compression,
-    });
-    Ok(crate::store::sha256_hex(&serde_json::to_vec(&d)?))
-}
-
-/// Workers for a build's jobs: `FUSE_JOBS` when set (a whole number, at least 1), else
-/// [`crate::pool::default_workers`].
-pub fn workers() -> usize {
-    std::env::var("FUSE_JOBS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n >= 1)
-        .unwrap_or_else(crate::pool::default_workers)
-        .min(64)
+/// Workers for a build's jobs (the threads that read packages, write layers and compress
+/// the initramfs' core at once): `FUSE_JOBS` when set (a whole number from 1 to 64; anything
+/// else is an error), else [`crate::pool::default_workers`].
+pub fn workers() -> Result<usize> {
+    match std::env::var("FUSE_JOBS") {
+        Err(std::env::VarError::NotPresent) => Ok(crate::pool::default_workers()),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(n),
+            _ => bail!("FUSE_JOBS={v:?}: expected a whole number of workers from 1 to 64"),
+        },
+        Err(e) => bail!("FUSE_JOBS: {e}"),
+    }
 }
 
 /// A piece of a build's remaining work ([`build_units`]).

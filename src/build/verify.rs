@@ -4,10 +4,11 @@
 //! packages still come from the verified download cache), and the two images are compared
 //! byte for byte (`repro::compare` names the first differing partition and files).
 
+use super::outcome::{Built, CacheOptions};
 use super::repro::{self, Difference};
-use super::{Built, CacheOptions, Options};
 use crate::manifest::{self, Manifest};
-use crate::store::{self, Store};
+use crate::pin::Options;
+use crate::store::Store;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -168,7 +169,7 @@ pub fn verify(
     let difference = repro::compare(&a, &b)?;
     let report = VerifyReport {
         reproducible: difference.is_none(),
-        second_digest: format!("sha256:{}", store::sha256_hex(&b)),
+        second_digest: format!("sha256:{}", crate::digest::sha256_hex(&b)),
         duration_ms: started.elapsed().as_millis() as u64,
         copied_sources: copied.is_some(),
         difference,

@@ -11,16 +11,18 @@
 //! bytes verified before use and copied into the local cache), and every unit the registry
 //! lacks is pushed once the build has it.
 
+mod record;
 pub mod registry;
 
-use crate::store::{sha256_hex, Store};
+pub use record::{Record, RECORD_FORMAT};
+
+use crate::digest::sha256_hex;
+use crate::plan::UnitKind;
+use crate::store::Store;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-
-/// Version of the record format; records of other versions are misses.
-pub const RECORD_FORMAT: u32 = 1;
 
 /// Where a unit of a build came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,19 +47,6 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// A cache record: what the bytes are and which key they were built for.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record<M> {
-    pub format: u32,
-    /// "layer", "kernel", "initramfs", "uki"
-    pub kind: String,
-    pub key: String,
-    /// sha256 (hex) of the bytes.
-    pub sha256: String,
-    pub size: u64,
-    pub meta: M,
 }
 
 /// A cache hit: the record, the verified bytes, where they came from.
@@ -150,7 +139,7 @@ impl Cache {
             .put(&rec.sha256, bytes)
             .with_context(|| format!("cannot cache {kind} {key}"))?;
         self.store.put_named(&record_name(key), text)?;
-        self.record(kind, key)
+        self.local_record(kind, key)
     }
 
     pub fn store(&self) -> &Store {
@@ -159,7 +148,12 @@ impl Cache {
 
     /// The record stored for `key`, checked (format, kind, key), without the bytes.
     /// `Ok(None)`: no usable record (absent, or refused with a warning).
-    pub fn record<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Record<M>>> {
+    pub fn record<M: DeserializeOwned>(
+        &self,
+        kind: UnitKind,
+        key: &str,
+    ) -> Result<Option<Record<M>>> {
+        let kind = kind.as_str();
         self.local_record(kind, key)
     }
 
@@ -225,7 +219,8 @@ impl Cache {
 
     /// Record and bytes of `key`, both verified, from the local cache, else from the
     /// registry cache; `None` on a miss (the unit is then built).
-    pub fn get<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<Hit<M>>> {
+    pub fn get<M: DeserializeOwned>(&self, kind: UnitKind, key: &str) -> Result<Option<Hit<M>>> {
+        let kind = kind.as_str();
         if let Some(rec) = self.local_record::<M>(kind, key)? {
             if let Some(b) = self.bytes(&rec) {
                 self.remote_lookup(kind, key, true);
@@ -248,9 +243,10 @@ impl Cache {
     /// present (not re-hashed), else the registry's (bytes verified and cached).
     pub fn lookup_record<M: DeserializeOwned>(
         &self,
-        kind: &str,
+        kind: UnitKind,
         key: &str,
     ) -> Result<Option<(Record<M>, Source)>> {
+        let kind = kind.as_str();
         if let Some(rec) = self.local_record::<M>(kind, key)? {
             if self.store.blob_path(&rec.sha256).exists() {
                 self.remote_lookup(kind, key, true);
@@ -262,7 +258,8 @@ impl Cache {
 
     /// Whether the local cache has a record for `key` and its blob (not read, not
     /// verified: [`Cache::get`] does that).
-    pub fn has_local(&self, kind: &str, key: &str) -> Result<bool> {
+    pub fn has_local(&self, kind: UnitKind, key: &str) -> Result<bool> {
+        let kind = kind.as_str();
         Ok(match self.local_record::<serde_json::Value>(kind, key)? {
             Some(rec) => self.store.blob_path(&rec.sha256).exists(),
             None => false,
@@ -309,11 +306,12 @@ impl Cache {
     /// Store a built unit: its bytes by sha256, then its record under its key.
     pub fn put<M: Serialize + Clone>(
         &self,
-        kind: &str,
+        kind: UnitKind,
         key: &str,
         meta: &M,
         bytes: &[u8],
     ) -> Result<Record<M>> {
+        let kind = kind.as_str();
         let rec = Record {
             format: RECORD_FORMAT,
             kind: kind.into(),
@@ -334,11 +332,6 @@ impl Cache {
         let text = serde_json::to_vec(rec)?;
         self.store.put_named(&record_name(&rec.key), &text)
     }
-
-    /// The raw record text of a key (for the registry cache).
-    pub fn record_text(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.store.get_named(&record_name(key))
-    }
 }
 
 #[cfg(test)]
@@ -351,32 +344,32 @@ mod tests {
         let c = Cache::new(&Store::open(d.path()).unwrap());
         let k1 = "1".repeat(64);
         let k2 = "2".repeat(64);
-        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+        assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_none());
         let r1 = c
-            .put("layer", &k1, &"one".to_string(), b"bytes one")
+            .put(UnitKind::Layer, &k1, &"one".to_string(), b"bytes one")
             .unwrap();
         let r2 = c
-            .put("layer", &k2, &"two".to_string(), b"bytes two")
+            .put(UnitKind::Layer, &k2, &"two".to_string(), b"bytes two")
             .unwrap();
-        let (rec, bytes, src) = c.get::<String>("layer", &k1).unwrap().unwrap();
+        let (rec, bytes, src) = c.get::<String>(UnitKind::Layer, &k1).unwrap().unwrap();
         assert_eq!(src, Source::LocalCache);
         assert_eq!(
             (rec.meta.as_str(), bytes.as_slice()),
             ("one", &b"bytes one"[..])
         );
         // Another kind under the same key: refused.
-        assert!(c.get::<String>("kernel", &k1).unwrap().is_none());
+        assert!(c.get::<String>(UnitKind::Kernel, &k1).unwrap().is_none());
         // A blob swapped for another entry's bytes: refused.
         let blob = c.store().blob_path(&r1.sha256);
         std::fs::copy(c.store().blob_path(&r2.sha256), &blob).unwrap();
-        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+        assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_none());
         // Rebuilt: usable again.
-        c.put("layer", &k1, &"one".to_string(), b"bytes one")
+        c.put(UnitKind::Layer, &k1, &"one".to_string(), b"bytes one")
             .unwrap();
-        assert!(c.get::<String>("layer", &k1).unwrap().is_some());
+        assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_some());
         // A record copied from another key: refused.
-        let text = c.record_text(&k2).unwrap().unwrap();
+        let text = c.store.get_named(&record_name(&k2)).unwrap().unwrap();
         c.store().put_named(&format!("unit-{k1}"), &text).unwrap();
-        assert!(c.get::<String>("layer", &k1).unwrap().is_none());
+        assert!(c.get::<String>(UnitKind::Layer, &k1).unwrap().is_none());
     }
 }

@@ -9,10 +9,10 @@
 //! unit's bytes for a key (see docs/trust.md); the image digest and `fuse inspect` still
 //! show what an image holds.
 
-use super::{Record, RECORD_FORMAT};
+use super::record::{Record, RECORD_FORMAT};
+use crate::digest::sha256_hex;
 use crate::oci::client::{credentials, Client};
 use crate::oci::{verify_blob, Descriptor, Manifest, Reference, MANIFEST_TYPE};
-use crate::store::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 

@@ -30,7 +30,7 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
             src.display()
         )
     })?;
-    let digest = format!("sha256:{}", crate::store::sha256_hex(&raw));
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&raw));
     let base = format!("{}-{}", meta.name, meta.version);
     let out_dir = match (&a.out, is_file) {
         (Some(d), _) => d.clone(),
@@ -44,12 +44,6 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let target = out_dir.join(format!("{base}.{}", format.extension()));
-    if format == Format::Vhd && raw.len() % (1024 * 1024) != 0 {
-        tracing::warn!(
-            "the raw disk is {} bytes, not a whole MiB: the VHD pads it, so its disk's digest differs from {digest}",
-            raw.len()
-        );
-    }
     let same_file = opened.format == format
         && target.is_file()
         && std::fs::canonicalize(&target).ok() == std::fs::canonicalize(&src).ok();

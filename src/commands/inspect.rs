@@ -44,7 +44,8 @@ fn both_failed(a: VerificationFailed, b: VerificationFailed) -> VerificationFail
 
 pub fn run(a: &InspectArgs) -> Result<u8> {
     let name = a.image.display().to_string();
-    let (disk, mut img) = inspect::load(&a.image)?;
+    let (opened, mut img) = inspect::load(&a.image)?;
+    let disk = opened.raw;
     if let Some(new) = &a.new {
         let new_name = new.display().to_string();
         let (_, new_img) = inspect::load(new)?;

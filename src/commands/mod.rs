@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod configdisk;
+pub mod deploy;
 pub mod export;
 pub mod images;
 pub mod inspect;

@@ -2,23 +2,13 @@
 //! the append-only ledger, with the promotion order of the project's fuse-envs.toml enforced.
 
 use crate::cli::{EnvsArgs, PromoteArgs};
-use crate::commands::images::print_table;
-use crate::commands::registry::client;
+use crate::digest::sha256_hex;
 use crate::image_store::{default_data_dir, now_unix, resolve_image_ref};
 use crate::ledger::{self, Entry};
 use crate::oci::{self, Reference};
-use crate::store::sha256_hex;
+use crate::util::table::print_table;
 use crate::{disk, envfile};
 use anyhow::{bail, Context, Result};
-
-fn who(explicit: Option<&str>) -> String {
-    explicit
-        .map(str::to_string)
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .filter(|w| !w.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 pub fn promote(args: &PromoteArgs) -> Result<u8> {
     ledger::check_env(&args.env)?;
@@ -39,7 +29,17 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
         None => None,
     };
     let project = ledger::load_project(args.envs.as_deref(), &default_data_dir()?)?;
-    let who = who(args.who.as_deref());
+    if let Some(e) = project.env(&args.env) {
+        bail!(
+            "environment {} has a target ({}): use `fuse deploy {} {}`, which starts its \
+             servers and records the deployment",
+            e.name,
+            e.target,
+            args.image,
+            e.name
+        );
+    }
+    let who = ledger::who(args.who.as_deref());
     // The registry's manifest is found (read-only) before the ledger line is written; the
     // tag moves only after the line is on disk, so the ledger never misses a tag move.
     let pending: std::cell::RefCell<Option<TagMove>> = std::cell::RefCell::new(None);
@@ -68,6 +68,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
                 config: config.clone(),
                 registry,
                 signer: signer.clone(),
+                deploy: None,
             })
         },
         |_| match pending.borrow_mut().take() {
@@ -131,7 +132,7 @@ fn find_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<
     let r = Reference::parse(reference)?;
     let tag = r.tag.clone().unwrap_or_else(|| args.env.clone());
     let r = r.with_tag(&tag);
-    let c = client(&r, &args.reg, true)?;
+    let c = crate::oci::client::connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
     for whole in [false, true] {
         let art = oci::artifact(disk, whole)?;
         if c.manifest_exists(&art.manifest_digest)? {
@@ -181,6 +182,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         .filter(|e| args.image.as_deref().is_none_or(|i| e.image == i))
         .collect();
     cur.sort_by(|a, b| (&a.image, rank(&a.env), &a.env).cmp(&(&b.image, rank(&b.env), &b.env)));
+    let servers = env_servers(&project, &all, args.image.as_deref());
     if args.json {
         println!(
             "{}",
@@ -188,6 +190,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
                 "ledger": project.ledger,
                 "order": project.order,
                 "current": cur,
+                "servers": servers,
                 "history": history,
             }))?
         );
@@ -210,6 +213,22 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         })
         .collect();
     print_table(&["IMAGE", "ENV", "VERSION", "DIGEST", "SINCE", "BY"], &rows);
+    for (env, list) in &servers {
+        println!();
+        println!("servers of {env}:");
+        let rows: Vec<[String; 4]> = list
+            .iter()
+            .map(|s| {
+                [
+                    s.name.clone(),
+                    s.address.clone().unwrap_or_else(|| "-".into()),
+                    s.health.clone(),
+                    s.digest.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ADDRESS", "HEALTH", "DIGEST"], &rows);
+    }
     println!();
     println!("history ({}):", project.ledger.display());
     for e in history {
@@ -226,7 +245,82 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         if let Some(r) = &e.registry {
             line.push_str(&format!(" registry {r}"));
         }
+        if let Some(d) = &e.deploy {
+            line.push_str(&format!(
+                " {} {} ({} servers)",
+                d.kind,
+                d.result,
+                d.servers.len()
+            ));
+            if let Some(err) = &d.error {
+                line.push_str(&format!(": {}", err.lines().next().unwrap_or("")));
+            }
+        }
         println!("{line}");
     }
     Ok(0)
+}
+
+/// One server of an environment as `fuse envs` shows it.
+#[derive(serde::Serialize)]
+struct ServerView {
+    name: String,
+    address: Option<String>,
+    /// `healthy`, `unhealthy` (no answer to the image's [health]) or `unknown`.
+    health: String,
+    digest: String,
+}
+
+/// The servers of every environment with a target (leftovers of interrupted deployments are
+/// removed first); an unreachable target is reported and skipped.
+fn env_servers(
+    project: &ledger::Project,
+    all: &[Entry],
+    image: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<ServerView>> {
+    let mut out = std::collections::BTreeMap::new();
+    for env in &project.envs {
+        let listed = (|| -> Result<Vec<ServerView>> {
+            let (mut target, mut switch) = crate::deploy::connect(env)?;
+            target.check()?;
+            if switch.check().is_ok() {
+                crate::deploy::reconcile(all, image, &env.name, target.as_mut(), switch.as_mut())?;
+            }
+            let mut v = vec![];
+            for s in target.servers(&env.name)? {
+                let address = target.address(&s)?;
+                let path = crate::deploy::Image::open(&s.digest)
+                    .ok()
+                    .and_then(|i| i.meta.app.health_http);
+                let health = match (&address, path) {
+                    (Some(a), Some(p)) => {
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .timeout_global(Some(std::time::Duration::from_secs(3)))
+                            .http_status_as_error(false)
+                            .build()
+                            .into();
+                        match agent.get(format!("http://{a}{p}")).call() {
+                            Ok(r) if r.status().is_success() => "healthy",
+                            _ => "unhealthy",
+                        }
+                    }
+                    _ => "unknown",
+                };
+                v.push(ServerView {
+                    name: s.name,
+                    address,
+                    health: health.into(),
+                    digest: s.digest,
+                });
+            }
+            Ok(v)
+        })();
+        match listed {
+            Ok(v) => {
+                out.insert(env.name.clone(), v);
+            }
+            Err(e) => tracing::warn!("environment {}: cannot list its servers: {e:#}", env.name),
+        }
+    }
+    out
 }

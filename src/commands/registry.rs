@@ -4,9 +4,8 @@
 
 use crate::cli::{PullArgs, PushArgs, RegistryArgs};
 use crate::image_store::{resolve_image_ref, Images};
-use crate::oci::client::{credentials, Client};
+use crate::oci::client::{connect, Client};
 use crate::oci::{self, Artifact, Reference};
-use crate::store;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,12 +18,6 @@ pub struct PushStats {
     pub skipped_blobs: usize,
     pub skipped_bytes: u64,
     pub manifest_bytes: u64,
-}
-
-/// A client for `r` with the credentials the options and environment give.
-pub fn client(r: &Reference, reg: &RegistryArgs, push: bool) -> Result<Client> {
-    let creds = credentials(r, reg.username.as_deref())?;
-    Ok(Client::new(r, reg.insecure, creds, push))
 }
 
 /// Uploads the blobs the registry lacks (config first, then the layers), then the manifest
@@ -101,7 +94,7 @@ pub fn push(args: &PushArgs) -> Result<u8> {
         art.image_digest,
         art.blobs.len() + 1
     );
-    let c = client(&r, &args.reg, true)?;
+    let c = connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
     let s = push_artifact(&c, &art, &disk, &tag)?;
     tracing::info!(
         "push: {} bytes sent in {} blobs; {} blobs ({} bytes) already in the registry; manifest {} bytes",
@@ -126,10 +119,10 @@ pub fn fetch_image(
         (None, Some(t)) => t.clone(),
         (None, None) => bail!("{r}: name a tag (:TAG) or a manifest digest (@sha256:...)"),
     };
-    let c = client(r, reg, false)?;
+    let c = connect(r, reg.insecure, reg.username.as_deref(), false)?;
     let manifest = c.get_manifest(&reference)?;
     if let Some(d) = &r.digest {
-        let got = format!("sha256:{}", store::sha256_hex(&manifest));
+        let got = format!("sha256:{}", crate::digest::sha256_hex(&manifest));
         ensure!(
             &got == d,
             "the registry answered {d} with a manifest whose digest is {got}"

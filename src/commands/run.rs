@@ -2,12 +2,11 @@
 //! relay the console, and exit with the app's exit code.
 
 use crate::cli::RunArgs;
-use crate::vm::{self, BootSpec};
+use crate::vm;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +24,6 @@ pub fn parse_publish(s: &str) -> Result<(u16, u16)> {
         bail!("port 0 in -p {s:?}");
     }
     Ok((h, g))
-}
-
-/// The app's exit code from the init's last words on the console: its own code, or for an
-/// app ended by a signal 128 + the signal's number (as a shell reports it).
-pub fn exit_code_of(line: &str) -> Option<u8> {
-    let number = |rest: &str| rest.split_whitespace().next()?.parse::<i64>().ok();
-    if let Some(rest) = line.split("fuse-init: app exited with code ").nth(1) {
-        return number(rest).map(|c| c.clamp(0, 255) as u8);
-    }
-    let rest = line.split("fuse-init: app killed by signal ").nth(1)?;
-    number(rest).map(|s| (128 + s).clamp(0, 255) as u8)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM received by `fuse run` so far.
@@ -90,25 +78,8 @@ fn stop_watcher(qmp: PathBuf, qemu_pid: u32, done: Arc<AtomicBool>) {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let image_path = if args.image.is_file() {
-        args.image.clone()
-    } else {
-        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
-    };
-    if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg)
-            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
-    }
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    // Verified once, booted from a private copy of the verified bytes.
-    let boot = crate::inspect::boot_disk(&image_path, tmp.path())?;
-    let (meta, digest, format) = (&boot.meta, &boot.digest, boot.format);
-    let qemu_bin = vm::qemu_binary()?;
-    let (code, vars_template) = vm::ovmf()?;
-    let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-    let qmp = tmp.path().join("qmp.sock");
+    let img = vm::open_image(&args.image, args.config.as_deref())?;
+    let (meta, digest, format) = (img.meta.clone(), img.digest.clone(), img.opened.format);
     let forwards: Vec<(u16, u16)> = if args.publish.is_empty() {
         vec![(vm::free_port()?, meta.app.port)]
     } else {
@@ -117,24 +88,12 @@ pub fn run(args: &RunArgs) -> Result<u8> {
             .map(|p| parse_publish(p))
             .collect::<Result<_>>()?
     };
-    let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = (boot.path.clone(), boot.driver);
-    let spec = BootSpec {
-        image: &image,
-        disk_format,
-        vars: &vars,
-        code: &code,
-        accel,
-        memory_mib: args.memory,
-        forwards: &forwards,
-        config: args.config.as_deref(),
-    };
-    let mut cmd = vm::command(&qemu_bin, &spec);
+    let cfg = args.config.as_deref();
+    let launch = vm::Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
+    // launch.tmp (the vars copy, the disk, the QMP socket) lives until the end of this scope.
+    let (qmp, accel, qemu_bin, mut cmd) = (launch.qmp, launch.accel, launch.qemu, launch.cmd);
     // Its own process group: Ctrl-C reaches fuse only, which stops the VM gracefully.
-    cmd.args(vm::qmp_args(&qmp));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0);
+    cmd.process_group(0);
     catch_stop_signals()?;
     tracing::info!(
         "booting {} {} ({}, {format}) with {accel}; app port {} on http://127.0.0.1:{}/",
@@ -167,7 +126,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     for line in BufReader::new(stdout).split(b'\n') {
         let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
-        if let Some(c) = exit_code_of(&text) {
+        if let Some(c) = vm::exit_code_of(&text) {
             code_seen = Some(c);
         }
         let _ = out.write_all(&line);
@@ -220,19 +179,5 @@ mod tests {
         assert_eq!(parse_publish("80").unwrap(), (80, 80));
         assert!(parse_publish("x:1").is_err());
         assert!(parse_publish("0:1").is_err());
-    }
-
-    #[test]
-    fn exit_code_is_read_from_console() {
-        assert_eq!(
-            exit_code_of("[  3.1] fuse-init: app exited with code 3"),
-            Some(3)
-        );
-        assert_eq!(exit_code_of("fuse-init: app exited with code 0\r"), Some(0));
-        assert_eq!(exit_code_of("hello"), None);
-        assert_eq!(
-            exit_code_of("fuse-init: app killed by signal 15 (SIGTERM)"),
-            Some(143)
-        );
     }
 }

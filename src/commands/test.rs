@@ -9,7 +9,7 @@
 use crate::budget::{self, Check, Limit};
 use crate::cli::TestArgs;
 use crate::disk::ImageMeta;
-use crate::vm::{self, BootSpec};
+use crate::vm;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -123,7 +123,7 @@ struct Tail {
 
 impl Tail {
     fn push(&self, line: String) {
-        if let Some(c) = crate::commands::run::exit_code_of(&line) {
+        if let Some(c) = vm::exit_code_of(&line) {
             *self.exit_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
         }
         let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,55 +211,26 @@ fn healthy(agent: &ureq::Agent, url: &str) -> bool {
 }
 
 pub fn run(args: &TestArgs) -> Result<u8> {
-    let image_path = if args.image.is_file() {
-        args.image.clone()
-    } else {
-        crate::image_store::resolve_image_ref(&args.image.to_string_lossy())?
-    };
-    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-    // Verified once, booted from a private copy of the verified bytes.
-    let boot = crate::inspect::boot_disk(&image_path, tmp.path())?;
-    let (meta, digest) = (boot.meta.clone(), boot.digest.clone());
+    let img = vm::open_image(&args.image, args.config.as_deref())?;
+    let (image_path, meta, digest) = (img.path.clone(), img.meta.clone(), img.digest.clone());
     let Some(health) = meta.app.health_http.clone() else {
         bail!(
             "{} has no health check: fuse test waits for [health] http, so add it to the manifest and build again",
             image_path.display()
         );
     };
-    if let Some(cfg) = &args.config {
-        std::fs::metadata(cfg)
-            .with_context(|| format!("cannot read config file {}", cfg.display()))?;
-    }
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
     let (limit, budget_source) = boot_budget(args, &image_path, &meta)?;
 
-    let qemu_bin = vm::qemu_binary()?;
-    let (code, vars_template) = vm::ovmf()?;
-    let vars = tmp.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("cannot copy {}", vars_template.display()))?;
-    let qmp = tmp.path().join("qmp.sock");
     let port = vm::free_port()?;
     let forwards = [(port, meta.app.port)];
-    let accel = vm::choose_accel(&args.accel)?;
-    let (image, disk_format) = (boot.path.clone(), boot.driver);
-    let spec = BootSpec {
-        image: &image,
-        disk_format,
-        vars: &vars,
-        code: &code,
-        accel,
-        memory_mib: args.memory,
-        forwards: &forwards,
-        config: args.config.as_deref(),
-    };
-    let mut cmd = vm::command(&qemu_bin, &spec);
-    cmd.args(vm::qmp_args(&qmp))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let cfg = args.config.as_deref();
+    let launch = vm::Launch::new(img, &args.accel, args.memory, &forwards, cfg)?;
+    // launch.tmp (the vars copy, the disk, the QMP socket) lives until the end of this scope.
+    let (qmp, accel, qemu_bin, mut cmd) = (launch.qmp, launch.accel, launch.qemu, launch.cmd);
+    cmd.stderr(Stdio::piped());
     // QEMU must not outlive fuse (killed CI job, Ctrl-C).
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

@@ -1,17 +1,59 @@
 //! Google Compute Engine image: `disk.raw` alone in a GNU ("oldgnu") tar, gzip'ed, as
-//! `gcloud compute images create --source-uri` takes it. gzip header without name and with
-//! mtime 0, so the same image gives the same file.
+//! `gcloud compute images create --source-uri` takes it. GCE wants the disk in whole GiB, so
+//! `disk.raw` is the image followed by zeros up to the next GiB, written as a GNU sparse
+//! entry (what `tar --format=oldgnu -S` writes, and GCE's documentation uses): the archive
+//! holds the image's bytes and a map, not the zeros. Readers cut the padding at the image's
+//! own GPT length, so the digest stays the image's. gzip header without name and with mtime
+//! 0, so the same image gives the same file.
 
-use super::tarball;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::io::{Read, Write};
 
 /// The one file name GCE accepts inside the archive.
 pub const DISK_RAW: &str = "disk.raw";
+const GIB: u64 = 1 << 30;
+
+/// The size `disk.raw` gets for an image of `len` bytes: a whole GiB.
+pub fn padded_size(len: u64) -> u64 {
+    len.div_ceil(GIB).max(1) * GIB
+}
+
+/// The oldgnu header of a sparse `disk.raw`: one data region (the image, `data` bytes from
+/// offset 0) and the empty region at `real` that marks where the file ends.
+fn sparse_header(data: u64, real: u64) -> Result<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(DISK_RAW).context("tar entry name")?;
+    h.set_size(data);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    let g = h.as_gnu_mut().context("not a GNU header")?;
+    g.sparse[0].set_offset(0);
+    g.sparse[0].set_length(data);
+    g.sparse[1].set_offset(real);
+    g.sparse[1].set_length(0);
+    g.set_real_size(real);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// The uncompressed tar of `raw` as a `disk.raw` of whole GiB.
+fn tar_of(raw: &[u8]) -> Result<Vec<u8>> {
+    let data = (raw.len() as u64).div_ceil(512) * 512;
+    let mut body = raw.to_vec();
+    body.resize(data as usize, 0);
+    let h = sparse_header(data, padded_size(data))?;
+    let mut b = tar::Builder::new(Vec::with_capacity(body.len() + 2048));
+    b.append(&h, &body[..])
+        .context("cannot add disk.raw to the tar archive")?;
+    b.into_inner().context("cannot finish the tar archive")
+}
 
 /// The `.tar.gz` of `raw`.
 pub fn write(raw: &[u8]) -> Result<Vec<u8>> {
-    let tar = tarball::write(&[(DISK_RAW, raw)], tarball::Flavour::Gnu)?;
+    let tar = tar_of(raw)?;
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
@@ -30,7 +72,7 @@ pub fn is_gzip(b: &[u8]) -> bool {
 
 /// The most bytes of zero padding allowed after the image in `disk.raw` (GCE wants whole
 /// GiB: the padding fills up to the next one).
-const MAX_PADDING: u64 = 1 << 30;
+const MAX_PADDING: u64 = GIB;
 /// The most image bytes per byte of input (beyond a fixed allowance): a fuse disk is
 /// mostly compressed file systems, so a larger ratio is a crafted bomb.
 const EXPANSION: u64 = 16;
@@ -38,10 +80,12 @@ const ALLOWANCE: u64 = 64 << 20;
 
 /// `disk.raw` from a gzip'ed (or plain) tar, checked to be what every other reader (GNU tar,
 /// GCE's importer, multi-member gzip readers) sees too: exactly one gzip member, exactly one
-/// tar member, a regular file (type '0') named exactly `disk.raw`, nothing after it but
-/// the end-of-archive zero blocks. Zero padding after the image (whose end the GPT's backup
-/// header gives) is checked while streaming and left out of the result, so memory is
-/// bounded by the image and time by the input (at most [`MAX_PADDING`] of padding).
+/// tar member named exactly `disk.raw`, nothing after it but the end-of-archive zero blocks.
+/// The member is a regular file (type '0') or the sparse entry [`write`] makes (type 'S':
+/// one data region from offset 0, then a hole up to the real size), nothing else. Zero
+/// padding after the image (whose end the GPT's backup header gives) is checked while
+/// streaming and left out of the result, so memory is bounded by the image and time by the
+/// input (at most [`MAX_PADDING`] of padding).
 pub fn read(file: &[u8]) -> Result<Vec<u8>> {
     let budget = (file.len() as u64).saturating_mul(EXPANSION) + ALLOWANCE;
     if is_gzip(file) {
@@ -65,12 +109,19 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
         Ok(raw)
     } else {
         let mut r = file;
-        let raw = read_tar(&mut r, budget)?;
-        Ok(raw)
+        read_tar(&mut r, budget)
     }
 }
 
-fn octal(field: &[u8], what: &str) -> Result<u64> {
+/// A numeric header field: octal digits (NUL or space ended), or GNU's base-256 (first byte
+/// 0x80, the rest big-endian) for values too large for the octal digits.
+fn number(field: &[u8], what: &str) -> Result<u64> {
+    if field.first().is_some_and(|&b| b == 0x80) {
+        return field[1..]
+            .iter()
+            .try_fold(0u64, |a, &b| a.checked_mul(256)?.checked_add(b as u64))
+            .with_context(|| format!("tar header {what} overflows"));
+    }
     let t: Vec<u8> = field
         .iter()
         .copied()
@@ -93,7 +144,7 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
         .with_context(|| format!("the archive ends inside {what}"))
 }
 
-/// True when `r` yields only zero bytes until its end; reads at most `limit` bytes.
+/// Checks that `r` yields only zero bytes until its end; reads at most `limit` bytes.
 fn only_zeros(r: &mut impl Read, limit: u64, what: &str) -> Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let mut left = limit;
@@ -111,11 +162,44 @@ fn only_zeros(r: &mut impl Read, limit: u64, what: &str) -> Result<()> {
     }
 }
 
+/// The size of `disk.raw` as every reader sees it (the data plus a sparse entry's trailing
+/// hole), from the member's header `h` whose stored data is `size` bytes. Only the sparse
+/// map [`write`] makes is taken: data from 0 to `size`, a zero-length region at the real
+/// size, no other region, no extension header.
+fn real_size(h: &[u8; 512], size: u64) -> Result<u64> {
+    if h[156] == b'0' {
+        return Ok(size);
+    }
+    ensure!(
+        &h[257..265] == b"ustar  \0",
+        "{DISK_RAW} is a sparse member without a GNU header"
+    );
+    // oldgnu: sparse[4] of (offset[12], numbytes[12]) at 386, isextended at 482,
+    // realsize[12] at 483.
+    let region = |i: usize| -> Result<(u64, u64)> {
+        let at = 386 + 24 * i;
+        Ok((
+            number(&h[at..at + 12], "sparse offset")?,
+            number(&h[at + 12..at + 24], "sparse length")?,
+        ))
+    };
+    let real = number(&h[483..495], "real size")?;
+    ensure!(
+        region(0)? == (0, size) && region(1)? == (real, 0) && real >= size,
+        "{DISK_RAW}'s sparse map is not one data region from 0 and a hole to its end"
+    );
+    ensure!(
+        h[386 + 48..483].iter().all(|&b| b == 0),
+        "{DISK_RAW}'s sparse map has more than two regions"
+    );
+    Ok(real)
+}
+
 /// The single `disk.raw` member of a tar stream (see [`read`]).
 fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
     let mut h = [0u8; 512];
     read_exact_or(r, &mut h, "the first header")?;
-    let sum = octal(&h[148..156], "checksum")?;
+    let sum = number(&h[148..156], "checksum")?;
     let got: u64 = h
         .iter()
         .enumerate()
@@ -138,8 +222,8 @@ fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
         String::from_utf8_lossy(&h[..name_end])
     );
     ensure!(
-        h[156] == b'0',
-        "{DISK_RAW} is a tar member of type {:?}, not a regular file ('0')",
+        h[156] == b'0' || h[156] == b'S',
+        "{DISK_RAW} is a tar member of type {:?}, not a regular file ('0') or the sparse one fuse writes ('S')",
         h[156] as char
     );
     ensure!(
@@ -157,24 +241,22 @@ fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
             "not a ustar or GNU tar header"
         );
     }
-    let size = octal(&h[124..136], "size")?;
-    // The image's end: the GPT's backup header is its last sector.
+    let size = number(&h[124..136], "size")?;
+    let real = real_size(&h, size)?;
+    // The image's end: the GPT's backup header is its last sector, inside the stored data.
     let mut head = vec![0u8; size.min(1024) as usize];
     read_exact_or(r, &mut head, DISK_RAW)?;
-    // A GPT whose backup header is not inside disk.raw describes no padding: then the
-    // whole member is the disk.
-    let image_end = Some(&head)
-        .filter(|h| h.get(512..520) == Some(b"EFI PART"))
-        .and_then(|h| h.get(512 + 32..512 + 40))
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .and_then(|alt| alt.checked_add(1)?.checked_mul(512))
-        .filter(|&e| e >= 1024 && e <= size)
-        .unwrap_or(size);
+    // A regular disk.raw whose GPT's backup header is not inside it describes no padding:
+    // then the whole member is the disk. A sparse one is always a padded image.
+    let image_end = match super::padding::gpt_len(&head).filter(|&e| e <= size) {
+        Some(e) => e,
+        None if real == size => size,
+        None => bail!("{DISK_RAW} is sparse but its GPT does not end inside its data"),
+    };
     ensure!(
-        size - image_end <= MAX_PADDING,
-        "{DISK_RAW} is {size} bytes, {} of them after the {image_end}-byte disk its GPT describes",
-        size - image_end
+        real - image_end <= MAX_PADDING,
+        "{DISK_RAW} is {real} bytes, {} of them after the {image_end}-byte disk its GPT describes",
+        real - image_end
     );
     ensure!(
         image_end <= budget,
@@ -191,12 +273,7 @@ fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
         raw.len() as u64 == image_end,
         "the archive ends inside {DISK_RAW}"
     );
-    ensure!(
-        image_end == size || raw.get(raw.len() - 512..raw.len() - 504) == Some(b"EFI PART"),
-        "{DISK_RAW} has {} bytes after the sector its GPT names as the backup header, which is not one",
-        size - image_end
-    );
-    only_zeros(&mut data, MAX_PADDING, "the padding after the disk")?;
+    only_zeros(&mut data, MAX_PADDING, "the padding after the image's end")?;
     ensure!(data.limit() == 0, "the archive ends inside {DISK_RAW}");
     let r = data.into_inner();
     // Padding of the member to 512 bytes, then end-of-archive blocks: zeros only.
@@ -207,20 +284,78 @@ fn read_tar(r: &mut impl Read, budget: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::tests::sample;
+    use crate::export::{tarball, tests::sample};
 
     #[test]
-    fn round_trip() {
+    fn round_trip_padded_to_a_gib_sparse() {
         let raw = sample(1024 * 1024);
         let g = write(&raw).unwrap();
         assert!(is_gzip(&g));
+        assert!(g.len() < 200_000, "{} bytes", g.len());
         assert_eq!(write(&raw).unwrap(), g);
         assert_eq!(read(&g).unwrap(), raw);
         // gzip header: no name flag, mtime 0
         assert_eq!(g[3] & 0x08, 0);
         assert_eq!(&g[4..8], &[0, 0, 0, 0]);
+        // The tar crate reads disk.raw back as a whole GiB.
+        let t = tar_of(&raw).unwrap();
+        let mut a = tar::Archive::new(&t[..]);
+        let e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.size(), GIB);
         let other = tarball::write(&[("x.raw", &raw)], tarball::Flavour::Gnu).unwrap();
         assert!(read(&other).is_err());
+    }
+
+    #[test]
+    fn data_after_the_image_is_an_error() {
+        let raw = sample(1024 * 1024);
+        let mut longer = raw.clone();
+        longer.resize(2 * 1024 * 1024, 0);
+        longer[1024 * 1024 + 7] = 1;
+        let t = tarball::write(&[(DISK_RAW, &longer)], tarball::Flavour::Gnu).unwrap();
+        assert!(format!("{:#}", read(&t).unwrap_err()).contains("after the image's end"));
+        assert_eq!(padded_size(GIB + 1), 2 * GIB);
+        assert_eq!(padded_size(5), GIB);
+    }
+
+    /// Fixes a hand-edited header's checksum.
+    fn fix_sum(t: &mut [u8]) {
+        t[148..156].fill(b' ');
+        let sum: u32 = t[..512].iter().map(|&b| b as u32).sum();
+        t[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    }
+
+    /// Only the sparse map fuse writes is taken: one more region (data GNU tar would put
+    /// elsewhere in disk.raw), an extension header, a hole that is not at the end or a
+    /// real size more than a GiB past the image are refused.
+    #[test]
+    fn a_sparse_disk_raw_other_than_fuses_is_refused() {
+        let raw = sample(1024 * 1024);
+        let good = tar_of(&raw).unwrap();
+        assert_eq!(read(&good).unwrap(), raw);
+        type Edit = (&'static str, fn(&mut [u8]));
+        let edits: [Edit; 4] = [
+            ("more than two regions", |t| {
+                t[386 + 48..386 + 60].copy_from_slice(b"00000000010\0");
+                t[386 + 60..386 + 72].copy_from_slice(b"00000000001\0");
+            }),
+            ("more than two regions", |t| t[482] = 1),
+            ("sparse map", |t| {
+                t[386..398].copy_from_slice(b"00000001000\0");
+            }),
+            ("after the", |t| {
+                // real size and the terminating region: 3 GiB
+                t[386 + 24..386 + 36].copy_from_slice(b"30000000000\0");
+                t[483..495].copy_from_slice(b"30000000000\0");
+            }),
+        ];
+        for (needle, edit) in edits {
+            let mut t = good.clone();
+            edit(&mut t);
+            fix_sum(&mut t);
+            let e = format!("{:#}", read(&gz(&t)).unwrap_err());
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     fn gz(b: &[u8]) -> Vec<u8> {
@@ -238,9 +373,7 @@ mod tests {
         if kind == b'2' {
             t[157..165].copy_from_slice(b"/etc/pwd");
         }
-        t[148..156].fill(b' ');
-        let sum: u32 = t[..512].iter().map(|&b| b as u32).sum();
-        t[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        fix_sum(&mut t);
         t
     }
 

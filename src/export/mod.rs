@@ -5,13 +5,17 @@
 
 pub mod gce;
 pub mod ova;
+pub mod padding;
 pub mod qcow2;
 pub mod tarball;
+pub mod uuid;
 pub mod vhd;
 pub mod vmdk;
 
+pub use padding::{cut_padding, gpt_len};
+pub use uuid::{digest_of, uuid_bytes, uuid_from};
+
 use anyhow::{bail, Context, Result};
-use sha2::Digest;
 use std::path::Path;
 
 /// The formats `fuse export` writes and `inspect`/`run` read.
@@ -75,57 +79,12 @@ impl Format {
             Format::Gce => "tar.gz",
         }
     }
-
-    /// QEMU's block driver for the format, when QEMU reads it in place.
-    pub fn qemu_driver(self) -> Option<&'static str> {
-        match self {
-            Format::Raw => Some("raw"),
-            Format::Qcow2 => Some("qcow2"),
-            Format::Vmdk => Some("vmdk"),
-            Format::Vhd => Some("vpc"),
-            Format::Ova | Format::Gce => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// 16 bytes derived from the image digest for one purpose (an RFC 9562 version 8 UUID:
-/// custom, not random), so identifiers are the same for the same image.
-pub fn uuid_bytes(digest: &[u8; 32], purpose: &str) -> [u8; 16] {
-    let mut h = sha2::Sha256::new();
-    h.update(b"fuse export uuid\0");
-    h.update(purpose.as_bytes());
-    h.update([0]);
-    h.update(digest);
-    let d = h.finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x80;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
-}
-
-/// [`uuid_bytes`] in the usual 8-4-4-4-12 form.
-pub fn uuid_from(digest: &[u8; 32], purpose: &str) -> String {
-    let h = crate::digest::hex(&uuid_bytes(digest, purpose));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// The image digest as bytes.
-pub fn digest_of(raw: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(raw).into()
 }
 
 /// `raw` in `format`. `base` names the files inside formats that hold more than one
@@ -191,7 +150,7 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
             let o = ova::read(&bytes)?;
             (o.raw, o.recorded_digest)
         }
-        Format::Vhd => (without_padding(vhd::read(&bytes)?).to_vec(), None),
+        Format::Vhd => (cut_padding(vhd::read(&bytes)?.to_vec()), None),
         Format::Gce => (gce::read(&bytes)?, None),
     };
     Ok(Opened {
@@ -199,32 +158,6 @@ pub fn open(bytes: Vec<u8>) -> Result<Opened> {
         raw,
         recorded_digest,
     })
-}
-
-/// The image inside a disk that was padded with zeros after it (the VHD and GCE exports
-/// pad to the sizes clouds ask for): when the primary GPT header's backup LBA names a
-/// sector before the end that holds the backup header, and only zeros follow it, the disk
-/// up to that sector; else the whole disk.
-pub fn without_padding(raw: &[u8]) -> &[u8] {
-    let end = raw
-        .get(512..520)
-        .filter(|m| *m == b"EFI PART")
-        .and_then(|_| raw.get(512 + 32..512 + 40))
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .and_then(|lba| lba.checked_add(1)?.checked_mul(512))
-        .and_then(|e| usize::try_from(e).ok());
-    match end {
-        Some(e)
-            if e < raw.len()
-                && e >= 1024
-                && raw.get(e - 512..e - 504) == Some(b"EFI PART")
-                && raw[e..].iter().all(|&b| b == 0) =>
-        {
-            &raw[..e]
-        }
-        _ => raw,
-    }
 }
 
 /// Reads an image file of any format and returns its raw disk.
@@ -267,6 +200,9 @@ pub(crate) mod tests {
         let mut raw = vec![0u8; len];
         raw[..100].copy_from_slice(&[7u8; 100]);
         raw[512..520].copy_from_slice(b"EFI PART");
+        raw[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+        let last = (len as u64).div_ceil(512) - 1;
+        raw[512 + 32..512 + 40].copy_from_slice(&last.to_le_bytes());
         if len > 5 * 65536 + 3 {
             raw[5 * 65536 + 3] = 1;
         }
@@ -288,6 +224,19 @@ pub(crate) mod tests {
         }
         assert!(detect(&[0u8; 4096]).is_err());
         assert!(Format::parse("vdi").is_err());
+    }
+
+    #[test]
+    fn padding_is_cut_at_the_gpt_length_only_when_it_is_zeros() {
+        let raw = sample(3 * 1024 * 1024);
+        assert_eq!(gpt_len(&raw), Some(raw.len() as u64));
+        let mut padded = raw.clone();
+        padded.resize(raw.len() + 4096, 0);
+        assert_eq!(cut_padding(padded.clone()), raw);
+        let n = padded.len();
+        padded[n - 1] = 1;
+        assert_eq!(cut_padding(padded.clone()).len(), n);
+        assert_eq!(cut_padding(vec![0; 4096]).len(), 4096);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! OVA: a ustar archive of an OVF 1.0 descriptor, its manifest (`.mf`, SHA256 lines) and
 //! the disk as a stream-optimized VMDK, in that order as the OVF specification requires. The
-//! descriptor asks for UEFI firmware (`vmw:Config firmware=efi`), a SATA (AHCI) controller
-//! and a vmxnet3 NIC, and records the raw image's digest in its annotation.
+//! descriptor asks for UEFI firmware, a SATA (AHCI) controller and a vmxnet3 NIC, and records
+//! the raw image's digest in its annotation. The firmware is said twice, because each
+//! hypervisor reads only its own extension: VMware's `vmw:Config firmware=efi`, and
+//! VirtualBox's `<vbox:Machine>` (its settings XML: `<Firmware type="EFI"/>`, the SATA
+//! controller with the disk attached by the `vbox:uuid` of the OVF disk, an e1000 NIC).
+//! VirtualBox imports an OVF without a `vbox:Machine` as a BIOS machine, and the UEFI-only
+//! disk would not boot.
 
 use super::{tarball, vmdk};
-use crate::store::sha256_hex;
+use crate::digest::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Memory and CPUs the descriptor asks for; the importing user may change both.
@@ -29,15 +34,23 @@ pub fn descriptor(
 ) -> String {
     let name = xml_escape(name);
     let disk_file = xml_escape(disk_file);
+    // VirtualBox's machine and disk uuids, derived from the image digest.
+    let digest = super::uuid::digest_of(digest_hex.as_bytes());
+    let disk_uuid = super::uuid::uuid_from(&digest, "ova disk");
+    let vbox = vbox_machine(
+        &name,
+        &super::uuid::uuid_from(&digest, "ova machine"),
+        &disk_uuid,
+    );
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine">
   <References>
     <File ovf:href="{disk_file}" ovf:id="file1" ovf:size="{disk_bytes}"/>
   </References>
   <DiskSection>
     <Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" vbox:uuid="{disk_uuid}"/>
   </DiskSection>
   <NetworkSection>
     <Info>The list of logical networks</Info>
@@ -108,8 +121,47 @@ pub fn descriptor(
       </Item>
       <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
     </VirtualHardwareSection>
-  </VirtualSystem>
+{vbox}  </VirtualSystem>
 </Envelope>
+"#
+    )
+}
+
+/// VirtualBox's own machine settings (settings format 1.16, VirtualBox 6.0 and later), which
+/// it prefers to the OVF items: UEFI firmware, the disk on the SATA controller's port 0 (by
+/// the `vbox:uuid` of the OVF disk), an Intel PRO/1000 MT (e1000) NIC on NAT, the serial
+/// port off (add one to see the console). `name` is escaped already.
+fn vbox_machine(name: &str, machine_uuid: &str, disk_uuid: &str) -> String {
+    format!(
+        r#"    <vbox:Machine ovf:required="false" version="1.16-linux" uuid="{{{machine_uuid}}}" name="{name}" OSType="Linux_64">
+      <ovf:Info>Complete VirtualBox machine configuration in VirtualBox format</ovf:Info>
+      <Hardware>
+        <CPU count="{CPUS}">
+          <PAE enabled="true"/>
+          <LongMode enabled="true"/>
+        </CPU>
+        <Memory RAMSize="{MEMORY_MIB}"/>
+        <Firmware type="EFI"/>
+        <Chipset type="ICH9"/>
+        <Boot>
+          <Order position="1" device="HardDisk"/>
+        </Boot>
+        <Network>
+          <Adapter slot="0" enabled="true" type="82540EM">
+            <NAT/>
+          </Adapter>
+        </Network>
+        <AudioAdapter enabled="false"/>
+        <RTC localOrUTC="UTC"/>
+      </Hardware>
+      <StorageControllers>
+        <StorageController name="SATA" type="AHCI" PortCount="1" useHostIOCache="false" Bootable="true">
+          <AttachedDevice type="HardDisk" hotpluggable="false" port="0" device="0">
+            <Image uuid="{{{disk_uuid}}}"/>
+          </AttachedDevice>
+        </StorageController>
+      </StorageControllers>
+    </vbox:Machine>
 "#
     )
 }
@@ -315,5 +367,13 @@ mod tests {
         assert!(format!("{:#}", read(&pack(&extra)).err().unwrap()).contains("does not list"));
         let ovf = descriptor("a<b", "d.vmdk", 1, 2, "00");
         assert!(ovf.contains("vmw:value=\"efi\"") && ovf.contains("a&lt;b"));
+        // VirtualBox's firmware setting, and its disk attachment naming the OVF disk's uuid.
+        let ovf = descriptor("a", "d.vmdk", 1, 2, &crate::digest::hex(&d));
+        assert!(ovf.contains("<Firmware type=\"EFI\"/>"), "{ovf}");
+        let uuid = attribute(&ovf, "Disk", "vbox:uuid").unwrap();
+        assert!(
+            ovf.contains(&format!("<Image uuid=\"{{{uuid}}}\"/>")),
+            "{ovf}"
+        );
     }
 }

@@ -253,7 +253,7 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
             continue;
         }
         ensure!(
-            l2_off % cluster == 0,
+            l2_off.is_multiple_of(cluster),
             "qcow2 L2 table offset {l2_off} is not cluster-aligned"
         );
         ensure!(
@@ -275,7 +275,7 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
                 continue;
             }
             ensure!(
-                host % cluster == 0,
+                host.is_multiple_of(cluster),
                 "qcow2 data cluster offset {host} is not cluster-aligned"
             );
             ensure!(

@@ -1,6 +1,8 @@
 //! Fixed VHD (Microsoft's "Virtual Hard Disk Image Format Specification"): the disk's bytes,
-//! zero-padded to a whole MiB (Azure requires the virtual size to be a multiple of 1 MiB),
-//! followed by the 512-byte footer. The footer's unique id comes from the image digest and
+//! zero-padded to a whole MiB and to at least 20 MiB (Azure refuses a virtual size that is
+//! not a multiple of 1 MiB or is under 20 MiB), followed by the 512-byte footer. The padding
+//! lies outside the image: readers cut it at the image's own GPT length
+//! ([`crate::export::cut_padding`]), so the digest is the image's. The footer's unique id comes from the image digest and
 //! its time stamp is 0 (1 January 2000), so the same image gives the same file.
 
 use anyhow::{ensure, Context, Result};
@@ -8,6 +10,8 @@ use anyhow::{ensure, Context, Result};
 pub const COOKIE: &[u8; 8] = b"conectix";
 const FOOTER: usize = 512;
 const MIB: u64 = 1024 * 1024;
+/// Azure's smallest disk: 20 MiB of data (then the footer).
+pub const MIN_SIZE: u64 = 20 * MIB;
 /// Disk type 2: fixed hard disk.
 const FIXED: u32 = 2;
 /// Creator application. qemu's vpc driver decides by this field whether the disk size is
@@ -65,7 +69,7 @@ fn footer(size: u64, digest: &[u8; 32]) -> [u8; FOOTER] {
     f[58] = h;
     f[59] = s;
     f[60..64].copy_from_slice(&FIXED.to_be_bytes());
-    f[68..84].copy_from_slice(&crate::export::uuid_bytes(digest, "vhd"));
+    f[68..84].copy_from_slice(&super::uuid::uuid_bytes(digest, "vhd"));
     let sum = checksum(&f);
     f[64..68].copy_from_slice(&sum.to_be_bytes());
     f
@@ -81,9 +85,14 @@ fn checksum(f: &[u8]) -> u32 {
     !sum
 }
 
+/// The data size of the VHD of a raw disk of `len` bytes: a whole MiB, at least [`MIN_SIZE`].
+pub fn padded_size(len: u64) -> u64 {
+    (len.div_ceil(MIB) * MIB).max(MIN_SIZE)
+}
+
 /// The fixed VHD of `raw`.
 pub fn write(raw: &[u8], digest: &[u8; 32]) -> Result<Vec<u8>> {
-    let size = (raw.len() as u64).div_ceil(MIB).max(1) * MIB;
+    let size = padded_size(raw.len() as u64);
     let mut out = Vec::with_capacity(size as usize + FOOTER);
     out.extend_from_slice(raw);
     out.resize(size as usize, 0);
@@ -163,7 +172,8 @@ mod tests {
     fn footer_round_trip_and_padding() {
         let raw = vec![3u8; 1024 * 1024 + 512];
         let v = write(&raw, &[1; 32]).unwrap();
-        assert_eq!(v.len(), 2 * 1024 * 1024 + 512);
+        assert_eq!(v.len(), 20 * 1024 * 1024 + 512);
+        assert_eq!(padded_size(21 * MIB + 1), 22 * MIB);
         let back = read(&v).unwrap();
         assert_eq!(&back[..raw.len()], &raw[..]);
         assert!(back[raw.len()..].iter().all(|&b| b == 0));

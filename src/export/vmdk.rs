@@ -75,7 +75,7 @@ fn descriptor(create_type: &str, capacity: u64, file_name: &str, digest: &[u8; 3
     // CID 0xffffffff means "no parent" in parentCID; avoid it as a disk's own CID.
     let cid = if cid == u32::MAX { 0xfffffffe } else { cid };
     let cylinders = (capacity / (16 * 63)).clamp(1, 16383);
-    let uuid = crate::export::uuid_from(digest, "vmdk");
+    let uuid = super::uuid::uuid_from(digest, "vmdk");
     format!(
         "# Disk DescriptorFile\n\
          version=1\n\
@@ -425,7 +425,7 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
         // The footer: a footer marker, a copy of the header with the real gdOffset, EOS.
         // QEMU takes the whole header from the footer: every field but gdOffset must agree.
         ensure!(
-            file.len() >= 3 * SECTOR as usize && file.len() % SECTOR as usize == 0,
+            file.len() >= 3 * SECTOR as usize && file.len().is_multiple_of(SECTOR as usize),
             "stream-optimized VMDK truncated (not whole sectors)"
         );
         let footer = file.len() as u64 - 2 * SECTOR;

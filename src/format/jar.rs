@@ -68,6 +68,11 @@ pub struct ClassPath {
 /// (`../x.jar`, absolute URLs) are an error: the image has nothing there.
 pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
     let mut out = ClassPath::default();
+    // Symlinks are followed by every later reader (is_dir, read_dir, read): what an entry
+    // names is checked on its real path, not lexically.
+    let real_root = root
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", root.display()))?;
     let mut seen: BTreeSet<String> = BTreeSet::from([main.to_string()]);
     let mut todo = vec![main.to_string()];
     while let Some(jar) = todo.pop() {
@@ -90,6 +95,20 @@ pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
                 continue;
             }
             let target = root.join(&rel);
+            if std::fs::symlink_metadata(&target).is_ok() || target.exists() {
+                let real = target
+                    .canonicalize()
+                    .with_context(|| format!("cannot resolve {}", target.display()))?;
+                if !real.starts_with(&real_root) {
+                    anyhow::bail!(
+                        "{}: Class-Path entry {entry:?} is {} (through a symlink), outside {}, \
+                         the directory that becomes the app's: copy what it names into the app",
+                        path.display(),
+                        real.display(),
+                        root.display()
+                    );
+                }
+            }
             if rel.ends_with('/') {
                 if target.is_dir() {
                     out.entries.push(rel);
@@ -150,4 +169,47 @@ pub(crate) fn class_path_entry(dir: &str, entry: &str) -> Option<String> {
         rel.push('/');
     }
     Some(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jar_naming(class_path: &str) -> Vec<u8> {
+        let mf =
+            format!("Manifest-Version: 1.0\r\nMain-Class: a.B\r\nClass-Path: {class_path}\r\n\r\n");
+        crate::format::zip::tests::make(&[("META-INF/MANIFEST.MF", mf.as_bytes(), false)])
+    }
+
+    #[test]
+    fn class_path_symlinks_leaving_the_app_dir_are_refused() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret.properties"), "password=x").unwrap();
+        std::fs::write(host.path().join("x.jar"), jar_naming("")).unwrap();
+        let app = tempfile::tempdir().unwrap();
+        let root = app.path();
+        // conf -> a host directory (lexically "conf/", inside the app).
+        std::os::unix::fs::symlink(host.path(), root.join("conf")).unwrap();
+        std::fs::write(root.join("app.jar"), jar_naming("conf/")).unwrap();
+        let e = format!("{:#}", class_path_closure(root, "app.jar").unwrap_err());
+        assert!(e.contains("outside") && e.contains("conf/"), "{e}");
+        // lib/x.jar through a symlinked lib directory.
+        std::fs::remove_file(root.join("conf")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.join("lib")).unwrap();
+        std::fs::write(root.join("app.jar"), jar_naming("lib/x.jar")).unwrap();
+        let e = format!("{:#}", class_path_closure(root, "app.jar").unwrap_err());
+        assert!(e.contains("outside"), "{e}");
+        // A jar symlink to a host file.
+        std::fs::remove_file(root.join("lib")).unwrap();
+        std::os::unix::fs::symlink(host.path().join("x.jar"), root.join("y.jar")).unwrap();
+        std::fs::write(root.join("app.jar"), jar_naming("y.jar")).unwrap();
+        assert!(class_path_closure(root, "app.jar").is_err());
+        // A symlink that stays inside the app directory is followed as before.
+        std::fs::remove_file(root.join("y.jar")).unwrap();
+        std::fs::create_dir(root.join("real-conf")).unwrap();
+        std::os::unix::fs::symlink("real-conf", root.join("conf")).unwrap();
+        std::fs::write(root.join("app.jar"), jar_naming("conf/")).unwrap();
+        let cp = class_path_closure(root, "app.jar").unwrap();
+        assert_eq!(cp.entries, ["conf/"]);
+    }
 }

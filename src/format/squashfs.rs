@@ -138,6 +138,9 @@ pub struct Options {
     pub block_size: u32,
     /// Superblock creation time, also used as the root directory's mtime.
     pub mkfs_time: u32,
+    /// Compression threads (0: the machine's parallelism, at most 8). The bytes do not
+    /// depend on it.
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -146,6 +149,7 @@ impl Default for Options {
             compression: Compression::Xz,
             block_size: 131072,
             mkfs_time: 0,
+            threads: 0,
         }
     }
 }
@@ -317,6 +321,8 @@ fn check_block_size(bs: u32) -> Result<()> {
 struct Compressor {
     kind: Compression,
     block_size: u32,
+    /// Threads compressing blocks at once ([`Options::threads`]).
+    threads: usize,
 }
 
 impl Compressor {
@@ -434,11 +440,14 @@ type Compressed = Result<Vec<(usize, Option<Vec<u8>>)>>;
 
 /// Compress `jobs` on a few threads; element i of the result belongs to job i.
 fn compress_all(comp: Compressor, jobs: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-        .min(jobs.len().max(1));
+    let threads = match comp.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8),
+        n => n,
+    }
+    .min(jobs.len().max(1));
     if threads == 1 {
         return jobs.iter().map(|j| comp.compress(j)).collect();
     }
@@ -614,6 +623,7 @@ fn write_impl(tree: &Tree, opts: &Options, raw_metadata: bool) -> Result<Vec<u8>
     let comp = Compressor {
         kind: opts.compression,
         block_size: opts.block_size,
+        threads: opts.threads,
     };
 
     let root = Node {
@@ -2041,6 +2051,7 @@ mod tests {
             compression,
             block_size: 131072,
             mkfs_time: 1_234_567,
+            threads: 0,
         }
     }
 
@@ -2107,6 +2118,7 @@ mod tests {
             compression: Compression::Gzip,
             block_size: 4096,
             mkfs_time: 0,
+            threads: 0,
         };
         assert_same(&read(&write(&t, &o).unwrap()).unwrap(), &t);
         let empty = Tree::new();

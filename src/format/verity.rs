@@ -27,6 +27,7 @@
 //! `hash_block_size` u32 @68, `data_blocks` u64 @72, `salt_size` u16 @80, pad [6],
 //! `salt` [256] @88, pad to 512 bytes; the rest of its block is zero.
 
+use crate::digest::hex;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,7 @@ pub const BLOCK: usize = 4096;
 /// sha256 digests per hash block.
 const PER_BLOCK: usize = BLOCK / 32;
 /// Bytes of the superblock structure (the rest of its block is zero).
+#[cfg(test)]
 const SB_LEN: usize = 512;
 const SB_MAGIC: &[u8; 8] = b"verity\0\0";
 
@@ -237,6 +239,7 @@ pub fn verify(part: &[u8], params: &VerityParams) -> Result<()> {
 }
 
 /// Reads the superblock at `hash_offset` (untrusted: for display and cross-checks).
+#[cfg(test)]
 pub fn read_superblock(part: &[u8], hash_offset: u64) -> Result<(u64, Vec<u8>)> {
     let sb = part
         .get(hash_offset as usize..hash_offset as usize + SB_LEN)
@@ -249,10 +252,6 @@ pub fn read_superblock(part: &[u8], hash_offset: u64) -> Result<(u64, Vec<u8>)> 
     let salt_size = u16::from_le_bytes(sb[80..82].try_into()?) as usize;
     ensure!(salt_size <= 256, "verity superblock salt size {salt_size}");
     Ok((data_blocks, sb[88..88 + salt_size].to_vec()))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub fn unhex(s: &str) -> Result<Vec<u8>> {

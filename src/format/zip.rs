@@ -70,7 +70,79 @@ pub fn entries(zip: &[u8]) -> Result<Vec<Entry>> {
         });
         at += 46 + nlen + le16(zip, at + 30)? as usize + le16(zip, at + 32)? as usize;
     }
+    check_no_overlap(zip, &out)?;
     Ok(out)
+}
+
+/// Each entry's local header and data must be its own: central-directory entries sharing
+/// (or overlapping) one local entry would make a small archive fan out into many copies
+/// of the same bytes (a 17 KB jar of jars took 9.8 s to scan, a 34 KB one over a minute).
+/// No archiver writes such a thing.
+fn check_no_overlap(zip: &[u8], entries: &[Entry]) -> Result<()> {
+    let mut spans = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let data = raw(zip, e)?;
+        // `data` is a slice of `zip`: its end is where the entry ends.
+        let end = data.as_ptr() as usize - zip.as_ptr() as usize + data.len();
+        spans.push((e.local, end, i));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (w[0], w[1]);
+        if start < end {
+            bail!(
+                "zip entries {} and {} overlap (one local entry named twice): a crafted archive",
+                entries[a].name,
+                entries[b].name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A total budget of inflated bytes for reading one archive and the archives nested in it:
+/// without it a stored jar in a jar in a jar, each under [`MAX_ENTRY`], made a 510 KB file
+/// allocate 2 GB. Proportional to the outer archive's size (real jars of jars inflate to
+/// a few times their size), never below a floor that any small real app fits in.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    total: u64,
+}
+
+impl Budget {
+    /// The budget for an archive of `input_len` bytes: 128 MiB + 16 × its size.
+    pub fn for_input(input_len: usize) -> Budget {
+        let total = (128u64 << 20).saturating_add((input_len as u64).saturating_mul(16));
+        Budget { left: total, total }
+    }
+
+    /// An entry's whole data ([`read`]), charged to the budget; an error once the archive
+    /// and its nested archives would inflate to more than the budget.
+    pub fn read(&mut self, zip: &[u8], e: &Entry) -> Result<Vec<u8>> {
+        if e.size > MAX_ENTRY {
+            bail!("zip entry {} is too large ({} bytes)", e.name, e.size);
+        }
+        let limit = MAX_ENTRY.min(self.left);
+        let out = read_prefix(zip, e, limit + 1)?;
+        let n = out.len() as u64;
+        if n > limit {
+            if limit < MAX_ENTRY {
+                bail!(
+                    "zip entry {}: the archive and the archives inside it inflate to more than \
+                     {} bytes in all (a crafted archive?)",
+                    e.name,
+                    self.total
+                );
+            }
+            bail!(
+                "zip entry {} inflates to more than {MAX_ENTRY} bytes",
+                e.name
+            );
+        }
+        self.left -= n;
+        Ok(out)
+    }
 }
 
 /// The compressed bytes of an entry.
@@ -218,6 +290,61 @@ pub(crate) mod tests {
             .unwrap();
         let text = read(&bytes, mf).unwrap();
         assert!(String::from_utf8_lossy(&text).contains("Manifest-Version"));
+    }
+
+    /// A zip whose central directory names the one local entry of `inner` (stored) `n`
+    /// times, under distinct names.
+    pub fn fan_out(inner: &[u8], n: usize) -> Vec<u8> {
+        let mut z = make(&[("a.jar", inner, false)]);
+        let eocd = z.len() - 22;
+        let cd_at = u32::from_le_bytes(z[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        let one = z[cd_at..eocd].to_vec();
+        z.truncate(cd_at);
+        let mut central = Vec::new();
+        for i in 0..n {
+            let mut c = one.clone();
+            // same length name "a.jar" -> "NNNNN" digits would change lengths: keep 5 bytes
+            let name = format!("{:01}.jar", i % 10);
+            c.truncate(46);
+            c[28..30].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            c.extend_from_slice(name.as_bytes());
+            central.extend_from_slice(&c);
+        }
+        z.extend_from_slice(&central);
+        z.extend_from_slice(b"PK\x05\x06");
+        z.extend_from_slice(&[0; 4]);
+        z.extend_from_slice(&(n as u16).to_le_bytes());
+        z.extend_from_slice(&(n as u16).to_le_bytes());
+        z.extend_from_slice(&(central.len() as u32).to_le_bytes());
+        z.extend_from_slice(&(cd_at as u32).to_le_bytes());
+        z.extend_from_slice(&0u16.to_le_bytes());
+        z
+    }
+
+    #[test]
+    fn entries_sharing_one_local_entry_are_refused() {
+        let inner = make(&[("x.class", b"\xca\xfe\xba\xbe", false)]);
+        let z = fan_out(&inner, 200);
+        let e = format!("{:#}", entries(&z).unwrap_err());
+        assert!(e.contains("overlap"), "{e}");
+        // One name for one local entry is fine.
+        assert_eq!(entries(&fan_out(&inner, 1)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_budget_bounds_what_nested_reads_inflate_in_all() {
+        let big = vec![0u8; 4 << 20];
+        let z = make(&[("a", &big, true), ("b", &big, true), ("c", &big, true)]);
+        let es = entries(&z).unwrap();
+        let mut b = Budget {
+            left: 10 << 20,
+            total: 10 << 20,
+        };
+        assert_eq!(b.read(&z, &es[0]).unwrap().len(), 4 << 20);
+        assert_eq!(b.read(&z, &es[1]).unwrap().len(), 4 << 20);
+        let e = format!("{:#}", b.read(&z, &es[2]).unwrap_err());
+        assert!(e.contains("in all"), "{e}");
+        assert_eq!(Budget::for_input(1 << 20).total, (128 << 20) + (16 << 20));
     }
 
     #[test]

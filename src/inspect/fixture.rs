@@ -2,13 +2,13 @@
 //! image.json; one squashfs per layer), written with fuse's own writers, for fast unit tests
 //! of verification, diffs and SBOMs without a kernel or an archive.
 
+use crate::digest::sha256_hex;
 use crate::disk::{
     file_list, AppMeta, BootMeta, ImageMeta, Inputs, KernelMeta, LayerMeta, ESP_BOOT_PATH,
     ESP_IMAGE_JSON, ESP_PARTITION_NAME,
 };
 use crate::format::{fat, gpt, squashfs};
 use crate::layers::PackageRef;
-use crate::store::sha256_hex;
 use crate::tree::{Node, Tree};
 
 pub(crate) struct Fixture {

@@ -18,7 +18,7 @@ use crate::disk::ImageMeta;
 use crate::export;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Version of the `--json` output structure (docs/inspect.md); bumped on incompatible change.
@@ -118,13 +118,14 @@ pub fn sbom(disk: &[u8], img: &mut Image, format: SbomFormat) -> Option<serde_js
 /// Reads an image file of any format fuse exports (the raw disk inside it) and its beside
 /// copy of image.json (`<stem>.json`), then verifies. Never fails on what verification
 /// finds (that is in the report): only when the file cannot be read or unwrapped.
-pub fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
+/// `inspect`, `run` and `test` read images through it.
+pub fn load(path: &Path) -> Result<(export::Opened, Image)> {
     let t = Instant::now();
     let file_size = std::fs::metadata(path)
         .with_context(|| format!("cannot read the image {}", path.display()))?
         .len();
     let opened = export::detect_and_open(path)?;
-    let disk = opened.raw;
+    let disk = &opened.raw;
     let beside_path = export::beside_json(path);
     let beside = if beside_path != path && beside_path.is_file() {
         let b = std::fs::read(&beside_path)
@@ -138,7 +139,7 @@ pub fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
         None
     };
     let mut img = verify::read(
-        &disk,
+        disk,
         beside.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
     );
     if opened.format != export::Format::Raw {
@@ -172,55 +173,7 @@ pub fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
         path.display(),
         t.elapsed().as_secs_f64()
     );
-    Ok((disk, img))
-}
-
-/// An image verified for booting: its metadata and digest, and the path of a private raw
-/// copy of exactly the bytes that were verified.
-pub struct BootDisk {
-    pub meta: ImageMeta,
-    pub digest: String,
-    /// The format the image file was in.
-    pub format: export::Format,
-    /// `disk.raw` in the caller's private temp dir (mode 0600): what QEMU opens.
-    pub path: PathBuf,
-    /// QEMU's block driver for `path`: always "raw".
-    pub driver: &'static str,
-}
-
-/// What `run` and `test` boot: the image at `path` read once, verified as `inspect`
-/// verifies it (a failure is a [`VerificationFailed`] error, exit 2), and its raw disk
-/// written to `tmp/disk.raw`, so QEMU reads the very bytes that were verified; never the
-/// user's file again (which could change after the check, or be a wrapper QEMU reads
-/// differently), and never a path QEMU would parse options out of.
-pub fn boot_disk(path: &Path, tmp: &Path) -> Result<BootDisk> {
-    let (disk, img) = load(path)?;
-    let name = path.display().to_string();
-    let meta = img.verified(&name)?.clone();
-    let out = tmp.join("disk.raw");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&out)
-            .with_context(|| format!("cannot create {}", out.display()))?;
-        f.write_all(&disk)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-    }
-    Ok(BootDisk {
-        meta,
-        digest: img.digest.clone(),
-        format: img
-            .wrapper
-            .as_ref()
-            .and_then(|w| export::Format::parse(&w.format).ok())
-            .unwrap_or(export::Format::Raw),
-        path: out,
-        driver: "raw",
-    })
+    Ok((opened, img))
 }
 
 #[cfg(test)]
@@ -230,7 +183,7 @@ pub(crate) mod fixture;
 mod tests {
     use super::fixture::{self, partition};
     use super::*;
-    use crate::store::sha256_hex;
+    use crate::digest::sha256_hex;
 
     fn read(disk: &[u8], beside: &[u8]) -> Image {
         verify::read(disk, Some(("hello-1.0.0.json", beside)))
@@ -741,10 +694,7 @@ mod tests {
 
     #[test]
     fn spdx_of_the_fixture_validates_against_the_official_schema() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/spdx-schema-2.3.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spdx-schema-2.3.json");
         let schema: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();

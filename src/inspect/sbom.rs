@@ -4,9 +4,9 @@
 //! serial numbers derive from the image digest), every list sorted; fixed field order
 //! (serde structs, not maps).
 
+use crate::digest::sha256_hex;
 use crate::disk::{ImageMeta, LayerMeta};
 use crate::layers::PackageRef;
-use crate::store::sha256_hex;
 use crate::tree::{Kind, Tree};
 use serde::Serialize;
 use sha1::{Digest, Sha1};

@@ -4,9 +4,9 @@
 //! recorded sha256, every layer partition against its recorded digest and size (and zero
 //! padding after it), and the copy of image.json written beside the image. Pure.
 
+use crate::digest::sha256_hex;
 use crate::disk::{self, ImageMeta, ESP_BOOT_PATH, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
 use crate::format::{fat, gpt, squashfs};
-use crate::store::sha256_hex;
 use crate::tree::Tree;
 use serde::Serialize;
 use std::fmt;

@@ -4,39 +4,15 @@
 pub mod classfile;
 pub mod jimage;
 pub mod modgraph;
+pub mod modules;
 pub mod trim;
 
+pub use modules::Modules;
 pub use trim::{trim, TrimReport};
 
 use crate::format::zip;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
-
-/// `[runtime] modules`: modules added to those the analysis finds, or the whole JRE.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Modules {
-    Extra(Vec<String>),
-    All,
-}
-
-impl Default for Modules {
-    fn default() -> Self {
-        Modules::Extra(Vec::new())
-    }
-}
-
-impl Modules {
-    /// As recorded in a layer's inputs: `all` or the sorted list.
-    pub fn key(&self) -> String {
-        match self {
-            Modules::All => "all".into(),
-            Modules::Extra(v) => {
-                let s: BTreeSet<&String> = v.iter().collect();
-                s.into_iter().cloned().collect::<Vec<_>>().join(",")
-            }
-        }
-    }
-}
 
 /// Nested archives deeper than this are not opened (a jar in a jar in a war is 2).
 const MAX_DEPTH: usize = 3;
@@ -55,7 +31,9 @@ pub fn referenced_packages<'a>(
 ) -> Result<BTreeSet<String>> {
     let mut found = Found::default();
     for (name, bytes) in files {
-        scan(name, bytes, 0, &mut found)?;
+        // One inflation budget per file of the app, with whatever it nests.
+        let mut budget = zip::Budget::for_input(bytes.len());
+        scan(name, bytes, 0, &mut budget, &mut found)?;
     }
     let Found { mut refs, defined } = found;
     refs.retain(|p| !defined.contains(p) || in_jdk_namespace(p));
@@ -88,7 +66,13 @@ struct Found {
     defined: BTreeSet<String>,
 }
 
-fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut Found) -> Result<()> {
+fn scan(
+    name: &str,
+    bytes: &[u8],
+    depth: usize,
+    budget: &mut zip::Budget,
+    out: &mut Found,
+) -> Result<()> {
     if name.ends_with(".class") && bytes.starts_with(&[0xCA, 0xFE, 0xBA, 0xBE]) {
         if name.ends_with("module-info.class") {
             return Ok(());
@@ -111,8 +95,16 @@ fn scan(name: &str, bytes: &[u8], depth: usize, out: &mut Found) -> Result<()> {
         if !inner {
             continue;
         }
-        let data = zip::read(bytes, &e).with_context(|| format!("{name}!/{}", e.name))?;
-        scan(&format!("{name}!/{}", e.name), &data, depth + 1, out)?;
+        let data = budget
+            .read(bytes, &e)
+            .with_context(|| format!("{name}!/{}", e.name))?;
+        scan(
+            &format!("{name}!/{}", e.name),
+            &data,
+            depth + 1,
+            budget,
+            out,
+        )?;
     }
     Ok(())
 }
@@ -147,6 +139,49 @@ mod tests {
         b.extend_from_slice(&super_idx.to_be_bytes());
         b.extend_from_slice(&[0; 8]); // no interfaces, fields, methods, attributes
         b
+    }
+
+    #[test]
+    fn nested_jars_sharing_one_local_entry_are_refused_fast() {
+        use crate::format::zip::tests::{fan_out, make};
+        let inner = make(&[("a/B.class", &class("a/B", &["java/sql/Driver"]), false)]);
+        // 1000 names for one jar, each holding 1000 names for one jar: a million scans.
+        let level1 = fan_out(&inner, 1000);
+        let level2 = fan_out(&level1, 1000);
+        assert!(level2.len() < 200 << 10);
+        let t = std::time::Instant::now();
+        let e = format!(
+            "{:#}",
+            referenced_packages([("app.jar", &level2[..])]).unwrap_err()
+        );
+        assert!(e.contains("overlap"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn nested_stored_jars_have_a_total_inflation_budget() {
+        use crate::format::zip::tests::make;
+        // A jar in a jar in a jar, all stored; the innermost holds four deflated entries
+        // of 64 MiB of zeros (each under the 512 MiB per-entry cap): 256 MiB in all from
+        // a file of a few hundred KB.
+        let zeros = vec![0u8; 64 << 20];
+        let inner = make(&[
+            ("a.class", &zeros, true),
+            ("b.class", &zeros, true),
+            ("c.class", &zeros, true),
+            ("d.class", &zeros, true),
+        ]);
+        drop(zeros);
+        let mid = make(&[("lib/inner.jar", &inner, false)]);
+        let outer = make(&[("BOOT-INF/lib/mid.jar", &mid, false)]);
+        assert!(outer.len() < 1 << 20, "{}", outer.len());
+        let t = std::time::Instant::now();
+        let e = format!(
+            "{:#}",
+            referenced_packages([("app.jar", &outer[..])]).unwrap_err()
+        );
+        assert!(e.contains("in all"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::jimage::{self, Jimage};
 use super::modgraph::ModuleGraph;
-use super::Modules;
+use super::modules::Modules;
 use crate::tree::Tree;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;

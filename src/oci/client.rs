@@ -263,20 +263,6 @@ impl Client {
         format!("{}/v2/{}/{rest}", self.base, self.repo)
     }
 
-    /// Checks the registry speaks the v2 API (and that the credentials, if any, work).
-    pub fn ping(&self) -> Result<()> {
-        let url = format!("{}/v2/", self.base);
-        let mut r = self.request("GET", &url, &[], None)?;
-        if !r.status().is_success() {
-            bail!(
-                "{} is not an OCI registry: {}",
-                self.base,
-                describe("GET", &url, &mut r)
-            );
-        }
-        Ok(())
-    }
-
     /// Does the repository have this blob?
     pub fn blob_exists(&self, digest: &str) -> Result<bool> {
         let url = self.url(&format!("blobs/{digest}"));
@@ -393,6 +379,18 @@ impl Client {
             .with_context(|| format!("GET {url}"))?;
         Ok(out)
     }
+}
+
+/// A client for `r` with the credentials `username` (else the environment, else the
+/// Docker config) gives; `insecure` allows plain HTTP, `push` asks for push access.
+pub fn connect(
+    r: &Reference,
+    insecure: bool,
+    username: Option<&str>,
+    push: bool,
+) -> Result<Client> {
+    let creds = credentials(r, username)?;
+    Ok(Client::new(r, insecure, creds, push))
 }
 
 /// Credentials for `r`: `--username` with `FUSE_REGISTRY_PASSWORD`, else the Docker config
@@ -523,7 +521,7 @@ mod tests {
             password: "s3cret".into(),
         };
         let c = Client::new(&r, true, Some(creds), true);
-        let digest = format!("sha256:{}", crate::store::sha256_hex(b"blob"));
+        let digest = format!("sha256:{}", crate::digest::sha256_hex(b"blob"));
         c.upload_blob(&digest, b"blob").unwrap();
         let d = Descriptor {
             media_type: "application/octet-stream".into(),

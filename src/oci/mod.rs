@@ -14,9 +14,9 @@
 pub mod auth;
 pub mod client;
 
+use crate::digest::sha256_hex;
 use crate::disk::{read_meta, ImageMeta};
 use crate::format::{fat, gpt};
-use crate::store::sha256_hex;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

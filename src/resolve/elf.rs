@@ -54,12 +54,23 @@ pub fn is_loadable(b: &[u8]) -> bool {
     !matches!(ty, 1 | 4)
 }
 
+/// Longest name read from a string table (a soname, a version, a runpath): PATH_MAX.
+const MAX_NAME: usize = 4096;
+/// Most bytes of names one object's dynamic section may make fuse copy, all entries
+/// together: N entries naming one long string would otherwise copy it N times (a 320 KB
+/// file made 2.1 GB). Real objects stay under a few KiB.
+const MAX_NAMES_TOTAL: usize = 1 << 20;
+
 fn cstr(b: &[u8], off: usize) -> Result<String> {
     let s = b.get(off..).context("string offset beyond the file")?;
-    let end = s
-        .iter()
-        .position(|&c| c == 0)
-        .context("unterminated string")?;
+    let s = &s[..s.len().min(MAX_NAME + 1)];
+    let end = s.iter().position(|&c| c == 0).with_context(|| {
+        if s.len() > MAX_NAME {
+            format!("a name in the string table is longer than {MAX_NAME} bytes")
+        } else {
+            "unterminated string".to_string()
+        }
+    })?;
     Ok(String::from_utf8_lossy(&s[..end]).into_owned())
 }
 
@@ -225,7 +236,15 @@ pub fn object(b: &[u8]) -> Result<Object> {
             .context("a dynamic-section address is outside every loaded segment")
     };
     let strtab = to_offset(strtab_vaddr.context("DT_NEEDED without DT_STRTAB")?)?;
-    let string = |o: usize| cstr(b, strtab.checked_add(o).context("overflow")?);
+    let copied = std::cell::Cell::new(0usize);
+    let string = |o: usize| -> Result<String> {
+        let s = cstr(b, strtab.checked_add(o).context("overflow")?)?;
+        copied.set(copied.get() + s.len() + 1);
+        if copied.get() > MAX_NAMES_TOTAL {
+            bail!("the dynamic section names more than {MAX_NAMES_TOTAL} bytes of strings");
+        }
+        Ok(s)
+    };
     for o in needed_offs {
         out.needed.push(string(o)?);
     }
@@ -257,6 +276,11 @@ pub fn object(b: &[u8]) -> Result<Object> {
                 .context("overflow")?;
             for _ in 0..cnt.min(4096) {
                 let name = string(u32_at(b, add(aux, 8)?)? as usize)?;
+                // The file name is copied once more for each of its versions.
+                copied.set(copied.get() + file.len());
+                if copied.get() > MAX_NAMES_TOTAL {
+                    bail!("`.gnu.version_r` names more than {MAX_NAMES_TOTAL} bytes of strings");
+                }
                 out.version_needs.push((file.clone(), name));
                 let next = u32_at(b, add(aux, 12)?)? as usize;
                 if next == 0 {
@@ -504,6 +528,100 @@ mod tests {
                 let _ = dynamic(&real[..cut.min(real.len())]);
             }
         }
+    }
+
+    /// An ELF64 object whose one PT_LOAD maps the whole file at address 0, with a
+    /// PT_DYNAMIC of `dynamic` (tag, value) pairs and `strtab` at the end.
+    fn crafted(dynamic: &[(u64, u64)], strtab: &[u8], extra: &[u8]) -> Vec<u8> {
+        let dyn_off = 64 + 2 * 56;
+        let dyn_len = (dynamic.len() + 1) * 16;
+        let str_off = dyn_off + dyn_len;
+        let total = str_off + strtab.len() + extra.len();
+        let mut b = vec![0u8; 64];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[0x10] = 3; // ET_DYN
+        b[0x12] = 62;
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        let ph = |ty: u32, off: usize, len: usize| {
+            let mut h = vec![0u8; 56];
+            h[0..4].copy_from_slice(&ty.to_le_bytes());
+            h[8..16].copy_from_slice(&(off as u64).to_le_bytes());
+            h[16..24].copy_from_slice(&(off as u64).to_le_bytes());
+            h[32..40].copy_from_slice(&(len as u64).to_le_bytes());
+            h
+        };
+        b.extend(ph(1, 0, total));
+        b.extend(ph(2, dyn_off, dyn_len));
+        for (t, v) in dynamic {
+            let v = if *t == 5 { str_off as u64 } else { *v };
+            b.extend(t.to_le_bytes());
+            b.extend(v.to_le_bytes());
+        }
+        b.extend([0u8; 16]);
+        b.extend(strtab);
+        b.extend(extra);
+        b
+    }
+
+    #[test]
+    fn one_long_name_named_many_times_is_bounded() {
+        // 20000 DT_NEEDED entries all naming one 64 KiB string: 1.3 GB of copies before.
+        let mut strtab = vec![0u8];
+        strtab.extend(vec![b'a'; 4000]);
+        strtab.push(0);
+        strtab.extend(vec![b'b'; 64 << 10]);
+        strtab.push(0);
+        let long_off = 4002u64;
+        let mut dynv = vec![(5u64, 0u64)];
+        dynv.extend(std::iter::repeat_n((1u64, long_off), 20000));
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", object(&crafted(&dynv, &strtab, &[])).unwrap_err());
+        assert!(e.contains("longer than"), "{e}");
+        // Names under the length cap, named many times: the total is bounded.
+        let mut dynv = vec![(5u64, 0u64)];
+        dynv.extend(std::iter::repeat_n((1u64, 1u64), 20000));
+        let e = format!("{:#}", object(&crafted(&dynv, &strtab, &[])).unwrap_err());
+        assert!(e.contains("bytes of strings"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3));
+        // A few ordinary entries still read.
+        let o = object(&crafted(&[(5, 0), (1, 1), (1, 1)], &strtab, &[])).unwrap();
+        assert_eq!(o.needed.len(), 2);
+    }
+
+    #[test]
+    fn version_needs_naming_one_file_many_times_are_bounded() {
+        // One Elf64_Verneed with 4096 Vernaux entries, all pointing at the same one (each
+        // `vna_next` = 0 would stop: here every aux is a separate 16-byte record naming
+        // the same 4000-byte version), under 4096 Verneeds chained to the same record.
+        let mut strtab = vec![0u8];
+        strtab.extend(vec![b'a'; 4000]);
+        strtab.push(0);
+        let aux_count = 4096usize;
+        // Verneed at the start of `extra`: vn_cnt = aux_count, vn_file = 1, vn_aux = 16,
+        // vn_next = 0 (its loop count is DT_VERNEEDNUM's).
+        let mut extra = Vec::new();
+        extra.extend(1u16.to_le_bytes());
+        extra.extend((aux_count as u16).to_le_bytes());
+        extra.extend(1u32.to_le_bytes());
+        extra.extend(16u32.to_le_bytes());
+        extra.extend(0u32.to_le_bytes());
+        for i in 0..aux_count {
+            extra.extend(0u32.to_le_bytes());
+            extra.extend(0u16.to_le_bytes());
+            extra.extend(0u16.to_le_bytes());
+            extra.extend(1u32.to_le_bytes()); // vna_name
+            let next: u32 = if i + 1 == aux_count { 0 } else { 16 };
+            extra.extend(next.to_le_bytes());
+        }
+        let base = crafted(&[(5, 0)], &strtab, &[]).len() + 2 * 16;
+        let dynv = [(5u64, 0u64), (0x6fff_fffe, base as u64), (0x6fff_ffff, 1)];
+        let b = crafted(&dynv, &strtab, &extra);
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", object(&b).unwrap_err());
+        assert!(e.contains("bytes of strings"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub fn find_objects(tree: &Tree) -> Result<Vec<Found>> {
                 object,
             });
         } else if is_archive_name(name) && zip::is_zip(data) {
-            scan_archive(data, &format!("/{path}"), 1, &mut out)?;
+            let mut budget = zip::Budget::for_input(data.len());
+            scan_archive(data, &format!("/{path}"), 1, &mut budget, &mut out)?;
         }
     }
     Ok(out)
@@ -139,7 +140,13 @@ fn is_archive_name(name: &str) -> bool {
     n.ends_with(".jar") || n.ends_with(".war") || n.ends_with(".ear")
 }
 
-fn scan_archive(zipped: &[u8], display: &str, depth: usize, out: &mut Vec<Found>) -> Result<()> {
+fn scan_archive(
+    zipped: &[u8],
+    display: &str,
+    depth: usize,
+    budget: &mut zip::Budget,
+    out: &mut Vec<Found>,
+) -> Result<()> {
     let entries =
         zip::entries(zipped).with_context(|| format!("cannot read the archive {display}"))?;
     for e in entries {
@@ -151,7 +158,9 @@ fn scan_archive(zipped: &[u8], display: &str, depth: usize, out: &mut Vec<Found>
         let head =
             zip::read_prefix(zipped, &e, 4).with_context(|| format!("cannot read {inner}"))?;
         if elf::is_elf(&head) {
-            let data = zip::read(zipped, &e).with_context(|| format!("cannot read {inner}"))?;
+            let data = budget
+                .read(zipped, &e)
+                .with_context(|| format!("cannot read {inner}"))?;
             if !elf::is_loadable(&data) {
                 tracing::debug!("{inner}: a relocatable object or core file, not loaded: skipped");
                 continue;
@@ -169,8 +178,10 @@ fn scan_archive(zipped: &[u8], display: &str, depth: usize, out: &mut Vec<Found>
                 tracing::warn!("{inner}: archives nested deeper than {MAX_NESTING} are not scanned for native code");
                 continue;
             }
-            let data = zip::read(zipped, &e).with_context(|| format!("cannot read {inner}"))?;
-            scan_archive(&data, &inner, depth + 1, out)?;
+            let data = budget
+                .read(zipped, &e)
+                .with_context(|| format!("cannot read {inner}"))?;
+            scan_archive(&data, &inner, depth + 1, budget, out)?;
         }
     }
     Ok(())

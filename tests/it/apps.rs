@@ -3,26 +3,19 @@
 //! `[app] writable` directories. One image, booted once per configuration.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The stop timeout of the lifecycle image (short, so the SIGKILL test is quick).
 const STOP_TIMEOUT: u64 = 6;
 
-/// tests/data/lifecycle.c compiled static.
+/// fixtures/lifecycle.c compiled static.
 fn lifecycle_binary(dir: &Path) -> PathBuf {
-    let out = dir.join("lifecycle");
-    let st = Command::new("gcc")
-        .args(["-static", "-Os", "-s", "-o"])
-        .arg(&out)
-        .arg(repo_root().join("tests/data/lifecycle.c"))
-        .status()
-        .expect("gcc is needed to build the test app");
-    assert!(st.success(), "gcc -static failed (is libc6-dev installed?)");
-    out
+    gcc_static(
+        &repo_root().join("fixtures/lifecycle.c"),
+        &dir.join("lifecycle"),
+    )
 }
 
 /// The lifecycle image, built once: stop_timeout 6 s, /app/logs and /var/lib/lifecycle
@@ -78,39 +71,12 @@ http = "/"
 fn fuse_run_stops_the_app_gracefully_on_ctrl_c_and_writable_dirs_are_writable() {
     let image = lifecycle_image();
     let port = fuse::vm::free_port().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .arg("run")
-        .arg(image)
+    let mut running = Fuse::new(["run".as_ref(), image.as_os_str()])
         .args(["-p", &format!("{port}:8080")])
         .env("FUSE_DATA_DIR", data_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let c2 = console.clone();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("fuse run| {l}");
-            c2.lock().unwrap().push_str(&l);
-            c2.lock().unwrap().push('\n');
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut body = None;
-    while Instant::now() < deadline && body.is_none() {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        body = http_get(port, "/").filter(|r| r.0 == 200).map(|r| r.1);
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let Some(body) = body else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no answer; console:\n{}", console.lock().unwrap());
+        .spawn();
+    let Some(body) = running.get_until_ok(port, "/", Duration::from_secs(300)) else {
+        panic!("no answer; console:\n{}", running.console());
     };
     assert!(body.contains("uid=1000\n"), "{body}");
     assert!(body.contains("write /app/logs/hits.log: ok"), "{body}");
@@ -126,26 +92,12 @@ fn fuse_run_stops_the_app_gracefully_on_ctrl_c_and_writable_dirs_are_writable() 
     // Ctrl-C: fuse run presses the power button; the app drains and exits 0.
     let pressed = Instant::now();
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let mut status = None;
-    while pressed.elapsed() < Duration::from_secs(120) {
-        if let Ok(Some(s)) = child.try_wait() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGINT) };
+    let (status, console) = running.finish(Duration::from_secs(120));
     let took = pressed.elapsed();
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "fuse run did not end after Ctrl-C; console:\n{}",
-            console.lock().unwrap()
-        );
+        panic!("fuse run did not end after Ctrl-C; console:\n{console}");
     };
-    reader.join().unwrap();
-    let console = console.lock().unwrap().clone();
     eprintln!("Ctrl-C to power off: {:.1}s", took.as_secs_f64());
     for want in [
         "watching /dev/input/event",

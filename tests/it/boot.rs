@@ -2,8 +2,6 @@
 //! unprivileged user, and by powering off with the app's exit code on the console.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -43,50 +41,22 @@ fn fuse_run_injects_config_without_changing_the_image_or_printing_secrets() {
     )
     .unwrap();
     let port = fuse::vm::free_port().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .arg("run")
-        .arg(&b.image)
-        .arg("--config")
-        .arg(&env)
-        .args(["-p", &format!("{port}:8080")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let c2 = console.clone();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("fuse run| {l}");
-            c2.lock().unwrap().push_str(&l);
-            c2.lock().unwrap().push('\n');
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let mut body = None;
-    while std::time::Instant::now() < deadline && body.is_none() {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        body = http_get(port, "/").filter(|r| r.0 == 200).map(|r| r.1);
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let body = body.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!(
-            "no answer via fuse run; console:\n{}",
-            console.lock().unwrap()
-        )
-    });
+    let mut running = Fuse::new([
+        "run".as_ref(),
+        b.image.as_os_str(),
+        "--config".as_ref(),
+        env.as_os_str(),
+    ])
+    .args(["-p", &format!("{port}:8080")])
+    .spawn();
+    let body = running
+        .get_until_ok(port, "/", Duration::from_secs(240))
+        .unwrap_or_else(|| panic!("no answer via fuse run; console:\n{}", running.console()));
     assert!(body.starts_with("hello, test-env from uid 1000"), "{body}");
     let _ = http_get(port, "/exit?code=7");
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    let console = console.lock().unwrap().clone();
+    let (status, console) = running.finish(Duration::from_secs(120));
     assert_eq!(
-        status.code(),
+        status.and_then(|s| s.code()),
         Some(7),
         "fuse run exits with the app's code; console:\n{console}"
     );

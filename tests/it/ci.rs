@@ -133,7 +133,7 @@ fn a_bad_budget_unit_is_an_error_naming_key_and_line() {
 /// the first environment with a registry tag.
 #[test]
 fn the_documented_pipeline_builds_tests_pushes_by_digest_and_promotes() {
-    use crate::registry::{fuse_with, ok, Registry};
+    use crate::registry::Registry;
     let dir = tempfile::tempdir().unwrap();
     let app = example_app(dir.path());
     let project = dir.path().join("project");
@@ -144,29 +144,20 @@ fn the_documented_pipeline_builds_tests_pushes_by_digest_and_promotes() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let run = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
-        c.args(args)
-            .current_dir(&project)
-            .env("FUSE_CACHE_DIR", cache_dir())
-            .env("FUSE_DATA_DIR", &data)
-            .env("DOCKER_CONFIG", &data)
-            .env_remove("FUSE_REGISTRY_USERNAME")
-            .env_remove("FUSE_REGISTRY_PASSWORD")
-            .env_remove("SOURCE_DATE_EPOCH");
-        c.output().unwrap()
-    };
+    let run = |args: &[&str]| Fuse::new(args).dir(&project).data(&data).output();
     // The lock is committed with the app: --locked without it is an error (2).
     let out = run(&["build", app.to_str().unwrap(), "--locked", "--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     ok(&run(&["lock", app.to_str().unwrap()]), "fuse lock");
     // build --locked --json
-    let out = run(&["build", app.to_str().unwrap(), "--locked", "--json"]);
-    let b: serde_json::Value = serde_json::from_str(&ok(&out, "build --locked --json")).unwrap();
-    let image = b["image"].as_str().unwrap().to_string();
-    let digest = b["digest"].as_str().unwrap().to_string();
-    assert_eq!(sha256_file(Path::new(&image)), digest);
-    assert_eq!(b["lock"]["changed"], false);
+    let b = build_with(
+        Fuse::new(["build", app.to_str().unwrap(), "--locked"])
+            .dir(&project)
+            .data(&data),
+    );
+    let image = b.image.to_str().unwrap().to_string();
+    let digest = b.digest.clone();
+    assert_eq!(b.json["lock"]["changed"], false);
     // fuse test --json
     let t = Instant::now();
     let out = run(&[
@@ -447,21 +438,21 @@ fn build_json_describes_the_image_and_verify_proves_it_reproducible() {
             .unwrap();
         let bytes = &disk[p.byte_range()][..l.size as usize];
         assert_eq!(
-            fuse::store::sha256_hex(bytes),
+            fuse::digest::sha256_hex(bytes),
             l.digest.trim_start_matches("sha256:")
         );
     }
     let lock = std::fs::read(app.join("fuse.lock")).unwrap();
     assert_eq!(
         v["lock"]["digest"],
-        format!("sha256:{}", fuse::store::sha256_hex(&lock)).as_str()
+        format!("sha256:{}", fuse::digest::sha256_hex(&lock)).as_str()
     );
     assert_eq!(
         meta.inputs
             .lock_sha256
             .as_deref()
             .map(|s| s.trim_start_matches("sha256:")),
-        Some(fuse::store::sha256_hex(&lock).as_str())
+        Some(fuse::digest::sha256_hex(&lock).as_str())
     );
     assert!(v["lock"]["changed"].is_boolean());
     let ms = v["duration_ms"].as_u64().unwrap();

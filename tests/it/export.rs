@@ -35,16 +35,6 @@ fn export(format: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        format!("{}{}", text(&out.stdout), text(&out.stderr)),
-    )
-}
-
 /// `qemu-img check` (when the format has a checker) and `qemu-img compare` against the raw.
 fn qemu_img_agrees(raw: &Path, file: &Path, driver: &str, check: bool) {
     if check {
@@ -107,6 +97,9 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
         }
         let human = fuse(&["inspect", first.to_str().unwrap()], &[]);
         assert!(text(&human.stdout).contains(&b.digest), "{format}");
+        if format == "vhd" {
+            vhd_is_what_azure_takes(&std::fs::read(&first).unwrap());
+        }
 
         if !tools {
             continue;
@@ -115,7 +108,8 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
             "qcow2" => qemu_img_agrees(&b.image, &first, "qcow2", true),
             "vmdk" => qemu_img_agrees(&b.image, &first, "vmdk", true),
             "vhd" => {
-                // qemu-img has no checker for VHD; compare reads the footer's size.
+                // qemu-img has no checker for VHD; compare reads the footer's size and
+                // wants the padding after the image to be zeros.
                 qemu_img_agrees(&b.image, &first, "vpc", false)
             }
             "raw" => qemu_img_agrees(&b.image, &first, "raw", false),
@@ -138,6 +132,10 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
                 assert!(ok, "{out}");
                 let ovf = std::fs::read_to_string(x.join("hello-1.0.0.ovf")).unwrap();
                 assert!(ovf.contains(r#"vmw:key="firmware" vmw:value="efi""#));
+                // VirtualBox's own machine settings, with its firmware setting.
+                let vbox = &ovf[ovf.find("<vbox:Machine ").expect("no vbox:Machine")..];
+                assert!(vbox.contains(r#"<Firmware type="EFI"/>"#), "{ovf}");
+                assert!(ovf.contains(r#"xmlns:vbox="http://www.virtualbox.org/ovf/machine""#));
                 assert!(ovf.contains(&b.digest));
                 let mf = std::fs::read_to_string(x.join("hello-1.0.0.mf")).unwrap();
                 let vmdk = x.join("hello-1.0.0-disk1.vmdk");
@@ -162,7 +160,17 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
                     .arg("-C")
                     .arg(&x));
                 assert!(ok, "{out}");
-                assert_eq!(sha256_file(&x.join("disk.raw")), b.digest);
+                // disk.raw is the image then zeros to a whole GiB (sparse in the tar).
+                let disk_raw = x.join("disk.raw");
+                let len = std::fs::metadata(&disk_raw).unwrap().len();
+                assert!(
+                    len > 0 && len.is_multiple_of(1 << 30),
+                    "disk.raw is {len} bytes"
+                );
+                assert!(list.contains(&len.to_string()), "{list}");
+                qemu_img_agrees(&b.image, &disk_raw, "raw", false);
+                std::fs::remove_file(&disk_raw).unwrap();
+                assert!(std::fs::metadata(&first).unwrap().len() < 20 << 20);
                 // GNU tar headers ("ustar  \0" magic: oldgnu), as GCE requires.
                 let mut tar = Vec::new();
                 std::io::Read::read_to_end(
@@ -183,6 +191,28 @@ fn every_format_reads_back_to_the_raw_digest_and_exports_are_reproducible() {
     std::fs::write(&q, &bytes).unwrap();
     let out = fuse(&["inspect", q.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+}
+
+/// A fixed VHD Azure uploads: at least 20 MiB of data, a whole MiB, then a 512-byte footer
+/// whose checksum (one's complement of the byte sum without its own field), disk type
+/// (2, fixed) and current size agree with the file.
+fn vhd_is_what_azure_takes(v: &[u8]) {
+    assert!(v.len() >= (20 << 20) + 512, "VHD of {} bytes", v.len());
+    let data = v.len() - 512;
+    assert_eq!(data % (1 << 20), 0, "VHD data of {data} bytes");
+    let f = &v[data..];
+    assert_eq!(&f[..8], b"conectix");
+    let sum = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(64..68).contains(i))
+        .fold(0u32, |a, (_, &b)| a.wrapping_add(b as u32));
+    assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
+    assert_eq!(u32::from_be_bytes(f[60..64].try_into().unwrap()), 2);
+    assert_eq!(
+        u64::from_be_bytes(f[48..56].try_into().unwrap()),
+        data as u64
+    );
 }
 
 /// The console's summary of the device modules the init loaded.

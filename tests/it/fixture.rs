@@ -17,29 +17,27 @@ pub struct Archive {
     paragraphs: Vec<String>,
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        text(&out.stderr)
-    );
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    fuse::manifest::hex(&sha2::Sha256::digest(b))
-}
-
 /// Create a throw-away signing key in `home`; returns its exported public keyring.
+/// The path of the HTTP GET request on `s` (request line read, headers skipped).
+pub fn request_path(s: &std::net::TcpStream) -> String {
+    let mut r = BufReader::new(s.try_clone().expect("clone the test server's socket"));
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    line.split_whitespace().nth(1).unwrap_or("/").to_string()
+}
+
 pub fn gpg_key(home: &Path, name: &str) -> Vec<u8> {
     std::fs::create_dir_all(home).unwrap();
     let mut perms = std::fs::metadata(home).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
     std::fs::set_permissions(home, perms).unwrap();
-    run(Command::new("gpg").env("GNUPGHOME", home).args([
+    run_ok(Command::new("gpg").env("GNUPGHOME", home).args([
         "--batch",
         "--pinentry-mode",
         "loopback",
@@ -86,7 +84,7 @@ impl Archive {
     fn add_bytes(&mut self, file: &str, deb: &[u8], control: &str) -> String {
         let rel = format!("pool/main/{file}");
         std::fs::write(self.www().join("debian").join(&rel), deb).unwrap();
-        let sha = sha256_hex(deb);
+        let sha = fuse::digest::sha256_hex(deb);
         self.paragraphs.push(format!(
             "{}\nFilename: {rel}\nSize: {}\nSHA256: {sha}\n",
             control.trim_end(),
@@ -118,10 +116,12 @@ impl Archive {
             std::fs::write(&p, data).unwrap();
         }
         let deb = self.dir.path().join(format!("{name}_{version}_amd64.deb"));
-        run(Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(&build)
-            .arg(&deb));
+        run_ok(
+            Command::new("dpkg-deb")
+                .args(["--root-owner-group", "-Zxz", "--build"])
+                .arg(&build)
+                .arg(&deb),
+        );
         let bytes = std::fs::read(&deb).unwrap();
         self.add_bytes(&format!("{name}_{version}_amd64.deb"), &bytes, &control)
     }
@@ -148,16 +148,9 @@ impl Archive {
     /// The kernel and the EFI stub of the shared example build (real packages).
     pub fn add_kernel_and_stub(&mut self) {
         let b = shared_image();
-        let lock = fuse::resolve::lock::Lock::load(
-            &b.image
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("fuse.lock"),
-        )
-        .unwrap()
-        .unwrap();
+        let lock = fuse::resolve::lock::Lock::load(&b.lock_file())
+            .unwrap()
+            .unwrap();
         self.add_cached(&lock.kernel.sha256);
         self.add_cached(&lock.stub.sha256);
         // The meta-package the manifest names, as the real archive has it.
@@ -182,7 +175,7 @@ impl Archive {
         release.push_str("Architectures: amd64\nComponents: main\nSHA256:\n");
         release.push_str(&format!(
             " {} {} main/binary-amd64/Packages\n",
-            sha256_hex(packages.as_bytes()),
+            fuse::digest::sha256_hex(packages.as_bytes()),
             packages.len()
         ));
         std::fs::write(dists.join("Release"), &release).unwrap();
@@ -190,18 +183,20 @@ impl Archive {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.gnupg.clone());
         let _ = std::fs::remove_file(dists.join("InRelease"));
-        run(Command::new("gpg")
-            .env("GNUPGHOME", &home)
-            .args([
-                "--batch",
-                "--yes",
-                "--digest-algo",
-                "SHA256",
-                "--clearsign",
-                "-o",
-            ])
-            .arg(dists.join("InRelease"))
-            .arg(dists.join("Release")));
+        run_ok(
+            Command::new("gpg")
+                .env("GNUPGHOME", &home)
+                .args([
+                    "--batch",
+                    "--yes",
+                    "--digest-algo",
+                    "SHA256",
+                    "--clearsign",
+                    "-o",
+                ])
+                .arg(dists.join("InRelease"))
+                .arg(dists.join("Release")),
+        );
     }
 
     /// Change the published Packages after signing, keeping its size, to break its hash.
@@ -247,16 +242,7 @@ impl Server {
                     continue;
                 };
                 let _ = s.set_nonblocking(false);
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = request_path(&s);
                 r2.lock().unwrap().push(path.clone());
                 let file = root.join(path.trim_start_matches('/'));
                 match std::fs::read(&file) {

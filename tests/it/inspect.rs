@@ -251,9 +251,9 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    // The official SPDX 2.3 JSON schema (tests/data/README.md says where it comes from).
+    // The official SPDX 2.3 JSON schema (fixtures/README.md says where it comes from).
     let schema: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_root().join("tests/data/spdx-schema-2.3.json")).unwrap(),
+        &std::fs::read(repo_root().join("fixtures/spdx-schema-2.3.json")).unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
@@ -268,7 +268,7 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
     );
     // The validator really validates: SPDX's own example passes, a broken copy fails.
     let example: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_root().join("tests/data/SPDXJSONExample-v2.3.spdx.json")).unwrap(),
+        &std::fs::read(repo_root().join("fixtures/SPDXJSONExample-v2.3.spdx.json")).unwrap(),
     )
     .unwrap();
     assert!(validator.is_valid(&example));
@@ -292,7 +292,7 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
             .iter()
             .filter_map(|(p, n)| {
                 n.data()
-                    .map(|d| (format!("./{p}"), fuse::store::sha256_hex(d)))
+                    .map(|d| (format!("./{p}"), fuse::digest::sha256_hex(d)))
             })
             .collect();
         real.sort();

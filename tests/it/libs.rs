@@ -97,8 +97,7 @@ fn a_dynamic_c_app_gets_exactly_its_libraries_and_boots() {
     let mut crc = flate2::Crc::new();
     crc.update(b"hello, fuse");
     assert!(body.contains(&format!("crc32={:08x}", crc.sum())), "{body}");
-    use sha2::Digest;
-    let sha = fuse::manifest::hex(&sha2::Sha256::digest(b"hello, fuse"));
+    let sha = fuse::digest::sha256_hex(b"hello, fuse");
     assert!(body.contains(&format!("sha256={sha}")), "{body}");
     assert!(body.starts_with("uid=1000 "), "{body}");
 }

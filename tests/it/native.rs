@@ -1,4 +1,4 @@
-//! Native code inside apps, built here from tests/data (no network): a Python app whose
+//! Native code inside apps, built here from fixtures/ (no network): a Python app whose
 //! vendored dependency has a compiled extension (libstdc++, libgomp, a bundled library
 //! found through $ORIGIN), the same app from a virtualenv made by the host's Python, a
 //! Node app with an N-API addon linking zlib, and a Spring Boot-style fat jar whose nested
@@ -10,19 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn data(name: &str) -> PathBuf {
-    repo_root().join("tests/data").join(name)
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    repo_root().join("fixtures").join(name)
 }
 
 /// The fastmath package as `pip install --target <site>` lays out a manylinux wheel:
@@ -32,29 +20,33 @@ fn install_fastmath(site: &Path) {
     let libs = site.join("fastmath.libs");
     std::fs::create_dir_all(&pkg).unwrap();
     std::fs::create_dir_all(&libs).unwrap();
-    run(Command::new("gcc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-Wl,-soname,libfmhelper.so",
-            "-o",
-        ])
-        .arg(libs.join("libfmhelper.so"))
-        .arg(data("native/helper.c")));
-    run(Command::new("g++")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-fopenmp",
-            "-I/usr/include/python3.11",
-            "-o",
-        ])
-        .arg(pkg.join("_core.cpython-311-x86_64-linux-gnu.so"))
-        .arg(data("native/fastmath.cpp"))
-        .arg(format!("-L{}", libs.display()))
-        .args(["-lfmhelper", "-Wl,-rpath,$ORIGIN/../fastmath.libs"]));
+    run_ok(
+        Command::new("gcc")
+            .args([
+                "-shared",
+                "-fPIC",
+                "-O2",
+                "-Wl,-soname,libfmhelper.so",
+                "-o",
+            ])
+            .arg(libs.join("libfmhelper.so"))
+            .arg(data("native/helper.c")),
+    );
+    run_ok(
+        Command::new("g++")
+            .args([
+                "-shared",
+                "-fPIC",
+                "-O2",
+                "-fopenmp",
+                "-I/usr/include/python3.11",
+                "-o",
+            ])
+            .arg(pkg.join("_core.cpython-311-x86_64-linux-gnu.so"))
+            .arg(data("native/fastmath.cpp"))
+            .arg(format!("-L{}", libs.display()))
+            .args(["-lfmhelper", "-Wl,-rpath,$ORIGIN/../fastmath.libs"]),
+    );
     std::fs::write(
         pkg.join("__init__.py"),
         "from ._core import parallel_sum, describe\n",
@@ -185,9 +177,11 @@ fn python_app_from_a_virtualenv_runs_on_the_images_python() {
     let venv = dir.path().join("app/.venv");
     // A venv made by a Python 3.11 of this machine (python3-venv), then pointed at a
     // Python the image does not have, as a venv made on another build machine is.
-    run(Command::new("python3.11")
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv));
+    run_ok(
+        Command::new("python3.11")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv),
+    );
     let elsewhere = "/opt/build-machine/python/bin";
     for name in ["python", "python3", "python3.11"] {
         let link = venv.join("bin").join(name);
@@ -268,11 +262,12 @@ fn node_app_with_a_native_addon_linking_zlib() {
     }
     // Offline: the headers and common.gypi of libnode-dev (or of the installed nodejs)
     // under /usr/include/node, not a download.
-    run(gyp
-        .arg("rebuild")
-        .arg("--nodedir=/usr")
-        .current_dir(&addon)
-        .env("npm_config_offline", "true"));
+    run_ok(
+        gyp.arg("rebuild")
+            .arg("--nodedir=/usr")
+            .current_dir(&addon)
+            .env("npm_config_offline", "true"),
+    );
     std::fs::write(
         addon.join("package.json"),
         r#"{"name": "zaddon", "main": "build/Release/zaddon.node"}"#,
@@ -309,7 +304,7 @@ fn spring_boot_style_fat_jar_with_jni_in_a_nested_jar_and_a_class_path_sibling()
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    run(Command::new(data("fatjar/build.sh")).arg(dir.path().join("dist")));
+    run_ok(Command::new(data("fatjar/build.sh")).arg(dir.path().join("dist")));
     std::fs::write(
         dir.path().join("fuse.toml"),
         "[image]\nname = \"fatjar\"\nversion = \"1.0.0\"\n\n[app]\nkind = \"jar\"\npath = \"dist/fat.jar\"\nport = 8080\n",

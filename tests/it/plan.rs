@@ -5,49 +5,6 @@
 use crate::support::*;
 use std::path::{Path, PathBuf};
 
-/// A private download cache: hard links to the shared cache's blobs and records (written
-/// files replace links by rename, so the shared cache is never modified through them).
-pub fn private_cache(dir: &Path) -> PathBuf {
-    let cache = dir.join("cache");
-    for sub in ["sha256", "named"] {
-        let from = cache_dir().join(sub);
-        let to = cache.join(sub);
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(&from).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::hard_link(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
-    cache
-}
-
-/// `fuse build` with a cache and extra environment; (digest, stderr).
-pub fn build_in(app: &Path, cache: &Path, env: &[(&str, &str)]) -> (String, String) {
-    let mut e = vec![("FUSE_CACHE_DIR", cache.to_str().unwrap())];
-    e.extend_from_slice(env);
-    let out = fuse(&["build", app.to_str().unwrap()], &e);
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "build failed:\n{err}");
-    (text(&out.stdout).lines().last().unwrap().to_string(), err)
-}
-
-/// The source each unit came from, as the build logs it (`layer base: local-cache (...)`).
-pub fn sources(stderr: &str) -> Vec<(String, String)> {
-    stderr
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim().strip_prefix("INFO ")?.trim();
-            let (unit, rest) = l.split_once(": ")?;
-            let source = rest.split_whitespace().next()?;
-            ["built", "local-cache", "registry-cache"]
-                .contains(&source)
-                .then(|| (unit.to_string(), source.to_string()))
-        })
-        .collect()
-}
-
 fn plan_json(app: &Path, cache: &Path) -> serde_json::Value {
     let out = fuse(
         &["build", "--plan", app.to_str().unwrap()],
@@ -77,13 +34,7 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
     let dir = tempfile::tempdir().unwrap();
     let cache = private_cache(dir.path());
     let app = example_app(dir.path());
-    let lock_file = shared
-        .image
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("fuse.lock");
+    let lock_file = shared.lock_file();
     std::fs::copy(&lock_file, app.join("fuse.lock")).unwrap();
     let lock = fuse::resolve::lock::Lock::load(&lock_file)
         .unwrap()
@@ -192,26 +143,18 @@ fn no_op_build_reads_no_package_app_change_rebuilds_app_only_swaps_are_rebuilt()
 
 /// `fuse build` with extra arguments; (digest, stderr).
 fn build_args(app: &Path, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
-    let mut all = vec!["build", app.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let mut e = vec![("FUSE_CACHE_DIR", cache.to_str().unwrap())];
-    e.extend_from_slice(env);
-    let out = fuse(&all, &e);
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "build failed:\n{err}");
-    (text(&out.stdout).lines().last().unwrap().to_string(), err)
+    let b = build(
+        app,
+        args,
+        &[&[("FUSE_CACHE_DIR", cache.to_str().unwrap())], env].concat(),
+    );
+    (b.digest, b.stderr)
 }
 
 #[test]
 fn a_registry_cache_builds_a_new_machine_without_packages_and_refuses_bad_blobs() {
     let shared = shared_image();
-    let lock_file = shared
-        .image
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("fuse.lock");
+    let lock_file = shared.lock_file();
     let reg = crate::registry::Registry::start();
     let cache_ref = format!("127.0.0.1:{}/team/fuse-cache", reg.port);
     let with_registry = ["--cache-registry", cache_ref.as_str(), "--insecure"];
@@ -288,21 +231,17 @@ fn a_registry_cache_builds_a_new_machine_without_packages_and_refuses_bad_blobs(
     }
 }
 
-/// A cold build (no unit cached: every layer, the kernel unit, the initramfs and its core
-/// built) gives the same bytes on one worker as on several: jobs run side by side, and
-/// each unit's bytes are a function of its inputs only.
+/// `FUSE_JOBS` is the number of threads a cold build works on (no unit cached: every layer,
+/// the kernel unit, the initramfs and its core built), seen from outside the program: the
+/// peak number of threads of the fuse process, sampled from /proc/<pid>/task while it
+/// builds, is 1 with FUSE_JOBS=1 and 2 with FUSE_JOBS=2 (the packages are in the download
+/// cache, so nothing is downloaded); the bytes are the same, and a bad value is an error.
 #[test]
-fn a_cold_build_on_one_worker_or_several_gives_the_same_bytes() {
+fn fuse_jobs_sets_the_build_threads_and_the_bytes_do_not_depend_on_them() {
     let shared = shared_image();
-    let lock_file = shared
-        .image
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("fuse.lock");
+    let lock_file = shared.lock_file();
     let mut digests = Vec::new();
-    for jobs in ["1", "3"] {
+    for jobs in [1usize, 2] {
         let dir = tempfile::tempdir().unwrap();
         let cache = private_cache(dir.path());
         // Packages and indexes only: no built unit, no image record.
@@ -315,13 +254,57 @@ fn a_cold_build_on_one_worker_or_several_gives_the_same_bytes() {
         }
         let app = example_app(dir.path());
         std::fs::copy(&lock_file, app.join("fuse.lock")).unwrap();
-        let (digest, err) = build_in(&app, &cache, &[("FUSE_JOBS", jobs)]);
-        let srcs = sources(&err);
-        assert_eq!(srcs.len(), 5, "{err}");
-        assert!(srcs.iter().all(|(_, s)| s == "built"), "{srcs:?}");
-        assert!(err.contains(&format!("on {jobs} workers")), "{err}");
-        digests.push(digest);
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let started = std::time::Instant::now();
+        let mut child = Fuse::new(["build".as_ref(), app.as_os_str(), "--json".as_ref()])
+            .env("FUSE_CACHE_DIR", &cache)
+            .env("FUSE_JOBS", jobs.to_string())
+            .command()
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+        let (mut peak, mut samples) = (0, 0);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if let Ok(rd) = std::fs::read_dir(&tasks) {
+                peak = peak.max(rd.count());
+                samples += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        let err = std::fs::read_to_string(&err).unwrap();
+        assert!(status.success(), "build failed:\n{err}");
+        eprintln!(
+            "FUSE_JOBS={jobs}: peak {peak} threads over {samples} samples, {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let units: Vec<&serde_json::Value> = ["layers", "boot"]
+            .iter()
+            .flat_map(|k| json[k].as_array().unwrap())
+            .collect();
+        assert_eq!(units.len(), 5, "{json}");
+        assert!(units.iter().all(|u| u["source"] == "built"), "{json}");
+        assert_eq!(peak, jobs, "FUSE_JOBS={jobs}: peak threads\n{err}");
+        digests.push(json["digest"].as_str().unwrap().to_string());
     }
     assert_eq!(digests[0], digests[1], "the worker count changed the bytes");
     assert_eq!(digests[0], shared.digest);
+    for bad in ["0", "two", "65"] {
+        let out = fuse(
+            &["build", shared.app.to_str().unwrap()],
+            &[("FUSE_JOBS", bad)],
+        );
+        assert_eq!(out.status.code(), Some(2), "FUSE_JOBS={bad}");
+        assert!(
+            text(&out.stderr).contains("FUSE_JOBS"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -1,23 +1,8 @@
 //! The local image store and promotion: tags, addressing by digest prefix, concurrent
 //! writers, gc; promotion order, the ledger, and tagging in a registry by digest.
 
-use crate::registry::{changed_image, fuse_with, ok, Registry};
+use crate::registry::{changed_image, Registry};
 use crate::support::*;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn fuse_in(dir: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
-    c.args(args)
-        .current_dir(dir)
-        .env("FUSE_DATA_DIR", data)
-        .env("DOCKER_CONFIG", data)
-        .env("USER", "tester");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("cannot run fuse")
-}
 
 #[test]
 fn store_tags_prefixes_concurrent_writers_rm_and_gc() {
@@ -27,9 +12,9 @@ fn store_tags_prefixes_concurrent_writers_rm_and_gc() {
     // Eight processes tag at once: every tag survives (index updates are locked).
     let children: Vec<_> = (0..8)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_fuse"))
-                .args(["tag", img, &format!("hello:c{i}")])
+            Fuse::new(["tag", img, &format!("hello:c{i}")])
                 .env("FUSE_DATA_DIR", data.path())
+                .command()
                 .stderr(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -302,7 +287,7 @@ fn promote_tags_the_registry_by_digest() {
     .unwrap();
     let body = resp.body_mut().read_to_vec().unwrap();
     assert_eq!(
-        format!("sha256:{}", fuse::store::sha256_hex(&body)),
+        format!("sha256:{}", fuse::digest::sha256_hex(&body)),
         manifest_digest
     );
     let out_dir = tempfile::tempdir().unwrap();
@@ -355,17 +340,12 @@ fn promote_writes_the_ledger_line_before_moving_the_registry_tag() {
     let ledger = d.join("ledger.jsonl");
     std::fs::write(&ledger, format!("{line}\n").repeat(100)).unwrap();
     let before = std::fs::read(&ledger).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 1 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_fuse"))
-        .args(["promote", img, "test", "--registry", &repo, "--insecure"])
-        .current_dir(p)
-        .env("FUSE_DATA_DIR", d)
-        .env("DOCKER_CONFIG", d)
+    let out = Fuse::new(["promote", img, "test", "--registry", &repo, "--insecure"])
+        .shell("ulimit -f 1")
+        .dir(p)
+        .data(d)
         .env("USER", "tester")
-        .output()
-        .unwrap();
+        .output();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot append to the ledger"), "{err}");

@@ -1,6 +1,6 @@
-//! Crafted export files read by `fuse inspect` and `fuse export` (issue 25's audit): each
-//! refused with exit 2 and a message, never a panic, within 3 s and 256 MiB of address
-//! space. The inputs are made here, in code, from fuse's own writers and then damaged.
+//! Crafted export files read by `fuse inspect`, `export`, `run` and `test` (issue 25's
+//! audit): each refused with exit 2 and a message, never a panic, within 3 s and 256 MiB of
+//! address space. The inputs are made here, in code, from fuse's own writers and then damaged.
 
 use crate::support::*;
 use std::os::unix::process::CommandExt;
@@ -8,11 +8,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A GPT-looking raw disk of `len` bytes: data in its first sectors, the rest zero.
+/// A GPT-looking raw disk of `len` bytes (a multiple of 512): data in its first sectors,
+/// the rest zero; its primary header at LBA 1 names the last sector as the backup's, so
+/// readers that cut padding find the image's end.
 fn raw(len: usize) -> Vec<u8> {
     let mut r = vec![0u8; len];
     r[..100].fill(7);
     r[512..520].copy_from_slice(b"EFI PART");
+    r[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+    r[512 + 32..512 + 40].copy_from_slice(&(len as u64 / 512 - 1).to_le_bytes());
     r[len - 1] = 9;
     r
 }
@@ -41,8 +45,9 @@ fn fuse_bounded(args: &[&str]) -> (Option<i32>, String, Duration) {
     (out.status.code(), text(&out.stderr), t.elapsed())
 }
 
-/// `inspect` and `export` of `bytes` (written as `name`) both exit 2 with `needle` in the
-/// message, within 3 s, and export writes nothing.
+/// `inspect`, `export`, `run` and `test` of `bytes` (written as `name`) all exit 2 with
+/// `needle` in the message, within 3 s (run and test before QEMU starts), and export
+/// writes nothing.
 fn refused(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
     let f = dir.join(name);
     std::fs::write(&f, bytes).unwrap();
@@ -57,6 +62,8 @@ fn refused(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
             "--out",
             out.to_str().unwrap(),
         ],
+        vec!["run", f.to_str().unwrap()],
+        vec!["test", f.to_str().unwrap()],
     ] {
         let (code, err, took) = fuse_bounded(&args);
         assert_eq!(code, Some(2), "{name}: {args:?}: {err}");

@@ -6,7 +6,7 @@ use crate::support::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -250,56 +250,15 @@ fn handle(conn: TcpStream, upstream: u16, port: u16, auth: Auth, uploaded: &Atom
     let _ = out.write_all(&resp[end + 4..]);
 }
 
-/// Run fuse with its own store and no Docker credentials of the host.
-pub fn fuse_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut all: Vec<(&str, &str)> = vec![
-        ("FUSE_DATA_DIR", data.to_str().unwrap()),
-        ("DOCKER_CONFIG", data.to_str().unwrap()),
-    ];
-    all.extend_from_slice(env);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fuse"));
-    c.args(args)
-        .env("FUSE_CACHE_DIR", cache_dir())
-        .env_remove("FUSE_REGISTRY_USERNAME")
-        .env_remove("FUSE_REGISTRY_PASSWORD");
-    for (k, v) in all {
-        c.env(k, v);
-    }
-    c.output().expect("cannot run fuse")
-}
-
-pub fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// The example with a changed app binary (same manifest, same version): built once.
 pub fn changed_image() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let dir = tmp_root().join("changed-app-build");
-        let _ = std::fs::remove_dir_all(&dir);
-        let app = example_app(&dir);
-        let mut bytes = std::fs::read(app.join("hello")).unwrap();
-        bytes.extend_from_slice(b"\0second version of the app");
-        std::fs::write(app.join("hello"), bytes).unwrap();
-        let out = fuse(&["build", app.to_str().unwrap()], &[]);
-        assert!(
-            out.status.success(),
-            "fuse build failed:\n{}",
-            text(&out.stderr)
-        );
-        Built {
-            image: app.join("fuse-out/hello-1.0.0.img"),
-            json: app.join("fuse-out/hello-1.0.0.json"),
-            digest: text(&out.stdout).lines().last().unwrap_or("").to_string(),
-        }
+        example_image("changed-app-build", |app| {
+            let mut bytes = std::fs::read(app.join("hello")).unwrap();
+            bytes.extend_from_slice(b"\0second version of the app");
+            std::fs::write(app.join("hello"), bytes).unwrap();
+        })
     })
 }
 

@@ -300,7 +300,7 @@ fn signed_builds_are_identical_verify_with_sbverify_and_inspect_names_the_signer
         .unwrap()
         .stdout;
     assert!(pem.contains("CERTIFICATE"));
-    assert_eq!(fp, sha256_file_bytes(&der));
+    assert_eq!(fp, fuse::digest::sha256_hex(&der));
     assert_eq!(j["metadata"]["boot"]["signer"]["fingerprint"], fp.as_str());
     for l in j["metadata"]["layers"].as_array().unwrap() {
         assert_eq!(l["verity"]["root_hash"].as_str().unwrap().len(), 64, "{l}");
@@ -318,13 +318,12 @@ fn signed_builds_are_identical_verify_with_sbverify_and_inspect_names_the_signer
     // promote records the signer's fingerprint in the ledger.
     let project = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .args(["promote", s.snakeoil.to_str().unwrap(), "test"])
-        .current_dir(project.path())
-        .env("FUSE_DATA_DIR", data.path())
-        .env("USER", "tester")
-        .output()
-        .unwrap();
+    let out = fuse_in(
+        project.path(),
+        data.path(),
+        &["promote", s.snakeoil.to_str().unwrap(), "test"],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ledger = std::fs::read_to_string(data.path().join("ledger.jsonl")).unwrap();
     assert!(
@@ -353,11 +352,6 @@ fn signed_builds_are_identical_verify_with_sbverify_and_inspect_names_the_signer
         text(&out.stderr)
     );
     assert!(!app.join("fuse-out").exists() && !app.join("fuse.lock").exists());
-}
-
-fn sha256_file_bytes(b: &[u8]) -> String {
-    use sha2::Digest;
-    fuse::manifest::hex(&sha2::Sha256::digest(b))
 }
 
 /// Boots under the Secure Boot firmware with the snakeoil key enrolled.
