@@ -258,13 +258,16 @@ pub(crate) fn build_full(
     }
 }
 
-/// An initramfs: the boot plan's archive, then a zstd core of `core_extra` members and an
-/// init.
+/// An initramfs: the boot plan's archive, then a zstd core as builds make it (by
+/// `layers::initramfs_core`, with no module) plus `core_extra` members.
 pub(crate) fn boot_initrd(plan: &crate::layers::BootPlan, core_extra: &[(&str, &[u8])]) -> Vec<u8> {
     let plan_tree = crate::layers::initramfs_plan(plan, 0).unwrap();
-    let mut core = Tree::new();
-    core.insert("init", Node::file(&b"\x7fELF init"[..], 0o755))
-        .unwrap();
+    let kernel = crate::kernel::Kernel {
+        release: "6.1.0-test-amd64".into(),
+        vmlinuz: Default::default(),
+        modules: vec![],
+    };
+    let mut core = crate::layers::initramfs_core(b"\x7fELF init", &kernel, 0).unwrap();
     for (p, d) in core_extra {
         core.insert(p, Node::file(d.to_vec(), 0o644)).unwrap();
     }

@@ -283,11 +283,22 @@ mod tests {
             &initrd[crate::format::cpio::read_first(&initrd).unwrap().1..]
         )
         .is_err());
+        // The core builds make (it creates the `fuse` directory too) is fine.
         let initrd = fixture::boot_initrd(&plan, &[]);
         assert!(verify::core_leaves_plan_alone(
             &initrd[crate::format::cpio::read_first(&initrd).unwrap().1..]
         )
         .is_ok());
+        // A `fuse` that is not that plain directory: a file, a world-writable directory.
+        for node in [
+            crate::tree::Node::file(b"x".to_vec(), 0o644),
+            crate::tree::Node::dir(0o777),
+        ] {
+            let mut core = crate::tree::Tree::new();
+            core.insert("fuse", node).unwrap();
+            let core = crate::disk::write_initramfs(&core).unwrap();
+            assert!(verify::core_leaves_plan_alone(&core).is_err());
+        }
         drop(f);
     }
 

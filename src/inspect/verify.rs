@@ -523,6 +523,7 @@ pub(crate) fn core_leaves_plan_alone(core: &[u8]) -> anyhow::Result<()> {
             let t = std::str::from_utf8(&hdr[6 + 8 * i..14 + 8 * i])?;
             Ok(usize::from_str_radix(t, 16)?)
         };
+        let (mode, uid, gid) = (field(1)?, field(2)?, field(3)?);
         let (filesize, namesize) = (field(6)?, field(11)?);
         ensure!((1..=4096).contains(&namesize), "bad cpio name size");
         let mut name = vec![0u8; namesize];
@@ -531,7 +532,10 @@ pub(crate) fn core_leaves_plan_alone(core: &[u8]) -> anyhow::Result<()> {
         let skip = pad + filesize + (4 - filesize % 4) % 4;
         let name = String::from_utf8_lossy(&name[..namesize - 1]).into_owned();
         let path = name.trim_start_matches("./").trim_start_matches('/');
-        if path == "fuse" || path.starts_with("fuse/") {
+        // The core makes the directory too (`layers::initramfs_core`): the same directory
+        // again (0755, root's) leaves the plan in it alone; anything else does not.
+        let plain_dir = mode == 0o040755 && uid == 0 && gid == 0 && filesize == 0;
+        if path.starts_with("fuse/") || (path == "fuse" && !plain_dir) {
             bail!("it holds {name:?}, which would replace the boot plan");
         }
         let copied = std::io::copy(&mut (&mut z).take(skip as u64), &mut std::io::sink())?;
