@@ -307,6 +307,9 @@ pub struct DeployArgs {
     /// Who deploys (default $USER).
     #[arg(long)]
     pub who: Option<String>,
+    /// Print the deployment's ledger entry as JSON (servers, steps, upload figures).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -326,6 +329,9 @@ pub struct RollbackArgs {
     /// Who rolls back (default $USER).
     #[arg(long)]
     pub who: Option<String>,
+    /// Print the deployment's ledger entry as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

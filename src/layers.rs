@@ -443,66 +443,6 @@ pub fn dep5_licenses(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::retarget_venv;
-
-    #[test]
-    fn a_virtualenv_is_pointed_at_the_images_python() {
-        use crate::tree::Kind;
-        let mut t = Tree::new();
-        t.insert("app", Node::dir(0o755)).unwrap();
-        t.insert("app/.venv", Node::dir(0o755)).unwrap();
-        t.insert("app/.venv/bin", Node::dir(0o755)).unwrap();
-        t.insert(
-            "app/.venv/bin/python",
-            Node::symlink("/opt/py/bin/python3.11"),
-        )
-        .unwrap();
-        // --copies: a binary of the build machine
-        t.insert(
-            "app/.venv/bin/python3.11",
-            Node::file(b"\x7fELF".to_vec(), 0o755),
-        )
-        .unwrap();
-        t.insert(
-            "app/.venv/pyvenv.cfg",
-            Node::file(
-                b"home = /opt/py/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n\
-                  executable = /opt/py/bin/python3.11\ncommand = /opt/py/bin/python3.11 -m venv /w/.venv\n"
-                    .to_vec(),
-                0o644,
-            ),
-        )
-        .unwrap();
-        retarget_venv(&mut t, ".venv", "3.11", 7).unwrap();
-        for name in ["python", "python3", "python3.11"] {
-            let n = t.get(&format!("app/.venv/bin/{name}")).unwrap();
-            assert_eq!(
-                n.kind,
-                Kind::Symlink("/usr/bin/python3.11".into()),
-                "{name}"
-            );
-            assert_eq!(n.mtime, 7);
-        }
-        let cfg = t.get("app/.venv/pyvenv.cfg").unwrap().data().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(cfg),
-            "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n\
-             executable = /usr/bin/python3.11\n"
-        );
-        // no home line: one is added (else Python looks for its stdlib beside the venv)
-        t.insert(
-            "app/pyvenv.cfg",
-            Node::file(b"version = 3.11.2\n".to_vec(), 0o644),
-        )
-        .unwrap();
-        t.insert("app/bin", Node::dir(0o755)).unwrap();
-        retarget_venv(&mut t, "", "3.11", 0).unwrap();
-        let cfg = t.get("app/pyvenv.cfg").unwrap().data().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(cfg),
-            "home = /usr/bin\nversion = 3.11.2\n"
-        );
-    }
 
     #[test]
     fn dead_weight_filters_docs_but_keeps_licences_and_kept_paths() {

@@ -58,7 +58,28 @@ struct RawApp {
     stop_timeout: Option<Spanned<i64>>,
     #[serde(default)]
     writable: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    layers: Option<Spanned<Vec<RawAppLayer>>>,
 }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAppLayer {
+    name: String,
+    paths: Vec<String>,
+}
+
+/// An `[app] layers` entry: the app's files matching `paths` go to layer `name`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppLayerRule {
+    pub name: String,
+    /// Patterns relative to /app: `*` (not across `/`), `**`, `?`; a pattern that names a
+    /// directory takes everything under it.
+    pub paths: Vec<String>,
+}
+
+/// Most `[app] layers` entries.
+pub const MAX_APP_LAYERS: usize = 8;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +207,9 @@ pub struct Manifest {
     pub stop_timeout: u32,
     /// Directories mounted as tmpfs owned by the app user, sorted.
     pub writable: Vec<String>,
+    /// `[app] layers`: the app's split into layers, bottom to top (files matching no entry
+    /// go to the top layer, "app"); `None`: the split the app's kind implies.
+    pub app_layers: Option<Vec<AppLayerRule>>,
 }
 
 /// `[app] stop_timeout` when the manifest has none (seconds).
@@ -447,6 +471,50 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         }
         writable.sort();
     }
+    let mut app_layers = None;
+    if let Some(l) = &app.layers {
+        let mut rules: Vec<AppLayerRule> = Vec::new();
+        if l.get_ref().len() > MAX_APP_LAYERS {
+            bail!(cx.err(
+                "app.layers",
+                l.span(),
+                format!("at most {MAX_APP_LAYERS} layers")
+            ));
+        }
+        for r in l.get_ref() {
+            let reserved = ["base", "runtime", "server", "app"].contains(&r.name.as_str());
+            // a GPT partition name (`fuse-<name>`) holds 36 characters
+            let long = r.name.len() > 24;
+            if !is_name(&r.name) || long || reserved || rules.iter().any(|o| o.name == r.name) {
+                bail!(cx.err(
+                    "app.layers",
+                    l.span(),
+                    format!(
+                        "layer name {:?} must be 1-24 characters of [a-z0-9-], not base, runtime, server or app, and used once",
+                        r.name
+                    )
+                ));
+            }
+            for p in &r.paths {
+                if p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/').any(|c| c == "..")
+                    || p.len() > 4096
+                {
+                    bail!(cx.err(
+                        "app.layers",
+                        l.span(),
+                        format!("path pattern {p:?} must be relative to the app, without `..`")
+                    ));
+                }
+            }
+            rules.push(AppLayerRule {
+                name: r.name.clone(),
+                paths: r.paths.clone(),
+            });
+        }
+        app_layers = Some(rules);
+    }
 
     let health_http = health(&cx, raw.health)?;
     let mut java_modules = crate::java::Modules::default();
@@ -598,6 +666,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     } else {
         None
     };
+    // The main jar, read once here for its Main-Class and Class-Path.
+    let mut main_jar_bytes = None;
     let main_class = if let Some(j) = &jar_app {
         let main_jar = j.root(&app_path).join(&j.main);
         let jar = std::fs::read(&main_jar).map_err(|e| {
@@ -608,7 +678,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             )
         })?;
         let app_path = &main_jar;
-        match crate::format::jar::jar_main_class(&jar) {
+        let class = crate::format::jar::jar_main_class(&jar);
+        main_jar_bytes = Some(jar);
+        match class {
             Ok(Some(c)) => Some(c),
             Ok(None) => bail!(cx.err(
                 "app.path",
@@ -623,8 +695,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     // After the Main-Class check, so that a jar that is no zip is reported as such.
     let jar_app = match jar_app {
         Some(mut j) => {
-            let cp = crate::format::jar::class_path_closure(&j.root(&app_path), &j.main)
-                .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+            let cp = crate::format::jar::class_path_closure(
+                &j.root(&app_path),
+                &j.main,
+                main_jar_bytes.as_deref(),
+            )
+            .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
             for m in &cp.missing {
                 tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
             }
@@ -706,7 +782,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
 
     let budget = match raw.budget {
         None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
+        Some(b) => {
+            let rules: Option<Vec<String>> = app_layers
+                .as_ref()
+                .map(|r: &Vec<AppLayerRule>| r.iter().map(|r| r.name.clone()).collect());
+            parse_budget(&cx, kind, rules.as_deref(), b)?
+        }
     };
 
     Ok(Manifest {
@@ -736,6 +817,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         python_venv,
         stop_timeout,
         writable,
+        app_layers,
     })
 }
 
@@ -750,9 +832,10 @@ pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
         file: &file,
     };
     let kind = app_kind(&cx, raw.app.get_ref())?;
+    let rules = rule_names(raw.app.get_ref());
     let budget = match raw.budget {
         None => crate::budget::Budget::default(),
-        Some(b) => parse_budget(&cx, kind, b)?,
+        Some(b) => parse_budget(&cx, kind, rules.as_deref(), b)?,
     };
     Ok((crate::digest::sha256_hex(text.as_bytes()), budget))
 }
@@ -901,7 +984,12 @@ fn system(cx: &Ctx, system: RawSystem, base: &Path) -> Result<System> {
 
 /// `[budget]`: every value a string with a unit; layer budgets name layers this kind of app
 /// has.
-fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate::budget::Budget> {
+fn parse_budget(
+    cx: &Ctx,
+    kind: AppKind,
+    rules: Option<&[String]>,
+    b: Spanned<RawBudget>,
+) -> Result<crate::budget::Budget> {
     use crate::budget::{parse_duration_ms, parse_size, Limit};
     let limit = |key: &str, v: &Spanned<toml::Value>, parse: fn(&str) -> Result<u64>| {
         let Some(text) = v.get_ref().as_str() else {
@@ -927,10 +1015,10 @@ fn parse_budget(cx: &Ctx, kind: AppKind, b: Spanned<RawBudget>) -> Result<crate:
         out.boot = Some(limit("budget.boot", v, parse_duration_ms)?);
     }
     if let Some(layers) = b.layers {
-        let names = layer_names(kind);
+        let names = layer_names(kind, rules);
         for (name, v) in layers {
             let key = format!("budget.layers.{name}");
-            if !names.contains(&name.as_str()) {
+            if !names.contains(&name) {
                 bail!(cx.err(
                     &key,
                     v.span(),
@@ -1085,13 +1173,36 @@ pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// The layers an app of `kind` gets (the names a `[budget.layers]` key may use).
-pub fn layer_names(kind: AppKind) -> Vec<&'static str> {
-    match kind {
-        AppKind::Binary => vec!["base", "app"],
-        AppKind::War => vec!["base", "runtime", "server", "app"],
-        AppKind::Jar | AppKind::Node | AppKind::Python => vec!["base", "runtime", "app"],
-    }
+/// The layers an app of `kind` may get (the names a `[budget.layers]` key may use): with
+/// `[app] layers` (`rules`, their names) those and `app`, else the kind's split (`deps`
+/// below `app` for python, node and jar; the `deps` layer is left out of an image whose app
+/// has no dependency files).
+pub fn layer_names(kind: AppKind, rules: Option<&[String]>) -> Vec<String> {
+    let system: &[&str] = match kind {
+        AppKind::Binary => &["base"],
+        AppKind::War => &["base", "runtime", "server"],
+        AppKind::Jar | AppKind::Node | AppKind::Python => &["base", "runtime"],
+    };
+    let app: Vec<String> = match rules {
+        Some(r) => r.to_vec(),
+        None if matches!(kind, AppKind::Jar | AppKind::Node | AppKind::Python) => {
+            vec!["deps".into()]
+        }
+        None => vec![],
+    };
+    system
+        .iter()
+        .map(|s| s.to_string())
+        .chain(app)
+        .chain(["app".to_string()])
+        .collect()
+}
+
+/// The names of `[app] layers` as written (`None` without the key).
+fn rule_names(app: &RawApp) -> Option<Vec<String>> {
+    app.layers
+        .as_ref()
+        .map(|l| l.get_ref().iter().map(|r| r.name.clone()).collect())
 }
 
 #[cfg(test)]
@@ -1175,6 +1286,30 @@ http = "/"
         assert!(e.contains("app"), "{e}");
         let e = err_of(&GOOD.replace("port = 8080", "port = \"8080\""));
         assert!(e.contains(":9"), "{e}");
+    }
+
+    #[test]
+    fn budget_layers_are_the_apps_layers_deps_or_its_own() {
+        // python, node, jar: the dependency layer may have a budget
+        assert_eq!(
+            layer_names(AppKind::Python, None),
+            ["base", "runtime", "deps", "app"]
+        );
+        assert_eq!(layer_names(AppKind::Binary, None), ["base", "app"]);
+        // `[app] layers`: those names, and no `deps`
+        let with_rules = GOOD.replace(
+            "port = 8080",
+            "port = 8080\nlayers = [{ name = \"assets\", paths = [\"static/\"] }]",
+        );
+        let (_d, m) = with_app(&format!(
+            "{with_rules}\n[budget]\nlayers.assets = \"2 MB\"\n"
+        ));
+        assert_eq!(m.unwrap().budget.layers["assets"].value, 2_000_000);
+        let e = err_of(&format!("{with_rules}\n[budget]\nlayers.deps = \"2 MB\"\n"));
+        assert!(
+            e.contains("budget.layers.deps") && e.contains("base, assets, app"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct Plan {
     /// sha256 of the fuse.lock text the plan was made from.
     pub lock_sha256: String,
     pub app_sha256: String,
-    /// In disk order: base, runtime, server (when used), app.
+    /// In disk order: base, runtime, server (when used), the app's layers (deps, app).
     pub layers: Vec<LayerPlan>,
     pub kernel: Unit<KernelInputs>,
     pub initramfs: Unit<InitramfsInputs>,
@@ -114,6 +114,7 @@ pub fn image_key(
         "manifest_sha256": m.sha256,
         "app_sha256": app.sha256,
         "app_listing_sha256": app.listing_sha256,
+        "app_layers": app.parts.iter().map(|p| (&p.name, &p.listing_sha256)).collect::<Vec<_>>(),
         "signer": signer_fingerprint,
     });
     Ok(sha256_hex(&serde_json::to_vec(&d)?))
@@ -229,10 +230,10 @@ pub struct ServerFiles {
     pub port: u16,
 }
 
-/// The app's files in the app layer.
+/// The app's files in an app layer (the layer's name is the app part's).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AppFiles {
-    /// [`AppScan::listing_sha256`]
+    /// [`crate::app::AppPart::listing_sha256`]
     pub listing_sha256: String,
 }
 
@@ -456,11 +457,14 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         });
         layers.push(sv);
     }
-    let mut app_layer = layer("app");
-    app_layer.app = Some(AppFiles {
-        listing_sha256: app.listing_sha256.clone(),
-    });
-    layers.push(app_layer);
+    // The app's layers, dependencies below code (`app::AppScan::parts`).
+    for part in &app.parts {
+        let mut l = layer(&part.name);
+        l.app = Some(AppFiles {
+            listing_sha256: part.listing_sha256.clone(),
+        });
+        layers.push(l);
+    }
     let layers = layers
         .into_iter()
         .map(|inputs| {
@@ -612,7 +616,7 @@ mod tests {
         std::fs::write(dir.join("py/__main__.py"), content).unwrap();
         let text = "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"python\"\npath = \"py\"\nport = 8080\n";
         let m = crate::manifest::parse(text, &dir.join("fuse.toml")).unwrap();
-        let scan = scan_app(&m).unwrap();
+        let scan = scan_app(&m, None).unwrap();
         (m, scan)
     }
 
@@ -649,9 +653,18 @@ mod tests {
             &d.path().join("fuse.toml"),
         )
         .unwrap();
-        let scan = scan_app(&m).unwrap();
-        let files: Vec<&str> = scan.files.iter().map(|(p, _)| p).collect();
+        let scan = scan_app(&m, None).unwrap();
+        let files: Vec<&str> = scan.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(files, ["app", "app/app.jar", "app/lib", "app/lib/dep.jar"]);
+        // the Class-Path jar is a layer of its own, below the app's code
+        let names: Vec<&str> = scan.parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["deps", "app"]);
+        let t = scan.tree("deps", 7).unwrap();
+        let deps: Vec<&str> = t.iter().map(|(p, _)| p).collect();
+        assert_eq!(deps, ["app", "app/lib", "app/lib/dep.jar"]);
+        let t = scan.tree("app", 7).unwrap();
+        let code: Vec<&str> = t.iter().map(|(p, _)| p).collect();
+        assert_eq!(code, ["app", "app/app.jar"]);
         assert!(
             scan.java_packages.contains("java.sql"),
             "{:?}",
@@ -675,9 +688,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.jar.as_ref().unwrap().main, "app.jar");
-        let scan = scan_app(&m).unwrap();
-        assert!(scan.files.get("app/README").is_some());
-        assert!(scan.files.get("app/lib/other.jar").is_some());
+        let scan = scan_app(&m, None).unwrap();
+        assert!(scan.entries.iter().any(|e| e.path == "app/README"));
+        assert!(scan.entries.iter().any(|e| e.path == "app/lib/other.jar"));
         assert!(
             scan.java_packages.contains("java.sql"),
             "{:?}",
@@ -690,7 +703,7 @@ mod tests {
             &d.path().join("fuse.toml"),
         )
         .unwrap();
-        let scan = scan_app(&m).unwrap();
+        let scan = scan_app(&m, None).unwrap();
         assert!(
             !scan.java_packages.contains("java.sql"),
             "{:?}",
@@ -773,19 +786,19 @@ mod tests {
         let text = "[image]\nname = \"b\"\nversion = \"1\"\n[app]\nkind = \"binary\"\npath = \"app.bin\"\nport = 8080\n";
         let m = crate::manifest::parse(text, &d.path().join("fuse.toml")).unwrap();
         // A file kind: the artifact's digest; an ELF file that is not one is refused.
-        assert!(scan_app(&m).is_err());
+        assert!(scan_app(&m, None).is_err());
         std::fs::write(d.path().join("app.bin"), b"bytes").unwrap();
-        let e = format!("{:#}", scan_app(&m).unwrap_err());
+        let e = format!("{:#}", scan_app(&m, None).unwrap_err());
         assert!(e.contains("needs an ELF executable"), "{e}");
         let app = d.path().join("py");
         std::fs::create_dir_all(app.join("pkg")).unwrap();
         std::fs::write(app.join("pkg/__init__.py"), "x = 1\n").unwrap();
         let text = "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"python\"\npath = \"py\"\nargs = [\"-m\", \"pkg\"]\nport = 8080\n";
         let m = crate::manifest::parse(text, &d.path().join("fuse.toml")).unwrap();
-        let scan = scan_app(&m).unwrap();
+        let scan = scan_app(&m, None).unwrap();
         assert_eq!(scan.sha256, scan.listing_sha256);
-        assert!(scan.files.get("app/pkg/__init__.py").is_some());
+        assert!(scan.entries.iter().any(|e| e.path == "app/pkg/__init__.py"));
         std::fs::write(app.join("pkg/__init__.py"), "x = 2\n").unwrap();
-        assert_ne!(scan_app(&m).unwrap().sha256, scan.sha256);
+        assert_ne!(scan_app(&m, None).unwrap().sha256, scan.sha256);
     }
 }

@@ -551,7 +551,7 @@ pub(crate) mod tests {
         std::fs::write(r.join("lib/b c.jar"), jar_of(&[], &[])).unwrap();
         std::fs::write(r.join("lib/d.jar"), jar_of(&[], &[])).unwrap();
         std::fs::write(r.join("lib/unnamed.jar"), jar_of(&[], &[])).unwrap();
-        let cp = class_path_closure(r, "app.jar").unwrap();
+        let cp = class_path_closure(r, "app.jar", None).unwrap();
         assert_eq!(
             cp.entries,
             ["classes/", "lib/a.jar", "lib/b c.jar", "lib/d.jar"]
@@ -563,7 +563,7 @@ pub(crate) mod tests {
             jar_of(&["Class-Path: ../../up.jar"], &[]),
         )
         .unwrap();
-        let e = format!("{:#}", class_path_closure(r, "app.jar").unwrap_err());
+        let e = format!("{:#}", class_path_closure(r, "app.jar", None).unwrap_err());
         assert!(e.contains("lib/d.jar") && e.contains("../../up.jar"), "{e}");
     }
 

@@ -20,8 +20,8 @@ pub struct Locked {
 
 /// Scan the app (its one reading) and obtain the lock.
 pub fn lock(m: &Manifest, opts: Options) -> Result<Locked> {
-    let app = app::scan_app(m)?;
     let session = Session::open()?;
+    let app = app::scan_app(m, Some(&session.store))?;
     let (lock, changed) = obtain_lock(&session, m, &app, opts)?;
     Ok(Locked {
         app,

@@ -294,14 +294,10 @@ pub fn layer_tree(
         java_modules = trim_jre(&mut tree, jre, debs)?;
     }
     if let Some(a) = &i.app {
-        if a.listing_sha256 != app.listing_sha256 {
+        if app.part(&i.name).map(|p| &p.listing_sha256) != Some(&a.listing_sha256) {
             bail!("internal error: the app changed between planning and building");
         }
-        let mut files = app.files.clone();
-        for (_, n) in files.iter_mut() {
-            n.mtime = epoch;
-        }
-        tree.merge(&files)?;
+        tree.merge(&app.tree(&i.name, epoch)?)?;
     }
     Ok(Layer {
         name: i.name.clone(),

@@ -39,12 +39,17 @@ fn run(
     img: &Image,
     kind: &str,
     who_: &str,
+    json: bool,
 ) -> Result<u8> {
     let (mut target, mut switch) = deploy::connect(spec)?;
     let req = Request { kind, who: who_ };
     match deploy::deploy(project, spec, img, &req, target.as_mut(), switch.as_mut()) {
         Ok(e) => {
             let d = e.deploy.as_ref().context("no deployment record")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+                return Ok(0);
+            }
             for s in &d.servers {
                 println!(
                     "{} {} {}",
@@ -88,7 +93,14 @@ pub fn deploy(args: &DeployArgs) -> Result<u8> {
     Images::open(&default_data_dir()?)?
         .add_file(&img.path, &img.digest, &img.meta.name, &img.meta.version)
         .context("cannot keep the image in the local store")?;
-    run(&project, &spec, &img, "deploy", &who(args.who.as_deref()))
+    run(
+        &project,
+        &spec,
+        &img,
+        "deploy",
+        &who(args.who.as_deref()),
+        args.json,
+    )
 }
 
 pub fn rollback(args: &RollbackArgs) -> Result<u8> {
@@ -108,5 +120,12 @@ pub fn rollback(args: &RollbackArgs) -> Result<u8> {
         img.meta.version,
         img.digest
     );
-    run(&project, &spec, &img, "rollback", &who(args.who.as_deref()))
+    run(
+        &project,
+        &spec,
+        &img,
+        "rollback",
+        &who(args.who.as_deref()),
+        args.json,
+    )
 }

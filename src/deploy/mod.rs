@@ -7,6 +7,7 @@
 //! ledger. A failure before the switch destroys the new servers and leaves the old ones
 //! serving; a gate failure is [`GateFailed`] (exit 5). See docs/deploy.md.
 
+pub mod aws;
 pub mod gates;
 pub mod haproxy;
 pub mod libvirt;
@@ -34,6 +35,19 @@ pub fn connect(env: &EnvSpec) -> Result<(Box<dyn Target>, Box<dyn Switch>)> {
             Ok((
                 Box::new(libvirt::Libvirt::new(&env.libvirt)),
                 Box::new(haproxy::Haproxy::new(h)),
+            ))
+        }
+        "aws" => {
+            let t = env.aws.clone().with_context(|| {
+                format!(
+                    "environment {}: [env.{}.aws] is missing",
+                    env.name, env.name
+                )
+            })?;
+            let spec = aws::AwsSpec::from_table(&env.name, &t)?;
+            Ok((
+                Box::new(aws::ec2::Ec2::new(&env.name, spec.clone())),
+                Box::new(aws::ec2::TargetGroup::new(&env.name, &spec)),
             ))
         }
         other => bail!(

@@ -66,7 +66,8 @@ pub struct ClassPath {
 /// becomes /app) and of the jars it names, the way the JVM does for `java -jar`: each
 /// entry is a URL relative to the directory of the jar naming it. Entries leaving `root`
 /// (`../x.jar`, absolute URLs) are an error: the image has nothing there.
-pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
+/// `main_bytes`: the main jar's bytes when the caller has read them already (not read again).
+pub fn class_path_closure(root: &Path, main: &str, main_bytes: Option<&[u8]>) -> Result<ClassPath> {
     let mut out = ClassPath::default();
     // Symlinks are followed by every later reader (is_dir, read_dir, read): what an entry
     // names is checked on its real path, not lexically.
@@ -77,8 +78,12 @@ pub fn class_path_closure(root: &Path, main: &str) -> Result<ClassPath> {
     let mut todo = vec![main.to_string()];
     while let Some(jar) = todo.pop() {
         let path = root.join(&jar);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = match main_bytes.filter(|_| jar == main) {
+            Some(b) => b.to_vec(),
+            None => {
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+            }
+        };
         let entries = jar_class_path(&bytes)
             .with_context(|| format!("cannot read the manifest of {}", path.display()))?;
         let dir = jar.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
@@ -191,25 +196,31 @@ mod tests {
         // conf -> a host directory (lexically "conf/", inside the app).
         std::os::unix::fs::symlink(host.path(), root.join("conf")).unwrap();
         std::fs::write(root.join("app.jar"), jar_naming("conf/")).unwrap();
-        let e = format!("{:#}", class_path_closure(root, "app.jar").unwrap_err());
+        let e = format!(
+            "{:#}",
+            class_path_closure(root, "app.jar", None).unwrap_err()
+        );
         assert!(e.contains("outside") && e.contains("conf/"), "{e}");
         // lib/x.jar through a symlinked lib directory.
         std::fs::remove_file(root.join("conf")).unwrap();
         std::os::unix::fs::symlink(host.path(), root.join("lib")).unwrap();
         std::fs::write(root.join("app.jar"), jar_naming("lib/x.jar")).unwrap();
-        let e = format!("{:#}", class_path_closure(root, "app.jar").unwrap_err());
+        let e = format!(
+            "{:#}",
+            class_path_closure(root, "app.jar", None).unwrap_err()
+        );
         assert!(e.contains("outside"), "{e}");
         // A jar symlink to a host file.
         std::fs::remove_file(root.join("lib")).unwrap();
         std::os::unix::fs::symlink(host.path().join("x.jar"), root.join("y.jar")).unwrap();
         std::fs::write(root.join("app.jar"), jar_naming("y.jar")).unwrap();
-        assert!(class_path_closure(root, "app.jar").is_err());
+        assert!(class_path_closure(root, "app.jar", None).is_err());
         // A symlink that stays inside the app directory is followed as before.
         std::fs::remove_file(root.join("y.jar")).unwrap();
         std::fs::create_dir(root.join("real-conf")).unwrap();
         std::os::unix::fs::symlink("real-conf", root.join("conf")).unwrap();
         std::fs::write(root.join("app.jar"), jar_naming("conf/")).unwrap();
-        let cp = class_path_closure(root, "app.jar").unwrap();
+        let cp = class_path_closure(root, "app.jar", None).unwrap();
         assert_eq!(cp.entries, ["conf/"]);
     }
 }

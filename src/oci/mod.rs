@@ -263,6 +263,7 @@ pub fn chunks(disk: &[u8]) -> Result<Vec<Chunk>> {
             }
         }
         let bytes = &disk[r.clone()];
+        let first_esp_chunk = out.len();
         let files = if p.type_guid == esp_type {
             fat_extents(bytes)
         } else {
@@ -296,6 +297,9 @@ pub fn chunks(disk: &[u8]) -> Result<Vec<Chunk>> {
                 range: r.start + at..r.end,
             });
         }
+        if p.type_guid == esp_type {
+            out = split_fixed(out, first_esp_chunk, ESP_CHUNK);
+        }
         pos = r.end;
     }
     if pos < disk.len() {
@@ -312,6 +316,35 @@ pub fn chunks(disk: &[u8]) -> Result<Vec<Chunk>> {
         });
     }
     Ok(out)
+}
+
+/// Size of the fixed pieces the ESP's chunks are cut into: the UKI changes with every layer's
+/// root hash (they are in its initramfs) while its stub and kernel do not, and those
+/// unchanged pieces are blobs the registry already has.
+pub const ESP_CHUNK: usize = 256 << 10;
+
+/// `chunks[from..]` with every chunk longer than `size` cut into pieces of `size` bytes
+/// (the last one shorter), counted from the chunk's start; named `<name>#<n>`.
+fn split_fixed(mut chunks: Vec<Chunk>, from: usize, size: usize) -> Vec<Chunk> {
+    let tail = chunks.split_off(from);
+    for c in tail {
+        if c.range.len() <= size {
+            chunks.push(c);
+            continue;
+        }
+        let mut at = c.range.start;
+        let mut n = 0;
+        while at < c.range.end {
+            let end = (at + size).min(c.range.end);
+            chunks.push(Chunk {
+                name: format!("{}#{n}", c.name),
+                range: at..end,
+            });
+            at = end;
+            n += 1;
+        }
+    }
+    chunks
 }
 
 /// Where the backup GPT (entry array, then header in the last sector) starts, from the
@@ -705,6 +738,35 @@ mod tests {
             }],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn long_esp_chunks_are_cut_into_fixed_pieces_so_a_change_at_the_end_sends_one() {
+        let c = vec![
+            Chunk {
+                name: "gpt-header".into(),
+                range: 0..100,
+            },
+            Chunk {
+                name: "fuse-esp/uki".into(),
+                range: 100..100 + 3 * ESP_CHUNK + 5,
+            },
+        ];
+        let out = split_fixed(c, 1, ESP_CHUNK);
+        let names: Vec<&str> = out.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "gpt-header",
+                "fuse-esp/uki#0",
+                "fuse-esp/uki#1",
+                "fuse-esp/uki#2",
+                "fuse-esp/uki#3"
+            ]
+        );
+        assert_eq!(out[1].range, 100..100 + ESP_CHUNK);
+        assert_eq!(out[4].range.len(), 5);
+        assert_eq!(out[4].range.end, 100 + 3 * ESP_CHUNK + 5);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub struct Versions {
 }
 
 /// v1/v2/v3 built once per test run.
-fn versions() -> &'static Versions {
+pub fn versions() -> &'static Versions {
     static V: OnceLock<Versions> = OnceLock::new();
     V.get_or_init(|| {
         let root = tmp_root().join("deploy-versions");
@@ -300,6 +300,27 @@ fn domains() -> Vec<String> {
         .collect()
 }
 
+/// Prints the steps of the last deployment with their times (where a deploy spends them).
+fn print_steps(what: &str, dir: &Path, data: &Path) {
+    let e = envs_json(dir, data);
+    let steps = e["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|l| l["deploy"]["steps"].as_array().cloned())
+        .unwrap_or_default();
+    let line: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.1}s",
+                s["step"].as_str().unwrap_or("?"),
+                s["ms"].as_f64().unwrap_or(0.0) / 1000.0
+            )
+        })
+        .collect();
+    eprintln!("{what}: {}", line.join(", "));
+}
+
 fn envs_json(dir: &Path, data: &Path) -> serde_json::Value {
     let o = fuse_in(dir, data, &["envs", "--json"], &[]);
     assert!(o.status.success(), "envs: {}", text(&o.stderr));
@@ -335,11 +356,16 @@ impl Drop for DomainsGuard {
     }
 }
 
+/// Held by each test that starts servers or counts them: the errors test's "nothing
+/// started" compares every libvirt domain before and after.
+static SERVERS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn errors_are_clear_and_nothing_starts() {
     let Some(_libvirt) = libvirt_ready() else {
         return;
     };
+    let _servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
     let v = versions();
     let h = Haproxy::start();
     let dir = tempfile::tempdir().unwrap();
@@ -404,6 +430,7 @@ fn blue_green_deploy_gates_and_rollback() {
     let Some(_libvirt) = libvirt_ready() else {
         return;
     };
+    let _servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
     let _domains = DomainsGuard;
     let v = versions();
     let h = Haproxy::start();
@@ -426,6 +453,7 @@ fn blue_green_deploy_gates_and_rollback() {
         .collect();
     assert_eq!(v1_servers.len(), 2);
     eprintln!("deploy v1: {:.0}s", t.elapsed().as_secs_f64());
+    print_steps("deploy v1", dir.path(), &data);
 
     // v2 under load: zero failed requests, answers move from v1 to v2, v1's domains gone.
     let t = Instant::now();
@@ -439,6 +467,7 @@ fn blue_green_deploy_gates_and_rollback() {
         ok.len(),
         bad.len()
     );
+    print_steps("deploy v2", dir.path(), &data);
     assert!(bad.is_empty(), "failed requests during deploy v2: {bad:?}");
     assert!(
         ok.len() as f64 >= 10.0 * secs * 0.5,
@@ -456,6 +485,7 @@ fn blue_green_deploy_gates_and_rollback() {
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(err.contains("gate") && err.contains("app exited"), "{err}");
+    print_steps("deploy v3", dir.path(), &data);
     assert!(bad.is_empty(), "failed requests during deploy v3: {bad:?}");
     assert!(ok.iter().all(|a| a == "v2 teal"), "{ok:?}");
     let v3_short = &v.digests[2]["sha256:".len().."sha256:".len() + 12];

@@ -2,6 +2,7 @@
 //! boots under QEMU + OVMF, reproducibility, hostile input. One test binary, modules per area.
 
 mod apps;
+mod aws;
 mod boot;
 mod build;
 mod ci;
@@ -11,6 +12,7 @@ mod export;
 mod fixture;
 mod hostile;
 mod inspect;
+mod layers;
 mod libs;
 mod lock;
 mod native;
