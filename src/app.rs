@@ -200,9 +200,7 @@ impl AppScan {
             .with_context(|| format!("internal error: the app has no layer {name}"))?;
         let idx: Vec<usize> = part.entries.clone();
         // read side by side: the files of a cold build's dependency layer are many
-        let read = crate::pool::map(&idx, crate::pool::default_workers(), |&i| {
-            self.entries[i].bytes()
-        });
+        let read = crate::pool::map(&idx, build_workers(), |&i| self.entries[i].bytes());
         let mut t = Tree::new();
         for (&i, r) in idx.iter().zip(read) {
             let e = &self.entries[i];
@@ -698,7 +696,7 @@ impl Walk<'_> {
     /// are kept for the rest of the build.
     fn hash_pending(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let read = crate::pool::map(&pending, crate::pool::default_workers(), |(_, p, _)| {
+        let read = crate::pool::map(&pending, build_workers(), |(_, p, _)| {
             std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
         });
         for ((i, p, stat), r) in pending.into_iter().zip(read) {
@@ -1032,6 +1030,12 @@ fn retarget_venv(entries: &mut Vec<Entry>, venv: &str, version: &str) -> Result<
         data: Arc::new(OnceLock::from(bytes)),
     };
     Ok(())
+}
+
+/// The build's worker count (`FUSE_JOBS`); an unusable value is the build's error (reported
+/// before any file is read), so here it falls back to one.
+fn build_workers() -> usize {
+    crate::pool::build_workers().unwrap_or(1)
 }
 
 #[cfg(test)]

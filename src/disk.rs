@@ -490,7 +490,40 @@ pub fn parse_meta(json: &[u8]) -> Result<ImageMeta> {
         ),
         None => anyhow::bail!("image.json has no format version"),
     }
-    serde_json::from_value(v).context("image.json does not match format 1")
+    let meta: ImageMeta =
+        serde_json::from_value(v).context("image.json does not match format 1")?;
+    check_name_version(&meta.name, &meta.version).context("image.json")?;
+    Ok(meta)
+}
+
+/// An image's name `[a-z0-9-]+` and version `[A-Za-z0-9._+~-]+` (at most 128): what every
+/// reader of image.json checks before a name or version goes into a file name, a VMDK
+/// descriptor, a tag or a terminal (`pull`, `export`, `inspect`, `run`, `test`, `promote`
+/// all read image.json through [`parse_meta`]).
+pub fn check_name_version(name: &str, version: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        anyhow::bail!(
+            "the name {:?} must be [a-z0-9-]+ (at most 128)",
+            crate::util::text::one_line(name)
+        );
+    }
+    if version.is_empty()
+        || version.len() > 128
+        || !version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+    {
+        anyhow::bail!(
+            "the version {:?} must be [A-Za-z0-9._+~-]+ (at most 128)",
+            crate::util::text::one_line(version)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

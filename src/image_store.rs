@@ -108,26 +108,13 @@ pub struct Collected {
     pub kept: usize,
 }
 
-/// `name:version` with name `[a-z0-9-]+` and version `[A-Za-z0-9._+~-]+`.
+/// `name:version` with name `[a-z0-9-]+` and version `[A-Za-z0-9._+~-]+`
+/// ([`crate::disk::check_name_version`]).
 pub fn check_tag(tag: &str) -> Result<(&str, &str)> {
     let Some((name, version)) = tag.split_once(':') else {
         bail!("tag {tag:?} is not NAME:VERSION");
     };
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        bail!("tag {tag:?}: the name must be [a-z0-9-]+");
-    }
-    if version.is_empty()
-        || version.len() > 128
-        || !version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
-    {
-        bail!("tag {tag:?}: the version must be [A-Za-z0-9._+~-]+ (at most 128)");
-    }
+    crate::disk::check_name_version(name, version).with_context(|| format!("tag {tag:?}"))?;
     Ok((name, version))
 }
 

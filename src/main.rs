@@ -55,7 +55,9 @@ fn main() -> ExitCode {
         // Every error is 2, a failed verification (fuse::inspect::VerificationFailed)
         // included: 1 means "differences found" and comes only as Ok(1).
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Messages quote untrusted text (image.json, archives): no terminal escapes.
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", fuse::util::text::for_terminal(&msg));
             ExitCode::from(2)
         }
     }

@@ -6,6 +6,7 @@
 //! that cannot be spawned is simply not used (the calling thread works too), and a panic
 //! in one item is that item's error, not the process's.
 
+use anyhow::{bail, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -16,6 +17,20 @@ pub fn default_workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 8)
+}
+
+/// Workers for a build (the threads that read the app's files and packages, write layers and
+/// compress the initramfs' core at once): `FUSE_JOBS` when set (a whole number from 1 to 64; anything
+/// else is an error), else [`default_workers`].
+pub fn build_workers() -> Result<usize> {
+    match std::env::var("FUSE_JOBS") {
+        Err(std::env::VarError::NotPresent) => Ok(default_workers()),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(n),
+            _ => bail!("FUSE_JOBS={v:?}: expected a whole number of workers from 1 to 64"),
+        },
+        Err(e) => bail!("FUSE_JOBS: {e}"),
+    }
 }
 
 /// `f` over every item on at most `workers` threads (the caller's included); `Err` holds the

@@ -194,9 +194,6 @@ pub fn choose_accel(wanted: &str) -> Result<&'static str> {
 /// Options for one boot of an image.
 pub struct BootSpec<'a> {
     pub image: &'a Path,
-    /// QEMU's block driver for the image file: raw, qcow2, vmdk or vpc (see
-    /// [`crate::export::Format::qemu_driver`]).
-    pub disk_format: &'a str,
     /// A writable copy of OVMF_VARS.
     pub vars: &'a Path,
     pub code: &'a Path,
@@ -253,8 +250,7 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
         b.vars.display()
     ));
     c.arg("-drive").arg(format!(
-        "if=none,id=disk0,format={},readonly=on,file={}",
-        b.disk_format,
+        "if=none,id=disk0,format=raw,readonly=on,file={}",
         b.image.display()
     ));
     c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
@@ -334,64 +330,63 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The file QEMU boots and its block driver: the image itself when QEMU reads its format
-/// (raw, qcow2, vmdk, vhd), else its raw disk (OVA, GCE tar.gz) written into `tmp`.
-pub fn bootable_disk(
-    image_path: &std::path::Path,
-    format: crate::export::Format,
-    raw: Vec<u8>,
-    tmp: &std::path::Path,
-) -> Result<(std::path::PathBuf, &'static str)> {
-    match format.qemu_driver() {
-        Some(driver) => Ok((
-            std::fs::canonicalize(image_path)
-                .with_context(|| format!("cannot resolve {}", image_path.display()))?,
-            driver,
-        )),
-        None => {
-            let p = tmp.join("disk.raw");
-            std::fs::write(&p, &raw).with_context(|| format!("cannot write {}", p.display()))?;
-            Ok((p, "raw"))
-        }
-    }
+/// The file QEMU boots: `raw` (the verified raw disk) written to `tmp/disk.raw` (created
+/// new, mode 0600). Never the user's file, which could change after it was verified or be a
+/// wrapper QEMU reads differently from fuse (a VMDK parent, a VHD sized by CHS), and never
+/// a path QEMU would parse options out of (a comma in `file=`).
+pub fn bootable_disk(raw: &[u8], tmp: &Path) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = tmp.join("disk.raw");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .with_context(|| format!("cannot create {}", p.display()))?;
+    f.write_all(raw)
+        .and_then(|_| f.flush())
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(p)
 }
 
 /// An image as `fuse run` and `fuse test` take it: a file of any format or a store reference,
-/// opened, its image.json read and its digest computed.
+/// read once and verified as `fuse inspect` verifies it; `opened.raw` holds exactly the
+/// bytes that were verified, and only those are booted ([`Launch`]).
 pub struct OpenedImage {
     pub path: PathBuf,
     pub opened: crate::export::Opened,
+    /// image.json, verified against the disk (the UKI's boot plan, the layers).
     pub meta: crate::disk::ImageMeta,
     /// `sha256:` of the raw disk.
     pub digest: String,
 }
 
-/// Open IMAGE (a file, else a reference into the local image store); `config`, when given,
-/// must be readable.
+/// Open IMAGE (a file, else a reference into the local image store) and verify it (a
+/// failure is a [`crate::inspect::VerificationFailed`] error); `config`, when given, must be
+/// readable.
 pub fn open_image(image: &Path, config: Option<&Path>) -> Result<OpenedImage> {
     let path = if image.is_file() {
         image.to_path_buf()
     } else {
         crate::image_store::resolve_image_ref(&image.to_string_lossy())?
     };
-    let opened = crate::export::detect_and_open(&path)?;
-    let meta = crate::disk::read_meta(&opened.raw)
-        .with_context(|| format!("{} is not a fuse image", path.display()))?;
-    let digest = format!("sha256:{}", crate::digest::sha256_hex(&opened.raw));
     if let Some(cfg) = config {
         std::fs::metadata(cfg)
             .with_context(|| format!("cannot read config file {}", cfg.display()))?;
     }
+    let (opened, img) = crate::inspect::load(&path)?;
+    let meta = img.verified(&path.display().to_string())?.clone();
     Ok(OpenedImage {
         path,
         opened,
         meta,
-        digest,
+        digest: img.digest,
     })
 }
 
 /// A QEMU command ready to start, with what it needs in a private temp dir: a copy of
-/// OVMF's vars, the disk QEMU reads ([`bootable_disk`]) and a QMP socket. stdin is null and
+/// OVMF's vars, the verified raw disk QEMU reads ([`bootable_disk`]) and a QMP socket. stdin is null and
 /// the console (stdout) piped.
 pub struct Launch {
     pub tmp: tempfile::TempDir,
@@ -417,11 +412,10 @@ impl Launch {
             .with_context(|| format!("cannot copy {}", vars_template.display()))?;
         let qmp = tmp.path().join("qmp.sock");
         let accel = choose_accel(accel)?;
-        let (image, disk_format) =
-            bootable_disk(&img.path, img.opened.format, img.opened.raw, tmp.path())?;
+        let image = bootable_disk(&img.opened.raw, tmp.path())?;
+        drop(img);
         let spec = BootSpec {
             image: &image,
-            disk_format,
             vars: &vars,
             code: &code,
             accel,
@@ -840,6 +834,58 @@ fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 3 of issue 25: `run`/`test` handed QEMU the user's file (a VMDK whose parent
+    /// QEMU would read, a file that could change after the check). What QEMU gets is a
+    /// private raw copy of exactly the verified bytes, and an image that fails verification
+    /// is refused before anything is launched.
+    #[test]
+    fn run_and_test_boot_a_private_copy_of_the_verified_bytes() {
+        use crate::export::{self, Format};
+        use crate::inspect::fixture;
+        use std::os::unix::fs::PermissionsExt;
+        if !crate::testutil::require(
+            qemu_binary().is_ok() && ovmf().is_ok(),
+            "QEMU or OVMF is not installed",
+        ) {
+            return;
+        }
+        let f = fixture::build(b"app", |_| {});
+        let dir = tempfile::tempdir().unwrap();
+        // A comma in the name: QEMU would parse what follows as -drive options.
+        let path = dir.path().join("hello,format=qcow2.vmdk");
+        let vmdk = export::export(Format::Vmdk, &f.disk, "hello-1.0.0").unwrap();
+        std::fs::write(&path, &vmdk).unwrap();
+        let img = open_image(&path, None).unwrap();
+        assert_eq!(img.opened.format, Format::Vmdk);
+        let launch = Launch::new(img, "tcg", 256, &[], None).unwrap();
+        // The user's file changes after the check: what boots does not.
+        std::fs::write(&path, b"changed").unwrap();
+        let args: Vec<String> = launch
+            .cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let drive = args.iter().find(|a| a.contains("id=disk0")).unwrap();
+        assert!(drive.contains(",format=raw,"), "{drive}");
+        let file = Path::new(drive.split("file=").nth(1).unwrap());
+        assert!(file.starts_with(launch.tmp.path()), "{drive}");
+        assert_eq!(std::fs::read(file).unwrap(), f.disk);
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // An image whose image.json differs from what boots (the kernel command line in
+        // the UKI) fails verification: open_image refuses it.
+        let bad = fixture::build(b"app", |m| m.kernel.cmdline = "init=/bin/sh".into());
+        let bad_path = dir.path().join("bad.img");
+        std::fs::write(&bad_path, &bad.disk).unwrap();
+        let e = open_image(&bad_path, None).err().unwrap();
+        assert!(
+            e.downcast_ref::<crate::inspect::VerificationFailed>()
+                .is_some(),
+            "{e:#}"
+        );
+    }
 
     #[test]
     fn exit_code_is_read_from_console() {

@@ -434,3 +434,29 @@ fn fuzz_jar_zip_reader() {
         let _ = fuse::runtimes::jar_class_path(b);
     });
 }
+
+#[test]
+fn fuzz_export_wrappers() {
+    // Every wrapper fuse reads (issue 25: VMDK, qcow2, VHD, OVA, GCE tar.gz), around a small
+    // GPT-looking disk whose primary header names its last sector as the backup's.
+    let mut raw = vec![0u8; 256 << 10];
+    raw[..64].fill(7);
+    raw[512..520].copy_from_slice(b"EFI PART");
+    raw[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+    let last = (raw.len() / 512 - 1) as u64;
+    raw[512 + 32..512 + 40].copy_from_slice(&last.to_le_bytes());
+    raw[100_000] = 1;
+    let d = [5u8; 32];
+    use fuse::export::{gce, ova, qcow2, vhd, vmdk};
+    let seeds = vec![
+        qcow2::write(&raw).unwrap(),
+        vmdk::write_sparse(&raw, "x.vmdk", &d).unwrap(),
+        vmdk::write_stream(&raw, "x.vmdk", &d).unwrap(),
+        vhd::write(&raw, &d).unwrap(),
+        ova::write(&raw, "hello-1.0.0", &d).unwrap(),
+        gce::write(&raw).unwrap(),
+    ];
+    run("export-wrappers", seeds, |b| {
+        let _ = fuse::export::open(b.to_vec());
+    });
+}

@@ -683,18 +683,9 @@ pub fn build_units(
     })
 }
 
-/// Workers for a build's jobs (the threads that read packages, write layers and compress
-/// the initramfs' core at once): `FUSE_JOBS` when set (a whole number from 1 to 64; anything
-/// else is an error), else [`crate::pool::default_workers`].
+/// Workers for a build's jobs: [`crate::pool::build_workers`] (`FUSE_JOBS`).
 pub fn workers() -> Result<usize> {
-    match std::env::var("FUSE_JOBS") {
-        Err(std::env::VarError::NotPresent) => Ok(crate::pool::default_workers()),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=64).contains(&n) => Ok(n),
-            _ => bail!("FUSE_JOBS={v:?}: expected a whole number of workers from 1 to 64"),
-        },
-        Err(e) => bail!("FUSE_JOBS: {e}"),
-    }
+    crate::pool::build_workers()
 }
 
 /// A piece of a build's remaining work ([`build_units`]).

@@ -3,75 +3,16 @@
 //! two images differ, 2 on any error, a failed verification included.
 
 use crate::cli::{InspectArgs, SbomKind};
-use crate::export;
 use crate::inspect::{
-    self, diff, render, verify, DiffJson, Image, InspectJson, SbomFormat, VerificationFailed,
+    self, diff, render, verify, DiffJson, InspectJson, SbomFormat, VerificationFailed,
 };
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
-/// Read an image file of any format fuse exports (the raw disk inside it) and its beside
-/// copy of image.json (`<stem>.json`), then verify.
-fn load(path: &Path) -> Result<(Vec<u8>, Image)> {
-    let t = Instant::now();
-    let file_size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the image {}", path.display()))?
-        .len();
-    let opened = export::detect_and_open(path)?;
-    let disk = opened.raw;
-    let beside_path = export::beside_json(path);
-    let beside = if beside_path != path && beside_path.is_file() {
-        let b = std::fs::read(&beside_path)
-            .with_context(|| format!("cannot read {}", beside_path.display()))?;
-        let name = beside_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Some((name, b))
-    } else {
-        None
-    };
-    let mut img = verify::read(
-        &disk,
-        beside.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    if opened.format != export::Format::Raw {
-        img.report.check(format!(
-            "{} container read: raw disk of {} bytes",
-            opened.format,
-            disk.len()
-        ));
-        if let Some(recorded) = &opened.recorded_digest {
-            img.report.check(format!(
-                "digest recorded in the {} container",
-                opened.format
-            ));
-            if *recorded != img.digest {
-                img.report.fail(
-                    format!("{} container", opened.format),
-                    format!(
-                        "records {recorded}, the raw disk inside it is {}",
-                        img.digest
-                    ),
-                );
-            }
-        }
-        img.wrapper = Some(verify::Wrapper {
-            format: opened.format.name().into(),
-            file_size,
-        });
-    }
-    tracing::debug!(
-        "{}: read and verified in {:.3}s",
-        path.display(),
-        t.elapsed().as_secs_f64()
-    );
-    Ok((disk, img))
-}
-
+/// Writes `text` to stdout, control characters from the image (terminal escapes) escaped.
 fn print(text: &str) -> Result<()> {
+    let text = crate::util::text::for_terminal(text);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
@@ -103,10 +44,11 @@ fn both_failed(a: VerificationFailed, b: VerificationFailed) -> VerificationFail
 
 pub fn run(a: &InspectArgs) -> Result<u8> {
     let name = a.image.display().to_string();
-    let (disk, mut img) = load(&a.image)?;
+    let (opened, mut img) = inspect::load(&a.image)?;
+    let disk = opened.raw;
     if let Some(new) = &a.new {
         let new_name = new.display().to_string();
-        let (_, new_img) = load(new)?;
+        let (_, new_img) = inspect::load(new)?;
         let (old_meta, new_meta) = match (img.verified(&name), new_img.verified(&new_name)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e.into()),

@@ -79,17 +79,6 @@ impl Format {
             Format::Gce => "tar.gz",
         }
     }
-
-    /// QEMU's block driver for the format, when QEMU reads it in place.
-    pub fn qemu_driver(self) -> Option<&'static str> {
-        match self {
-            Format::Raw => Some("raw"),
-            Format::Qcow2 => Some("qcow2"),
-            Format::Vmdk => Some("vmdk"),
-            Format::Vhd => Some("vpc"),
-            Format::Ova | Format::Gce => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Format {

@@ -221,20 +221,33 @@ fn attribute(xml: &str, tag: &str, attr: &str) -> Option<String> {
 /// disk the descriptor's first file reference names (a VMDK).
 pub fn read(file: &[u8]) -> Result<Opened> {
     let entries = tarball::read(file, |_| true)?;
-    let (ovf_name, ovf) = entries
-        .iter()
-        .find(|(n, _)| n.ends_with(".ovf"))
-        .context("OVA without an .ovf descriptor")?;
+    let only = |ext: &str| -> Result<Option<&(String, Vec<u8>)>> {
+        let mut it = entries.iter().filter(|(n, _)| n.ends_with(ext));
+        let first = it.next();
+        ensure!(it.next().is_none(), "OVA with more than one {ext} file");
+        Ok(first)
+    };
+    let (ovf_name, ovf) = only(".ovf")?.context("OVA without an .ovf descriptor")?;
     let ovf = String::from_utf8_lossy(ovf).into_owned();
-    if let Some((mf_name, mf)) = entries.iter().find(|(n, _)| n.ends_with(".mf")) {
+    if let Some((mf_name, mf)) = only(".mf")? {
+        // Every line names one member and its digest; every member but the manifest (and
+        // a certificate signing it) is listed exactly once.
+        let mut listed = std::collections::BTreeSet::new();
         for line in String::from_utf8_lossy(mf).lines() {
-            let Some((lhs, want)) = line.split_once("= ") else {
+            if line.trim().is_empty() {
                 continue;
+            }
+            let parsed = line.split_once(")= ").and_then(|(lhs, want)| {
+                let (alg, name) = lhs.split_once('(')?;
+                Some((alg, name, want.trim()))
+            });
+            let Some((alg, name, want)) = parsed else {
+                bail!("{mf_name}: cannot parse the line {line:?}");
             };
-            let Some((alg, rest)) = lhs.split_once('(') else {
-                bail!("{mf_name}: bad line {line:?}");
-            };
-            let name = rest.trim_end_matches(')');
+            ensure!(
+                listed.insert(name.to_string()),
+                "{mf_name} lists {name} twice"
+            );
             let data = &entries
                 .iter()
                 .find(|(n, _)| n == name)
@@ -249,9 +262,14 @@ pub fn read(file: &[u8]) -> Result<Opened> {
                 other => bail!("{mf_name}: digest {other} is not supported"),
             };
             ensure!(
-                got.eq_ignore_ascii_case(want.trim()),
-                "{name}: {alg} is {got}, {mf_name} says {}",
-                want.trim()
+                got.eq_ignore_ascii_case(want),
+                "{name}: {alg} is {got}, {mf_name} says {want}"
+            );
+        }
+        for (n, _) in &entries {
+            ensure!(
+                n == mf_name || n.ends_with(".cert") || listed.contains(n),
+                "{mf_name} does not list {n}"
             );
         }
     }
@@ -263,10 +281,17 @@ pub fn read(file: &[u8]) -> Result<Opened> {
         .with_context(|| format!("{ovf_name} references {href}, which the OVA does not hold"))?
         .1;
     let raw = vmdk::read(disk).with_context(|| format!("cannot read {href}"))?;
-    let recorded_digest = ovf
-        .split("fuse image sha256:")
-        .nth(1)
-        .map(|s| format!("sha256:{}", &s[..s.find('<').unwrap_or(s.len())]));
+    let recorded_digest = match ovf.split("fuse image sha256:").nth(1) {
+        None => None,
+        Some(s) => {
+            let hex = &s[..s.find('<').unwrap_or(s.len())];
+            ensure!(
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{ovf_name} records a malformed image digest"
+            );
+            Some(format!("sha256:{hex}"))
+        }
+    };
     Ok(Opened {
         raw,
         recorded_digest,
@@ -308,6 +333,38 @@ mod tests {
         let n = bad.len();
         bad[n - 2048] ^= 0xff;
         assert!(read(&bad).is_err());
+        // Finding 5: duplicate members, and a manifest leaving a member out or with lines
+        // it cannot parse.
+        let entries = tarball::read(&ova[..], |_| true).unwrap();
+        let pack = |e: &[(String, Vec<u8>)]| {
+            let v: Vec<(&str, &[u8])> = e.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+            tarball::write(&v, tarball::Flavour::Ustar).unwrap()
+        };
+        assert_eq!(read(&pack(&entries)).unwrap().raw, raw);
+        let mut dup = entries.clone();
+        dup.push((
+            entries[2].0.clone(),
+            vmdk::write_stream(&sample(4096 * 1024), "x", &d).unwrap(),
+        ));
+        let e = format!("{:#}", read(&pack(&dup)).err().unwrap());
+        assert!(e.contains("twice"), "{e}");
+        let mf = String::from_utf8(entries[1].1.clone()).unwrap();
+        for bad_mf in [
+            mf.lines().next().unwrap().to_string() + "\n",
+            mf.clone() + "garbage line\n",
+            mf.clone() + "SHA256 (x)= 00\n",
+        ] {
+            let mut e = entries.clone();
+            e[1].1 = bad_mf.into_bytes();
+            assert!(
+                read(&pack(&e)).is_err(),
+                "{}",
+                String::from_utf8_lossy(&e[1].1)
+            );
+        }
+        let mut extra = entries.clone();
+        extra.push(("notes.txt".into(), b"x".to_vec()));
+        assert!(format!("{:#}", read(&pack(&extra)).err().unwrap()).contains("does not list"));
         let ovf = descriptor("a<b", "d.vmdk", 1, 2, "00");
         assert!(ovf.contains("vmw:value=\"efi\"") && ovf.contains("a&lt;b"));
         // VirtualBox's firmware setting, and its disk attachment naming the OVF disk's uuid.

@@ -174,20 +174,34 @@ pub fn write(raw: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn be32(b: &[u8], at: usize) -> Result<u32> {
+fn be32(b: &[u8], at: u64) -> Result<u32> {
+    let at = usize::try_from(at)?;
     Ok(u32::from_be_bytes(
-        b.get(at..at + 4).context("qcow2 truncated")?.try_into()?,
+        b.get(at..at.checked_add(4).context("qcow2 offset overflows")?)
+            .context("qcow2 truncated")?
+            .try_into()?,
     ))
 }
 
-fn be64(b: &[u8], at: usize) -> Result<u64> {
+fn be64(b: &[u8], at: u64) -> Result<u64> {
+    let at = usize::try_from(at)?;
     Ok(u64::from_be_bytes(
-        b.get(at..at + 8).context("qcow2 truncated")?.try_into()?,
+        b.get(at..at.checked_add(8).context("qcow2 offset overflows")?)
+            .context("qcow2 truncated")?
+            .try_into()?,
     ))
 }
+
+/// The most guest bytes a qcow2 may describe per byte of file (beyond a fixed allowance):
+/// unallocated clusters cost nothing in the file, so the virtual size is capped to keep a
+/// small crafted file from asking for gigabytes.
+const EXPANSION: u64 = 16;
+const ALLOWANCE: u64 = 64 << 20;
 
 /// The guest disk of a qcow2 file (version 2 or 3; no backing file, encryption,
-/// compression, external data file or sub-clusters).
+/// compression, external data file or sub-clusters). Memory and time are bounded by the
+/// file's size: the virtual size is at most [`EXPANSION`] times the file plus
+/// [`ALLOWANCE`], and no cluster (L2 table or data) is referenced twice.
 pub fn read(file: &[u8]) -> Result<Vec<u8>> {
     ensure!(file.get(..4) == Some(MAGIC), "not a qcow2 file");
     let version = be32(file, 4)?;
@@ -217,31 +231,41 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
             "qcow2 incompatible features {incompatible:#x} are not supported"
         );
     }
-    let size_usize = usize::try_from(size).context("qcow2 virtual size too large")?;
     ensure!(
-        size <= file.len() as u64 * 4096 + (1 << 30),
+        size <= (file.len() as u64).saturating_mul(EXPANSION) + ALLOWANCE,
         "qcow2 virtual size {size} is implausible for a {}-byte file",
         file.len()
     );
+    let size_usize = usize::try_from(size).context("qcow2 virtual size too large")?;
     let l2_entries = cluster / 8;
+    let tables = size.div_ceil(cluster * l2_entries);
     ensure!(
-        l1_entries >= size.div_ceil(cluster * l2_entries),
+        l1_entries >= tables,
         "qcow2 L1 table too small for the virtual size"
     );
     let mut raw = vec![0u8; size_usize];
     let guest_clusters = size.div_ceil(cluster);
-    for t in 0..l1_entries {
-        let l1e = be64(file, (l1_offset + t * 8) as usize)?;
+    let mut seen = std::collections::HashSet::new();
+    for t in 0..tables {
+        let l1e = be64(file, l1_offset.saturating_add(t * 8))?;
         let l2_off = l1e & OFFSET_MASK;
         if l2_off == 0 {
             continue;
         }
+        ensure!(
+            l2_off.is_multiple_of(cluster),
+            "qcow2 L2 table offset {l2_off} is not cluster-aligned"
+        );
+        ensure!(
+            seen.insert(l2_off),
+            "qcow2 cluster at {l2_off} is referenced twice"
+        );
         for j in 0..l2_entries {
             let g = t * l2_entries + j;
             if g >= guest_clusters {
                 break;
             }
-            let e = be64(file, (l2_off + j * 8) as usize)?;
+            let e = be64(file, l2_off + j * 8)?;
             ensure!(
                 e & COMPRESSED == 0,
                 "compressed qcow2 clusters are not supported"
@@ -250,10 +274,18 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
             if host == 0 || (version == 3 && e & ZERO != 0) {
                 continue;
             }
+            ensure!(
+                host.is_multiple_of(cluster),
+                "qcow2 data cluster offset {host} is not cluster-aligned"
+            );
+            ensure!(
+                seen.insert(host),
+                "qcow2 cluster at {host} is referenced twice"
+            );
             let start = (g * cluster) as usize;
             let len = (cluster as usize).min(size_usize - start);
             let src = file
-                .get(host as usize..host as usize + len)
+                .get(host as usize..(host as usize).saturating_add(len))
                 .with_context(|| format!("qcow2 data cluster at {host} beyond the file"))?;
             raw[start..start + len].copy_from_slice(src);
         }
@@ -283,6 +315,39 @@ mod tests {
         // 40,000+ clusters need two refcount blocks of 32768 entries
         assert_eq!(l.refcount_block_count, 2);
         assert_eq!(l.total, l.data + 40_000);
+    }
+
+    /// Finding 8: a 192 KiB qcow2 whose L2 entries all point at one cluster expanded to
+    /// 1.84 GB in 4.7 s.
+    #[test]
+    fn clusters_referenced_twice_and_huge_sizes_are_refused() {
+        let raw = sample(8 << 20);
+        let q = write(&raw).unwrap();
+        let l1 = be64(&q, 40).unwrap();
+        let l2 = be64(&q, l1).unwrap() & OFFSET_MASK;
+        let first = be64(&q, l2).unwrap();
+        assert_ne!(first, 0);
+        let mut bad = q.clone();
+        for j in 0..(8 << 20) / CLUSTER {
+            let at = (l2 + j * 8) as usize;
+            bad[at..at + 8].copy_from_slice(&first.to_be_bytes());
+        }
+        let e = format!("{:#}", read(&bad).unwrap_err());
+        assert!(e.contains("referenced twice"), "{e}");
+        // A virtual size of 1.84 GB in a file of a few hundred KiB.
+        let mut big = q.clone();
+        big[24..32].copy_from_slice(&1_840_000_000u64.to_be_bytes());
+        let t = std::time::Instant::now();
+        assert!(format!("{:#}", read(&big).unwrap_err()).contains("implausible"));
+        assert!(t.elapsed().as_secs() < 3);
+        // An L1 table of 2^32 entries is not walked entry by entry.
+        let mut wide = q.clone();
+        wide[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(read(&wide).unwrap(), raw);
+        // Offsets near u64::MAX: errors, never panics.
+        let mut far = q.clone();
+        far[40..48].copy_from_slice(&(u64::MAX - 3).to_be_bytes());
+        assert!(read(&far).is_err());
     }
 
     #[test]

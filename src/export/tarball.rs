@@ -37,26 +37,38 @@ pub fn write(entries: &[(&str, &[u8])], flavour: Flavour) -> Result<Vec<u8>> {
     b.into_inner().context("cannot finish the tar archive")
 }
 
-/// Every regular file of a tar stream, (name, bytes), in archive order; `want` decides
-/// which entries' bytes are kept (the others are skipped, not held in memory).
+/// Every member of a tar stream, (name, bytes), in archive order; `want` decides which
+/// entries' bytes are kept (the others are skipped, not held in memory). Strict, so that
+/// every tar reader sees the same files: only regular files (no links, directories,
+/// long-name or pax headers), names without `/`, each name once.
 pub fn read<R: Read>(r: R, want: impl Fn(&str) -> bool) -> Result<Vec<(String, Vec<u8>)>> {
     let mut a = tar::Archive::new(r);
     let mut out = Vec::new();
-    for e in a.entries().context("not a tar archive")? {
+    let mut names = std::collections::BTreeSet::new();
+    for e in a.entries().context("not a tar archive")?.raw(true) {
         let mut e = e.context("bad tar entry")?;
-        if e.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let name = e
-            .path()
-            .context("bad tar entry name")?
-            .to_string_lossy()
-            .into_owned();
-        let name = name.trim_start_matches("./").to_string();
+        let name = String::from_utf8(e.path_bytes().into_owned())
+            .ok()
+            .filter(|n| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
+            .with_context(|| {
+                format!(
+                    "tar member {:?}: only plain file names are allowed",
+                    String::from_utf8_lossy(&e.path_bytes())
+                )
+            })?;
+        anyhow::ensure!(
+            e.header().entry_type() == tar::EntryType::Regular,
+            "tar member {name:?} is of type {:?}, not a regular file",
+            e.header().entry_type()
+        );
+        anyhow::ensure!(
+            names.insert(name.clone()),
+            "tar member {name:?} appears twice (readers disagree on which one counts)"
+        );
         if !want(&name) {
             continue;
         }
-        let mut data = Vec::with_capacity(e.size().min(1 << 30) as usize);
+        let mut data = Vec::with_capacity(e.size().min(1 << 24) as usize);
         e.read_to_end(&mut data)
             .with_context(|| format!("cannot read {name} from the tar archive"))?;
         out.push((name, data));

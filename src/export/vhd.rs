@@ -105,7 +105,29 @@ pub fn is_vhd(file: &[u8]) -> bool {
     file.len() >= FOOTER && &file[file.len() - FOOTER..file.len() - FOOTER + 8] == COOKIE
 }
 
-/// The disk of a fixed VHD (the footer checked).
+/// The sectors QEMU's vpc driver gives a disk with this footer: the current size when the
+/// creator application is one it trusts for that ("win ", "qem2", "d2v ", "CTXS", "tap\0")
+/// or the geometry is the maximum, else cylinders x heads x sectors per track.
+fn qemu_sectors(f: &[u8]) -> Result<u64> {
+    let current = u64::from_be_bytes(f.get(48..56).context("VHD footer")?.try_into()?) / 512;
+    let creator = f.get(28..32).context("VHD footer")?;
+    let chs = u64::from(u16::from_be_bytes(
+        f.get(56..58).context("VHD footer")?.try_into()?,
+    )) * u64::from(f[58])
+        * u64::from(f[59]);
+    let trusts_size = [b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"]
+        .iter()
+        .any(|c| &c[..] == creator);
+    Ok(if trusts_size || chs == 65535 * 16 * 255 {
+        current
+    } else {
+        chs
+    })
+}
+
+/// The disk of a fixed VHD (the footer checked). Refused when another reader would see
+/// other bytes: QEMU sizing the disk by its CHS geometry to other than the current size,
+/// or taking a copy of a footer at the start of the file for a dynamic disk's.
 pub fn read(file: &[u8]) -> Result<&[u8]> {
     ensure!(is_vhd(file), "no VHD footer (cookie \"conectix\")");
     let f = &file[file.len() - FOOTER..];
@@ -125,6 +147,19 @@ pub fn read(file: &[u8]) -> Result<&[u8]> {
     ensure!(
         size == data as u64,
         "VHD current size {size} does not match the {data} bytes before the footer"
+    );
+    let seen = qemu_sectors(f)?.saturating_mul(512);
+    ensure!(
+        seen == size,
+        "VHD creator {:?} with geometry {}x{}x{} makes QEMU see a {seen}-byte disk, the footer says {size}",
+        String::from_utf8_lossy(&f[28..32]),
+        u16::from_be_bytes([f[56], f[57]]),
+        f[58],
+        f[59]
+    );
+    ensure!(
+        data < FOOTER || &file[..8] != COOKIE,
+        "the VHD's disk starts with a footer cookie (QEMU would read it as a dynamic disk)"
     );
     file.get(..data).context("VHD truncated")
 }
@@ -146,6 +181,36 @@ mod tests {
         let n = bad.len();
         bad[n - 512 + 50] ^= 1;
         assert!(format!("{:#}", read(&bad).unwrap_err()).contains("checksum"));
+    }
+
+    /// Finding 12: a creator QEMU does not trust for the size makes it size the disk by
+    /// CHS, rounded down (the backup GPT cut off).
+    #[test]
+    fn a_footer_qemu_would_size_differently_is_refused() {
+        let raw = vec![3u8; 20 * 1024 * 1024];
+        let v = write(&raw, &[1; 32]).unwrap();
+        assert!(read(&v).is_ok());
+        let n = v.len() - FOOTER;
+        let mut bad = v.clone();
+        bad[n + 28..n + 32].copy_from_slice(b"vpc ");
+        let sum = checksum(&bad[n..]);
+        bad[n + 64..n + 68].copy_from_slice(&sum.to_be_bytes());
+        // 602 x 4 x 17 sectors = 20.0 MiB - 20 KiB: QEMU would see less.
+        let e = format!("{:#}", read(&bad).unwrap_err());
+        assert!(e.contains("QEMU see"), "{e}");
+        // The same creator with a geometry that multiplies to the size is fine.
+        let mut ok = v.clone();
+        ok[n + 28..n + 32].copy_from_slice(b"vpc ");
+        ok[n + 56..n + 58].copy_from_slice(&640u16.to_be_bytes());
+        ok[n + 58] = 4;
+        ok[n + 59] = 16;
+        let sum = checksum(&ok[n..]);
+        ok[n + 64..n + 68].copy_from_slice(&sum.to_be_bytes());
+        assert!(read(&ok).is_ok());
+        // A footer cookie at the start: QEMU would take the file for a dynamic disk.
+        let mut dynamic = v.clone();
+        dynamic[..8].copy_from_slice(COOKIE);
+        assert!(read(&dynamic).is_err());
     }
 
     #[test]

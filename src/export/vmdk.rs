@@ -255,110 +255,266 @@ pub fn write_stream(raw: &[u8], file_name: &str, digest: &[u8; 32]) -> Result<Ve
 fn le32(b: &[u8], at: u64) -> Result<u32> {
     let at = usize::try_from(at)?;
     Ok(u32::from_le_bytes(
-        b.get(at..at + 4).context("VMDK truncated")?.try_into()?,
+        b.get(at..at.checked_add(4).context("VMDK offset overflows")?)
+            .context("VMDK truncated")?
+            .try_into()?,
     ))
 }
 
 fn le64(b: &[u8], at: u64) -> Result<u64> {
     let at = usize::try_from(at)?;
     Ok(u64::from_le_bytes(
-        b.get(at..at + 8).context("VMDK truncated")?.try_into()?,
+        b.get(at..at.checked_add(8).context("VMDK offset overflows")?)
+            .context("VMDK truncated")?
+            .try_into()?,
     ))
+}
+
+fn le16(b: &[u8], at: u64) -> Result<u16> {
+    let at = usize::try_from(at)?;
+    Ok(u16::from_le_bytes(
+        b.get(at..at.checked_add(2).context("VMDK offset overflows")?)
+            .context("VMDK truncated")?
+            .try_into()?,
+    ))
+}
+
+/// A SparseExtentHeader as read (at the start of the file, or in a stream-optimized
+/// extent's footer).
+#[derive(Debug, PartialEq, Eq)]
+struct ReadHeader {
+    version: u32,
+    flags: u32,
+    capacity: u64,
+    grain_sectors: u64,
+    descriptor_offset: u64,
+    descriptor_size: u64,
+    gtes: u32,
+    rgd_offset: u64,
+    gd_offset: u64,
+    overhead: u64,
+    compress: u16,
+}
+
+impl ReadHeader {
+    fn parse(file: &[u8], at: u64) -> Result<ReadHeader> {
+        let sector = file
+            .get(usize::try_from(at)?..)
+            .and_then(|b| b.get(..SECTOR as usize))
+            .context("VMDK truncated (no whole header sector)")?;
+        ensure!(
+            sector.get(..4) == Some(MAGIC),
+            "not a VMDK sparse extent header"
+        );
+        Ok(ReadHeader {
+            version: le32(sector, 4)?,
+            flags: le32(sector, 8)?,
+            capacity: le64(sector, 12)?,
+            grain_sectors: le64(sector, 20)?,
+            descriptor_offset: le64(sector, 28)?,
+            descriptor_size: le64(sector, 36)?,
+            gtes: le32(sector, 44)?,
+            rgd_offset: le64(sector, 48)?,
+            gd_offset: le64(sector, 56)?,
+            overhead: le64(sector, 64)?,
+            compress: le16(sector, 77)?,
+        })
+    }
+}
+
+/// Bytes of the descriptor area QEMU reads (it reads 20 sectors from the descriptor
+/// offset, whatever the header's descriptor size, and searches the text with strstr).
+fn descriptor_area(file: &[u8]) -> Result<&[u8]> {
+    ensure!(file.get(..4) == Some(MAGIC), "not a VMDK sparse extent");
+    let off = le64(file, 28)?;
+    if off == 0 {
+        return Ok(&[]);
+    }
+    let len = le64(file, 36)?.max(DESCRIPTOR_SECTORS);
+    let start = off.saturating_mul(SECTOR).min(file.len() as u64);
+    let end = off
+        .saturating_add(len)
+        .saturating_mul(SECTOR)
+        .min(file.len() as u64);
+    file.get(start as usize..end as usize)
+        .context("VMDK descriptor beyond the file")
 }
 
 /// The embedded descriptor text of a hosted sparse extent.
 pub fn read_descriptor(file: &[u8]) -> Result<String> {
-    ensure!(file.get(..4) == Some(MAGIC), "not a VMDK sparse extent");
-    let off = le64(file, 28)?.saturating_mul(SECTOR);
-    let len = le64(file, 36)?.saturating_mul(SECTOR);
-    let bytes = file
-        .get(off as usize..off.saturating_add(len).min(file.len() as u64) as usize)
-        .context("VMDK descriptor beyond the file")?;
+    let bytes = descriptor_area(file)?;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
+/// Refuses a descriptor with anything that would make another reader (QEMU, VMware) read
+/// bytes other than this file's grains: a parent (`parentFileNameHint`, which QEMU finds
+/// anywhere in the descriptor area, or a `parentCID` other than ffffffff), more than one
+/// extent, an extent of another kind or size than the header's, or control characters.
+fn check_descriptor(file: &[u8], capacity: u64) -> Result<()> {
+    let area = descriptor_area(file)?;
+    let hint = b"parentFileNameHint";
+    ensure!(
+        !area
+            .windows(hint.len())
+            .any(|w| w.eq_ignore_ascii_case(hint)),
+        "VMDK descriptor names a parent disk (parentFileNameHint): not a whole image"
+    );
+    let text = read_descriptor(file)?;
+    let mut extents = 0;
+    for line in text.lines() {
+        let l = line.trim();
+        ensure!(
+            !l.chars().any(|c| c.is_control() && c != '\t' && c != '\r'),
+            "VMDK descriptor line {l:?} has control characters"
+        );
+        if let Some((k, v)) = l.split_once('=') {
+            let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+            if k.eq_ignore_ascii_case("parentCID") {
+                ensure!(
+                    v.eq_ignore_ascii_case("ffffffff"),
+                    "VMDK descriptor has parentCID={v} (a parent disk): not a whole image"
+                );
+            }
+            if k.eq_ignore_ascii_case("createType") {
+                ensure!(
+                    v == "monolithicSparse" || v == "streamOptimized",
+                    "VMDK createType {v:?} is not a single-file sparse disk"
+                );
+            }
+        }
+        let mut words = l.split_whitespace();
+        if matches!(words.next(), Some("RW" | "RDONLY" | "NOACCESS")) {
+            extents += 1;
+            let size = words.next().and_then(|s| s.parse::<u64>().ok());
+            let kind = words.next();
+            ensure!(
+                size == Some(capacity) && kind == Some("SPARSE"),
+                "VMDK extent line {l:?} does not describe this file's {capacity} sectors"
+            );
+        }
+    }
+    ensure!(
+        extents <= 1,
+        "VMDK with {extents} extents is not a single-file disk"
+    );
+    Ok(())
+}
+
+/// The most guest bytes a VMDK may describe per byte of file (beyond a fixed allowance):
+/// sparse grains cost nothing in the file, so the virtual size is capped to keep a small
+/// crafted file from asking for gigabytes.
+const EXPANSION: u64 = 16;
+const ALLOWANCE: u64 = 64 << 20;
+
 /// The guest disk of a single-file hosted sparse VMDK (monolithicSparse or streamOptimized).
+/// Memory and time are bounded by the file's size: the virtual size is at most
+/// [`EXPANSION`] times the file plus [`ALLOWANCE`], and no grain is referenced twice.
 pub fn read(file: &[u8]) -> Result<Vec<u8>> {
     ensure!(
         file.get(..4) == Some(MAGIC),
         "not a VMDK sparse extent (a descriptor-only VMDK with separate extent files is not supported)"
     );
-    let version = le32(file, 4)?;
+    let mut h = ReadHeader::parse(file, 0)?;
     ensure!(
-        (1..=3).contains(&version),
-        "VMDK version {version} is not supported"
+        (1..=3).contains(&h.version),
+        "VMDK version {} is not supported",
+        h.version
     );
-    let desc = read_descriptor(file)?;
-    let extents = desc
-        .lines()
-        .filter(|l| {
-            let l = l.trim_start();
-            l.starts_with("RW ") || l.starts_with("RDONLY ") || l.starts_with("NOACCESS ")
-        })
-        .count();
-    ensure!(
-        extents <= 1,
-        "VMDK with {extents} extents is not a single-file disk"
-    );
-    let mut flags = le32(file, 8)?;
-    let capacity = le64(file, 12)?;
-    let grain_sectors = le64(file, 20)?;
-    let gtes = le32(file, 44)? as u64;
-    let mut gd_offset = le64(file, 56)?;
-    let compress = u16::from_le_bytes([file[77], file[78]]);
-    if gd_offset == GD_AT_END {
+    if h.gd_offset == GD_AT_END {
         // The footer: a footer marker, a copy of the header with the real gdOffset, EOS.
-        ensure!(file.len() >= 3 * SECTOR as usize, "VMDK truncated");
+        // QEMU takes the whole header from the footer: every field but gdOffset must agree.
+        ensure!(
+            file.len() >= 3 * SECTOR as usize && file.len().is_multiple_of(SECTOR as usize),
+            "stream-optimized VMDK truncated (not whole sectors)"
+        );
         let footer = file.len() as u64 - 2 * SECTOR;
         ensure!(
             le32(file, footer - SECTOR + 12)? == MARKER_FOOTER,
             "stream-optimized VMDK without its footer marker"
         );
         ensure!(
-            file.get(footer as usize..footer as usize + 4) == Some(MAGIC),
-            "stream-optimized VMDK footer has no header"
-        );
-        ensure!(
             le32(file, footer + SECTOR + 12)? == MARKER_EOS && le64(file, footer + SECTOR)? == 0,
             "stream-optimized VMDK without its end-of-stream marker"
         );
-        gd_offset = le64(file, footer + 56)?;
-        flags = le32(file, footer + 8)?;
+        let f = ReadHeader::parse(file, footer)
+            .context("stream-optimized VMDK footer has no header")?;
+        let gd = f.gd_offset;
+        ensure!(
+            ReadHeader {
+                gd_offset: GD_AT_END,
+                ..f
+            } == h,
+            "stream-optimized VMDK footer disagrees with its header (capacity {} vs {}): \
+             readers would see different disks",
+            f.capacity,
+            h.capacity
+        );
+        h.gd_offset = gd;
     }
+    let ReadHeader {
+        flags,
+        capacity,
+        grain_sectors,
+        gtes,
+        gd_offset,
+        compress,
+        ..
+    } = h;
+    let gtes = gtes as u64;
     ensure!(
         (1..=2048).contains(&grain_sectors) && (1..=65536).contains(&gtes),
         "VMDK grain size {grain_sectors} or table size {gtes} out of range"
     );
+    check_descriptor(file, capacity)?;
+    // QEMU decides compression by compressAlgorithm and markers by the flag: both must say
+    // the same as the flags fuse reads.
     let compressed = flags & FLAG_COMPRESSED != 0;
     ensure!(
-        !compressed || compress == 1,
-        "VMDK compression {compress} is not supported"
+        (compressed && compress == 1) || (!compressed && compress == 0),
+        "VMDK compression {compress} with flags {flags:#x} is not supported"
     );
     ensure!(
-        capacity <= (file.len() as u64).saturating_mul(1024) / SECTOR + (1 << 21),
+        compressed == (flags & FLAG_MARKERS != 0),
+        "VMDK with flags {flags:#x}: compressed grains without markers (or the reverse) are not supported"
+    );
+    let cap_bytes = capacity
+        .checked_mul(SECTOR)
+        .context("VMDK capacity overflows")?;
+    ensure!(
+        cap_bytes <= (file.len() as u64).saturating_mul(EXPANSION) + ALLOWANCE,
         "VMDK capacity {capacity} sectors is implausible for a {}-byte file",
         file.len()
     );
-    let size = usize::try_from(capacity * SECTOR).context("VMDK too large")?;
+    let size = usize::try_from(cap_bytes).context("VMDK too large")?;
     let grain = (grain_sectors * SECTOR) as usize;
     let mut raw = vec![0u8; size];
     let grains = capacity.div_ceil(grain_sectors);
     let tables = grains.div_ceil(gtes);
+    let mut seen_tables = std::collections::HashSet::new();
+    let mut seen_grains = std::collections::HashSet::new();
     for t in 0..tables {
-        let gt = le32(file, gd_offset * SECTOR + t * 4)? as u64;
+        let gt = le32(file, gd_offset.saturating_mul(SECTOR).saturating_add(t * 4))? as u64;
         if gt == 0 {
             continue;
         }
+        ensure!(
+            seen_tables.insert(gt),
+            "VMDK grain table at sector {gt} is referenced twice"
+        );
         for e in 0..gtes {
             let g = t * gtes + e;
             if g >= grains {
                 break;
             }
-            let gte = le32(file, gt * SECTOR + e * 4)? as u64;
+            let gte = le32(file, (gt * SECTOR).saturating_add(e * 4))? as u64;
             if gte == 0 || (gte == 1 && flags & FLAG_ZERO_GRAIN != 0) {
                 continue;
             }
+            ensure!(
+                seen_grains.insert(gte),
+                "VMDK grain at sector {gte} is referenced twice"
+            );
             let start = g as usize * grain;
             let len = grain.min(size - start);
             let at = gte * SECTOR;
@@ -386,7 +542,7 @@ pub fn read(file: &[u8]) -> Result<Vec<u8>> {
                 raw[start..start + n].copy_from_slice(&buf[..n]);
             } else {
                 let src = file
-                    .get(at as usize..at as usize + len)
+                    .get(at as usize..(at as usize).saturating_add(len))
                     .context("VMDK grain beyond the file")?;
                 raw[start..start + len].copy_from_slice(src);
             }
@@ -429,6 +585,101 @@ mod tests {
         let n = bad.len();
         bad[n - 512 + 12] = 7; // break the end-of-stream marker
         assert!(read(&bad).is_err());
+    }
+
+    /// Finding 7: a 64-byte file starting with KDMV panicked (index out of bounds).
+    #[test]
+    fn a_short_kdmv_file_is_an_error_not_a_panic() {
+        for len in [4, 64, 78, 79, 511, 512, 513, 1024] {
+            let mut f = vec![0u8; len];
+            f[..4].copy_from_slice(MAGIC);
+            if len >= 8 {
+                f[4] = 1;
+            }
+            assert!(read(&f).is_err(), "{len}");
+            let _ = read_descriptor(&f);
+        }
+        // A header whose offsets point anywhere: errors, never panics.
+        let v = write_sparse(&sample(1 << 20), "x.vmdk", &[1; 32]).unwrap();
+        for at in [12, 20, 28, 36, 44, 56, 64] {
+            let mut bad = v.clone();
+            bad[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            let _ = read(&bad);
+        }
+    }
+
+    fn with_descriptor(v: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let mut bad = v.to_vec();
+        let desc = read_descriptor(v).unwrap().replace(from, to);
+        assert!(desc.len() <= (DESCRIPTOR_SECTORS * SECTOR) as usize);
+        let at = SECTOR as usize;
+        bad[at..at + (DESCRIPTOR_SECTORS * SECTOR) as usize].fill(0);
+        bad[at..at + desc.len()].copy_from_slice(desc.as_bytes());
+        bad
+    }
+
+    /// Finding 3: QEMU follows a parent named in the descriptor; fuse ignored it.
+    #[test]
+    fn a_descriptor_naming_a_parent_is_refused() {
+        let v = write_sparse(&sample(1 << 20), "x.vmdk", &[1; 32]).unwrap();
+        assert!(read(&v).is_ok());
+        let hint = with_descriptor(
+            &v,
+            "createType",
+            "parentFileNameHint=\"/etc/host.vmdk\"\ncreateType",
+        );
+        let e = format!("{:#}", read(&hint).unwrap_err());
+        assert!(e.contains("parent"), "{e}");
+        let cid = with_descriptor(&v, "parentCID=ffffffff", "parentCID=12345678");
+        assert!(format!("{:#}", read(&cid).unwrap_err()).contains("parentCID"));
+        // QEMU finds the hint with strstr, even past a NUL or in a comment.
+        let mut hidden = v.clone();
+        let at = SECTOR as usize + 2048;
+        hidden[at..at + 27].copy_from_slice(b"#parentFileNameHint=\"a.vmdk");
+        assert!(read(&hidden).is_err());
+        let two = with_descriptor(&v, "# The Disk Data Base", "RW 8 FLAT \"/dev/sda\" 0\n#");
+        assert!(read(&two).is_err());
+        let flat = with_descriptor(&v, "SPARSE", "FLAT");
+        assert!(read(&flat).is_err());
+    }
+
+    /// Finding 12: QEMU reads a stream-optimized extent's header from the footer.
+    #[test]
+    fn a_footer_that_disagrees_with_the_header_is_refused() {
+        let v = write_stream(&sample(1 << 20), "x.vmdk", &[1; 32]).unwrap();
+        assert!(read(&v).is_ok());
+        let footer = v.len() - 2 * SECTOR as usize;
+        let mut bad = v.clone();
+        let cap = le64(&bad, footer as u64 + 12).unwrap();
+        bad[footer + 12..footer + 20].copy_from_slice(&(cap * 2).to_le_bytes());
+        let e = format!("{:#}", read(&bad).unwrap_err());
+        assert!(e.contains("footer disagrees"), "{e}");
+        let mut bad = v.clone();
+        bad[77] = 0; // header says uncompressed, footer compressed
+        assert!(read(&bad).is_err());
+    }
+
+    /// Finding 8: grains referenced twice expanded a small file into gigabytes.
+    #[test]
+    fn shared_grains_and_implausible_capacities_are_refused() {
+        let raw = sample(4 << 20);
+        let v = write_sparse(&raw, "x.vmdk", &[1; 32]).unwrap();
+        // Point every grain table entry of the first table at the first data grain.
+        let mut bad = v.clone();
+        let gd = le64(&v, 56).unwrap();
+        let gt = le32(&v, gd * SECTOR).unwrap() as u64;
+        let first = le32(&v, gt * SECTOR).unwrap();
+        for e in 0..64u64 {
+            put_u32(&mut bad, gt * SECTOR + e * 4, first);
+        }
+        let e = format!("{:#}", read(&bad).unwrap_err());
+        assert!(e.contains("referenced twice"), "{e}");
+        // A capacity far beyond what the file could hold.
+        let mut big = v.clone();
+        big[12..20].copy_from_slice(&(1u64 << 32).to_le_bytes());
+        let t = std::time::Instant::now();
+        assert!(read(&big).is_err());
+        assert!(t.elapsed().as_secs() < 3);
     }
 
     #[test]

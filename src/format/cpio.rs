@@ -192,6 +192,16 @@ fn parse_hex(field: &[u8], what: &str, offset: usize) -> Result<u32> {
 /// name. Block devices, FIFOs and sockets are refused: [`Tree`] cannot hold
 /// them. Every length is bounds-checked: malformed input gives an error.
 pub fn read(archive: &[u8]) -> Result<Tree> {
+    read_archives(archive, false).map(|(t, _)| t)
+}
+
+/// The first archive of `archive` (up to its trailer and the NULs after it) and the offset
+/// where what follows starts (a compressed archive in an initramfs, say).
+pub fn read_first(archive: &[u8]) -> Result<(Tree, usize)> {
+    read_archives(archive, true)
+}
+
+fn read_archives(archive: &[u8], first_only: bool) -> Result<(Tree, usize)> {
     let mut tree = Tree::new();
     // (devmajor, devminor, ino) -> paths of regular-file members sharing it.
     let mut links: BTreeMap<(u32, u32, u32), Vec<String>> = BTreeMap::new();
@@ -203,7 +213,7 @@ pub fn read(archive: &[u8]) -> Result<Tree> {
             while pos < archive.len() && archive[pos] == 0 {
                 pos += 1;
             }
-            if pos >= archive.len() {
+            if pos >= archive.len() || first_only {
                 break;
             }
             saw_trailer = false;
@@ -344,7 +354,7 @@ pub fn read(archive: &[u8]) -> Result<Tree> {
         tree.insert(&path, node)
             .with_context(|| format!("cpio: cannot add member {name:?}"))?;
     }
-    Ok(tree)
+    Ok((tree, pos))
 }
 
 #[cfg(test)]

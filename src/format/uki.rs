@@ -396,14 +396,14 @@ pub fn read_sections(pe: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
     use std::process::Command;
 
     /// A small synthetic PE32+ EFI application: .text and .data, a fake COFF
     /// symbol table after the last section, and a certificate table at the end.
-    fn synthetic(with_cert: bool) -> Vec<u8> {
+    pub(crate) fn synthetic(with_cert: bool) -> Vec<u8> {
         let mut b = vec![0u8; 0x400];
         b[0..2].copy_from_slice(b"MZ");
         wr32(&mut b, 0x3c, 0x80);

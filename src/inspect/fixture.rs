@@ -64,6 +64,17 @@ pub(crate) fn build_with(
     app_layer: Tree,
     doctor: impl FnOnce(&mut ImageMeta),
 ) -> Fixture {
+    build_full(app, app_layer, |_| {}, doctor)
+}
+
+/// As [`build_with`], with `plan_doctor` changing the boot plan the UKI carries (and
+/// image.json's initramfs and UKI digests following it, as an attacker would fix them).
+pub(crate) fn build_full(
+    app: &[u8],
+    app_layer: Tree,
+    plan_doctor: impl FnOnce(&mut crate::layers::BootPlan),
+    doctor: impl FnOnce(&mut ImageMeta),
+) -> Fixture {
     let opts = squashfs::Options {
         mkfs_time: 1_700_000_000,
         ..Default::default()
@@ -77,7 +88,7 @@ pub(crate) fn build_with(
         ("app", app_layer, vec![]),
     ];
     let mut layer_bytes = Vec::new();
-    let mut layers = Vec::new();
+    let mut layers: Vec<LayerMeta> = Vec::new();
     for (name, tree, packages) in &trees {
         let fs = squashfs::write(tree, &opts).unwrap();
         let (b, v) = crate::format::verity::partition(&fs);
@@ -95,10 +106,70 @@ pub(crate) fn build_with(
         });
         layer_bytes.push(b);
     }
-    // A real (tiny) PE, so the signature check reads it; its section holds a marker text.
-    let mut uki = crate::format::authenticode::tests::tiny_pe();
-    let marker = b"stand-in for a unified kernel image";
-    uki[0x200..0x200 + marker.len()].copy_from_slice(marker);
+    let cmdline = "console=ttyS0,115200 panic=-1 quiet";
+    for l in layers.iter_mut() {
+        l.partuuid = Some(format!(
+            "00000000-0000-4000-8000-00000000000{}",
+            l.name.len()
+        ));
+    }
+    let app_meta = AppMeta {
+        kind: "binary".into(),
+        argv: vec!["/app/hello".into()],
+        workdir: "/app".into(),
+        env: [("PORT".to_string(), "8080".to_string())]
+            .into_iter()
+            .collect(),
+        uid: 1000,
+        gid: 1000,
+        port: 8080,
+        health_http: Some("/".into()),
+        env_args: None,
+        stop_timeout: Some(30),
+        writable: Vec::new(),
+        x86_64_level: None,
+    };
+    // The boot plan the UKI carries: what image.json says (before `doctor` changes it).
+    let plan = crate::layers::BootPlan {
+        format: 1,
+        hostname: "hello".into(),
+        modules: vec!["virtio_blk".into()],
+        device_modules: vec![],
+        layers: layers.iter().map(|l| l.name.clone()).collect(),
+        fs_type: "squashfs".into(),
+        verity: layers
+            .iter()
+            .map(|l| {
+                let v = l.verity.as_ref().unwrap();
+                (
+                    l.name.clone(),
+                    crate::layers::LayerVerity {
+                        partuuid: l.partuuid.clone().unwrap(),
+                        data_blocks: v.data_blocks,
+                        hash_start_block: v.hash_start_block(),
+                        root_hash: v.root_hash.clone(),
+                        salt: v.salt.clone(),
+                    },
+                )
+            })
+            .collect(),
+        app: crate::layers::AppPlan {
+            argv: app_meta.argv.clone(),
+            workdir: app_meta.workdir.clone(),
+            env: app_meta.env.clone(),
+            uid: app_meta.uid,
+            gid: app_meta.gid,
+            env_args: None,
+            stop_timeout: 30,
+            writable: vec![],
+        },
+    };
+    let mut plan = plan;
+    plan_doctor(&mut plan);
+    let initrd = boot_initrd(&plan, &[]);
+    // A real-shaped UKI (synthetic stub, .cmdline, .linux, .initrd) so the boot plan is
+    // read from it; .linux holds a marker text.
+    let uki = uki_with(cmdline, &initrd);
     let mut meta = ImageMeta {
         format: 1,
         name: "hello".into(),
@@ -116,7 +187,7 @@ pub(crate) fn build_with(
         kernel: KernelMeta {
             package: pkg("linux-image-6.1.0-50-amd64", "6.1.170-1", Some("GPL-2")),
             release: "6.1.0-50-amd64".into(),
-            cmdline: "console=ttyS0,115200 panic=-1 quiet".into(),
+            cmdline: cmdline.into(),
             modules: vec!["virtio_blk".into()],
         },
         boot: BootMeta {
@@ -127,27 +198,12 @@ pub(crate) fn build_with(
             ),
             uki_sha256: sha256_hex(&uki),
             uki_size: uki.len() as u64,
-            initramfs_sha256: "2".repeat(64),
-            initramfs_size: 1000,
+            initramfs_sha256: sha256_hex(&initrd),
+            initramfs_size: initrd.len() as u64,
             esp_size: 0,
             signer: None,
         },
-        app: AppMeta {
-            kind: "binary".into(),
-            argv: vec!["/app/hello".into()],
-            workdir: "/app".into(),
-            env: [("PORT".to_string(), "8080".to_string())]
-                .into_iter()
-                .collect(),
-            uid: 1000,
-            gid: 1000,
-            port: 8080,
-            health_http: Some("/".into()),
-            env_args: None,
-            stop_timeout: Some(30),
-            writable: Vec::new(),
-            x86_64_level: None,
-        },
+        app: app_meta,
         layers,
         disk_size: None,
     };
@@ -201,6 +257,39 @@ pub(crate) fn build_with(
         beside,
         meta: beside_meta,
     }
+}
+
+/// An initramfs: the boot plan's archive, then a zstd core as builds make it (by
+/// `layers::initramfs_core`, with no module) plus `core_extra` members.
+pub(crate) fn boot_initrd(plan: &crate::layers::BootPlan, core_extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let plan_tree = crate::layers::initramfs_plan(plan, 0).unwrap();
+    let kernel = crate::kernel::Kernel {
+        release: "6.1.0-test-amd64".into(),
+        vmlinuz: Default::default(),
+        modules: vec![],
+    };
+    let mut core = crate::layers::initramfs_core(b"\x7fELF init", &kernel, 0).unwrap();
+    for (p, d) in core_extra {
+        core.insert(p, Node::file(d.to_vec(), 0o644)).unwrap();
+    }
+    let core = crate::disk::write_initramfs(&core).unwrap();
+    crate::disk::join_initramfs(&plan_tree, &core).unwrap()
+}
+
+/// A UKI of the synthetic stub with `cmdline` and `initrd`.
+pub(crate) fn uki_with(cmdline: &str, initrd: &[u8]) -> Vec<u8> {
+    let mut linux = b"stand-in for a unified kernel image".to_vec();
+    linux.resize(4096, 0x90);
+    crate::format::uki::build(
+        &crate::format::uki::tests::synthetic(false),
+        &crate::format::uki::Sections {
+            osrel: b"ID=debian\n",
+            cmdline: cmdline.as_bytes(),
+            linux: &linux,
+            initrd,
+        },
+    )
+    .unwrap()
 }
 
 /// The byte range of partition `name` in `disk`.

@@ -15,7 +15,11 @@ pub mod verify;
 pub use verify::{Image, VerificationFailed};
 
 use crate::disk::ImageMeta;
+use crate::export;
+use anyhow::{Context, Result};
 use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
 
 /// Version of the `--json` output structure (docs/inspect.md); bumped on incompatible change.
 pub const JSON_FORMAT: u32 = 1;
@@ -111,6 +115,67 @@ pub fn sbom(disk: &[u8], img: &mut Image, format: SbomFormat) -> Option<serde_js
     })
 }
 
+/// Reads an image file of any format fuse exports (the raw disk inside it) and its beside
+/// copy of image.json (`<stem>.json`), then verifies. Never fails on what verification
+/// finds (that is in the report): only when the file cannot be read or unwrapped.
+/// `inspect`, `run` and `test` read images through it.
+pub fn load(path: &Path) -> Result<(export::Opened, Image)> {
+    let t = Instant::now();
+    let file_size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the image {}", path.display()))?
+        .len();
+    let opened = export::detect_and_open(path)?;
+    let disk = &opened.raw;
+    let beside_path = export::beside_json(path);
+    let beside = if beside_path != path && beside_path.is_file() {
+        let b = std::fs::read(&beside_path)
+            .with_context(|| format!("cannot read {}", beside_path.display()))?;
+        let name = beside_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some((name, b))
+    } else {
+        None
+    };
+    let mut img = verify::read(
+        disk,
+        beside.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    if opened.format != export::Format::Raw {
+        img.report.check(format!(
+            "{} container read: raw disk of {} bytes",
+            opened.format,
+            disk.len()
+        ));
+        if let Some(recorded) = &opened.recorded_digest {
+            img.report.check(format!(
+                "digest recorded in the {} container",
+                opened.format
+            ));
+            if *recorded != img.digest {
+                img.report.fail(
+                    format!("{} container", opened.format),
+                    format!(
+                        "records {recorded}, the raw disk inside it is {}",
+                        img.digest
+                    ),
+                );
+            }
+        }
+        img.wrapper = Some(verify::Wrapper {
+            format: opened.format.name().into(),
+            file_size,
+        });
+    }
+    tracing::debug!(
+        "{}: read and verified in {:.3}s",
+        path.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok((opened, img))
+}
+
 #[cfg(test)]
 pub(crate) mod fixture;
 
@@ -132,6 +197,134 @@ mod tests {
             .collect()
     }
 
+    /// Finding 2: what boots is the boot plan inside the UKI; a plan changed to run
+    /// /bin/sh as root (image.json's UKI and initramfs digests fixed to match) showed
+    /// `user 1000:1000` and exited 0.
+    #[test]
+    fn a_boot_plan_that_differs_from_image_json_fails_naming_the_field() {
+        let good = fixture::build(b"app", |_| {});
+        let img = verify::read(&good.disk, None);
+        assert!(img.report.ok(), "{:?}", img.report.problems);
+        let f = fixture::build_full(
+            b"app",
+            fixture::app_tree(b"app"),
+            |p| {
+                p.app.uid = 0;
+                p.app.gid = 0;
+                p.app.argv = vec!["/bin/sh".into()];
+                p.app.env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+            },
+            |_| {},
+        );
+        let img = verify::read(&f.disk, None);
+        let text = format!("{:?}", img.report.problems);
+        for field in ["app user", "app.argv", "app.env"] {
+            assert!(text.contains(field), "{field}: {text}");
+        }
+        assert!(img.verified("x").is_err());
+        // A verity root in the plan that is not the layer's.
+        let f = fixture::build_full(
+            b"app",
+            fixture::app_tree(b"app"),
+            |p| {
+                p.verity.get_mut("app").unwrap().root_hash = "0".repeat(64);
+            },
+            |_| {},
+        );
+        let text = format!("{:?}", verify::read(&f.disk, None).report.problems);
+        assert!(text.contains("verity of layer app"), "{text}");
+        // The kernel command line.
+        let f = fixture::build(b"app", |m| m.kernel.cmdline = "init=/bin/sh".into());
+        let text = format!("{:?}", verify::read(&f.disk, None).report.problems);
+        assert!(text.contains("kernel command line"), "{text}");
+    }
+
+    /// Finding 2: a file list in image.json missing `/app/hello` showed `FILES 0`, exit 0.
+    #[test]
+    fn a_file_list_that_differs_from_the_squashfs_fails() {
+        let f = fixture::build(b"app", |m| {
+            let l = m.layers.iter_mut().find(|l| l.name == "app").unwrap();
+            l.files
+                .retain(|f| f.path != "/app/hello" && f.path != "app/hello");
+        });
+        let img = verify::read(&f.disk, None);
+        assert!(
+            parts(&img).contains(&"layer app"),
+            "{:?}",
+            img.report.problems
+        );
+    }
+
+    /// A later archive in the initramfs would replace the plan when the kernel unpacks it.
+    #[test]
+    fn a_core_that_replaces_the_boot_plan_is_refused() {
+        let f = fixture::build(b"app", |_| {});
+        let plan = crate::layers::BootPlan {
+            format: 1,
+            hostname: "x".into(),
+            modules: vec![],
+            device_modules: vec![],
+            layers: vec![],
+            fs_type: "squashfs".into(),
+            verity: Default::default(),
+            app: crate::layers::AppPlan {
+                argv: vec![],
+                workdir: "/".into(),
+                env: Default::default(),
+                uid: 0,
+                gid: 0,
+                env_args: None,
+                stop_timeout: 30,
+                writable: vec![],
+            },
+        };
+        let initrd = fixture::boot_initrd(&plan, &[("fuse/boot.json", b"{}")]);
+        assert!(verify::core_leaves_plan_alone(
+            &initrd[crate::format::cpio::read_first(&initrd).unwrap().1..]
+        )
+        .is_err());
+        // The core builds make (it creates the `fuse` directory too) is fine.
+        let initrd = fixture::boot_initrd(&plan, &[]);
+        assert!(verify::core_leaves_plan_alone(
+            &initrd[crate::format::cpio::read_first(&initrd).unwrap().1..]
+        )
+        .is_ok());
+        // A `fuse` that is not that plain directory: a file, a world-writable directory.
+        for node in [
+            crate::tree::Node::file(b"x".to_vec(), 0o644),
+            crate::tree::Node::dir(0o777),
+        ] {
+            let mut core = crate::tree::Tree::new();
+            core.insert("fuse", node).unwrap();
+            let core = crate::disk::write_initramfs(&core).unwrap();
+            assert!(verify::core_leaves_plan_alone(&core).is_err());
+        }
+        drop(f);
+    }
+
+    /// Finding 1: image.json's name and version go into file names (export), the VMDK
+    /// descriptor and the terminal; an image whose embedded image.json names `../../x`, a
+    /// newline or a terminal escape fails verification (and so every command refuses it).
+    #[test]
+    fn unsafe_names_and_versions_fail_verification() {
+        for (name, version) in [
+            ("../../x", "1.0.0"),
+            ("/abs", "1.0.0"),
+            ("hello", "1.0\nparentFileNameHint=\"x\""),
+            ("hello\u{1b}[2J", "1.0.0"),
+            ("hello", ""),
+        ] {
+            let f = fixture::build(b"app", |m| {
+                m.name = name.into();
+                m.version = version.into();
+            });
+            let img = verify::read(&f.disk, None);
+            assert!(img.verified("x").is_err(), "{name:?} {version:?}");
+            assert!(parts(&img).contains(&"image.json"), "{:?}", img.report);
+            assert!(crate::disk::read_meta(&f.disk).is_err());
+        }
+    }
+
     /// The defect: a layer of directories nested thousands deep, in an image whose digests
     /// are all consistent, made `inspect --sbom` take time cubic in the depth (170 s and
     /// 481 MB at depth 12000). The squashfs reader refuses it at the tree's depth limit.
@@ -144,8 +337,10 @@ mod tests {
             p.push_str("/d");
         }
         let f = fixture::build_with(b"app v1", deep, |_| {});
+        // Plain verification reads every layer's squashfs now (its listing is compared
+        // with image.json), so the depth limit is met there.
         let mut img = verify::read(&f.disk, None);
-        assert!(img.report.ok(), "{:?}", img.report.problems);
+        assert!(!img.report.ok());
         assert!(sbom(&f.disk, &mut img, SbomFormat::Spdx).is_none());
         let all = format!("{:?}", img.report.problems);
         assert!(all.contains("nested deeper than 256"), "{all}");
@@ -276,8 +471,14 @@ mod tests {
             m.layers[1].verity.as_mut().unwrap().root_hash = "0".repeat(64)
         });
         let img = verify::read(&f.disk, None);
-        assert_eq!(parts(&img), ["layer app"], "{:?}", img.report.problems);
-        assert!(img.report.problems[0]
+        // The boot plan in the UKI holds the true root: image.json differs from it too.
+        assert_eq!(
+            parts(&img),
+            ["uki", "layer app"],
+            "{:?}",
+            img.report.problems
+        );
+        assert!(img.report.problems[1]
             .problem
             .contains("verity root hash mismatch"));
     }
@@ -488,8 +689,9 @@ mod tests {
         let f = fixture::build(b"app v1", |m| {
             m.layers[0].files.retain(|f| f.path != "/etc/passwd");
         });
+        // Plain verification compares the listing now (finding 2 of issue 25).
         let mut img = verify::read(&f.disk, None);
-        assert!(img.report.ok(), "digests alone cannot see it");
+        assert!(!img.report.ok());
         assert!(sbom(&f.disk, &mut img, SbomFormat::Spdx).is_none());
         assert_eq!(parts(&img), ["layer base"]);
         assert!(

@@ -254,6 +254,9 @@ fn read_parts(disk: &[u8]) -> Parts {
         );
     }
     check_esp(&meta, esp_bytes, &esp_tree, &mut r);
+    if let Some(uki) = esp_tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) {
+        check_boot_plan(&meta, uki, &mut r);
+    }
     let signatures = check_signature(&meta, &esp_tree, &mut r);
 
     // The partition table must be exactly the ESP and the layers, in that order.
@@ -291,7 +294,7 @@ fn read_parts(disk: &[u8]) -> Parts {
         .into_iter()
         .map(|r| r.unwrap_or_else(|p| vec![format!("internal error: the check panicked: {p}")]))
         .collect();
-    for (l, problems) in meta.layers.iter().zip(results) {
+    for (l, problems) in meta.layers.iter().zip(&results) {
         r.check(format!(
             "layer {}: {} bytes of {} match {}, zero padding after them{}",
             l.name,
@@ -304,10 +307,243 @@ fn read_parts(disk: &[u8]) -> Parts {
             }
         ));
         for p in problems {
-            r.fail(format!("layer {}", l.name), p);
+            r.fail(format!("layer {}", l.name), p.clone());
+        }
+    }
+    // What inspect prints of each layer (its files) is the listing of its squashfs: only
+    // for layers whose bytes verified (else the digest problem says enough).
+    for ((l, (_, bytes)), problems) in meta.layers.iter().zip(&checks).zip(&results) {
+        if !problems.is_empty() {
+            continue;
+        }
+        if let Some(fs) = bytes
+            .as_ref()
+            .ok()
+            .and_then(|b| usize::try_from(l.size).ok().and_then(|s| b.get(..s)))
+        {
+            check_file_list(l, fs, &mut r);
         }
     }
     (Some(meta), partitions, r, signatures)
+}
+
+/// The most bytes the initramfs' compressed core may inflate to while it is scanned.
+const CORE_LIMIT: u64 = 1 << 30;
+
+/// What boots is the UKI's `.cmdline` and the boot plan (`fuse/boot.json` in the first,
+/// uncompressed archive of `.initrd`): both are compared with image.json, field by field,
+/// so that what `inspect` prints from image.json is what runs. The compressed core after
+/// the plan must not hold anything under `fuse/` (the kernel unpacks archives in order, so
+/// a later `fuse/boot.json` would replace the plan).
+fn check_boot_plan(meta: &ImageMeta, uki: &[u8], r: &mut Report) {
+    r.check(
+        "UKI: .cmdline and the boot plan in .initrd (user, argv, env, workdir, layers, \
+         verity roots) match image.json; initramfs digest",
+    );
+    let sections = match crate::format::uki::read_sections(uki) {
+        Ok(s) => s,
+        Err(e) => return r.fail("uki", format!("cannot read its sections: {e:#}")),
+    };
+    let section = |name: &str| -> Option<&[u8]> {
+        let mut it = sections.iter().filter(|(n, _)| n == name);
+        let first = it.next();
+        match it.next() {
+            Some(_) => None,
+            None => first.map(|(_, d)| d.as_slice()),
+        }
+    };
+    let cmdline = section(".cmdline").map(|c| {
+        let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+        String::from_utf8_lossy(&c[..end]).into_owned()
+    });
+    if cmdline.as_deref() != Some(meta.kernel.cmdline.as_str()) {
+        r.fail(
+            "uki",
+            format!(
+                "kernel command line: the UKI's .cmdline is {:?}, image.json says {:?}",
+                cmdline.unwrap_or_else(|| "(none, or more than one)".into()),
+                meta.kernel.cmdline
+            ),
+        );
+    }
+    let Some(initrd) = section(".initrd") else {
+        return r.fail("uki", "no single .initrd section (the boot plan)");
+    };
+    let sha = sha256_hex(initrd);
+    if sha != meta.boot.initramfs_sha256 || initrd.len() as u64 != meta.boot.initramfs_size {
+        r.fail(
+            "uki",
+            format!(
+                "initramfs: .initrd is {} bytes with sha256 {sha}, image.json says {} bytes, {}",
+                initrd.len(),
+                meta.boot.initramfs_size,
+                meta.boot.initramfs_sha256
+            ),
+        );
+    }
+    let (plan_tree, core_at) = match crate::format::cpio::read_first(initrd) {
+        Ok(x) => x,
+        Err(e) => return r.fail("uki", format!("cannot read the boot plan archive: {e:#}")),
+    };
+    let plan: crate::layers::BootPlan = match plan_tree
+        .get("fuse/boot.json")
+        .and_then(|n| n.data())
+        .ok_or_else(|| anyhow::anyhow!("no fuse/boot.json"))
+        .and_then(|j| serde_json::from_slice(j).map_err(anyhow::Error::from))
+    {
+        Ok(p) => p,
+        Err(e) => return r.fail("uki", format!("boot plan: {e:#}")),
+    };
+    if let Err(e) = core_leaves_plan_alone(initrd.get(core_at..).unwrap_or_default()) {
+        r.fail("uki", format!("initramfs core: {e:#}"));
+    }
+    let a = &meta.app;
+    let mut diff = |field: &str, plan: String, json: String| {
+        if plan != json {
+            r.fail(
+                "uki",
+                format!("boot plan {field} is {plan}, image.json says {json}"),
+            );
+        }
+    };
+    diff(
+        "app.argv",
+        format!("{:?}", plan.app.argv),
+        format!("{:?}", a.argv),
+    );
+    diff(
+        "app.env",
+        format!("{:?}", plan.app.env),
+        format!("{:?}", a.env),
+    );
+    diff(
+        "app.workdir",
+        format!("{:?}", plan.app.workdir),
+        format!("{:?}", a.workdir),
+    );
+    diff(
+        "app user",
+        format!("{}:{}", plan.app.uid, plan.app.gid),
+        format!("{}:{}", a.uid, a.gid),
+    );
+    diff(
+        "app.env_args",
+        format!("{:?}", plan.app.env_args),
+        format!("{:?}", a.env_args),
+    );
+    diff(
+        "app.writable",
+        format!("{:?}", plan.app.writable),
+        format!("{:?}", a.writable),
+    );
+    diff(
+        "app.stop_timeout",
+        format!("{}", plan.app.stop_timeout),
+        format!(
+            "{}",
+            a.stop_timeout
+                .unwrap_or(crate::manifest::DEFAULT_STOP_TIMEOUT)
+        ),
+    );
+    diff(
+        "layers",
+        format!("{:?}", plan.layers),
+        format!(
+            "{:?}",
+            meta.layers.iter().map(|l| &l.name).collect::<Vec<_>>()
+        ),
+    );
+    for l in &meta.layers {
+        let v = plan.verity.get(&l.name);
+        let want = l.verity.as_ref().map(|v| {
+            (
+                v.root_hash.clone(),
+                v.salt.clone(),
+                v.data_blocks,
+                v.hash_start_block(),
+            )
+        });
+        let got = v.map(|v| {
+            (
+                v.root_hash.clone(),
+                v.salt.clone(),
+                v.data_blocks,
+                v.hash_start_block,
+            )
+        });
+        diff(
+            &format!("verity of layer {}", l.name),
+            format!("{got:?}"),
+            format!("{want:?}"),
+        );
+        diff(
+            &format!("partuuid of layer {}", l.name),
+            format!("{:?}", v.map(|v| &v.partuuid)),
+            format!("{:?}", l.partuuid.as_ref()),
+        );
+        diff(
+            &format!("file system of layer {}", l.name),
+            format!("{:?}", plan.fs_type),
+            format!("{:?}", l.fs),
+        );
+    }
+    if plan.verity.len() != meta.layers.len() {
+        diff(
+            "verity",
+            format!("{} layers", plan.verity.len()),
+            format!("{} layers", meta.layers.len()),
+        );
+    }
+}
+
+/// The initramfs core (zstd, then cpio) holds nothing at or under `fuse` that would
+/// replace the boot plan when the kernel unpacks it. Streamed: bounded memory, at most
+/// [`CORE_LIMIT`] bytes inflated.
+pub(crate) fn core_leaves_plan_alone(core: &[u8]) -> anyhow::Result<()> {
+    use anyhow::{bail, ensure, Context};
+    use std::io::Read;
+    if core.is_empty() {
+        return Ok(());
+    }
+    let mut z = zstd::stream::read::Decoder::new(core)
+        .context("not zstd")?
+        .take(CORE_LIMIT);
+    let mut hdr = [0u8; 110];
+    loop {
+        // Archives are 4-byte aligned; NULs pad between them.
+        match z.read(&mut hdr[..1]).context("zstd")? {
+            0 => return Ok(()),
+            _ if hdr[0] == 0 => continue,
+            _ => {}
+        }
+        z.read_exact(&mut hdr[1..])
+            .context("truncated cpio header")?;
+        ensure!(&hdr[..5] == b"07070", "not a newc cpio archive");
+        let field = |i: usize| -> anyhow::Result<usize> {
+            let t = std::str::from_utf8(&hdr[6 + 8 * i..14 + 8 * i])?;
+            Ok(usize::from_str_radix(t, 16)?)
+        };
+        let (mode, uid, gid) = (field(1)?, field(2)?, field(3)?);
+        let (filesize, namesize) = (field(6)?, field(11)?);
+        ensure!((1..=4096).contains(&namesize), "bad cpio name size");
+        let mut name = vec![0u8; namesize];
+        z.read_exact(&mut name).context("truncated cpio name")?;
+        let pad = (4 - (110 + namesize) % 4) % 4;
+        let skip = pad + filesize + (4 - filesize % 4) % 4;
+        let name = String::from_utf8_lossy(&name[..namesize - 1]).into_owned();
+        let path = name.trim_start_matches("./").trim_start_matches('/');
+        // The core makes the directory too (`layers::initramfs_core`): the same directory
+        // again (0755, root's) leaves the plan in it alone; anything else does not.
+        let plain_dir = mode == 0o040755 && uid == 0 && gid == 0 && filesize == 0;
+        if path.starts_with("fuse/") || (path == "fuse" && !plain_dir) {
+            bail!("it holds {name:?}, which would replace the boot plan");
+        }
+        let copied = std::io::copy(&mut (&mut z).take(skip as u64), &mut std::io::sink())?;
+        ensure!(copied == skip as u64, "truncated cpio member {name:?}");
+        if name == "TRAILER!!!" {
+            continue;
+        }
+    }
 }
 
 /// The UKI's Secure Boot signature: each verified against its embedded certificate and the
@@ -593,15 +829,22 @@ pub fn check_layer_files(
     layer: &disk::LayerMeta,
     report: &mut Report,
 ) -> Option<Tree> {
+    let Some(bytes) = layer_bytes(disk, img, &layer.name) else {
+        let part = format!("layer {}", layer.name);
+        report.fail(part, "its partition cannot be read");
+        return None;
+    };
+    check_file_list(layer, bytes, report)
+}
+
+/// The squashfs of a layer (its file-system bytes) read, and its listing compared with
+/// image.json's file list.
+fn check_file_list(layer: &disk::LayerMeta, bytes: &[u8], report: &mut Report) -> Option<Tree> {
     let part = format!("layer {}", layer.name);
     report.check(format!(
         "layer {}: file list of its squashfs matches image.json",
         layer.name
     ));
-    let Some(bytes) = layer_bytes(disk, img, &layer.name) else {
-        report.fail(part, "its partition cannot be read");
-        return None;
-    };
     let tree = match squashfs::read(bytes) {
         Ok(t) => t,
         Err(e) => {

@@ -19,6 +19,7 @@ mod lock;
 mod native;
 mod plan;
 mod promote;
+mod readers;
 mod registry;
 mod reliability;
 mod runtimes;
