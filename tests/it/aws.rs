@@ -226,7 +226,6 @@ fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
 
 #[test]
 fn deploy_to_aws_sends_changed_blocks_switches_the_target_group_and_rolls_back() {
-    let Some(_) = which_moto() else { return };
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("moto.jsonl");
     let Some(m) = start_moto_recording(Some(&rec)) else {
@@ -406,8 +405,4 @@ fn deploy_to_aws_sends_changed_blocks_switches_the_target_group_and_rolls_back()
     let r_ids = ids(&r);
     assert_eq!(targets(), r_ids);
     assert!(ids(&e3).iter().all(|i| state(i) == "terminated"));
-}
-
-fn which_moto() -> Option<()> {
-    require_tool("moto_server").then_some(())
 }

@@ -421,19 +421,21 @@ impl TargetGroup {
         }
     }
 
-    fn query(&mut self, action: &str, mut params: Vec<(String, String)>) -> Result<String> {
+    fn client(&mut self) -> Result<&Client> {
         if self.client.is_none() {
             self.client = Some(
                 Client::new(self.region.as_deref())
                     .with_context(|| format!("environment {}: AWS credentials", self.env))?,
             );
         }
+        self.client.as_ref().context("no AWS client")
+    }
+
+    /// A call about the target group (its ARN first among the parameters).
+    fn query(&mut self, action: &str, mut params: Vec<(String, String)>) -> Result<String> {
         params.insert(0, ("TargetGroupArn".into(), self.arn.clone()));
-        self.client.as_ref().context("no AWS client")?.query(
-            "elasticloadbalancing",
-            action,
-            &params,
-        )
+        self.client()?
+            .query("elasticloadbalancing", action, &params)
     }
 
     /// The state of `id` in the target group (healthy, initial, draining, unused...).
@@ -462,17 +464,11 @@ impl Switch for TargetGroup {
     fn check(&mut self) -> Result<()> {
         let arn = self.arn.clone();
         let env = self.env.clone();
-        let client = match self.client.take() {
-            Some(c) => c,
-            None => Client::new(self.region.as_deref())
-                .with_context(|| format!("environment {env}: AWS credentials"))?,
-        };
-        let r = client.query(
+        let r = self.client()?.query(
             "elasticloadbalancing",
             "DescribeTargetGroups",
             &[("TargetGroupArns.member.1".into(), arn.clone())],
         );
-        self.client = Some(client);
         let xml = r.with_context(|| format!("environment {env}: target group {arn}"))?;
         let doc = parse("elasticloadbalancing:DescribeTargetGroups", &xml)?;
         if !texts(doc.root(), "TargetGroupArn").contains(&arn) {

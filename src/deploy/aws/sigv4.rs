@@ -110,25 +110,9 @@ pub fn authorization(
     )
 }
 
-/// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC; days to civil date after H. Hinnant).
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC): the ledger's RFC 3339 form without separators.
 pub fn amz_date(unix: u64) -> String {
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    crate::ledger::rfc3339(unix).replace(['-', ':'], "")
 }
 
 #[cfg(test)]
