@@ -33,6 +33,11 @@ pub fn build_workers() -> Result<usize> {
     }
 }
 
+thread_local! {
+    /// Set while this thread works on a [`map`]'s items.
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `f` over every item on at most `workers` threads (the caller's included); `Err` holds the
 /// panic message of an item whose `f` panicked.
 pub fn map<T: Sync, R: Send>(
@@ -56,15 +61,26 @@ pub fn map<T: Sync, R: Send>(
             v[i] = Some(r);
         }
     };
-    let extra = workers.max(1).min(items.len()).saturating_sub(1);
+    // A map inside another map's item runs on its caller's thread: the outer map's
+    // workers are the whole budget (FUSE_JOBS is the peak number of threads of a build).
+    let extra = if IN_WORKER.get() {
+        0
+    } else {
+        workers.max(1).min(items.len()).saturating_sub(1)
+    };
+    let worker = || {
+        let was = IN_WORKER.replace(true);
+        work();
+        IN_WORKER.set(was);
+    };
     std::thread::scope(|s| {
         for _ in 0..extra {
             // A thread that cannot be made (EAGAIN) leaves its share to the others.
-            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+            if std::thread::Builder::new().spawn_scoped(s, worker).is_err() {
                 break;
             }
         }
-        work();
+        worker();
     });
     results
         .into_inner()
@@ -104,5 +120,24 @@ mod tests {
         }
         assert!(map(&[] as &[u8], 4, |_| 1).is_empty());
         assert_eq!(map(&[5], 0, |x| x + 1), [Ok(6)]);
+    }
+
+    #[test]
+    fn a_map_inside_a_map_adds_no_threads() {
+        let threads = Mutex::new(std::collections::HashSet::new());
+        let outer: Vec<u32> = (0..8).collect();
+        let out = map(&outer, 2, |&i| {
+            let inner: Vec<u32> = (0..50).collect();
+            let sums = map(&inner, 4, |&j| {
+                threads.lock().unwrap().insert(std::thread::current().id());
+                std::thread::yield_now();
+                i + j
+            });
+            sums.into_iter().map(|r| r.unwrap()).sum::<u32>()
+        });
+        assert_eq!(out.len(), 8);
+        assert!(threads.lock().unwrap().len() <= 2);
+        // Outside any map, a map uses its workers again.
+        assert!(!IN_WORKER.get());
     }
 }

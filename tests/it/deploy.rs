@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 const URI: &str = "qemu:///system";
 
+/// The libvirt storage pool the tests' environments use.
+const TEST_POOL: &str = "fusetest";
+
 /// The app: answers `VERSION COLOR` (COLOR from the env, i.e. the environment's config);
 /// v3 exits at start.
 const APP_C: &str = r#"
@@ -124,13 +127,29 @@ impl Drop for LibvirtGuard {
         if let Some(l) = g.as_mut() {
             l.users -= 1;
             if l.users == 0 {
+                forget_test_pool();
                 for pid in l.started.iter().rev() {
                     // SAFETY: kill(2) of a daemon this test run started, by its pid.
                     unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+                    // The next test must not find it still shutting down (its pid file
+                    // present, its socket about to go).
+                    let t = Instant::now();
+                    while alive(*pid) && t.elapsed() < Duration::from_secs(30) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
                 *g = None;
             }
         }
+    }
+}
+
+/// The tests' storage pool stopped and undefined (its volumes stay in the temp dir).
+fn forget_test_pool() {
+    for cmd in ["pool-destroy", "pool-undefine"] {
+        let _ = Command::new("virsh")
+            .args(["-c", URI, cmd, TEST_POOL])
+            .output();
     }
 }
 
@@ -169,6 +188,9 @@ fn libvirt_ready() -> Option<LibvirtGuard> {
             }
             started.push(pid_of(pidfile).expect("no pid file"));
         }
+        // A pool left defined by an earlier run (libvirt keeps it across restarts) may
+        // point at a directory that is gone.
+        forget_test_pool();
         *g = Some(Libvirtd { started, users: 1 });
     }
     Some(LibvirtGuard)
@@ -237,10 +259,10 @@ fn project(h: &Haproxy, dir: &Path, backend: &str, uri: &str) {
             "order = [\"test\", \"prod\"]\nledger = \"ledger.jsonl\"\n\
              [env.test]\ntarget = \"libvirt\"\ninstances = 2\nconfig = \"test.env\"\n\
              health_timeout = \"600s\"\ndrain = \"3s\"\n\
-             [env.test.libvirt]\nuri = \"{uri}\"\npool = \"fusetest\"\npool_dir = \"{pool}\"\n\
+             [env.test.libvirt]\nuri = \"{uri}\"\npool = \"{TEST_POOL}\"\npool_dir = \"{pool}\"\n\
              [env.test.haproxy]\nsocket = \"{sock}\"\nbackend = \"{backend}\"\n\
              [env.prod]\ntarget = \"libvirt\"\ninstances = 1\n\
-             [env.prod.libvirt]\npool = \"fusetest\"\npool_dir = \"{pool}\"\n\
+             [env.prod.libvirt]\npool = \"{TEST_POOL}\"\npool_dir = \"{pool}\"\n\
              [env.prod.haproxy]\nsocket = \"{sock}\"\nbackend = \"other\"\n",
             pool = tmp_root().join("deploy-pool").display(),
             sock = h.dir.path().join("admin.sock").display(),
