@@ -37,6 +37,9 @@ pub struct Entry {
     pub path: String,
     pub kind: EntryKind,
     pub mode: u32,
+    /// Owner (0 for every kind but oci, whose container layers say).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +96,7 @@ impl Entry {
     }
 
     /// The entry as image.json's file lists (and the listing digests) describe it.
-    fn meta(&self) -> FileMeta {
+    pub(crate) fn meta(&self) -> FileMeta {
         let (kind, size, sha256, target) = match &self.kind {
             EntryKind::Dir => ("dir", 0, None, None),
             EntryKind::Symlink(t) => ("symlink", t.len() as u64, None, Some(t.clone())),
@@ -103,8 +106,8 @@ impl Entry {
             path: format!("/{}", self.path),
             kind: kind.into(),
             mode: format!("{:04o}", self.mode & 0o7777),
-            uid: 0,
-            gid: 0,
+            uid: self.uid,
+            gid: self.gid,
             size,
             sha256,
             target,
@@ -152,12 +155,22 @@ pub struct AppScan {
     pub jsp: bool,
     /// Files whose bytes this scan read (the others' digests came from the stat cache).
     pub files_read: usize,
+    /// Kind oci: what the container's config makes of the app.
+    pub oci: Option<crate::oci::app::OciApp>,
 }
 
 /// Bytes of a file's head read for its ELF notes (they follow the program headers).
 const ELF_HEAD: usize = 64 * 1024;
 
 impl AppScan {
+    /// The port the app listens on: `[app] port`, or for kind oci the container's.
+    pub fn port(&self, m: &Manifest) -> u16 {
+        match &self.oci {
+            Some(o) => o.port,
+            None => m.port,
+        }
+    }
+
     /// The highest x86-64 level the app's ELF files say they need
     /// (`GNU_PROPERTY_X86_ISA_1_NEEDED`), from the first 64 KiB of each file.
     pub fn x86_64_level(&self) -> Option<u8> {
@@ -212,6 +225,7 @@ impl AppScan {
                 (EntryKind::File { .. }, None) => bail!("internal error: {} has no bytes", e.path),
             };
             n.mtime = epoch;
+            (n.uid, n.gid) = (e.uid, e.gid);
             t.insert(&e.path, n)?;
         }
         Ok(t)
@@ -291,6 +305,9 @@ fn stat_of(meta: &std::fs::Metadata) -> Stat {
 /// its identity, its layers, what its code needs. `store`: where the stat cache and scan
 /// records live (`None`: nothing cached, every file read).
 pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
+    if m.kind == AppKind::Oci {
+        return crate::oci::app::scan(m, store);
+    }
     let stat_name = format!(
         "appstat-{}",
         sha256_hex(
@@ -369,6 +386,7 @@ pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         java_scan_error: None,
         jsp: false,
         files_read,
+        oci: None,
     };
     // What the code needs: from the record of this listing, else scanned (and recorded).
     let rec_key = sha256_hex(
@@ -656,6 +674,8 @@ impl Walk<'_> {
             path: path.to_string(),
             kind: EntryKind::Dir,
             mode: 0o755,
+            uid: 0,
+            gid: 0,
         });
     }
 
@@ -689,6 +709,8 @@ impl Walk<'_> {
                 data: Default::default(),
             },
             mode,
+            uid: 0,
+            gid: 0,
         })
     }
 
@@ -753,6 +775,8 @@ impl Walk<'_> {
                     path,
                     kind: EntryKind::Symlink(target.to_string_lossy().into_owned()),
                     mode: 0o777,
+                    uid: 0,
+                    gid: 0,
                 })?;
             } else if ft.is_dir() {
                 self.dir(&path);
@@ -828,6 +852,8 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 fn kind_layer(m: &Manifest, rel: &str, targets: &BTreeSet<String>) -> &'static str {
     let comps: Vec<&str> = rel.split('/').collect();
     let deps = match m.kind {
+        // its layers are the container's (oci::app), never split by kind
+        AppKind::Oci => false,
         AppKind::Python => {
             comps
                 .iter()
@@ -992,6 +1018,8 @@ fn retarget_venv(entries: &mut Vec<Entry>, venv: &str, version: &str) -> Result<
             path,
             kind: EntryKind::Symlink(python.clone()),
             mode: 0o777,
+            uid: 0,
+            gid: 0,
         });
     }
     let cfg_path = format!("{dir}/pyvenv.cfg");
@@ -1068,6 +1096,8 @@ mod tests {
                 data: Default::default(),
             },
             mode,
+            uid: 0,
+            gid: 0,
         }
     }
 
@@ -1076,6 +1106,8 @@ mod tests {
             path: path.into(),
             kind: EntryKind::Dir,
             mode: 0o755,
+            uid: 0,
+            gid: 0,
         }
     }
 
@@ -1089,6 +1121,8 @@ mod tests {
                 path: "app/.venv/bin/python".into(),
                 kind: EntryKind::Symlink("/opt/py/bin/python3.11".into()),
                 mode: 0o777,
+                uid: 0,
+                gid: 0,
             },
             // --copies: a binary of the build machine
             bytes_entry("app/.venv/bin/python3.11", b"\x7fELF", 0o755),

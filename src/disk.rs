@@ -95,6 +95,9 @@ pub struct AppMeta {
     /// (`GNU_PROPERTY_X86_ISA_1_NEEDED`), when any says so.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub x86_64_level: Option<u8>,
+    /// Kind oci: the container image the app is (reference, digests, User, labels).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container: Option<crate::oci::app::ContainerSource>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -285,6 +288,8 @@ pub struct DiskInputs<'a> {
     /// The x86-64 level the app's ELF objects say they need.
     pub x86_64_level: Option<u8>,
     pub port: u16,
+    /// Kind oci: the container image the app is.
+    pub container: Option<crate::oci::app::ContainerSource>,
     pub health_http: Option<String>,
     pub epoch: u64,
     /// Who signed `uki` (it is already signed; recorded in image.json).
@@ -357,6 +362,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             stop_timeout: Some(i.app.stop_timeout),
             writable: i.app.writable,
             x86_64_level: i.x86_64_level,
+            container: i.container,
             port: i.port,
             health_http: i.health_http,
         },

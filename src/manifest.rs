@@ -49,7 +49,9 @@ struct RawImage {
 #[serde(deny_unknown_fields)]
 struct RawApp {
     kind: Spanned<String>,
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    /// kind "oci": the container image (registry reference, `oci-layout:`, `docker-archive:`).
+    image: Option<Spanned<String>>,
     #[serde(default)]
     args: Vec<String>,
     port: Option<Spanned<i64>>,
@@ -78,8 +80,11 @@ pub struct AppLayerRule {
     pub paths: Vec<String>,
 }
 
-/// Most `[app] layers` entries.
+/// Most `[app] layers` entries (and most image layers a container image's layers become).
 pub const MAX_APP_LAYERS: usize = 8;
+
+/// Kind oci: the image layers below the top one ("app") are `oci-1`, `oci-2`, ...
+pub const OCI_LAYER_PREFIX: &str = "oci-";
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +113,8 @@ pub enum AppKind {
     War,
     Node,
     Python,
+    /// A container image: its file system and config are the app (`[app] image`).
+    Oci,
 }
 
 impl AppKind {
@@ -118,6 +125,7 @@ impl AppKind {
             AppKind::War => "war",
             AppKind::Node => "node",
             AppKind::Python => "python",
+            AppKind::Oci => "oci",
         }
     }
 
@@ -171,8 +179,10 @@ pub struct Manifest {
     pub name: String,
     pub version: String,
     pub kind: AppKind,
-    /// The artifact, absolute.
+    /// The artifact, absolute (kind oci: the manifest's directory).
     pub app_path: PathBuf,
+    /// Kind oci: the container image as `[app] image` names it.
+    pub oci_image: Option<String>,
     pub args: Vec<String>,
     pub port: u16,
     pub env: BTreeMap<String, String>,
@@ -358,32 +368,66 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     let app_span = raw.app.span();
     let app = raw.app.into_inner();
     let kind = app_kind(&cx, &app)?;
-    let rel = app.path.get_ref();
+    let oci_image = match (kind, &app.image, &app.path) {
+        (AppKind::Oci, Some(i), None) => {
+            let v = i.get_ref();
+            if v.is_empty() || v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+                bail!(cx.err(
+                    "app.image",
+                    i.span(),
+                    "expected a container image: REGISTRY/REPO@sha256:..., REGISTRY/REPO:TAG, \
+                     oci-layout:DIR[:TAG] or docker-archive:FILE"
+                ));
+            }
+            Some(oci_image_path(v, &base))
+        }
+        (AppKind::Oci, None, _) => bail!(cx.err(
+            "app.image",
+            app_span,
+            "missing: kind \"oci\" takes the container image (`image = \"REGISTRY/REPO@sha256:...\"`)"
+        )),
+        (AppKind::Oci, Some(_), Some(p)) => bail!(cx.err(
+            "app.path",
+            p.span(),
+            "kind \"oci\" takes `image`, not `path`"
+        )),
+        (_, Some(i), _) => bail!(cx.err(
+            "app.image",
+            i.span(),
+            "only kind \"oci\" takes an image (the others take `path`)"
+        )),
+        (_, None, _) => None,
+    };
+    let (rel, rel_span) = match &app.path {
+        Some(p) => (p.get_ref().clone(), p.span()),
+        None if kind == AppKind::Oci => (".".to_string(), app_span.clone()),
+        None => bail!(cx.err("app.path", app_span, "missing: the app artifact")),
+    };
     if rel.is_empty() {
-        bail!(cx.err("app.path", app.path.span(), "must not be empty"));
+        bail!(cx.err("app.path", rel_span, "must not be empty"));
     }
-    let app_path = base.join(rel);
+    let app_path = base.join(&rel);
     let meta = std::fs::metadata(&app_path).map_err(|e| {
         cx.err(
             "app.path",
-            app.path.span(),
+            rel_span.clone(),
             format!("cannot read {}: {e}", app_path.display()),
         )
     })?;
     // a jar app may be a directory holding the jar and the jars its Class-Path names
-    let dir_ok = kind.is_dir() || kind == AppKind::Jar;
+    let dir_ok = kind.is_dir() || kind == AppKind::Jar || kind == AppKind::Oci;
     let usable = meta.is_file() || (dir_ok && meta.is_dir());
     if !usable {
         bail!(cx.err(
             "app.path",
-            app.path.span(),
+            rel_span.clone(),
             format!("{} is not a file", app_path.display())
         ));
     }
     if kind.is_dir() && !meta.is_dir() {
         bail!(cx.err(
             "app.path",
-            app.path.span(),
+            rel_span.clone(),
             format!(
                 "kind {:?} takes the app directory, and {} is not a directory",
                 kind.name(),
@@ -394,6 +438,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     let app_path = std::fs::canonicalize(&app_path)
         .with_context(|| format!("cannot resolve {}", app_path.display()))?;
     let port = match app.port {
+        // The container's first ExposedPorts entry, once it is read (`app::AppScan::port`).
+        None if kind == AppKind::Oci => 0,
         None => bail!(cx.err("app.port", app_span, "missing: the port the app listens on")),
         Some(p) => {
             let v = *p.get_ref();
@@ -472,6 +518,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         writable.sort();
     }
     let mut app_layers = None;
+    if let (AppKind::Oci, Some(l)) = (kind, &app.layers) {
+        bail!(cx.err(
+            "app.layers",
+            l.span(),
+            "kind \"oci\" takes its layers from the container image"
+        ));
+    }
     if let Some(l) = &app.layers {
         let mut rules: Vec<AppLayerRule> = Vec::new();
         if l.get_ref().len() > MAX_APP_LAYERS {
@@ -522,7 +575,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         (None, Some(r)) => bail!(cx.err(
             "runtime",
             r.span(),
-            "kind \"binary\" takes no [runtime] (runtimes come with jar, war, node, python)"
+            format!(
+                "kind {:?} takes no [runtime] (runtimes come with jar, war, node, python)",
+                kind.name()
+            )
         )),
         (None, None) => None,
         (Some((want, default)), r) => {
@@ -649,7 +705,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     let jar_app = if kind == AppKind::Jar {
         let (main, dir) = if app_path.is_dir() {
             let main = main_jar_of(&app_path)
-                .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+                .map_err(|e| cx.err("app.path", rel_span.clone(), format!("{e:#}")))?;
             (main, true)
         } else {
             let name = app_path
@@ -673,7 +729,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         let jar = std::fs::read(&main_jar).map_err(|e| {
             cx.err(
                 "app.path",
-                app.path.span(),
+                rel_span.clone(),
                 format!("cannot read {}: {e}", main_jar.display()),
             )
         })?;
@@ -684,10 +740,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             Ok(Some(c)) => Some(c),
             Ok(None) => bail!(cx.err(
                 "app.path",
-                app.path.span(),
+                rel_span.clone(),
                 format!("{} has no Main-Class in META-INF/MANIFEST.MF: build an executable jar (jar --main-class, or the build tool's manifest setting)", app_path.display())
             )),
-            Err(e) => bail!(cx.err("app.path", app.path.span(), format!("{} is not a readable jar: {e:#}", app_path.display()))),
+            Err(e) => bail!(cx.err("app.path", rel_span.clone(), format!("{} is not a readable jar: {e:#}", app_path.display()))),
         }
     } else {
         None
@@ -700,7 +756,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 &j.main,
                 main_jar_bytes.as_deref(),
             )
-            .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?;
+            .map_err(|e| cx.err("app.path", rel_span.clone(), format!("{e:#}")))?;
             for m in &cp.missing {
                 tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
             }
@@ -713,14 +769,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         let war = std::fs::read(&app_path).map_err(|e| {
             cx.err(
                 "app.path",
-                app.path.span(),
+                rel_span.clone(),
                 format!("cannot read {}: {e}", app_path.display()),
             )
         })?;
         if let Err(e) = crate::format::zip::entry(&war, "WEB-INF/web.xml") {
             bail!(cx.err(
                 "app.path",
-                app.path.span(),
+                rel_span.clone(),
                 format!("{} is not a readable war: {e:#}", app_path.display())
             ));
         }
@@ -732,7 +788,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| {
                     cx.err(
                         "app.path",
-                        app.path.span(),
+                        rel_span.clone(),
                         format!("{} is not JSON: {e}", pj.display()),
                     )
                 })?;
@@ -746,7 +802,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         let main = crate::tree::normalize(&main).map_err(|e| {
             cx.err(
                 "app.path",
-                app.path.span(),
+                rel_span.clone(),
                 format!("package.json main: {e}"),
             )
         })?;
@@ -763,7 +819,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     };
     let python_venv = match (&runtime, kind) {
         (Some(rt), AppKind::Python) => find_venv(&app_path, &rt.version)
-            .map_err(|e| cx.err("app.path", app.path.span(), format!("{e:#}")))?,
+            .map_err(|e| cx.err("app.path", rel_span.clone(), format!("{e:#}")))?,
         _ => None,
     };
     if kind == AppKind::Python && app.args.is_empty() && !app_path.join("__main__.py").is_file() {
@@ -797,6 +853,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         version: image.version.into_inner(),
         kind,
         app_path,
+        oci_image,
         args: app.args,
         port,
         env,
@@ -867,10 +924,11 @@ fn app_kind(cx: &Ctx, app: &RawApp) -> Result<AppKind> {
         "war" => AppKind::War,
         "node" => AppKind::Node,
         "python" => AppKind::Python,
+        "oci" => AppKind::Oci,
         other => bail!(cx.err(
             "app.kind",
             app.kind.span(),
-            format!("unknown kind {other:?} (expected one of binary, jar, war, node, python)")
+            format!("unknown kind {other:?} (expected one of binary, jar, war, node, python, oci)")
         )),
     })
 }
@@ -1166,7 +1224,7 @@ impl Request {
 /// The runtime a kind needs and the distribution's default version of it.
 pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
     match kind {
-        AppKind::Binary => None,
+        AppKind::Binary | AppKind::Oci => None,
         AppKind::Jar | AppKind::War => Some(("java", "17")),
         AppKind::Node => Some(("node", "18")),
         AppKind::Python => Some(("python", "3.11")),
@@ -1180,6 +1238,12 @@ pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
 pub fn layer_names(kind: AppKind, rules: Option<&[String]>) -> Vec<String> {
     let system: &[&str] = match kind {
         AppKind::Binary => &["base"],
+        AppKind::Oci => {
+            let mut v = vec!["base".to_string()];
+            v.extend((1..MAX_APP_LAYERS).map(|i| format!("{OCI_LAYER_PREFIX}{i}")));
+            v.push("app".into());
+            return v;
+        }
         AppKind::War => &["base", "runtime", "server"],
         AppKind::Jar | AppKind::Node | AppKind::Python => &["base", "runtime"],
     };
@@ -1471,4 +1535,17 @@ http = "/"
             Some("srv.js")
         );
     }
+}
+
+/// `[app] image` with an `oci-layout:DIR` or `docker-archive:FILE` path made absolute
+/// (relative to the manifest, as every path of the manifest); registry references as given.
+fn oci_image_path(v: &str, base: &Path) -> String {
+    for scheme in ["oci-layout:", "docker-archive:"] {
+        if let Some(rest) = v.strip_prefix(scheme) {
+            if !rest.starts_with('/') {
+                return format!("{scheme}{}", base.join(rest).display());
+            }
+        }
+    }
+    v.to_string()
 }

@@ -502,7 +502,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         fs_type: fs.kind.as_str().into(),
         verity: Default::default(),
-        app: app_plan(m)?,
+        app: app_plan(m, app)?,
     };
     let initramfs_inputs = InitramfsInputs {
         unit: UnitKind::Initramfs,
@@ -556,8 +556,8 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
 }
 
 /// The app's start command, working directory and environment (the boot plan's `app`).
-pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
-    crate::layers::app_plan(m)
+pub fn app_plan(m: &Manifest, app: &AppScan) -> Result<AppPlan> {
+    crate::layers::app_plan(m, app)
 }
 
 fn init_sha256() -> String {

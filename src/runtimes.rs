@@ -186,6 +186,7 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
     let rt = m.runtime.as_ref();
     let version = rt.map(|r| r.version.clone()).unwrap_or_default();
     Ok(match m.kind {
+        AppKind::Oci => bail!("internal error: kind oci's argv comes from the container's config"),
         AppKind::Binary => {
             let file_name = m
                 .app_path

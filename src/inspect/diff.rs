@@ -672,6 +672,7 @@ pub(crate) mod tests {
                 stop_timeout: Some(30),
                 writable: Vec::new(),
                 x86_64_level: None,
+                container: None,
             },
             layers: vec![
                 LayerMeta {

@@ -128,6 +128,7 @@ pub(crate) fn build_full(
         stop_timeout: Some(30),
         writable: Vec::new(),
         x86_64_level: None,
+        container: None,
     };
     // The boot plan the UKI carries: what image.json says (before `doctor` changes it).
     let plan = crate::layers::BootPlan {

@@ -11,6 +11,7 @@
 //! size. The manifest is a pure function of the image bytes, so the same image always has
 //! the same manifest digest (which is what lets `fuse promote --registry` tag it by digest).
 
+pub mod app;
 pub mod auth;
 pub mod client;
 
