@@ -310,8 +310,19 @@ impl Client {
 
     /// PUT a manifest under a tag (or its digest); returns the digest the registry reports.
     pub fn put_manifest(&self, reference: &str, bytes: &[u8]) -> Result<Option<String>> {
+        self.put_manifest_as(reference, bytes, MANIFEST_TYPE)
+    }
+
+    /// [`Client::put_manifest`] for a document of another media type (an image index, a
+    /// Docker manifest or list): `media_type` is the `Content-Type` sent.
+    pub fn put_manifest_as(
+        &self,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Option<String>> {
         let url = self.url(&format!("manifests/{reference}"));
-        let mut r = self.request("PUT", &url, &[("Content-Type", MANIFEST_TYPE)], Some(bytes))?;
+        let mut r = self.request("PUT", &url, &[("Content-Type", media_type)], Some(bytes))?;
         if r.status().as_u16() != 201 {
             bail!(describe("PUT", &url, &mut r));
         }
@@ -332,18 +343,40 @@ impl Client {
         }
     }
 
-    /// The manifest bytes for a tag or digest.
+    /// The manifest bytes for a tag or digest (an OCI image manifest: fuse's own artifacts).
     pub fn get_manifest(&self, reference: &str) -> Result<Vec<u8>> {
+        self.get_manifest_as(reference, &[MANIFEST_TYPE])
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// The manifest bytes for a tag or digest, asking for any of the media types `accept`
+    /// (e.g. image indexes and Docker manifests too), with the `Content-Type` the registry
+    /// answered (what the document is when it does not say so itself). The caller verifies
+    /// the bytes against the digest it asked for.
+    pub fn get_manifest_as(
+        &self,
+        reference: &str,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, Option<String>)> {
         let url = self.url(&format!("manifests/{reference}"));
-        let mut r = self.request("GET", &url, &[("Accept", MANIFEST_TYPE)], None)?;
+        let accept = accept.join(", ");
+        let mut r = self.request("GET", &url, &[("Accept", accept.as_str())], None)?;
         if r.status().as_u16() != 200 {
             bail!(describe("GET", &url, &mut r));
         }
-        r.body_mut()
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty());
+        let bytes = r
+            .body_mut()
             .with_config()
             .limit(MAX_MANIFEST)
             .read_to_vec()
-            .with_context(|| format!("GET {url}"))
+            .with_context(|| format!("GET {url}"))?;
+        Ok((bytes, content_type))
     }
 
     /// The manifest bytes for a tag or digest, or `None` when the repository has none.

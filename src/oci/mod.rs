@@ -14,6 +14,7 @@
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod source;
 
 use crate::digest::sha256_hex;
 use crate::disk::{read_meta, ImageMeta};
