@@ -488,6 +488,12 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
     field(&mut app.fields, "port", &a.app.port, &b.app.port);
     field(
         &mut app.fields,
+        "container",
+        &a.app.container.as_ref().map(|c| &c.manifest_digest),
+        &b.app.container.as_ref().map(|c| &c.manifest_digest),
+    );
+    field(
+        &mut app.fields,
         "health_http",
         &a.app.health_http,
         &b.app.health_http,

@@ -238,7 +238,31 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             .join(" ")
     ));
     o.push_str(&format!("  workdir     {}\n", a.workdir));
-    o.push_str(&format!("  user        {}:{}\n", a.uid, a.gid));
+    match &a.container {
+        Some(c) => {
+            use crate::util::text::one_line;
+            o.push_str(&format!(
+                "  user        {}:{}{} (the container's User {:?})\n",
+                a.uid,
+                a.gid,
+                if a.uid == 0 { " root" } else { "" },
+                one_line(&c.user)
+            ));
+            o.push_str(&format!("  container   {}\n", one_line(&c.reference)));
+            if let Some(p) = &c.pinned {
+                o.push_str(&format!("  pinned      {}\n", one_line(p)));
+            }
+            o.push_str(&format!("  manifest    {}\n", one_line(&c.manifest_digest)));
+            o.push_str(&format!("  config      {}\n", one_line(&c.config_digest)));
+            if let Some(sig) = &c.stop_signal {
+                o.push_str(&format!("  stopsignal  {} (not used: the init stops the app with SIGTERM)\n", one_line(sig)));
+            }
+            for (k, v) in &c.labels {
+                o.push_str(&format!("  label       {}={}\n", one_line(k), one_line(v)));
+            }
+        }
+        None => o.push_str(&format!("  user        {}:{}\n", a.uid, a.gid)),
+    }
     o.push_str(&format!("  port        {}\n", a.port));
     o.push_str(&format!(
         "  health      {}\n",

@@ -1,0 +1,345 @@
+//! A container image as the app (`[app] kind = "oci"`), made with the standard tools: a
+//! minimal Debian root file system with Python from `mmdebstrap`, turned into an OCI image
+//! with `umoci` (a user added, the app in an upper layer, a file deleted and a directory
+//! made opaque in the layers above, Entrypoint, Cmd, Env, User, WorkingDir, ExposedPorts and
+//! a label set), pushed to a local `docker-registry` and written as a docker-archive with
+//! `skopeo`. Built by digest from the registry, booted once; the same file system from the
+//! `oci-layout:` and `docker-archive:` sources; rebuilt `--locked` offline from the cache.
+
+use crate::registry::Registry;
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Answers what the process sees: its ids, working directory, environment, and the files
+/// the upper layers deleted or hid.
+const APP: &str = r#"import http.server, json, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({
+            "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(),
+            "color": os.environ.get("COLOR"), "greeting": os.environ.get("GREETING"),
+            "old": os.path.exists("/srv/old.txt"),
+            "data": sorted(os.listdir("/srv/data")),
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+struct Container {
+    _dir: tempfile::TempDir,
+    /// The OCI layout (tag v1).
+    layout: PathBuf,
+    /// `docker save`-style archive of the same image.
+    archive: PathBuf,
+    registry: Registry,
+    /// REGISTRY/REPO@sha256:... of the pushed image.
+    by_digest: String,
+}
+
+fn sh(cmd: &mut Command) {
+    let (ok, out) = run(cmd);
+    assert!(ok, "{cmd:?}:\n{out}");
+}
+
+/// The container image, made once per test run (about a minute: mmdebstrap downloads
+/// Python's packages from the host's mirror).
+fn container() -> Option<&'static Container> {
+    static C: OnceLock<Option<Container>> = OnceLock::new();
+    C.get_or_init(|| {
+        for t in ["mmdebstrap", "umoci", "skopeo"] {
+            if !require_tool(t) {
+                return None;
+            }
+        }
+        let mirror = fuse::mirror::find_source(None, None, "bookworm")
+            .expect("the host's apt sources name a mirror")
+            .url;
+        let dir = tempfile::tempdir_in(tmp_root()).unwrap();
+        let d = dir.path();
+        let rootfs = d.join("rootfs.tar");
+        sh(Command::new("mmdebstrap")
+            .args(["--mode=root", "--variant=essential", "--include=python3", "--quiet"])
+            .args(["--dpkgopt=path-exclude=/usr/share/doc/*"])
+            .args(["--dpkgopt=path-exclude=/usr/share/man/*"])
+            .args(["--dpkgopt=path-exclude=/usr/share/locale/*"])
+            .arg("bookworm")
+            .arg(&rootfs)
+            .arg(&mirror));
+        let layout = d.join("layout");
+        let image = format!("{}:v1", layout.display());
+        let bundle = d.join("bundle");
+        sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        sh(Command::new("umoci").args(["new", "--image", &image]));
+        sh(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle));
+        sh(Command::new("tar")
+            .arg("-xf")
+            .arg(&rootfs)
+            .arg("-C")
+            .arg(bundle.join("rootfs")));
+        let etc = bundle.join("rootfs/etc");
+        let add = |file: &str, line: &str| {
+            let mut t = std::fs::read_to_string(etc.join(file)).unwrap();
+            t.push_str(line);
+            std::fs::write(etc.join(file), t).unwrap();
+        };
+        add("passwd", "web:x:1000:1001::/srv:/usr/sbin/nologin\n");
+        add("group", "webgroup:x:1001:\n");
+        sh(Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle));
+        // Layer 2: the app, a file and a directory the layers above delete and hide.
+        let l2 = d.join("l2");
+        std::fs::create_dir_all(l2.join("data")).unwrap();
+        std::fs::write(l2.join("app.py"), APP).unwrap();
+        std::fs::write(l2.join("old.txt"), "old\n").unwrap();
+        std::fs::write(l2.join("data/a"), "a\n").unwrap();
+        std::fs::write(l2.join("data/b"), "b\n").unwrap();
+        sh(Command::new("umoci")
+            .args(["insert", "--image", &image])
+            .arg(&l2)
+            .arg("/srv"));
+        sh(Command::new("umoci").args(["insert", "--image", &image, "--whiteout", "/srv/old.txt"]));
+        let l3 = d.join("l3");
+        std::fs::create_dir_all(&l3).unwrap();
+        std::fs::write(l3.join("c"), "c\n").unwrap();
+        sh(Command::new("umoci")
+            .args(["insert", "--image", &image, "--opaque"])
+            .arg(&l3)
+            .arg("/srv/data"));
+        sh(Command::new("umoci").args([
+            "config",
+            "--image",
+            &image,
+            "--config.entrypoint",
+            "python3",
+            "--config.cmd",
+            "/srv/app.py",
+            "--config.env",
+            "COLOR=blue",
+            "--config.env",
+            "GREETING=from-the-container",
+            "--config.user",
+            "web",
+            "--config.workingdir",
+            "/srv/work",
+            "--config.exposedports",
+            "8080/tcp",
+            "--config.label",
+            "org.example.team=web",
+        ]));
+        let registry = Registry::start();
+        let repo = format!("127.0.0.1:{}/team/web", registry.port);
+        let digest_file = d.join("digest");
+        sh(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{repo}:v1")));
+        let digest = std::fs::read_to_string(&digest_file).unwrap();
+        let archive = d.join("web.tar");
+        sh(Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker-archive:{}:team/web:v1", archive.display())));
+        Some(Container {
+            _dir: dir,
+            layout,
+            archive,
+            registry,
+            by_digest: format!("{repo}@{}", digest.trim()),
+        })
+    })
+    .as_ref()
+}
+
+/// An app directory whose manifest takes `image`.
+fn app(dir: &Path, image: &str) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("fuse.toml"),
+        format!(
+            "[image]\nname = \"web\"\nversion = \"1\"\n\n[app]\nkind = \"oci\"\nimage = \"{image}\"\n\n\
+             [app.env]\nGREETING = \"from-the-manifest\"\n\n[health]\nhttp = \"/\"\n\n\
+             [system]\ndistribution = \"debian/bookworm\"\nkernel = \"linux-image-amd64\"\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+fn image_json(img: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(img.with_extension("json")).unwrap()).unwrap()
+}
+
+/// Digests of the image's layers above `base` (the container's file system).
+fn app_layers(img: &Path) -> Vec<String> {
+    image_json(img)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["name"] != "base")
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
+    let Some(c) = container() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let a = app(dir.path(), &c.by_digest);
+    // Built by digest from the registry, and built again byte for byte (--verify).
+    let out = Fuse::new(["build".as_ref(), a.as_os_str(), "--verify".as_ref()])
+        .data(&data)
+        .output();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let digest = text(&out.stdout).lines().last().unwrap().to_string();
+    let img = a.join("fuse-out/web-1.img");
+    let meta = image_json(&img);
+    assert_eq!(meta["app"]["kind"], "oci");
+    assert_eq!(meta["app"]["port"], 8080);
+    assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3", "{meta}");
+    assert_eq!(meta["app"]["argv"][1], "/srv/app.py");
+    assert_eq!(meta["app"]["container"]["reference"], c.by_digest.as_str());
+    assert_eq!(meta["app"]["container"]["labels"]["org.example.team"], "web");
+    let layers = app_layers(&img);
+    assert!(layers.len() >= 2, "{meta}");
+
+    // Boots and answers as the container says: its user (from its /etc/passwd and
+    // /etc/group), working directory (made: it is not in any layer), Env ([app.env] on
+    // top); the deleted file and the opaque directory's lower content absent.
+    let mut vm = Vm::boot(&img, 8080, &[]);
+    let body = vm
+        .get_until_ok("/", Duration::from_secs(600))
+        .unwrap_or_else(|| panic!("no answer:\n{}", vm.console()));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["uid"], 1000, "{v}");
+    assert_eq!(v["gid"], 1001, "{v}");
+    assert_eq!(v["cwd"], "/srv/work", "{v}");
+    assert_eq!(v["color"], "blue", "{v}");
+    assert_eq!(v["greeting"], "from-the-manifest", "{v}");
+    assert_eq!(v["old"], false, "{v}");
+    assert_eq!(v["data"], serde_json::json!(["c"]), "{v}");
+    drop(vm);
+
+    // `fuse inspect` verifies it and shows the container and its user.
+    let out = Fuse::new(["inspect".as_ref(), img.as_os_str()])
+        .data(&data)
+        .output();
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(shown.contains(&c.by_digest), "{shown}");
+    assert!(shown.contains("1000:1001"), "{shown}");
+
+    // The same file system from the layout and from the docker-archive.
+    for image in [
+        format!("oci-layout:{}:v1", c.layout.display()),
+        format!("docker-archive:{}", c.archive.display()),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let a = app(d.path(), &image);
+        let out = Fuse::new(["build".as_ref(), a.as_os_str()])
+            .data(&data)
+            .output();
+        assert!(out.status.success(), "{image}: {}", text(&out.stderr));
+        assert_eq!(
+            app_layers(&a.join("fuse-out/web-1.img")),
+            layers,
+            "{image}"
+        );
+    }
+
+    // --locked with the registry and the mirror gone: everything from the cache, the same
+    // image.
+    drop(std::fs::remove_dir_all(a.join("fuse-out")));
+    let registry_dir = c.registry.dir.path().to_path_buf();
+    let moved = registry_dir.with_extension("away");
+    std::fs::rename(&registry_dir, &moved).unwrap();
+    let out = Fuse::new(["build".as_ref(), a.as_os_str(), "--locked".as_ref()])
+        .data(&data)
+        .env("FUSE_MIRROR", "http://127.0.0.1:9/debian")
+        .output();
+    std::fs::rename(&moved, &registry_dir).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().last().unwrap(), digest);
+}
+
+/// A layer whose tar names `../escape`: refused with the layer's digest and the path,
+/// nothing written.
+#[test]
+fn a_hostile_container_layer_is_refused_and_nothing_is_written() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = format!("{:x}", Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    // A tar with one entry named ../escape (written by hand: tar writers refuse the name).
+    let mut h = tar::Header::new_ustar();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend_from_slice(b"hi\n");
+    layer.resize(512 + 512, 0);
+    layer.extend_from_slice(&[0; 1024]);
+    let (layer_digest, layer_size) = put(&layer);
+    let diff_id = layer_digest.clone();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/true"], "ExposedPorts": {"8080/tcp": {}}},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer_size}]
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": manifest_digest, "size": manifest_size,
+                           "annotations": {"org.opencontainers.image.ref.name": "v1"}}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let a = app(dir.path(), &format!("oci-layout:{}:v1", layout.display()));
+    let out = Fuse::new(["build".as_ref(), a.as_os_str()]).output();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&layer_digest) && err.contains("../escape"),
+        "{err}"
+    );
+    assert!(!a.join("fuse-out").exists());
+    assert!(!dir.path().join("escape").exists());
+}
