@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod container;
 
 use crate::digest::sha256_hex;
 use crate::disk::{read_meta, ImageMeta};
