@@ -460,3 +460,127 @@ fn fuzz_export_wrappers() {
         let _ = fuse::export::open(b.to_vec());
     });
 }
+
+/// Separates the layers of one fuzz input for `oci::container::flatten`.
+const LAYER_SEP: &[u8] = b"\n--fuse-layer--\n";
+
+fn layer_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn container_layer_seeds() -> Vec<Vec<u8>> {
+    use std::io::{Read, Write};
+    use tar::EntryType as T;
+    let lower = layer_tar(&[
+        ("./", T::Directory, b"", ""),
+        ("etc/", T::Directory, b"", ""),
+        ("etc/passwd", T::Regular, b"root:x:0:0::/root:/bin/sh\n", ""),
+        ("usr/bin/python3", T::Regular, &[0x7f; 300], ""),
+        ("usr/bin/python", T::Link, b"", "usr/bin/python3"),
+        ("bin", T::Symlink, b"", "usr/bin"),
+        ("app/old.py", T::Regular, b"print(1)\n", ""),
+        ("var/cache/x", T::Regular, b"x", ""),
+    ]);
+    let upper = layer_tar(&[
+        ("app/", T::Directory, b"", ""),
+        ("app/.wh..wh..opq", T::Regular, b"", ""),
+        ("app/new.py", T::Regular, b"print(2)\n", ""),
+        ("var/.wh.cache", T::Regular, b"", ""),
+        ("usr/bin/python3", T::Regular, &[0x7e; 200], ""),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&upper).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&upper[..], 1).unwrap();
+    let join = |parts: &[&[u8]]| parts.join(LAYER_SEP);
+    // A bomb: a small tar followed by 256 MiB of zeros, zstd-compressed to a few KiB.
+    let mut bomb = Vec::new();
+    let mut enc = zstd::stream::write::Encoder::new(&mut bomb, 1).unwrap();
+    enc.write_all(&layer_tar(&[("f", T::Regular, b"f", "")]))
+        .unwrap();
+    std::io::copy(&mut std::io::repeat(0).take(256 << 20), &mut enc).unwrap();
+    enc.finish().unwrap();
+    vec![
+        join(&[&lower, &upper]),
+        join(&[&lower, &gz]),
+        join(&[&lower, &zst]),
+        bomb,
+    ]
+}
+
+#[test]
+fn fuzz_container_layers() {
+    run("container-layers", container_layer_seeds(), |b| {
+        let parts: Vec<&[u8]> = split_layers(b);
+        let digests: Vec<String> = (0..parts.len()).map(|i| format!("sha256:{i}")).collect();
+        let layers: Vec<fuse::oci::container::LayerInput> = parts
+            .iter()
+            .zip(&digests)
+            .map(|(p, d)| fuse::oci::container::LayerInput {
+                digest: d,
+                media_type: "application/vnd.oci.image.layer.v1.tar",
+                bytes: p,
+                diff_id: None,
+            })
+            .collect();
+        let limits = fuse::oci::container::Limits {
+            max_total_bytes: 16 << 20,
+            max_entries: 4096,
+        };
+        let _ = fuse::oci::container::flatten(&layers, 2, &limits);
+    });
+}
+
+/// The layers of a fuzz input (at most 4).
+fn split_layers(b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = b;
+    while out.len() < 3 {
+        match rest.windows(LAYER_SEP.len()).position(|w| w == LAYER_SEP) {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = &rest[i + LAYER_SEP.len()..];
+            }
+            None => break,
+        }
+    }
+    out.push(rest);
+    out
+}
+
+#[test]
+fn fuzz_container_config_and_user() {
+    let seeds = vec![
+        br#"{"architecture":"amd64","os":"linux","config":{"User":"app:staff","Env":["PATH=/usr/bin","A=b=c"],"Entrypoint":["/usr/bin/python3","app.py"],"Cmd":["--port","8080"],"WorkingDir":"/srv","ExposedPorts":{"8080/tcp":{},"53/udp":{},"9000":{}},"StopSignal":"SIGTERM","Labels":{"a":"b"}},"rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#.to_vec(),
+        br#"{"config":{"Cmd":"/bin/sh","Env":null,"Labels":null,"ExposedPorts":null},"container_config":{},"rootfs":{"diff_ids":null}}"#.to_vec(),
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".to_vec(),
+    ];
+    run("container-config", seeds, |b| {
+        let _ = fuse::oci::container::parse_config(b);
+        let t = text(b);
+        for user in [
+            "app",
+            "1000",
+            "app:staff",
+            "1000:app",
+            t.lines().next().unwrap_or(""),
+        ] {
+            let _ = fuse::oci::container::resolve_user(Some(user), Some(b), Some(b));
+        }
+        let _ = fuse::oci::container::resolve_program(&t, Some(&t), |p| p.len() % 3 == 0);
+    });
+}

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod container;
 pub mod source;
 
 use crate::digest::sha256_hex;
