@@ -65,55 +65,72 @@ fn container() -> Option<&'static Container> {
         let rootfs = d.join("rootfs.tar");
         sh(Command::new("mmdebstrap")
             .args(["--mode=root", "--variant=essential", "--include=python3", "--quiet"])
+            // device nodes are not part of a container image (the runtime makes /dev)
+            .args(["--skip=output/dev"])
             .args(["--dpkgopt=path-exclude=/usr/share/doc/*"])
             .args(["--dpkgopt=path-exclude=/usr/share/man/*"])
             .args(["--dpkgopt=path-exclude=/usr/share/locale/*"])
             .arg("bookworm")
             .arg(&rootfs)
             .arg(&mirror));
+        // Layers as tar archives (GNU tar), appended verbatim: the root file system; the
+        // app's user; the app with a file and a directory the layers above delete (a
+        // whiteout) and hide (an opaque directory).
         let layout = d.join("layout");
         let image = format!("{}:v1", layout.display());
-        let bundle = d.join("bundle");
         sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
         sh(Command::new("umoci").args(["new", "--image", &image]));
-        sh(Command::new("umoci")
-            .args(["unpack", "--image", &image])
-            .arg(&bundle));
-        sh(Command::new("tar")
-            .arg("-xf")
-            .arg(&rootfs)
-            .arg("-C")
-            .arg(bundle.join("rootfs")));
-        let etc = bundle.join("rootfs/etc");
-        let add = |file: &str, line: &str| {
-            let mut t = std::fs::read_to_string(etc.join(file)).unwrap();
-            t.push_str(line);
-            std::fs::write(etc.join(file), t).unwrap();
+        let add_layer = |tree: &Path| {
+            let tar = tree.with_extension("tar");
+            sh(Command::new("tar")
+                .args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
+                .arg(&tar)
+                .arg("-C")
+                .arg(tree)
+                .arg("."));
+            sh(Command::new("umoci")
+                .args(["raw", "add-layer", "--image", &image])
+                .arg(&tar));
         };
-        add("passwd", "web:x:1000:1001::/srv:/usr/sbin/nologin\n");
-        add("group", "webgroup:x:1001:\n");
         sh(Command::new("umoci")
-            .args(["repack", "--image", &image])
-            .arg(&bundle));
-        // Layer 2: the app, a file and a directory the layers above delete and hide.
+            .args(["raw", "add-layer", "--image", &image])
+            .arg(&rootfs));
+        let users = d.join("users");
+        std::fs::create_dir_all(users.join("etc")).unwrap();
+        let etc_of = |file: &str| {
+            let out = Command::new("tar")
+                .arg("-xOf")
+                .arg(&rootfs)
+                .arg(format!("./etc/{file}"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "etc/{file} from the rootfs");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        std::fs::write(
+            users.join("etc/passwd"),
+            etc_of("passwd") + "web:x:1000:1001::/srv:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(
+            users.join("etc/group"),
+            etc_of("group") + "webgroup:x:1001:\n",
+        )
+        .unwrap();
+        add_layer(&users);
         let l2 = d.join("l2");
-        std::fs::create_dir_all(l2.join("data")).unwrap();
-        std::fs::write(l2.join("app.py"), APP).unwrap();
-        std::fs::write(l2.join("old.txt"), "old\n").unwrap();
-        std::fs::write(l2.join("data/a"), "a\n").unwrap();
-        std::fs::write(l2.join("data/b"), "b\n").unwrap();
-        sh(Command::new("umoci")
-            .args(["insert", "--image", &image])
-            .arg(&l2)
-            .arg("/srv"));
-        sh(Command::new("umoci").args(["insert", "--image", &image, "--whiteout", "/srv/old.txt"]));
+        std::fs::create_dir_all(l2.join("srv/data")).unwrap();
+        std::fs::write(l2.join("srv/app.py"), APP).unwrap();
+        std::fs::write(l2.join("srv/old.txt"), "old\n").unwrap();
+        std::fs::write(l2.join("srv/data/a"), "a\n").unwrap();
+        std::fs::write(l2.join("srv/data/b"), "b\n").unwrap();
+        add_layer(&l2);
         let l3 = d.join("l3");
-        std::fs::create_dir_all(&l3).unwrap();
-        std::fs::write(l3.join("c"), "c\n").unwrap();
-        sh(Command::new("umoci")
-            .args(["insert", "--image", &image, "--opaque"])
-            .arg(&l3)
-            .arg("/srv/data"));
+        std::fs::create_dir_all(l3.join("srv/data")).unwrap();
+        std::fs::write(l3.join("srv/.wh.old.txt"), "").unwrap();
+        std::fs::write(l3.join("srv/data/.wh..wh..opq"), "").unwrap();
+        std::fs::write(l3.join("srv/data/c"), "c\n").unwrap();
+        add_layer(&l3);
         sh(Command::new("umoci").args([
             "config",
             "--image",
