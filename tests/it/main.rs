@@ -17,6 +17,7 @@ mod layers;
 mod libs;
 mod lock;
 mod native;
+mod oci_source;
 mod plan;
 mod promote;
 mod readers;
