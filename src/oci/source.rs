@@ -1056,11 +1056,20 @@ fn fetch_archive(file: &Path, arch: &str) -> Result<Fetched> {
         );
         bytes.insert(path, b);
     }
-    let take = |p: &str| -> Result<Vec<u8>> {
-        bytes
-            .get(p)
-            .cloned()
-            .with_context(|| format!("member {p:?} changed between two reads of the archive"))
+    // Each member's bytes moved out at its last use (a layer named twice is copied once).
+    let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in std::iter::once(&config_path).chain(layer_paths.iter()) {
+        *uses.entry(p.as_str()).or_default() += 1;
+    }
+    let mut take = |p: &str| -> Result<Vec<u8>> {
+        let n = uses.get_mut(p).context("member not planned")?;
+        *n -= 1;
+        let b = if *n == 0 {
+            bytes.remove(p)
+        } else {
+            bytes.get(p).cloned()
+        };
+        b.with_context(|| format!("member {p:?} changed between two reads of the archive"))
     };
     let config = take(&config_path)?;
     let config_digest = format!("sha256:{}", sha256_hex(&config));

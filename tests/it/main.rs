@@ -18,6 +18,7 @@ mod libs;
 mod lock;
 mod native;
 mod oci;
+mod oci_source;
 mod plan;
 mod promote;
 mod readers;
