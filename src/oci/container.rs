@@ -30,9 +30,10 @@
 //! paths, a truncated or corrupt tar, gzip or zstd stream, a tar stream whose sha256 is not
 //! the config's diff_id, and anything past [`Limits`]: the file bytes (hard-link copies
 //! included) and the entries of all layers together. The decompressed stream itself is
-//! capped while it is read (the file budget plus 4 KiB of headers per allowed entry), so a
-//! decompression bomb stops at the cap instead of being inflated first; memory is bounded
-//! by that cap. Symlink *targets* may be absolute or contain `..`: they resolve inside the
+//! capped while it is read (the file budget plus 4 KiB of headers per allowed entry, and at
+//! most 1 MiB after the tar's end), so a decompression bomb stops at the cap instead of
+//! being inflated first; memory is bounded by the file budget (the files are held in
+//! memory) plus the largest tar header. Symlink *targets* may be absolute or contain `..`: they resolve inside the
 //! guest's root at run time.
 //!
 //! [`parse_config`] reads an OCI image config or the Docker v1 config of a `docker save`
@@ -73,11 +74,10 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 8 GiB of files and [`crate::tree::MAX_ENTRIES`] entries: above any app image fuse
-    /// can put in a layer, well below what a bomb would need to hurt.
+    /// 4 GiB of files (all held in memory) and [`crate::tree::MAX_ENTRIES`] entries.
     fn default() -> Self {
         Limits {
-            max_total_bytes: 8 << 30,
+            max_total_bytes: 4 << 30,
             max_entries: crate::tree::MAX_ENTRIES,
         }
     }
@@ -86,6 +86,10 @@ impl Default for Limits {
 /// Bytes of tar headers, padding and extension records allowed per entry, on top of the
 /// file bytes, in the cap on the decompressed stream.
 const STREAM_BYTES_PER_ENTRY: u64 = 4096;
+
+/// Bytes accepted after a layer's end-of-archive blocks (tar writers pad to a record of
+/// 10 KiB; anything longer is refused rather than inflated).
+const MAX_TRAILING: u64 = 1 << 20;
 
 /// What an entry of the merged file system is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,10 +424,18 @@ fn apply_layer(m: &mut Merge, idx: usize, layer: &LayerInput, limits: &Limits) -
             })?;
         }
     }
-    // The rest of the stream (end-of-archive blocks, padding) belongs to the diff_id too.
+    // The rest of the stream (end-of-archive blocks, record padding) belongs to the diff_id
+    // too; more than MAX_TRAILING bytes of it is not a tar writer's padding.
     let mut reader = ar.into_inner();
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|e| stream_err("reading past the end of the tar", e))?;
+    let trailing = std::io::copy(
+        &mut (&mut reader).take(MAX_TRAILING + 1),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| stream_err("reading past the end of the tar", e))?;
+    ensure!(
+        trailing <= MAX_TRAILING,
+        "layer {digest}: more than {MAX_TRAILING} bytes follow the end of the tar archive"
+    );
     m.stream_left = reader.left;
     let got = format!("sha256:{}", hex(&reader.hasher.finalize()));
     if let Some(want) = layer.diff_id {
@@ -1087,12 +1099,14 @@ mod tests {
         let long = format!("opt/{}/{}", "d".repeat(120), "f".repeat(150));
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_size(3);
         h.set_mode(0o600);
         b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
         let mut h = tar::Header::new_gnu();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
         b.append_link(&mut h, "opt/link", &long).unwrap();
@@ -1107,7 +1121,8 @@ mod tests {
         x.set_cksum();
         b.append(&x, &recs[..]).unwrap();
         let mut h = tar::Header::new_ustar();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_path("short").unwrap();
         h.set_size(2);
         h.set_mode(0o640);
@@ -1326,7 +1341,7 @@ mod tests {
         let n = bad_crc.len();
         bad_crc[n - 6] ^= 1; // the gzip trailer's CRC32
         for blob in [cut_tar, cut_gz, cut_zst, bad_sum, bad_crc] {
-            let e = format!("{:#}", run(&[blob.clone()], 1).unwrap_err());
+            let e = format!("{:#}", run(std::slice::from_ref(&blob), 1).unwrap_err());
             assert!(e.contains(&digest_of(&blob)), "{e}");
         }
     }
@@ -1341,7 +1356,10 @@ mod tests {
         let zeros = vec![0u8; 8 << 20];
         let one = gz(&tar_of(&[E::File("zeros", &zeros)]));
         assert!(one.len() < 64 << 10);
-        let e = format!("{:#}", run_limits(&[one.clone()], 1, &limits).unwrap_err());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&one), 1, &limits).unwrap_err()
+        );
         assert!(
             e.contains(&digest_of(&one)) && e.contains("zeros") && e.contains("limit"),
             "{e}"
@@ -1363,14 +1381,38 @@ mod tests {
             run_limits(&[tar_of(&many)], 1, &limits).unwrap_err()
         );
         assert!(e.contains("more than 100 entries"), "{e}");
-        // A stream of zeros past the tar's end: the decompressor is stopped at the cap
-        // (1 MiB + 100 * 4 KiB), not drained.
+        // Zeros past the tar's end: stopped after 1 MiB, not drained.
         let mut t = tar_of(&[E::File("small", b"s")]);
         t.extend(std::iter::repeat_n(0u8, 32 << 20));
         let blob = gz(&t);
-        let e = format!("{:#}", run_limits(&[blob.clone()], 1, &limits).unwrap_err());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
         assert!(
-            e.contains(&digest_of(&blob)) && e.contains("exceeds"),
+            e.contains(&digest_of(&blob)) && e.contains("follow the end"),
+            "{e}"
+        );
+        // Headers past the cap on the decompressed stream (1 MiB + 100 * 4 KiB): a PAX
+        // header of 2 MiB is cut off at the cap by the decompressor's reader.
+        let mut b = tar::Builder::new(Vec::new());
+        let recs = pax_record("comment", &"c".repeat(2 << 20));
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(tar::EntryType::XHeader);
+        x.set_path("PaxHeaders/x").unwrap();
+        x.set_size(recs.len() as u64);
+        x.set_cksum();
+        b.append(&x, &recs[..]).unwrap();
+        let mut h = header("after", tar::EntryType::Regular, 0, 0o644);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let blob = zst(&b.into_inner().unwrap());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
+        assert!(
+            e.contains(&digest_of(&blob)) && e.contains("exceeds 1458176 bytes"),
             "{e}"
         );
     }
