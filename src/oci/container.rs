@@ -29,7 +29,9 @@
 //! nodes, FIFOs, sparse and unknown entry types, `.wh.`, `.wh..` and `.wh...`, non-UTF-8
 //! paths, a truncated or corrupt tar, gzip or zstd stream, a tar stream whose sha256 is not
 //! the config's diff_id, and anything past [`Limits`]: the file bytes (hard-link copies
-//! included) and the entries of all layers together. The decompressed stream itself is
+//! included) and the entries of all layers together, and whiteouts that would look at more
+//! than 16 entries of the merged view per allowed entry (a layer whiting out its own large
+//! tree again and again). The decompressed stream itself is
 //! capped while it is read (the file budget plus 4 KiB of headers per allowed entry, and at
 //! most 1 MiB after the tar's end), so a decompression bomb stops at the cap instead of
 //! being inflated first; memory is bounded by the file budget (the files are held in
@@ -90,6 +92,11 @@ const STREAM_BYTES_PER_ENTRY: u64 = 4096;
 /// Bytes accepted after a layer's end-of-archive blocks (tar writers pad to a record of
 /// 10 KiB; anything longer is refused rather than inflated).
 const MAX_TRAILING: u64 = 1 << 20;
+
+/// Entries of the merged view that whiteouts may look at, per allowed entry: a deleted
+/// tree is looked at once; only a layer whiting out its own large trees again and again
+/// reaches this.
+const SCAN_PER_ENTRY: u64 = 16;
 
 /// What an entry of the merged file system is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +160,9 @@ struct Merge {
     entries_left: usize,
     bytes_left: u64,
     stream_left: u64,
+    /// Entries whiteouts may still look at, of `scan_total`.
+    scan_left: u64,
+    scan_total: u64,
 }
 
 /// Applies the container layers bottom to top and splits the result into at most
@@ -167,6 +177,7 @@ pub fn flatten(layers: &[LayerInput], max_groups: usize, limits: &Limits) -> Res
         "cannot split {} container layers into 0 groups",
         layers.len()
     );
+    let scan_total = (limits.max_entries as u64).saturating_mul(SCAN_PER_ENTRY);
     let mut m = Merge {
         map: BTreeMap::new(),
         entries_left: limits.max_entries,
@@ -174,6 +185,8 @@ pub fn flatten(layers: &[LayerInput], max_groups: usize, limits: &Limits) -> Res
         stream_left: limits
             .max_total_bytes
             .saturating_add((limits.max_entries as u64).saturating_mul(STREAM_BYTES_PER_ENTRY)),
+        scan_left: scan_total,
+        scan_total,
     };
     for (i, layer) in layers.iter().enumerate() {
         apply_layer(&mut m, i, layer, limits)?;
@@ -302,29 +315,53 @@ fn subtree_keys(map: &BTreeMap<String, Node>, dir: &str) -> Vec<String> {
 }
 
 /// Deletes what layers below `layer` wrote under `dir` (and `dir` itself with
-/// `include_dir`), keeping the entries of `layer` and the directories above them.
-fn remove_lower(map: &mut BTreeMap<String, Node>, dir: &str, include_dir: bool, layer: usize) {
-    let mut keys = subtree_keys(map, dir);
-    if include_dir && map.contains_key(dir) {
-        keys.push(dir.to_string());
-    }
-    let mut keep: BTreeSet<String> = BTreeSet::new();
-    for k in &keys {
-        if map.get(k).is_some_and(|n| n.layer >= layer) {
+/// `include_dir`), keeping the entries of `layer` and the directories above them. Each
+/// entry looked at is taken from `m.scan_left` (a layer repeating whiteouts over a large
+/// tree of its own would otherwise cost entries x tree size).
+fn remove_lower(m: &mut Merge, dir: &str, include_dir: bool, layer: usize) -> Result<()> {
+    let range: Box<dyn Iterator<Item = (&String, &Node)>> = if dir.is_empty() {
+        Box::new(m.map.iter())
+    } else {
+        // Every "dir/..." sorts between "dir/" and "dir0" ('0' follows '/').
+        Box::new(m.map.range(format!("{dir}/")..format!("{dir}0")))
+    };
+    let mut lower: Vec<&str> = Vec::new();
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    let mut visited = 0u64;
+    for (k, n) in range {
+        visited += 1;
+        if visited > m.scan_left {
+            bail!(
+                "the whiteouts of the container's layers look at more than {} entries \
+                 (hostile layer?)",
+                m.scan_total
+            );
+        }
+        if n.layer >= layer {
             let mut a = k.as_str();
-            while keep.insert(a.to_string()) {
+            while keep.insert(a) {
                 match a.rfind('/') {
                     Some(i) if a.len() > dir.len() => a = &a[..i],
                     _ => break,
                 }
             }
+        } else {
+            lower.push(k);
         }
     }
-    for k in keys {
-        if !keep.contains(&k) {
-            map.remove(&k);
-        }
+    m.scan_left -= visited;
+    if include_dir && m.map.get(dir).is_some_and(|n| n.layer < layer) {
+        lower.push(dir);
     }
+    let gone: Vec<String> = lower
+        .into_iter()
+        .filter(|k| !keep.contains(k))
+        .map(str::to_string)
+        .collect();
+    for k in gone {
+        m.map.remove(&k);
+    }
+    Ok(())
 }
 
 /// Refuses a path of which an ancestor in the merged view is not a directory (a symlink
@@ -503,7 +540,7 @@ fn apply_entry<R: Read>(
     if let Some(name) = base.strip_prefix(".wh.") {
         if name == ".wh..opq" {
             make_parents(&mut m.map, &path, idx);
-            remove_lower(&mut m.map, parent, false, idx);
+            remove_lower(m, parent, false, idx)?;
         } else if name.starts_with(".wh.") {
             // AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not part of the file system.
         } else {
@@ -516,7 +553,7 @@ fn apply_entry<R: Read>(
             } else {
                 format!("{parent}/{name}")
             };
-            remove_lower(&mut m.map, &target, true, idx);
+            remove_lower(m, &target, true, idx)?;
         }
         return Ok(());
     }
@@ -1415,6 +1452,29 @@ mod tests {
             e.contains(&digest_of(&blob)) && e.contains("exceeds 1458176 bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn repeated_whiteouts_over_a_large_own_tree_are_bounded() {
+        let limits = Limits {
+            max_total_bytes: 1 << 20,
+            max_entries: 2000,
+        };
+        let names: Vec<String> = (0..500).map(|i| format!("d/f{i}")).collect();
+        let mut entries: Vec<E> = names.iter().map(|n| E::File(n, b"")).collect();
+        entries.extend((0..1000).map(|_| E::File("d/.wh..wh..opq", b"")));
+        let blob = tar_of(&entries);
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
+        assert!(
+            e.contains(&digest_of(&blob)) && e.contains("look at more than 32000"),
+            "{e}"
+        );
+        // One marker over the same tree is fine.
+        entries.truncate(501);
+        run_limits(&[tar_of(&entries)], 1, &limits).unwrap();
     }
 
     #[test]
