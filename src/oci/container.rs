@@ -29,10 +29,13 @@
 //! nodes, FIFOs, sparse and unknown entry types, `.wh.`, `.wh..` and `.wh...`, non-UTF-8
 //! paths, a truncated or corrupt tar, gzip or zstd stream, a tar stream whose sha256 is not
 //! the config's diff_id, and anything past [`Limits`]: the file bytes (hard-link copies
-//! included) and the entries of all layers together. The decompressed stream itself is
-//! capped while it is read (the file budget plus 4 KiB of headers per allowed entry), so a
-//! decompression bomb stops at the cap instead of being inflated first; memory is bounded
-//! by that cap. Symlink *targets* may be absolute or contain `..`: they resolve inside the
+//! included) and the entries of all layers together, and whiteouts that would look at more
+//! than 16 entries of the merged view per allowed entry (a layer whiting out its own large
+//! tree again and again). The decompressed stream itself is
+//! capped while it is read (the file budget plus 4 KiB of headers per allowed entry, and at
+//! most 1 MiB after the tar's end), so a decompression bomb stops at the cap instead of
+//! being inflated first; memory is bounded by the file budget (the files are held in
+//! memory) plus the largest tar header. Symlink *targets* may be absolute or contain `..`: they resolve inside the
 //! guest's root at run time.
 //!
 //! [`parse_config`] reads an OCI image config or the Docker v1 config of a `docker save`
@@ -73,11 +76,10 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 8 GiB of files and [`crate::tree::MAX_ENTRIES`] entries: above any app image fuse
-    /// can put in a layer, well below what a bomb would need to hurt.
+    /// 4 GiB of files (all held in memory) and [`crate::tree::MAX_ENTRIES`] entries.
     fn default() -> Self {
         Limits {
-            max_total_bytes: 8 << 30,
+            max_total_bytes: 4 << 30,
             max_entries: crate::tree::MAX_ENTRIES,
         }
     }
@@ -86,6 +88,15 @@ impl Default for Limits {
 /// Bytes of tar headers, padding and extension records allowed per entry, on top of the
 /// file bytes, in the cap on the decompressed stream.
 const STREAM_BYTES_PER_ENTRY: u64 = 4096;
+
+/// Bytes accepted after a layer's end-of-archive blocks (tar writers pad to a record of
+/// 10 KiB; anything longer is refused rather than inflated).
+const MAX_TRAILING: u64 = 1 << 20;
+
+/// Entries of the merged view that whiteouts may look at, per allowed entry: a deleted
+/// tree is looked at once; only a layer whiting out its own large trees again and again
+/// reaches this.
+const SCAN_PER_ENTRY: u64 = 16;
 
 /// What an entry of the merged file system is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +160,9 @@ struct Merge {
     entries_left: usize,
     bytes_left: u64,
     stream_left: u64,
+    /// Entries whiteouts may still look at, of `scan_total`.
+    scan_left: u64,
+    scan_total: u64,
 }
 
 /// Applies the container layers bottom to top and splits the result into at most
@@ -163,6 +177,7 @@ pub fn flatten(layers: &[LayerInput], max_groups: usize, limits: &Limits) -> Res
         "cannot split {} container layers into 0 groups",
         layers.len()
     );
+    let scan_total = (limits.max_entries as u64).saturating_mul(SCAN_PER_ENTRY);
     let mut m = Merge {
         map: BTreeMap::new(),
         entries_left: limits.max_entries,
@@ -170,6 +185,8 @@ pub fn flatten(layers: &[LayerInput], max_groups: usize, limits: &Limits) -> Res
         stream_left: limits
             .max_total_bytes
             .saturating_add((limits.max_entries as u64).saturating_mul(STREAM_BYTES_PER_ENTRY)),
+        scan_left: scan_total,
+        scan_total,
     };
     for (i, layer) in layers.iter().enumerate() {
         apply_layer(&mut m, i, layer, limits)?;
@@ -298,29 +315,53 @@ fn subtree_keys(map: &BTreeMap<String, Node>, dir: &str) -> Vec<String> {
 }
 
 /// Deletes what layers below `layer` wrote under `dir` (and `dir` itself with
-/// `include_dir`), keeping the entries of `layer` and the directories above them.
-fn remove_lower(map: &mut BTreeMap<String, Node>, dir: &str, include_dir: bool, layer: usize) {
-    let mut keys = subtree_keys(map, dir);
-    if include_dir && map.contains_key(dir) {
-        keys.push(dir.to_string());
-    }
-    let mut keep: BTreeSet<String> = BTreeSet::new();
-    for k in &keys {
-        if map.get(k).is_some_and(|n| n.layer >= layer) {
+/// `include_dir`), keeping the entries of `layer` and the directories above them. Each
+/// entry looked at is taken from `m.scan_left` (a layer repeating whiteouts over a large
+/// tree of its own would otherwise cost entries x tree size).
+fn remove_lower(m: &mut Merge, dir: &str, include_dir: bool, layer: usize) -> Result<()> {
+    let range: Box<dyn Iterator<Item = (&String, &Node)>> = if dir.is_empty() {
+        Box::new(m.map.iter())
+    } else {
+        // Every "dir/..." sorts between "dir/" and "dir0" ('0' follows '/').
+        Box::new(m.map.range(format!("{dir}/")..format!("{dir}0")))
+    };
+    let mut lower: Vec<&str> = Vec::new();
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    let mut visited = 0u64;
+    for (k, n) in range {
+        visited += 1;
+        if visited > m.scan_left {
+            bail!(
+                "the whiteouts of the container's layers look at more than {} entries \
+                 (hostile layer?)",
+                m.scan_total
+            );
+        }
+        if n.layer >= layer {
             let mut a = k.as_str();
-            while keep.insert(a.to_string()) {
+            while keep.insert(a) {
                 match a.rfind('/') {
                     Some(i) if a.len() > dir.len() => a = &a[..i],
                     _ => break,
                 }
             }
+        } else {
+            lower.push(k);
         }
     }
-    for k in keys {
-        if !keep.contains(&k) {
-            map.remove(&k);
-        }
+    m.scan_left -= visited;
+    if include_dir && m.map.get(dir).is_some_and(|n| n.layer < layer) {
+        lower.push(dir);
     }
+    let gone: Vec<String> = lower
+        .into_iter()
+        .filter(|k| !keep.contains(k))
+        .map(str::to_string)
+        .collect();
+    for k in gone {
+        m.map.remove(&k);
+    }
+    Ok(())
 }
 
 /// Refuses a path of which an ancestor in the merged view is not a directory (a symlink
@@ -420,10 +461,18 @@ fn apply_layer(m: &mut Merge, idx: usize, layer: &LayerInput, limits: &Limits) -
             })?;
         }
     }
-    // The rest of the stream (end-of-archive blocks, padding) belongs to the diff_id too.
+    // The rest of the stream (end-of-archive blocks, record padding) belongs to the diff_id
+    // too; more than MAX_TRAILING bytes of it is not a tar writer's padding.
     let mut reader = ar.into_inner();
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|e| stream_err("reading past the end of the tar", e))?;
+    let trailing = std::io::copy(
+        &mut (&mut reader).take(MAX_TRAILING + 1),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| stream_err("reading past the end of the tar", e))?;
+    ensure!(
+        trailing <= MAX_TRAILING,
+        "layer {digest}: more than {MAX_TRAILING} bytes follow the end of the tar archive"
+    );
     m.stream_left = reader.left;
     let got = format!("sha256:{}", hex(&reader.hasher.finalize()));
     if let Some(want) = layer.diff_id {
@@ -491,7 +540,7 @@ fn apply_entry<R: Read>(
     if let Some(name) = base.strip_prefix(".wh.") {
         if name == ".wh..opq" {
             make_parents(&mut m.map, &path, idx);
-            remove_lower(&mut m.map, parent, false, idx);
+            remove_lower(m, parent, false, idx)?;
         } else if name.starts_with(".wh.") {
             // AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not part of the file system.
         } else {
@@ -504,7 +553,7 @@ fn apply_entry<R: Read>(
             } else {
                 format!("{parent}/{name}")
             };
-            remove_lower(&mut m.map, &target, true, idx);
+            remove_lower(m, &target, true, idx)?;
         }
         return Ok(());
     }
@@ -1087,12 +1136,14 @@ mod tests {
         let long = format!("opt/{}/{}", "d".repeat(120), "f".repeat(150));
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_size(3);
         h.set_mode(0o600);
         b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
         let mut h = tar::Header::new_gnu();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
         b.append_link(&mut h, "opt/link", &long).unwrap();
@@ -1107,7 +1158,8 @@ mod tests {
         x.set_cksum();
         b.append(&x, &recs[..]).unwrap();
         let mut h = tar::Header::new_ustar();
-        (h.set_uid(0), h.set_gid(0));
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_path("short").unwrap();
         h.set_size(2);
         h.set_mode(0o640);
@@ -1326,7 +1378,7 @@ mod tests {
         let n = bad_crc.len();
         bad_crc[n - 6] ^= 1; // the gzip trailer's CRC32
         for blob in [cut_tar, cut_gz, cut_zst, bad_sum, bad_crc] {
-            let e = format!("{:#}", run(&[blob.clone()], 1).unwrap_err());
+            let e = format!("{:#}", run(std::slice::from_ref(&blob), 1).unwrap_err());
             assert!(e.contains(&digest_of(&blob)), "{e}");
         }
     }
@@ -1341,7 +1393,10 @@ mod tests {
         let zeros = vec![0u8; 8 << 20];
         let one = gz(&tar_of(&[E::File("zeros", &zeros)]));
         assert!(one.len() < 64 << 10);
-        let e = format!("{:#}", run_limits(&[one.clone()], 1, &limits).unwrap_err());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&one), 1, &limits).unwrap_err()
+        );
         assert!(
             e.contains(&digest_of(&one)) && e.contains("zeros") && e.contains("limit"),
             "{e}"
@@ -1363,16 +1418,63 @@ mod tests {
             run_limits(&[tar_of(&many)], 1, &limits).unwrap_err()
         );
         assert!(e.contains("more than 100 entries"), "{e}");
-        // A stream of zeros past the tar's end: the decompressor is stopped at the cap
-        // (1 MiB + 100 * 4 KiB), not drained.
+        // Zeros past the tar's end: stopped after 1 MiB, not drained.
         let mut t = tar_of(&[E::File("small", b"s")]);
         t.extend(std::iter::repeat_n(0u8, 32 << 20));
         let blob = gz(&t);
-        let e = format!("{:#}", run_limits(&[blob.clone()], 1, &limits).unwrap_err());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
         assert!(
-            e.contains(&digest_of(&blob)) && e.contains("exceeds"),
+            e.contains(&digest_of(&blob)) && e.contains("follow the end"),
             "{e}"
         );
+        // Headers past the cap on the decompressed stream (1 MiB + 100 * 4 KiB): a PAX
+        // header of 2 MiB is cut off at the cap by the decompressor's reader.
+        let mut b = tar::Builder::new(Vec::new());
+        let recs = pax_record("comment", &"c".repeat(2 << 20));
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(tar::EntryType::XHeader);
+        x.set_path("PaxHeaders/x").unwrap();
+        x.set_size(recs.len() as u64);
+        x.set_cksum();
+        b.append(&x, &recs[..]).unwrap();
+        let mut h = header("after", tar::EntryType::Regular, 0, 0o644);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let blob = zst(&b.into_inner().unwrap());
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
+        assert!(
+            e.contains(&digest_of(&blob)) && e.contains("exceeds 1458176 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn repeated_whiteouts_over_a_large_own_tree_are_bounded() {
+        let limits = Limits {
+            max_total_bytes: 1 << 20,
+            max_entries: 2000,
+        };
+        let names: Vec<String> = (0..500).map(|i| format!("d/f{i}")).collect();
+        let mut entries: Vec<E> = names.iter().map(|n| E::File(n, b"")).collect();
+        entries.extend((0..1000).map(|_| E::File("d/.wh..wh..opq", b"")));
+        let blob = tar_of(&entries);
+        let e = format!(
+            "{:#}",
+            run_limits(std::slice::from_ref(&blob), 1, &limits).unwrap_err()
+        );
+        assert!(
+            e.contains(&digest_of(&blob)) && e.contains("look at more than 32000"),
+            "{e}"
+        );
+        // One marker over the same tree is fine.
+        entries.truncate(501);
+        run_limits(&[tar_of(&entries)], 1, &limits).unwrap();
     }
 
     #[test]
