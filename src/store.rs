@@ -182,6 +182,16 @@ impl Store {
     pub fn put_named(&self, name: &str, data: &[u8]) -> Result<()> {
         write_atomic(&self.named_path(name), data)
     }
+
+    /// Removes a named entry (absent is fine).
+    pub fn remove_named(&self, name: &str) -> Result<()> {
+        let path = self.named_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
 }
 
 #[cfg(test)]

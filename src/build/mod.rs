@@ -42,6 +42,7 @@ pub fn build(
     signer: Option<&crate::sign::Signer>,
 ) -> Result<Built> {
     let started = Instant::now();
+    let units_store_arg = units;
     let workers = units::workers()?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
         m.file
@@ -151,6 +152,40 @@ pub fn build(
         signer: signer.map(|s| s.meta()),
     })?;
     tracing::info!("disk assembled in {:.2}s", t.elapsed().as_secs_f64());
+    // 5b. Units from the registry cache are someone else's bytes: the image they make is
+    // verified as `fuse inspect` does (the UKI's command line and boot plan against
+    // image.json, which this build wrote from its own plan; every layer's file list
+    // against its file system) before it is written. When it does not verify, those units
+    // are forgotten and the image is built from local units only.
+    if cache.imported() > 0 {
+        let t = Instant::now();
+        let check = crate::inspect::verify::read(&disk.bytes, None);
+        if !check.report.ok() {
+            let problems: Vec<String> = check
+                .report
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            let forgotten = cache.forget_imported()?;
+            tracing::warn!(
+                "registry cache {}: the image its units make does not verify ({}); \
+                 {forgotten} units refused, building without the registry cache",
+                cache_opts.registry.as_deref().unwrap_or("?"),
+                problems.join("; ")
+            );
+            let local = CacheOptions {
+                registry: None,
+                ..cache_opts.clone()
+            };
+            return build(m, Some(&out), opts, units_store_arg, &local, signer);
+        }
+        tracing::info!(
+            "image from {} registry-cache units verified in {:.2}s",
+            cache.imported(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     // 6. Written atomically; the lock only once the image is.
     let mut json = serde_json::to_vec_pretty(&disk.meta)?;
     json.push(b'\n');

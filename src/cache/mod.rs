@@ -56,6 +56,8 @@ pub type Hit<M> = (Record<M>, Vec<u8>, Source);
 pub struct Cache {
     store: Store,
     remote: Option<Mutex<Remote>>,
+    /// Record names of the units this build copied from the registry into the local cache.
+    imported: Mutex<Vec<String>>,
 }
 
 struct Remote {
@@ -75,6 +77,7 @@ impl Cache {
         Cache {
             store: store.clone(),
             remote: None,
+            imported: Mutex::new(Vec::new()),
         }
     }
 
@@ -87,6 +90,7 @@ impl Cache {
                 broken: false,
                 missing: Vec::new(),
             })),
+            imported: Mutex::new(Vec::new()),
         }
     }
 
@@ -139,7 +143,26 @@ impl Cache {
             .put(&rec.sha256, bytes)
             .with_context(|| format!("cannot cache {kind} {key}"))?;
         self.store.put_named(&record_name(key), text)?;
+        if let Ok(mut v) = self.imported.lock() {
+            v.push(record_name(key));
+        }
         self.local_record(kind, key)
+    }
+
+    /// How many units this build took from the registry cache.
+    pub fn imported(&self) -> usize {
+        self.imported.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Removes from the local cache the records of every unit this build took from the
+    /// registry (their blobs stay, unreferenced): after the image they made did not
+    /// verify, none of them is trusted again as a local unit.
+    pub fn forget_imported(&self) -> Result<usize> {
+        let names = std::mem::take(&mut *self.imported.lock().unwrap_or_else(|e| e.into_inner()));
+        for n in &names {
+            self.store.remove_named(n)?;
+        }
+        Ok(names.len())
     }
 
     pub fn store(&self) -> &Store {

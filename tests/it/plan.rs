@@ -229,6 +229,98 @@ fn a_registry_cache_builds_a_new_machine_without_packages_and_refuses_bad_blobs(
         };
         assert_eq!(source, want, "{unit}:\n{err}");
     }
+
+    // Who can push to the cache repository forges units whose own records are consistent
+    // (bytes = record sha256): a UKI whose boot plan is another app's, an app layer whose
+    // file list leaves out the app. The image they make does not verify, so a machine with
+    // packages but no units refuses them and builds the clean image locally.
+    let forger = fuse::cache::registry::RegistryCache::open(&cache_ref, true, None).unwrap();
+    let plan = plan_json(&app_a, &cache_a);
+    let uki_key = plan["uki"]["key"].as_str().unwrap().to_string();
+    let base_key = plan["layers"][0]["key"].as_str().unwrap().to_string();
+    let unit_of = |cache: &Path, key: &str| -> (serde_json::Value, Vec<u8>) {
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cache.join(format!("named/unit-{key}"))).unwrap(),
+        )
+        .unwrap();
+        let bytes =
+            std::fs::read(cache.join("sha256").join(rec["sha256"].as_str().unwrap())).unwrap();
+        (rec, bytes)
+    };
+    let push = |key: &str, rec: &serde_json::Value, bytes: &[u8]| {
+        forger
+            .put(key, &serde_json::to_vec(rec).unwrap(), bytes)
+            .unwrap();
+    };
+    // The other app: the same binary started with other arguments (another boot plan).
+    let other = tempfile::tempdir().unwrap();
+    let app_x = example_app(other.path());
+    std::fs::copy(&lock_file, app_x.join("fuse.lock")).unwrap();
+    let toml = std::fs::read_to_string(app_x.join("fuse.toml")).unwrap();
+    std::fs::write(
+        app_x.join("fuse.toml"),
+        toml.replace("args = []", "args = [\"--forged\"]"),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(app_x.join("fuse.toml"))
+        .unwrap()
+        .contains("--forged"));
+    let (digest_x, _) = build_args(&app_x, &cache_a, &[], &offline);
+    assert_ne!(digest_x, shared.digest);
+    let x_uki_key = plan_json(&app_x, &cache_a)["uki"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (good_uki, good_uki_bytes) = unit_of(&cache_a, &uki_key);
+    let (good_base, good_base_bytes) = unit_of(&cache_a, &base_key);
+    let machine_with_packages = || {
+        let d = tempfile::tempdir().unwrap();
+        let cache = private_cache(d.path());
+        for e in std::fs::read_dir(cache.join("named")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("unit-") || name.starts_with("image-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let app = example_app(d.path());
+        std::fs::copy(&lock_file, app.join("fuse.lock")).unwrap();
+        (d, app, cache)
+    };
+    let (mut forged_uki, x_uki_bytes) = unit_of(&cache_a, &x_uki_key);
+    forged_uki["key"] = serde_json::json!(uki_key);
+    push(&uki_key, &forged_uki, &x_uki_bytes);
+    let (_d1, app_d1, cache_d1) = machine_with_packages();
+    let (digest_d1, err) = build_args(&app_d1, &cache_d1, &with_registry, &offline);
+    assert_eq!(digest_d1, shared.digest, "the forged UKI was used:\n{err}");
+    assert!(
+        err.contains("WARN") && err.contains("does not verify") && err.contains("boot plan"),
+        "{err}"
+    );
+    // Nothing of the forgery stays trusted in the local cache: a build without the
+    // registry takes every unit from it and gives the same image.
+    std::fs::remove_file(app_d1.join("fuse-out/hello-1.0.0.img")).unwrap();
+    let (again, err) = build_args(&app_d1, &cache_d1, &[], &offline);
+    assert_eq!(again, shared.digest, "{err}");
+    push(&uki_key, &good_uki, &good_uki_bytes);
+
+    // (The app layer's blob was corrupted in the registry above: the base layer it is.)
+    let mut forged_base = good_base.clone();
+    let files = forged_base["meta"]["files"].as_array_mut().unwrap();
+    let gone = files
+        .iter()
+        .rposition(|f| f["type"] == "file")
+        .expect("the base layer holds files");
+    let gone = files.remove(gone)["path"].as_str().unwrap().to_string();
+    push(&base_key, &forged_base, &good_base_bytes);
+    let (_d2, app_d2, cache_d2) = machine_with_packages();
+    let (digest_d2, err) = build_args(&app_d2, &cache_d2, &with_registry, &offline);
+    assert_eq!(digest_d2, shared.digest, "{err}");
+    assert!(
+        err.contains("does not verify") && err.contains("layer base") && err.contains(&gone),
+        "{gone}: {err}"
+    );
+    push(&base_key, &good_base, &good_base_bytes);
 }
 
 /// `FUSE_JOBS` is the number of threads a cold build works on (no unit cached: every layer,
