@@ -175,6 +175,34 @@ pub fn lock_file(path: &Path) -> Result<Lock> {
     }
 }
 
+/// As [`lock_file`] without waiting: None when another process holds the lock.
+pub fn try_lock_file(path: &Path) -> Result<Option<Lock>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(Some(Lock { _file: file }));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+}
+
 /// The local image store rooted at a data directory.
 #[derive(Clone, Debug)]
 pub struct Images {

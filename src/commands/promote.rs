@@ -182,7 +182,7 @@ pub fn envs(args: &EnvsArgs) -> Result<u8> {
         .filter(|e| args.image.as_deref().is_none_or(|i| e.image == i))
         .collect();
     cur.sort_by(|a, b| (&a.image, rank(&a.env), &a.env).cmp(&(&b.image, rank(&b.env), &b.env)));
-    let servers = env_servers(&project, &all, args.image.as_deref());
+    let servers = env_servers(&project, &all);
     if args.json {
         println!(
             "{}",
@@ -272,19 +272,35 @@ struct ServerView {
 }
 
 /// The servers of every environment with a target (leftovers of interrupted deployments are
-/// removed first); an unreachable target is reported and skipped.
+/// removed first, see [`crate::deploy::reconcile`]); an unreachable target is reported and
+/// skipped.
 fn env_servers(
     project: &ledger::Project,
     all: &[Entry],
-    image: Option<&str>,
 ) -> std::collections::BTreeMap<String, Vec<ServerView>> {
     let mut out = std::collections::BTreeMap::new();
     for env in &project.envs {
         let listed = (|| -> Result<Vec<ServerView>> {
             let (mut target, mut switch) = crate::deploy::connect(env)?;
             target.check()?;
-            if switch.check().is_ok() {
-                crate::deploy::reconcile(all, image, &env.name, target.as_mut(), switch.as_mut())?;
+            // A running deployment's new servers are not leftovers: reconcile only while
+            // no deployment to this environment holds its lock.
+            match crate::deploy::lock(project, &env.name, false) {
+                Ok(Some(_lock)) if switch.check().is_ok() => {
+                    crate::deploy::reconcile(
+                        all,
+                        &env.name,
+                        env.health_timeout,
+                        target.as_mut(),
+                        switch.as_mut(),
+                    )?;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::warn!(
+                    "environment {}: a deployment is running; its servers are listed as they are",
+                    env.name
+                ),
+                Err(e) => tracing::warn!("environment {}: leftovers not checked: {e:#}", env.name),
             }
             let mut v = vec![];
             for s in target.servers(&env.name)? {

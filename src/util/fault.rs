@@ -1,7 +1,8 @@
-//! Named points where a test can stop a build to kill it there (`FUSE_TEST_PAUSE=<point>`):
-//! the build creates the file named by `FUSE_TEST_PAUSE_FILE` and sleeps, so a crash test
-//! reaches "while building units" or "while writing the image" on purpose, not by timing.
-//! Without the variable (every real build) a point costs one environment lookup.
+//! Named points where a test can stop a build or a deployment to kill it there
+//! (`FUSE_TEST_PAUSE=<point>`): the program creates the file named by `FUSE_TEST_PAUSE_FILE`
+//! and sleeps, so a crash test reaches "while building units", "while writing the image" or
+//! `deploy:switched` on purpose, not by timing. Without the variable (every real run) a
+//! point costs one environment lookup.
 
 use std::time::Duration;
 

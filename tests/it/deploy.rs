@@ -548,3 +548,228 @@ fn blue_green_deploy_gates_and_rollback() {
     assert_eq!(ok.last().map(String::as_str), Some("v1 teal"));
     assert_eq!(get(h.port).unwrap(), "v1 teal");
 }
+
+/// One command on the test haproxy's admin socket.
+fn admin(h: &Haproxy, cmd: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(h.dir.path().join("admin.sock")).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The backend `dapp` (`show servers state dapp`): (server, op state, admin state), sorted.
+fn backend(h: &Haproxy) -> Vec<(String, u32, u32)> {
+    let mut v: Vec<(String, u32, u32)> = admin(h, "show servers state dapp")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 7 {
+                return None;
+            }
+            Some((f[3].to_string(), f[5].parse().ok()?, f[6].parse().ok()?))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every libvirt domain of this test's environment (`virsh list --all`), sorted.
+fn test_domains() -> Vec<String> {
+    let o = Command::new("virsh")
+        .args(["-q", "-c", URI, "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = text(&o.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("fuse-test-dapp-"))
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The servers the ledger names as test's current ones (its last successful deployment).
+fn ledger_current(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("ledger.jsonl")).unwrap();
+    let last = text
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["env"] == "test" && e["deploy"]["result"] == "ok")
+        .expect("no successful deployment to test");
+    let mut v: Vec<String> = last["deploy"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A backend holding exactly `names`, each running and ready (op 2, admin 0).
+fn serving(names: &[String]) -> Vec<(String, u32, u32)> {
+    names.iter().map(|n| (n.clone(), 2, 0)).collect()
+}
+
+#[test]
+fn deploy_killed_at_each_step_is_cleaned_up_and_never_drops_traffic() {
+    let Some(_libvirt) = libvirt_ready() else {
+        return;
+    };
+    let _servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _domains = DomainsGuard;
+    let v = versions();
+    let h = Haproxy::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    project(&h, dir.path(), "dapp", URI);
+    let [v1, v2] = [0, 1].map(|i| v.images[i].to_str().unwrap().to_string());
+    let t = Instant::now();
+    let o = fuse_in(dir.path(), &data, &["deploy", &v1, "test"], &[]);
+    assert!(o.status.success(), "deploy v1: {}", text(&o.stderr));
+    let v1_servers = ledger_current(dir.path());
+    assert_eq!(v1_servers.len(), 2);
+    assert_eq!(test_domains(), v1_servers);
+    assert_eq!(backend(&h), serving(&v1_servers));
+
+    let flag = dir.path().join("paused");
+    let log = dir.path().join("deploy.log");
+    // Each point in flow order; a kill at each leaves what the comment says, then `fuse
+    // envs` must leave exactly the ledger's current servers running and in the backend.
+    for point in [
+        "deploy:image-put",       // v2's volume, nothing else
+        "deploy:servers-started", // + 2 v2 domains booting, outside the backend
+        "deploy:healthy",         // + 2 v2 domains answering, outside the backend
+        "deploy:switched",        // 4 servers ready in the backend: v1 and v2 answer
+        "deploy:drained",         // v1 draining (no new requests), v2 serving
+        "deploy:removed",         // v1 out of the backend but running, not recorded yet
+        "deploy:recorded",        // the ledger names v2; v1 still running
+    ] {
+        let _ = std::fs::remove_file(&flag);
+        let before = ledger_current(dir.path());
+        let (new, ok, bad) = under_load(h.port, || {
+            let mut c = Fuse::new(["deploy", &v2, "test"])
+                .dir(dir.path())
+                .data(&data)
+                .env("USER", "tester")
+                .env("FUSE_TEST_PAUSE", point)
+                .env("FUSE_TEST_PAUSE_FILE", &flag)
+                .command();
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            let mut child = c.spawn().unwrap();
+            let started = Instant::now();
+            while !flag.exists() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!(
+                        "deploy ended ({st}) before {point}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "{point} not reached in 900s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Paused: the state the point names.
+            let doms = test_domains();
+            let new: Vec<String> = doms
+                .iter()
+                .filter(|d| !before.contains(d))
+                .cloned()
+                .collect();
+            let old_ready = serving(&before);
+            let be = backend(&h);
+            match point {
+                "deploy:image-put" => assert_eq!(doms, before),
+                "deploy:servers-started" | "deploy:healthy" => {
+                    assert_eq!(new.len(), 2, "{doms:?}");
+                    assert_eq!(be, old_ready);
+                }
+                "deploy:switched" => {
+                    let mut all = doms.clone();
+                    all.sort();
+                    assert_eq!(be, serving(&all));
+                }
+                "deploy:drained" => {
+                    let drained: Vec<_> = before.iter().map(|n| (n.clone(), 2, 8)).collect();
+                    let mut want = [drained, serving(&new)].concat();
+                    want.sort();
+                    assert_eq!(be, want);
+                    // `fuse envs` meanwhile must not take the running deployment's servers
+                    // for leftovers (v1 drains: that would empty the backend).
+                    let o = fuse_in(dir.path(), &data, &["envs"], &[]);
+                    assert!(o.status.success(), "envs: {}", text(&o.stderr));
+                    assert_eq!(test_domains(), doms);
+                    assert_eq!(backend(&h), want);
+                }
+                "deploy:removed" => assert_eq!(be, serving(&new)),
+                "deploy:recorded" => {
+                    assert_eq!(be, serving(&new));
+                    assert_eq!(ledger_current(dir.path()), new);
+                }
+                _ => unreachable!(),
+            }
+            // SAFETY: kill(2) of the child this test spawned and has not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let st = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&st),
+                Some(libc::SIGKILL)
+            );
+            let o = fuse_in(dir.path(), &data, &["envs"], &[]);
+            assert!(
+                o.status.success(),
+                "envs after {point}: {}",
+                text(&o.stderr)
+            );
+            new
+        });
+        let current = ledger_current(dir.path());
+        let (want, answer) = if point == "deploy:recorded" {
+            (new.clone(), "v2 teal")
+        } else {
+            (before.clone(), "v1 teal")
+        };
+        eprintln!(
+            "killed at {point}: {} v2 server(s) left, {} requests, {} failed, {:.0}s so far",
+            new.len(),
+            ok.len(),
+            bad.len(),
+            t.elapsed().as_secs_f64()
+        );
+        assert!(bad.is_empty(), "failed requests around {point}: {bad:?}");
+        assert!(
+            ok.iter().all(|a| a == "v1 teal" || a == "v2 teal"),
+            "{ok:?}"
+        );
+        assert_eq!(current, want, "the ledger's servers after {point}");
+        assert_eq!(test_domains(), current, "domains after {point}");
+        assert_eq!(backend(&h), serving(&current), "backend after {point}");
+        assert_eq!(get(h.port).unwrap(), answer, "after {point}");
+    }
+
+    // A deployment after all that is clean: v2 on 2 new servers, nothing else.
+    let (o, ok, bad) = under_load(h.port, || {
+        fuse_in(dir.path(), &data, &["deploy", &v2, "test"], &[])
+    });
+    assert!(o.status.success(), "deploy v2: {}", text(&o.stderr));
+    assert!(
+        bad.is_empty(),
+        "failed requests during the last deploy: {bad:?}"
+    );
+    assert!(ok.iter().all(|a| a == "v2 teal"), "{ok:?}");
+    let current = ledger_current(dir.path());
+    assert_eq!(current.len(), 2);
+    assert_eq!(test_domains(), current);
+    assert_eq!(backend(&h), serving(&current));
+    eprintln!(
+        "deploy killed at 7 points, cleaned, deployed: {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+}
