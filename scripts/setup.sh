@@ -6,12 +6,13 @@ SUDO=""
 # Runtime: QEMU + OVMF to boot images, the archive keyring, gcc for the examples.
 # Tests: the reference tools each cross-check uses (a test whose tool is missing fails when
 # CI is set), the JDK and Tomcat for the Java examples, a loopback OCI registry, umoci and
-# skopeo (container images made and copied for `[app] kind = "oci"`).
+# skopeo (container images made and copied for `[app] kind = "oci"`), mmdebstrap (the root
+# file system of the container image the oci tests build).
 PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
 squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl openssl docker-registry \
 openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin \
 g++ python3-dev python3-venv node-gyp libnode-dev \
-libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients haproxy umoci skopeo"
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients haproxy umoci skopeo mmdebstrap"
 # node-gyp and libnode-dev (the Node addon test) conflict with a nodejs from NodeSource,
 # which ships both itself (npm's node-gyp, /usr/include/node): keep that nodejs then.
 if dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then

@@ -1269,6 +1269,19 @@ fn rule_names(app: &RawApp) -> Option<Vec<String>> {
         .map(|l| l.get_ref().iter().map(|r| r.name.clone()).collect())
 }
 
+/// `[app] image` with an `oci-layout:DIR` or `docker-archive:FILE` path made absolute
+/// (relative to the manifest, as every path of the manifest); registry references as given.
+fn oci_image_path(v: &str, base: &Path) -> String {
+    for scheme in ["oci-layout:", "docker-archive:"] {
+        if let Some(rest) = v.strip_prefix(scheme) {
+            if !rest.starts_with('/') {
+                return format!("{scheme}{}", base.join(rest).display());
+            }
+        }
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1280,6 +1293,46 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let r = load(&file);
         (dir, r)
+    }
+
+    #[test]
+    fn kind_oci_takes_an_image_and_no_path() {
+        let oci = |app: &str| format!("[image]\nname = \"web\"\nversion = \"1\"\n\n[app]\n{app}\n");
+        let (dir, m) = with_app(&oci("kind = \"oci\"\nimage = \"oci-layout:img:v1\""));
+        let m = m.unwrap();
+        assert_eq!(m.kind, AppKind::Oci);
+        assert_eq!(m.port, 0, "the port comes from the container when not set");
+        let want = format!("oci-layout:{}:v1", dir.path().join("img").display());
+        assert_eq!(m.oci_image.as_deref(), Some(want.as_str()));
+        let (_d, m) = with_app(&oci(
+            "kind = \"oci\"\nimage = \"127.0.0.1:5000/a/b@sha256:00\"\nport = 9000",
+        ));
+        let m = m.unwrap();
+        assert_eq!(m.oci_image.as_deref(), Some("127.0.0.1:5000/a/b@sha256:00"));
+        assert_eq!(m.port, 9000);
+        for (app, key, why) in [
+            ("kind = \"oci\"", "app.image", "missing"),
+            (
+                "kind = \"oci\"\nimage = \"x:1\"\npath = \"hello\"",
+                "app.path",
+                "not `path`",
+            ),
+            (
+                "kind = \"binary\"\npath = \"hello\"\nport = 1\nimage = \"x:1\"",
+                "app.image",
+                "only kind",
+            ),
+            ("kind = \"binary\"\nport = 1", "app.path", "missing"),
+            (
+                "kind = \"oci\"\nimage = \"x:1\"\n[[app.layers]]\nname = \"a\"\npaths = [\"b\"]",
+                "app.layers",
+                "from the container",
+            ),
+        ] {
+            let (_d, r) = with_app(&oci(app));
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains(key) && e.contains(why), "{app}: {e}");
+        }
     }
 
     const GOOD: &str = r#"
@@ -1535,17 +1588,4 @@ http = "/"
             Some("srv.js")
         );
     }
-}
-
-/// `[app] image` with an `oci-layout:DIR` or `docker-archive:FILE` path made absolute
-/// (relative to the manifest, as every path of the manifest); registry references as given.
-fn oci_image_path(v: &str, base: &Path) -> String {
-    for scheme in ["oci-layout:", "docker-archive:"] {
-        if let Some(rest) = v.strip_prefix(scheme) {
-            if !rest.starts_with('/') {
-                return format!("{scheme}{}", base.join(rest).display());
-            }
-        }
-    }
-    v.to_string()
 }

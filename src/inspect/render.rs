@@ -255,7 +255,10 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             o.push_str(&format!("  manifest    {}\n", one_line(&c.manifest_digest)));
             o.push_str(&format!("  config      {}\n", one_line(&c.config_digest)));
             if let Some(sig) = &c.stop_signal {
-                o.push_str(&format!("  stopsignal  {} (not used: the init stops the app with SIGTERM)\n", one_line(sig)));
+                o.push_str(&format!(
+                    "  stopsignal  {} (not used: the init stops the app with SIGTERM)\n",
+                    one_line(sig)
+                ));
             }
             for (k, v) in &c.labels {
                 o.push_str(&format!("  label       {}={}\n", one_line(k), one_line(v)));

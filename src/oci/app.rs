@@ -417,15 +417,32 @@ mod tests {
             e("bin", FsKind::Symlink("usr/bin".into()), 0o777),
             e("usr", FsKind::Dir, 0o755),
             e("usr/bin", FsKind::Dir, 0o755),
-            e("usr/bin/python3", FsKind::Symlink("python3.11".into()), 0o777),
+            e(
+                "usr/bin/python3",
+                FsKind::Symlink("python3.11".into()),
+                0o777,
+            ),
             e("usr/bin/python3.11", file.clone(), 0o755),
             e("usr/local", FsKind::Dir, 0o755),
-            e("usr/local/py", FsKind::Symlink("/bin/python3".into()), 0o777),
-            e("usr/local/up", FsKind::Symlink("../../../../usr/bin/python3".into()), 0o777),
+            e(
+                "usr/local/py",
+                FsKind::Symlink("/bin/python3".into()),
+                0o777,
+            ),
+            e(
+                "usr/local/up",
+                FsKind::Symlink("../../../../usr/bin/python3".into()),
+                0o777,
+            ),
             e("loop", FsKind::Symlink("loop".into()), 0o777),
         ];
         let view: BTreeMap<&str, &FsEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
-        for p in ["bin/python3", "usr/local/py", "usr/local/up", "usr/bin/python3.11"] {
+        for p in [
+            "bin/python3",
+            "usr/local/py",
+            "usr/local/up",
+            "usr/bin/python3.11",
+        ] {
             let got = lookup(&view, p).unwrap_or_else(|| panic!("{p}"));
             assert_eq!(got.path, "usr/bin/python3.11", "{p}");
         }

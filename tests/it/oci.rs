@@ -64,7 +64,12 @@ fn container() -> Option<&'static Container> {
         let d = dir.path();
         let rootfs = d.join("rootfs.tar");
         sh(Command::new("mmdebstrap")
-            .args(["--mode=root", "--variant=essential", "--include=python3", "--quiet"])
+            .args([
+                "--mode=root",
+                "--variant=essential",
+                "--include=python3",
+                "--quiet",
+            ])
             // device nodes are not part of a container image (the runtime makes /dev)
             .args(["--skip=output/dev"])
             .args(["--dpkgopt=path-exclude=/usr/share/doc/*"])
@@ -78,7 +83,9 @@ fn container() -> Option<&'static Container> {
         // whiteout) and hide (an opaque directory).
         let layout = d.join("layout");
         let image = format!("{}:v1", layout.display());
-        sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        sh(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
         sh(Command::new("umoci").args(["new", "--image", &image]));
         let add_layer = |tree: &Path| {
             let tar = tree.with_extension("tar");
@@ -228,7 +235,10 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3", "{meta}");
     assert_eq!(meta["app"]["argv"][1], "/srv/app.py");
     assert_eq!(meta["app"]["container"]["reference"], c.by_digest.as_str());
-    assert_eq!(meta["app"]["container"]["labels"]["org.example.team"], "web");
+    assert_eq!(
+        meta["app"]["container"]["labels"]["org.example.team"],
+        "web"
+    );
     let layers = app_layers(&img);
     assert!(layers.len() >= 2, "{meta}");
 
@@ -269,11 +279,7 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
             .data(&data)
             .output();
         assert!(out.status.success(), "{image}: {}", text(&out.stderr));
-        assert_eq!(
-            app_layers(&a.join("fuse-out/web-1.img")),
-            layers,
-            "{image}"
-        );
+        assert_eq!(app_layers(&a.join("fuse-out/web-1.img")), layers, "{image}");
     }
 
     // --locked with the registry and the mirror gone: everything from the cache, the same
