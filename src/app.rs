@@ -115,6 +115,21 @@ impl Entry {
     }
 }
 
+/// What the container's config makes of the app.
+#[derive(Clone, Debug)]
+pub struct OciApp {
+    pub source: crate::disk::ContainerSource,
+    /// Entrypoint + Cmd (or `[app] args`), argv[0] absolute.
+    pub argv: Vec<String>,
+    /// The config's Env, then `[app.env]`.
+    pub env: BTreeMap<String, String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub workdir: String,
+    /// `[app] port`, else the first of ExposedPorts.
+    pub port: u16,
+}
+
 /// One layer of the app: its name and which entries it holds.
 #[derive(Clone, Debug)]
 pub struct AppPart {
@@ -156,7 +171,7 @@ pub struct AppScan {
     /// Files whose bytes this scan read (the others' digests came from the stat cache).
     pub files_read: usize,
     /// Kind oci: what the container's config makes of the app.
-    pub oci: Option<crate::oci::app::OciApp>,
+    pub oci: Option<OciApp>,
 }
 
 /// Bytes of a file's head read for its ELF notes (they follow the program headers).
@@ -306,7 +321,7 @@ fn stat_of(meta: &std::fs::Metadata) -> Stat {
 /// records live (`None`: nothing cached, every file read).
 pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     if m.kind == AppKind::Oci {
-        return crate::oci::app::scan(m, store);
+        bail!("internal error: kind oci's app is read by oci::app::scan");
     }
     let stat_name = format!(
         "appstat-{}",

@@ -97,7 +97,30 @@ pub struct AppMeta {
     pub x86_64_level: Option<u8>,
     /// Kind oci: the container image the app is (reference, digests, User, labels).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container: Option<crate::oci::app::ContainerSource>,
+    pub container: Option<ContainerSource>,
+}
+
+/// Where the container image came from and what of its config is not in the boot plan
+/// (image.json `app.container`, `fuse inspect`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerSource {
+    /// `[app] image` as written (paths made absolute).
+    pub reference: String,
+    /// REGISTRY/REPO@sha256:... of a registry image (what a tag resolved to).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pinned: Option<String>,
+    /// `sha256:` of the image manifest (a docker-archive has none: its config digest).
+    pub manifest_digest: String,
+    /// `sha256:` of the image config.
+    pub config_digest: String,
+    /// The config's `User` as written ("" = root).
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub labels: BTreeMap<String, String>,
+    /// Per image layer (bottom to top, after `base`): the container layers it holds.
+    pub layers: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -289,7 +312,7 @@ pub struct DiskInputs<'a> {
     pub x86_64_level: Option<u8>,
     pub port: u16,
     /// Kind oci: the container image the app is.
-    pub container: Option<crate::oci::app::ContainerSource>,
+    pub container: Option<ContainerSource>,
     pub health_http: Option<String>,
     pub epoch: u64,
     /// Who signed `uki` (it is already signed; recorded in image.json).

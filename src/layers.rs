@@ -243,22 +243,7 @@ pub fn base_layer(
 }
 
 /// The command, working directory and environment defaults of the app.
-pub fn app_plan(m: &Manifest, app: &crate::app::AppScan) -> Result<AppPlan> {
-    if let Some(o) = &app.oci {
-        let mut env = o.env.clone();
-        env.entry("PORT".into())
-            .or_insert_with(|| o.port.to_string());
-        return Ok(AppPlan {
-            argv: o.argv.clone(),
-            workdir: o.workdir.clone(),
-            env,
-            uid: o.uid,
-            gid: o.gid,
-            env_args: None,
-            stop_timeout: m.stop_timeout,
-            writable: m.writable.clone(),
-        });
-    }
+pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
     let (argv, at) = crate::runtimes::argv(m)?;
     let mut env = m.env.clone();
     env.entry("PORT".into())

@@ -557,7 +557,22 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
 
 /// The app's start command, working directory and environment (the boot plan's `app`).
 pub fn app_plan(m: &Manifest, app: &AppScan) -> Result<AppPlan> {
-    crate::layers::app_plan(m, app)
+    if let Some(o) = &app.oci {
+        let mut env = o.env.clone();
+        env.entry("PORT".into())
+            .or_insert_with(|| o.port.to_string());
+        return Ok(AppPlan {
+            argv: o.argv.clone(),
+            workdir: o.workdir.clone(),
+            env,
+            uid: o.uid,
+            gid: o.gid,
+            env_args: None,
+            stop_timeout: m.stop_timeout,
+            writable: m.writable.clone(),
+        });
+    }
+    crate::layers::app_plan(m)
 }
 
 fn init_sha256() -> String {

@@ -21,7 +21,10 @@ pub struct Locked {
 /// Scan the app (its one reading) and obtain the lock.
 pub fn lock(m: &Manifest, opts: Options) -> Result<Locked> {
     let session = Session::open()?;
-    let app = app::scan_app(m, Some(&session.store))?;
+    let app = match m.kind {
+        crate::manifest::AppKind::Oci => crate::oci::app::scan(m, Some(&session.store))?,
+        _ => app::scan_app(m, Some(&session.store))?,
+    };
     let (lock, changed) = obtain_lock(&session, m, &app, opts)?;
     Ok(Locked {
         app,

@@ -9,62 +9,20 @@
 
 use super::container::{self, FsEntry, FsKind, LayerInput, Limits};
 use super::source::{self, Source};
-use crate::app::{AppPart, AppScan, Entry, EntryKind, FileSource};
+use crate::app::{AppPart, AppScan, Entry, EntryKind, FileSource, OciApp};
 use crate::digest::sha256_hex;
+use crate::disk::ContainerSource;
 use crate::disk::FileMeta;
 use crate::manifest::{Manifest, MAX_APP_LAYERS, OCI_LAYER_PREFIX};
 use crate::store::Store;
 use anyhow::{bail, ensure, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-/// Largest container file system accepted (uncompressed file bytes).
-pub const MAX_FS_BYTES: u64 = 8 << 30;
-/// Most entries in a container file system.
-pub const MAX_FS_ENTRIES: usize = 2_000_000;
 /// Longest chain of symbolic links followed while resolving a path.
 const MAX_LINKS: usize = 40;
 /// The architecture images are built for.
 pub const ARCH: &str = "amd64";
-
-/// Where the container image came from and what of its config is not in the boot plan
-/// (image.json `app.container`, `fuse inspect`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ContainerSource {
-    /// `[app] image` as written (paths made absolute).
-    pub reference: String,
-    /// REGISTRY/REPO@sha256:... of a registry image (what a tag resolved to).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pinned: Option<String>,
-    /// `sha256:` of the image manifest (a docker-archive has none: its config digest).
-    pub manifest_digest: String,
-    /// `sha256:` of the image config.
-    pub config_digest: String,
-    /// The config's `User` as written ("" = root).
-    pub user: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub stop_signal: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub labels: BTreeMap<String, String>,
-    /// Per image layer (bottom to top, after `base`): the container layers it holds.
-    pub layers: Vec<Vec<String>>,
-}
-
-/// What the container's config makes of the app.
-#[derive(Clone, Debug)]
-pub struct OciApp {
-    pub source: ContainerSource,
-    /// Entrypoint + Cmd (or `[app] args`), argv[0] absolute.
-    pub argv: Vec<String>,
-    /// The config's Env, then `[app.env]`.
-    pub env: BTreeMap<String, String>,
-    pub uid: u32,
-    pub gid: u32,
-    pub workdir: String,
-    /// `[app] port`, else the first of ExposedPorts.
-    pub port: u16,
-}
 
 /// Whether a registry host is reached over plain HTTP: loopback only (as Docker does).
 fn loopback_registry(src: &Source) -> bool {
@@ -132,15 +90,8 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         })
         .collect();
     let t = std::time::Instant::now();
-    let mut groups = container::flatten(
-        &inputs,
-        MAX_APP_LAYERS,
-        &Limits {
-            max_total_bytes: MAX_FS_BYTES,
-            max_entries: MAX_FS_ENTRIES,
-        },
-    )
-    .with_context(|| format!("container image {reference}"))?;
+    let mut groups = container::flatten(&inputs, MAX_APP_LAYERS, &Limits::default())
+        .with_context(|| format!("container image {reference}"))?;
     ensure!(
         !groups.is_empty(),
         "container image {reference} has no layers"
