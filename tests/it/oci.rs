@@ -37,9 +37,6 @@ struct Container {
     layout: PathBuf,
     /// `docker save`-style archive of the same image.
     archive: PathBuf,
-    registry: Registry,
-    /// REGISTRY/REPO@sha256:... of the pushed image.
-    by_digest: String,
 }
 
 fn sh(cmd: &mut Command) {
@@ -159,15 +156,6 @@ fn container() -> Option<&'static Container> {
             "--config.label",
             "org.example.team=web",
         ]));
-        let registry = Registry::start();
-        let repo = format!("127.0.0.1:{}/team/web", registry.port);
-        let digest_file = d.join("digest");
-        sh(Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
-            .arg(format!("oci:{image}"))
-            .arg(format!("docker://{repo}:v1")));
-        let digest = std::fs::read_to_string(&digest_file).unwrap();
         let archive = d.join("web.tar");
         sh(Command::new("skopeo")
             .args(["copy", "--quiet"])
@@ -177,8 +165,6 @@ fn container() -> Option<&'static Container> {
             _dir: dir,
             layout,
             archive,
-            registry,
-            by_digest: format!("{repo}@{}", digest.trim()),
         })
     })
     .as_ref()
@@ -218,9 +204,22 @@ fn app_layers(img: &Path) -> Vec<String> {
 #[test]
 fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     let Some(c) = container() else { return };
+    // Pushed to a registry of this test's own (stopped when the test ends).
+    let registry = Registry::start();
+    let repo = format!("127.0.0.1:{}/team/web", registry.port);
     let dir = tempfile::tempdir().unwrap();
+    let digest_file = dir.path().join("digest");
+    sh(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+        .arg(&digest_file)
+        .arg(format!("oci:{}:v1", c.layout.display()))
+        .arg(format!("docker://{repo}:v1")));
+    let by_digest = format!(
+        "{repo}@{}",
+        std::fs::read_to_string(&digest_file).unwrap().trim()
+    );
     let data = dir.path().join("data");
-    let a = app(dir.path(), &c.by_digest);
+    let a = app(dir.path(), &by_digest);
     // Built by digest from the registry, and built again byte for byte (--verify).
     let out = Fuse::new(["build".as_ref(), a.as_os_str(), "--verify".as_ref()])
         .data(&data)
@@ -234,7 +233,7 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     assert_eq!(meta["app"]["port"], 8080);
     assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3", "{meta}");
     assert_eq!(meta["app"]["argv"][1], "/srv/app.py");
-    assert_eq!(meta["app"]["container"]["reference"], c.by_digest.as_str());
+    assert_eq!(meta["app"]["container"]["reference"], by_digest.as_str());
     assert_eq!(
         meta["app"]["container"]["labels"]["org.example.team"],
         "web"
@@ -265,7 +264,7 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
         .output();
     let shown = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(shown.contains(&c.by_digest), "{shown}");
+    assert!(shown.contains(&by_digest), "{shown}");
     assert!(shown.contains("1000:1001"), "{shown}");
 
     // The same file system from the layout and from the docker-archive.
@@ -285,14 +284,11 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     // --locked with the registry and the mirror gone: everything from the cache, the same
     // image.
     drop(std::fs::remove_dir_all(a.join("fuse-out")));
-    let registry_dir = c.registry.dir.path().to_path_buf();
-    let moved = registry_dir.with_extension("away");
-    std::fs::rename(&registry_dir, &moved).unwrap();
+    drop(registry);
     let out = Fuse::new(["build".as_ref(), a.as_os_str(), "--locked".as_ref()])
         .data(&data)
         .env("FUSE_MIRROR", "http://127.0.0.1:9/debian")
         .output();
-    std::fs::rename(&moved, &registry_dir).unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().last().unwrap(), digest);
 }
