@@ -19,6 +19,8 @@ use ifconfig::Ctl;
 
 /// How long to wait for a network interface to appear.
 const IFACE_WAIT: Duration = Duration::from_secs(10);
+/// How long a found interface may still be unknown by name (see `configure`).
+const IFACE_UP_WAIT: Duration = Duration::from_secs(3);
 /// Overall DHCP time budget.
 const DHCP_TIMEOUT: Duration = Duration::from_secs(15);
 /// First retransmission interval; doubles up to [`MAX_RETRY`].
@@ -95,7 +97,17 @@ fn configure(hostname: &str) -> Result<Option<Lease>> {
         );
         return Ok(None);
     };
-    ctl.up(&ifname)?;
+    // The kernel makes /sys/class/net/<if> before the interface can be looked up by name
+    // (register_netdevice: the sysfs entry, then the name list): a just-loaded driver's
+    // interface may answer ENODEV for a moment.
+    let deadline = Instant::now() + IFACE_UP_WAIT;
+    loop {
+        match ctl.up(&ifname) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e),
+        }
+    }
     let mac = ctl.hwaddr(&ifname)?;
     let xid = match crate::sys::random_bytes::<4>() {
         Ok(b) => u32::from_ne_bytes(b),
