@@ -130,6 +130,22 @@ pub struct OciApp {
     pub port: u16,
 }
 
+/// The app's layers for the log: `name (N entries, X MiB), ...`.
+pub(crate) fn describe_parts(parts: &[AppPart]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({} entries, {:.1} MiB)",
+                p.name,
+                p.entries.len(),
+                p.bytes as f64 / 1048576.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One layer of the app: its name and which entries it holds.
 #[derive(Clone, Debug)]
 pub struct AppPart {
@@ -451,16 +467,7 @@ pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         "app: {} entries, {} files read; layers {}",
         scan.entries.len(),
         scan.files_read,
-        scan.parts
-            .iter()
-            .map(|p| format!(
-                "{} ({} entries, {:.1} MiB)",
-                p.name,
-                p.entries.len(),
-                p.bytes as f64 / 1048576.0
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        describe_parts(&scan.parts)
     );
     Ok(scan)
 }

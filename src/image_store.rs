@@ -151,32 +151,15 @@ pub struct Lock {
 
 /// flock(2) `path` exclusively, creating it if needed; blocks until granted.
 pub fn lock_file(path: &Path) -> Result<Lock> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    loop {
-        // SAFETY: flock on a file descriptor we own.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if r == 0 {
-            return Ok(Lock { _file: file });
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
-    }
+    flock(path, false)?.with_context(|| format!("cannot lock {}", path.display()))
 }
 
 /// As [`lock_file`] without waiting: None when another process holds the lock.
 pub fn try_lock_file(path: &Path) -> Result<Option<Lock>> {
+    flock(path, true)
+}
+
+fn flock(path: &Path, nonblocking: bool) -> Result<Option<Lock>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
@@ -188,16 +171,21 @@ pub fn try_lock_file(path: &Path) -> Result<Option<Lock>> {
         .truncate(false)
         .open(path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let op = if nonblocking {
+        libc::LOCK_EX | libc::LOCK_NB
+    } else {
+        libc::LOCK_EX
+    };
     loop {
         // SAFETY: flock on a file descriptor we own.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
         if r == 0 {
             return Ok(Some(Lock { _file: file }));
         }
         let e = std::io::Error::last_os_error();
         match e.kind() {
             std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Ok(None),
+            std::io::ErrorKind::WouldBlock if nonblocking => return Ok(None),
             _ => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
         }
     }

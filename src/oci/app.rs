@@ -239,16 +239,7 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     tracing::info!(
         "app: container {} as uid {uid}:{gid} in {workdir}: {}",
         source.manifest_digest,
-        parts
-            .iter()
-            .map(|p| format!(
-                "{} ({} entries, {:.1} MiB)",
-                p.name,
-                p.entries.len(),
-                p.bytes as f64 / 1048576.0
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        crate::app::describe_parts(&parts)
     );
     Ok(AppScan {
         sha256: fetched
