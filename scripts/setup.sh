@@ -7,23 +7,31 @@ SUDO=""
 # Tests: the reference tools each cross-check uses (a test whose tool is missing fails when
 # CI is set), the JDK and Tomcat for the Java examples, a loopback OCI registry, umoci and
 # skopeo (container images made and copied for `[app] kind = "oci"`), mmdebstrap (the root
-# file system of the container image the oci tests build).
+# file system of the container image the oci tests build). arm64 images (docs/arm64.md):
+# Debian's rustc-web with the aarch64 standard library (multiarch) and the aarch64 cross gcc
+# build the arm64 init; qemu-system-arm and AAVMF boot arm64 images.
 PKGS="qemu-system-x86 qemu-utils ovmf debian-archive-keyring gcc libc6-dev zlib1g-dev libssl-dev gnupg \
 squashfs-tools mtools dosfstools fdisk gdisk cpio binutils curl openssl docker-registry \
 openjdk-17-jdk-headless libtomcat10-java systemd-boot-efi sbsigntool cryptsetup-bin \
 g++ python3-dev python3-venv node-gyp libnode-dev \
-libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients haproxy umoci skopeo mmdebstrap"
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients haproxy umoci skopeo mmdebstrap \
+rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm qemu-efi-aarch64"
 # node-gyp and libnode-dev (the Node addon test) conflict with a nodejs from NodeSource,
 # which ships both itself (npm's node-gyp, /usr/include/node): keep that nodejs then.
 if dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then
     echo "setup: nodejs from NodeSource installed: not installing node-gyp libnode-dev" >&2
     PKGS=$(echo "$PKGS" | sed 's/ node-gyp libnode-dev//')
 fi
+update=""
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64
+    update=1
+fi
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] || [ -n "$update" ]; then
     echo "setup: installing$missing" >&2
     $SUDO apt-get update -q
     # qemu-utils must match qemu-system-x86's version (a newer qemu-utils from backports

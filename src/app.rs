@@ -425,6 +425,7 @@ pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
             "format": SCAN_FORMAT,
             "fuse_version": env!("CARGO_PKG_VERSION"),
             "kind": m.kind.name(),
+            "arch": m.arch,
             "listing": scan.listing_sha256,
             "jar": m.jar.as_ref().map(|j| (&j.main, j.dir, &j.class_path)),
         }))?
@@ -538,7 +539,7 @@ fn scan_code(m: &Manifest, scan: &AppScan, artifact_idx: Option<usize>) -> Resul
 /// from the distribution; logged when the app has any.
 fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::AppNeeds> {
     let java = matches!(m.kind, AppKind::Jar | AppKind::War);
-    let needs = crate::resolve::native::scan(files, java)?;
+    let needs = crate::resolve::native::scan(files, java, m.arch)?;
     if needs.objects > 0 {
         tracing::info!(
             "native code in the app: {} ELF objects; from the distribution: {}{}",

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 pub const IMAGE_JSON_FORMAT: u32 = 1;
 /// Where the metadata lives on the ESP.
 pub const ESP_IMAGE_JSON: &str = "fuse/image.json";
+/// The UKI's path on an amd64 image's ESP (each architecture's: [`crate::arch::Arch::esp_boot_path`]).
 pub const ESP_BOOT_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 /// GPT partition name of the ESP; layers are `fuse-<layer>`.
 pub const ESP_PARTITION_NAME: &str = "fuse-esp";
@@ -23,6 +24,9 @@ pub struct ImageMeta {
     pub format: u32,
     pub name: String,
     pub version: String,
+    /// The CPU architecture (absent in images older than the field: amd64).
+    #[serde(default)]
+    pub arch: crate::arch::Arch,
     /// `sha256:` of the raw disk. Absent in the copy embedded in the image (it cannot
     /// contain its own digest); present in the copy written beside it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -297,6 +301,7 @@ pub fn write_uki(
 pub struct DiskInputs<'a> {
     pub name: &'a str,
     pub version: &'a str,
+    pub arch: crate::arch::Arch,
     pub inputs: Inputs,
     pub kernel: KernelMeta,
     /// Size of vmlinuz (for the size report).
@@ -362,6 +367,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         format: IMAGE_JSON_FORMAT,
         name: i.name.into(),
         version: i.version.into(),
+        arch: i.arch,
         digest: None,
         inputs: i.inputs,
         kernel: i.kernel,
@@ -398,7 +404,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         let mut t = Tree::new();
         let mut u = crate::tree::Node::file(uki.to_vec(), 0o644);
         u.mtime = i.epoch;
-        t.insert(ESP_BOOT_PATH, u)?;
+        t.insert(i.arch.esp_boot_path(), u)?;
         let mut j = serde_json::to_vec_pretty(meta)?;
         j.push(b'\n');
         let mut n = crate::tree::Node::file(j, 0o644);

@@ -238,6 +238,38 @@ pub fn boot_modules(k: &Kernel) -> Result<(Vec<String>, Vec<DeviceModule>)> {
     Ok((paths, device))
 }
 
+/// The largest kernel image a gzip-compressed vmlinuz may expand to.
+const MAX_KERNEL_IMAGE: u64 = 256 << 20;
+
+/// The kernel as the EFI stub can start it: a PE image (`MZ`). x86-64's bzImage already is
+/// one; arm64's vmlinuz is a gzip-compressed `Image`, which the stub cannot decompress, so
+/// it is expanded here (deterministically: the same bytes in, the same bytes out).
+pub fn efi_kernel(vmlinuz: Arc<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+    if vmlinuz.starts_with(b"MZ") {
+        return Ok(vmlinuz);
+    }
+    if !vmlinuz.starts_with(&[0x1f, 0x8b]) {
+        bail!("neither a PE image (MZ) nor gzip-compressed: not a kernel an EFI stub can start");
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            flate2::read::GzDecoder::new(vmlinuz.as_slice()),
+            MAX_KERNEL_IMAGE + 1,
+        ),
+        &mut out,
+    )
+    .context("cannot decompress the gzip-compressed kernel")?;
+    if out.len() as u64 > MAX_KERNEL_IMAGE {
+        bail!("the kernel expands to more than {MAX_KERNEL_IMAGE} bytes");
+    }
+    // arm64 Image header: `MZ` (its EFI stub) at 0, magic "ARM\x64" at 0x38.
+    if !out.starts_with(b"MZ") || out.get(0x38..0x3c) != Some(b"ARM\x64".as_slice()) {
+        bail!("the decompressed kernel is not an arm64 EFI-stub Image (no MZ / ARM\\x64 magic)");
+    }
+    Ok(Arc::new(out))
+}
+
 /// Kernel module names use '_' where file names may use '-'.
 pub fn module_name(file_name: &str) -> String {
     file_name.trim_end_matches(".ko").replace('-', "_")
@@ -256,6 +288,7 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
         Kind::File(d) => d.clone(),
         _ => bail!("{vmlinuz_path} in {package} is not a regular file"),
     };
+    let vmlinuz = efi_kernel(vmlinuz).with_context(|| format!("{vmlinuz_path} in {package}"))?;
     let moddir = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|d| format!("{d}/{release}"))
@@ -416,7 +449,7 @@ mod tests {
         let mut t = Tree::new();
         t.insert(
             "boot/vmlinuz-6.1.0-9-amd64",
-            Node::file(b"kernel".to_vec(), 0o644),
+            Node::file(b"MZ kernel".to_vec(), 0o644),
         )
         .unwrap();
         let m = "lib/modules/6.1.0-9-amd64";
@@ -490,7 +523,7 @@ mod tests {
         let mut t = Tree::new();
         t.insert(
             "boot/vmlinuz-6.1.0-9-amd64",
-            Node::file(b"kernel".to_vec(), 0o644),
+            Node::file(b"MZ kernel".to_vec(), 0o644),
         )
         .unwrap();
         let m = "lib/modules/6.1.0-9-amd64/kernel";
@@ -570,7 +603,7 @@ mod tests {
         let mut t = Tree::new();
         t.insert(
             "boot/vmlinuz-6.1.0-9-amd64",
-            Node::file(b"kernel".to_vec(), 0o644),
+            Node::file(b"MZ kernel".to_vec(), 0o644),
         )
         .unwrap();
         t.insert(
@@ -580,5 +613,30 @@ mod tests {
         .unwrap();
         let e = format!("{:#}", from_package(&t, "linux-image-test").unwrap_err());
         assert!(e.contains("virtio_pci"), "{e}");
+    }
+
+    #[test]
+    fn arm64_gzip_kernel_is_expanded_and_checked() {
+        use std::io::Write;
+        let mut image = b"MZ".to_vec();
+        image.resize(0x38, 0);
+        image.extend_from_slice(b"ARM\x64");
+        image.resize(4096, 7);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&image).unwrap();
+        let packed = gz.finish().unwrap();
+        let out = efi_kernel(Arc::new(packed.clone())).unwrap();
+        assert_eq!(out.as_slice(), image.as_slice());
+        // a bzImage (MZ) passes untouched
+        let bz = Arc::new(b"MZ bzImage".to_vec());
+        assert!(Arc::ptr_eq(&efi_kernel(bz.clone()).unwrap(), &bz));
+        // gzip of something that is not an arm64 Image, truncated gzip, neither format
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(b"MZ but no arm64 magic").unwrap();
+        let e = efi_kernel(Arc::new(gz.finish().unwrap())).unwrap_err();
+        assert!(format!("{e:#}").contains("ARM"), "{e:#}");
+        assert!(efi_kernel(Arc::new(packed[..packed.len() / 2].to_vec())).is_err());
+        let e = efi_kernel(Arc::new(b"\x7fELF".to_vec())).unwrap_err();
+        assert!(e.to_string().contains("neither"), "{e}");
     }
 }

@@ -338,6 +338,7 @@ pub const DEAD_WEIGHT: &[&str] = &[
     // layer); UTF-8, ASCII and Latin-1 are built into libc. Keep with
     // `keep = ["usr/lib/x86_64-linux-gnu/gconv"]`.
     "usr/lib/x86_64-linux-gnu/gconv/",
+    "usr/lib/aarch64-linux-gnu/gconv/",
 ];
 
 /// The CA bundle as `update-ca-certificates` builds it from the ca-certificates package:

@@ -2,6 +2,7 @@
 //! content-addressed, immutable, bootable disk image.
 
 pub mod app;
+pub mod arch;
 pub mod archive;
 pub mod budget;
 pub mod build;

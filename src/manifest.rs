@@ -43,6 +43,7 @@ struct RawBudget {
 struct RawImage {
     name: Spanned<String>,
     version: Spanned<String>,
+    arch: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -178,6 +179,8 @@ pub struct Manifest {
     pub sha256: String,
     pub name: String,
     pub version: String,
+    /// `[image] arch`: the CPU architecture of the image (default amd64).
+    pub arch: crate::arch::Arch,
     pub kind: AppKind,
     /// The artifact, absolute (kind oci: the manifest's directory).
     pub app_path: PathBuf,
@@ -364,7 +367,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
     };
 
     let image = raw.image.into_inner();
-    check_image(&cx, &image)?;
+    let arch = check_image(&cx, &image)?;
     let app_span = raw.app.span();
     let app = raw.app.into_inner();
     let kind = app_kind(&cx, &app)?;
@@ -834,6 +837,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         &cx,
         raw.system.map(Spanned::into_inner).unwrap_or_default(),
         &base,
+        arch,
     )?;
 
     let budget = match raw.budget {
@@ -851,6 +855,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         sha256: crate::digest::sha256_hex(text.as_bytes()),
         name: image.name.into_inner(),
         version: image.version.into_inner(),
+        arch,
         kind,
         app_path,
         oci_image,
@@ -897,8 +902,8 @@ pub fn load_budget(path: &Path) -> Result<(String, crate::budget::Budget)> {
     Ok((crate::digest::sha256_hex(text.as_bytes()), budget))
 }
 
-/// `[image]`: the name and version, checked.
-fn check_image(cx: &Ctx, image: &RawImage) -> Result<()> {
+/// `[image]`: the name and version, checked; the architecture.
+fn check_image(cx: &Ctx, image: &RawImage) -> Result<crate::arch::Arch> {
     if !is_name(image.name.get_ref()) {
         bail!(cx.err(
             "image.name",
@@ -913,7 +918,18 @@ fn check_image(cx: &Ctx, image: &RawImage) -> Result<()> {
             "must be 1-64 characters of [A-Za-z0-9._+~-]"
         ));
     }
-    Ok(())
+    match &image.arch {
+        None => Ok(crate::arch::Arch::default()),
+        Some(a) => match a.get_ref().as_str() {
+            "amd64" => Ok(crate::arch::Arch::Amd64),
+            "arm64" => Ok(crate::arch::Arch::Arm64),
+            other => bail!(cx.err(
+                "image.arch",
+                a.span(),
+                format!("unknown architecture {other:?} (expected \"amd64\" or \"arm64\")")
+            )),
+        },
+    }
 }
 
 /// `[app] kind`.
@@ -967,7 +983,7 @@ struct System {
     keep: Vec<String>,
 }
 
-fn system(cx: &Ctx, system: RawSystem, base: &Path) -> Result<System> {
+fn system(cx: &Ctx, system: RawSystem, base: &Path, arch: crate::arch::Arch) -> Result<System> {
     let distribution = match &system.distribution {
         None => Distribution { vendor: "debian".into(), codename: "bookworm".into() },
         Some(d) => match d.get_ref().as_str() {
@@ -983,7 +999,23 @@ fn system(cx: &Ctx, system: RawSystem, base: &Path) -> Result<System> {
         },
     };
     let kernel = match &system.kernel {
-        None => "linux-image-amd64".to_string(),
+        None => arch.default_kernel().to_string(),
+        Some(k)
+            if crate::arch::ALL
+                .iter()
+                .any(|a| *a != arch && k.get_ref().ends_with(&format!("-{a}"))) =>
+        {
+            bail!(cx.err(
+                "system.kernel",
+                k.span(),
+                format!(
+                    "{:?} is another architecture's kernel; the image is {arch} (`[image] arch`): \
+                     use {:?} or leave `kernel` out",
+                    k.get_ref(),
+                    arch.default_kernel()
+                )
+            ))
+        }
         Some(k) if is_package_name(k.get_ref()) && k.get_ref().starts_with("linux-image-") => {
             k.get_ref().clone()
         }
@@ -1367,6 +1399,37 @@ http = "/"
     fn err_of(text: &str) -> String {
         let (_d, m) = with_app(text);
         format!("{:#}", m.unwrap_err())
+    }
+
+    #[test]
+    fn arch_picks_the_kernel_and_refuses_the_other_architectures_kernel() {
+        let (_d, m) = with_app(&GOOD.replace(
+            "version = \"1.0.0\"",
+            "version = \"1.0.0\"\narch = \"arm64\"",
+        ));
+        let m = m.unwrap();
+        assert_eq!(m.arch, crate::arch::Arch::Arm64);
+        assert_eq!(m.kernel, "linux-image-arm64");
+        let (_d, m) = with_app(GOOD);
+        assert_eq!(m.unwrap().arch, crate::arch::Arch::Amd64);
+        let e = err_of(&GOOD.replace(
+            "version = \"1.0.0\"",
+            "version = \"1.0.0\"\narch = \"riscv64\"",
+        ));
+        assert!(e.contains("image.arch") && e.contains("riscv64"), "{e}");
+        let e = err_of(&format!(
+            "{}\n[system]\nkernel = \"linux-image-cloud-amd64\"\n",
+            GOOD.replace(
+                "version = \"1.0.0\"",
+                "version = \"1.0.0\"\narch = \"arm64\""
+            )
+        ));
+        assert!(
+            e.contains("system.kernel")
+                && e.contains("another architecture")
+                && e.contains("linux-image-arm64"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -190,6 +190,8 @@ impl Session {
 pub struct Archive {
     pub url: String,
     pub codename: String,
+    /// The architecture whose `binary-*` index was read.
+    pub arch: crate::arch::Arch,
     pub release: Release,
     /// Every package of the index, by name (all versions the index lists).
     pub packages: BTreeMap<String, Vec<Package>>,
@@ -210,7 +212,7 @@ fn now_unix() -> i64 {
 }
 
 impl Archive {
-    /// Fetch and verify `dists/<codename>/InRelease`, then the `main/binary-amd64` Packages
+    /// Fetch and verify `dists/<codename>/InRelease`, then the `main/binary-<arch>` Packages
     /// index it pins. When the mirror cannot be reached, the last InRelease fetched from it is
     /// used (verified again), so a warm cache builds offline.
     pub fn open(
@@ -218,6 +220,7 @@ impl Archive {
         store: &Store,
         source: &Source,
         codename: &str,
+        arch: crate::arch::Arch,
         trust: Trust,
     ) -> Result<Archive> {
         let keyring_bytes = std::fs::read(&source.keyring).with_context(|| {
@@ -246,14 +249,16 @@ impl Archive {
             .with_context(|| format!("refusing the archive index {url}"))?;
         store.put_named(&cache_name, &inrelease)?;
 
+        let dir = format!("main/binary-{arch}");
         let path = [
-            "main/binary-amd64/Packages.xz",
-            "main/binary-amd64/Packages.gz",
-            "main/binary-amd64/Packages",
+            format!("{dir}/Packages.xz"),
+            format!("{dir}/Packages.gz"),
+            format!("{dir}/Packages"),
         ]
-        .iter()
-        .find(|p| release.files.contains_key(**p))
-        .with_context(|| format!("{url} lists no main/binary-amd64/Packages index"))?;
+        .into_iter()
+        .find(|p| release.files.contains_key(p))
+        .with_context(|| format!("{url} lists no {dir}/Packages index"))?;
+        let path = path.as_str();
         let compressed = index_file(fetcher, store, &source.url, codename, &release, path)?;
         let text =
             decompress(path, &compressed).with_context(|| format!("cannot decompress {path}"))?;
@@ -267,6 +272,7 @@ impl Archive {
         Ok(Archive {
             url: source.url.clone(),
             codename: codename.to_string(),
+            arch,
             release,
             packages,
         })
@@ -279,19 +285,12 @@ impl Archive {
         fetcher: &Fetcher,
         store: &Store,
     ) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>> {
-        let path = [
-            "main/Contents-amd64.gz",
-            "main/Contents-amd64.xz",
-            "main/Contents-amd64",
-        ]
-        .iter()
-        .find(|p| self.release.files.contains_key(**p))
-        .with_context(|| {
-            format!(
-                "{} {} has no main/Contents-amd64 index",
-                self.url, self.codename
-            )
-        })?;
+        let name = format!("main/Contents-{}", self.arch);
+        let path = [format!("{name}.gz"), format!("{name}.xz"), name.clone()]
+            .into_iter()
+            .find(|p| self.release.files.contains_key(p))
+            .with_context(|| format!("{} {} has no {name} index", self.url, self.codename))?;
+        let path = path.as_str();
         let data = index_file(
             fetcher,
             store,

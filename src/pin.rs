@@ -77,6 +77,7 @@ pub fn resolve_inputs(m: &Manifest, app: &AppScan) -> ResolveInputs {
     needed.dedup();
     ResolveInputs {
         distribution: format!("{}/{}", m.distribution.vendor, m.distribution.codename),
+        arch: m.arch,
         kernel: m.kernel.clone(),
         packages,
         interpreter: dynamic.interpreter.clone(),
@@ -140,6 +141,7 @@ pub fn resolve_lock(
             &s.store,
             &source,
             &m.distribution.codename,
+            m.arch,
             trust,
         )
     })?;
@@ -147,7 +149,7 @@ pub fn resolve_lock(
     let stub_pkg = archive
         .newest(STUB_PACKAGE)
         .context("the EFI stub package")?;
-    let idx = Index::new(archive.packages.values().flatten().cloned(), "amd64")?;
+    let idx = Index::new(archive.packages.values().flatten().cloned(), m.arch.name())?;
 
     let mut roots: Vec<String> = inputs.packages.clone();
     for r in m.runtime.iter().chain(m.server.iter()) {

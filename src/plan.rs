@@ -9,11 +9,12 @@
 //! empty are left out of the JSON, so adding one keeps the keys of units that do not use it.
 
 use crate::app::AppScan;
+use crate::arch::Arch;
 use crate::digest::sha256_hex;
 use crate::layers::{AppPlan, BootPlan};
 use crate::manifest::Manifest;
 use crate::resolve::lock::{Lock, Pin};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -26,15 +27,44 @@ pub const FORMAT: u32 = 1;
 /// own ([`initramfs_core_key`]), so a layer change recompresses nothing.
 pub const INITRAMFS_LAYOUT: &str = "boot.json newc, then zstd-19 core";
 
-/// The init binary (PID 1), built static from `init/` by build.rs.
+/// The init binary (PID 1) for amd64, built static from `init/` by build.rs.
 pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fuse-init"));
+/// The same for arm64, cross-built by build.rs when the toolchain is there (empty if not).
+static INIT_ARM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fuse-init-arm64"));
 
-/// The EFI stub's package and its path inside it.
+/// The init binary for `arch`; an error saying how to get it when this fuse was built
+/// without the cross toolchain.
+pub fn init_for(arch: Arch) -> Result<&'static [u8]> {
+    match arch {
+        Arch::Amd64 => Ok(INIT),
+        Arch::Arm64 if !INIT_ARM64.is_empty() => Ok(INIT_ARM64),
+        Arch::Arm64 => bail!(
+            "this fuse was built without the arm64 init: install Debian's rustc-web, \
+             libstd-rust-web-dev:arm64 (after `dpkg --add-architecture arm64`), \
+             gcc-aarch64-linux-gnu and libc6-dev-arm64-cross (scripts/setup.sh does), \
+             then rebuild fuse (docs/arm64.md)"
+        ),
+    }
+}
+
+/// The EFI stub's package; its path inside it is [`Arch::stub_path`].
 pub const STUB_PACKAGE: &str = "systemd-boot-efi";
-pub const STUB_PATH: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
-/// The kernel command line of every image.
+/// The kernel command line of every amd64 image.
 pub const CMDLINE: &str = "console=ttyS0,115200 panic=0 quiet no_timer_check";
+/// The kernel command line of every arm64 image: the last console named that exists
+/// becomes /dev/console (a PL011 `ttyAMA0` on QEMU's virt machine, a 16550 `ttyS0` on
+/// Graviton).
+pub const CMDLINE_ARM64: &str =
+    "console=ttyS0,115200 console=ttyAMA0,115200 panic=0 quiet no_timer_check";
+
+/// The kernel command line of `arch`'s images.
+pub fn cmdline(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => CMDLINE,
+        Arch::Arm64 => CMDLINE_ARM64,
+    }
+}
 
 /// Everything that determines the image, unit by unit.
 #[derive(Clone, Debug, Serialize)]
@@ -298,6 +328,9 @@ pub struct InitramfsInputs {
     pub fuse_version: String,
     /// The kernel unit's key (its modules go in, and their paths into `boot.modules`).
     pub kernel: String,
+    /// Which init binary ([`init_for`]); left out for amd64, so its keys stay as they were.
+    #[serde(default, skip_serializing_if = "Arch::is_amd64")]
+    pub arch: Arch,
     pub init_sha256: String,
     /// The layer units' keys, bottom to top: their bytes (and so their dm-verity root
     /// hashes, which go into `boot.verity`) are a function of these keys.
@@ -371,7 +404,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         .runtime
         .iter()
         .chain(m.server.iter())
-        .flat_map(crate::runtimes::dead_weight)
+        .flat_map(|r| crate::runtimes::dead_weight(r, m.arch))
         .collect();
     let filter = Filter {
         common: crate::layers::DEAD_WEIGHT
@@ -509,7 +542,8 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         format: FORMAT,
         fuse_version: version.clone(),
         kernel: kernel.key.clone(),
-        init_sha256: init_sha256(),
+        arch: m.arch,
+        init_sha256: init_sha256(m.arch)?,
         layers: layers.iter().map(|l| l.key.clone()).collect(),
         boot,
         epoch,
@@ -532,10 +566,10 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         format: FORMAT,
         fuse_version: version.clone(),
         stub: lock.stub.clone(),
-        stub_path: STUB_PATH.into(),
+        stub_path: m.arch.stub_path().into(),
         kernel: kernel.key.clone(),
         initramfs: initramfs.key.clone(),
-        cmdline: CMDLINE.into(),
+        cmdline: cmdline(m.arch).into(),
         os_release: crate::layers::os_release(&m.name, &m.version, &distro),
     };
     let uki = Unit {
@@ -575,9 +609,11 @@ pub fn app_plan(m: &Manifest, app: &AppScan) -> Result<AppPlan> {
     crate::layers::app_plan(m)
 }
 
-fn init_sha256() -> String {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| sha256_hex(INIT)).clone()
+fn init_sha256(arch: Arch) -> Result<String> {
+    static SHA: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let init = init_for(arch)?;
+    Ok(SHA[arch as usize].get_or_init(|| sha256_hex(init)).clone())
 }
 
 #[cfg(test)]
@@ -609,6 +645,7 @@ mod tests {
             },
             inputs: ResolveInputs {
                 distribution: "debian/bookworm".into(),
+                arch: crate::arch::Arch::Amd64,
                 kernel: "linux-image-amd64".into(),
                 packages: vec![],
                 interpreter: None,

@@ -24,8 +24,8 @@ pub const APP_DIR: &str = "/app";
 pub const CATALINA_BASE: &str = "/var/lib/fuse-tomcat";
 
 /// Java's home in the image.
-pub fn java_home(version: &str) -> String {
-    format!("/usr/lib/jvm/java-{version}-openjdk-amd64")
+pub fn java_home(version: &str, arch: crate::arch::Arch) -> String {
+    format!("/usr/lib/jvm/java-{version}-openjdk-{arch}")
 }
 
 /// The packages to resolve for a runtime or server request.
@@ -137,11 +137,11 @@ pub fn check_available(idx: &Index, r: &Request, distribution: &str) -> Result<(
 /// Dead weight of a runtime's own packages that a headless server never reads (on top of
 /// the common filters in layers.rs). Path prefixes, no leading '/'. docs/packages.md lists
 /// each with its measured saving.
-pub fn dead_weight(r: &Request) -> Vec<String> {
+pub fn dead_weight(r: &Request, arch: crate::arch::Arch) -> Vec<String> {
     let v = &r.version;
     match r.name.as_str() {
         "java" => {
-            let home = format!("usr/lib/jvm/java-{v}-openjdk-amd64");
+            let home = format!("usr/lib/jvm/java-{v}-openjdk-{arch}");
             vec![
                 // The class-data-sharing archive for heaps over 32 GB (uncompressed oops);
                 // the default archive (classes.jsa) stays.
@@ -225,7 +225,7 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
         }
         AppKind::Jar => {
             let file_name = &m.jar.as_ref().context("kind jar without its jar")?.main;
-            let mut a = vec![format!("{}/bin/java", java_home(&version))];
+            let mut a = vec![format!("{}/bin/java", java_home(&version, m.arch))];
             a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
             let at = a.len();
             a.push("-jar".into());
@@ -236,7 +236,7 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
         AppKind::War => {
             let server = m.server.as_ref().context("kind war needs a [server]")?;
             let home = format!("/usr/share/tomcat{}", server.version);
-            let mut a = vec![format!("{}/bin/java", java_home(&version))];
+            let mut a = vec![format!("{}/bin/java", java_home(&version, m.arch))];
             a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
             a.extend([
                 format!("-Dcatalina.home={home}"),
@@ -717,7 +717,7 @@ pub(crate) mod tests {
             };
             crate::build::units::is_dead_weight(&f, path)
         };
-        let dw = dead_weight(&py);
+        let dw = dead_weight(&py, crate::arch::Arch::Amd64);
         assert!(dead(dw.clone(), "usr/lib/python3.11/test/test_os.py", &[]));
         assert!(!dead(dw.clone(), "usr/lib/python3.11/os.py", &[]));
         assert!(!dead(
@@ -731,12 +731,12 @@ pub(crate) mod tests {
         };
         assert_eq!(roots(&j), ["openjdk-17-jre-headless"]);
         assert!(dead(
-            dead_weight(&j),
+            dead_weight(&j, crate::arch::Arch::Amd64),
             "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes_nocoops.jsa",
             &[]
         ));
         assert!(!dead(
-            dead_weight(&j),
+            dead_weight(&j, crate::arch::Arch::Amd64),
             "usr/lib/jvm/java-17-openjdk-amd64/lib/server/classes.jsa",
             &[]
         ));

@@ -13,17 +13,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::arch::Arch;
+
 pub const QEMU: &str = "qemu-system-x86_64";
 /// OVMF firmware as Debian's `ovmf` package installs it.
 pub const OVMF_CODE: &[&str] = &[
     "/usr/share/OVMF/OVMF_CODE_4M.fd",
     "/usr/share/OVMF/OVMF_CODE.fd",
 ];
+/// AAVMF, the arm64 build of the same firmware, as Debian's `qemu-efi-aarch64` installs it.
+pub const AAVMF_CODE: &[&str] = &["/usr/share/AAVMF/AAVMF_CODE.fd"];
 
 /// The QEMU binary, or an error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
-    find_in_path(QEMU)
-        .with_context(|| format!("{QEMU} not found: install the qemu-system-x86 package"))
+    qemu_binary_for(Arch::Amd64)
+}
+
+/// The QEMU binary that boots `arch`'s images, or an error naming the package to install.
+pub fn qemu_binary_for(arch: Arch) -> Result<PathBuf> {
+    let package = match arch {
+        Arch::Amd64 => "qemu-system-x86",
+        Arch::Arm64 => "qemu-system-arm",
+    };
+    find_in_path(arch.qemu())
+        .with_context(|| format!("{} not found: install the {package} package", arch.qemu()))
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -36,7 +49,16 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 /// OVMF code and vars templates (the vars file must be copied before use: QEMU writes it).
 pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
-    for code in OVMF_CODE {
+    firmware(Arch::Amd64)
+}
+
+/// The UEFI firmware's code and vars templates for `arch` (OVMF, AAVMF).
+pub fn firmware(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    let (candidates, package) = match arch {
+        Arch::Amd64 => (OVMF_CODE, "ovmf"),
+        Arch::Arm64 => (AAVMF_CODE, "qemu-efi-aarch64"),
+    };
+    for code in candidates {
         let code = Path::new(code);
         let vars = PathBuf::from(code.to_string_lossy().replace("CODE", "VARS"));
         if code.is_file() && vars.is_file() {
@@ -44,8 +66,8 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
         }
     }
     bail!(
-        "OVMF UEFI firmware not found ({}): install the ovmf package",
-        OVMF_CODE.join(", ")
+        "UEFI firmware for {arch} not found ({}): install the {package} package",
+        candidates.join(", ")
     )
 }
 
@@ -181,6 +203,22 @@ fn probe_within(accel: &str, limit: Duration) -> bool {
     }
 }
 
+/// Resolve "auto" | "kvm" | "tcg" to an accelerator for a guest of `arch`: KVM runs only
+/// guests of the host's own architecture.
+pub fn choose_accel_for(wanted: &str, arch: Arch) -> Result<&'static str> {
+    if arch != Arch::host() {
+        return match wanted {
+            "auto" | "tcg" => Ok("tcg"),
+            "kvm" => bail!(
+                "KVM cannot run an {arch} guest on this {} host (use --accel tcg)",
+                Arch::host()
+            ),
+            other => bail!("unknown accelerator {other:?} (expected auto, kvm or tcg)"),
+        };
+    }
+    choose_accel(wanted)
+}
+
 /// Resolve "auto" | "kvm" | "tcg" to an accelerator.
 pub fn choose_accel(wanted: &str) -> Result<&'static str> {
     match wanted {
@@ -193,6 +231,7 @@ pub fn choose_accel(wanted: &str) -> Result<&'static str> {
 
 /// Options for one boot of an image.
 pub struct BootSpec<'a> {
+    pub arch: Arch,
     pub image: &'a Path,
     /// A writable copy of OVMF_VARS.
     pub vars: &'a Path,
@@ -223,7 +262,11 @@ pub fn command(qemu: &Path, b: &BootSpec) -> Command {
     let mut c = Command::new(qemu);
     c.args([
         "-machine",
-        "q35",
+        match b.arch {
+            Arch::Amd64 => "q35",
+            // arm64: QEMU's generic machine (PCIe, PL011 serial, fw_cfg, ACPI power button)
+            Arch::Arm64 => "virt",
+        },
         "-accel",
         b.accel,
         "-cpu",
@@ -404,17 +447,19 @@ impl Launch {
         forwards: &[(u16, u16)],
         config: Option<&Path>,
     ) -> Result<Launch> {
-        let qemu = qemu_binary()?;
-        let (code, vars_template) = ovmf()?;
+        let arch = img.meta.arch;
+        let qemu = qemu_binary_for(arch)?;
+        let (code, vars_template) = firmware(arch)?;
         let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
         let vars = tmp.path().join("OVMF_VARS.fd");
         std::fs::copy(&vars_template, &vars)
             .with_context(|| format!("cannot copy {}", vars_template.display()))?;
         let qmp = tmp.path().join("qmp.sock");
-        let accel = choose_accel(accel)?;
+        let accel = choose_accel_for(accel, arch)?;
         let image = bootable_disk(&img.opened.raw, tmp.path())?;
         drop(img);
         let spec = BootSpec {
+            arch,
             image: &image,
             vars: &vars,
             code: &code,

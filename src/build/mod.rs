@@ -16,7 +16,6 @@ use crate::cache::Cache;
 use crate::disk::{self, DiskInputs, Inputs, KernelMeta};
 use crate::manifest::Manifest;
 use crate::mirror;
-use crate::plan::CMDLINE;
 use crate::store;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -122,6 +121,7 @@ pub fn build(
     let disk = disk::assemble(DiskInputs {
         name: &m.name,
         version: &m.version,
+        arch: m.arch,
         inputs: Inputs {
             manifest_sha256: m.sha256.clone(),
             lock_sha256: Some(plan.lock_sha256.clone()),
@@ -134,7 +134,7 @@ pub fn build(
         kernel: KernelMeta {
             package: units.kernel.package.clone(),
             release: units.kernel.release.clone(),
-            cmdline: CMDLINE.into(),
+            cmdline: crate::plan::cmdline(m.arch).into(),
             modules: units.kernel.modules.iter().map(|m| m.1.clone()).collect(),
         },
         kernel_size: units.kernel.vmlinuz,

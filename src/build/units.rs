@@ -16,7 +16,7 @@ use crate::fetch::Fetcher;
 use crate::kernel::{self, Kernel};
 use crate::layers::{self, DistroInfo, Layer, PackageRef};
 use crate::plan::{
-    Effect, Filter, FsCompression, FsKind, JreInputs, LayerInputs, LayerPlan, Plan, UnitKind, INIT,
+    Effect, Filter, FsCompression, FsKind, JreInputs, LayerInputs, LayerPlan, Plan, UnitKind,
 };
 use crate::resolve::lock::Pin;
 use crate::store::Store;
@@ -537,7 +537,11 @@ pub fn build_units(
         match job {
             Job::Core => {
                 let k = kernel.decode(&kernel_bytes)?;
-                let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
+                let tree = layers::initramfs_core(
+                    crate::plan::init_for(ip.inputs.arch)?,
+                    &k,
+                    ip.inputs.epoch,
+                )?;
                 let bytes = disk::write_initramfs(&tree)?;
                 cache.put(UnitKind::InitramfsCore, &core_key, &(), &bytes)?;
                 Ok(Done::Core(bytes))
@@ -611,7 +615,11 @@ pub fn build_units(
                     None => match cache.get::<()>(UnitKind::InitramfsCore, &core_key)? {
                         Some((_, bytes, _)) => bytes,
                         None => {
-                            let tree = layers::initramfs_core(INIT, &k, ip.inputs.epoch)?;
+                            let tree = layers::initramfs_core(
+                                crate::plan::init_for(ip.inputs.arch)?,
+                                &k,
+                                ip.inputs.epoch,
+                            )?;
                             let bytes = disk::write_initramfs(&tree)?;
                             cache.put(UnitKind::InitramfsCore, &core_key, &(), &bytes)?;
                             bytes

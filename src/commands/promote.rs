@@ -18,7 +18,7 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
     let meta = disk::read_meta(&disk)
         .with_context(|| format!("{} is not a fuse image", path.display()))?;
     let digest = format!("sha256:{}", sha256_hex(&disk));
-    let signer = signer_of(&disk).with_context(|| format!("{}", path.display()))?;
+    let signer = signer_of(&disk, meta.arch).with_context(|| format!("{}", path.display()))?;
     let config = match &args.config {
         Some(f) => {
             let data =
@@ -102,8 +102,8 @@ pub fn promote(args: &PromoteArgs) -> Result<u8> {
 
 /// The fingerprint of the certificate that signed the image's UKI, verified against the
 /// UKI's bytes; None when unsigned. A signature that does not verify is an error.
-fn signer_of(disk: &[u8]) -> Result<Option<String>> {
-    let uki = disk::read_esp_file(disk, disk::ESP_BOOT_PATH)?;
+fn signer_of(disk: &[u8], arch: crate::arch::Arch) -> Result<Option<String>> {
+    let uki = disk::read_esp_file(disk, arch.esp_boot_path())?;
     let sigs = crate::sign::verify_pe(&uki).context("cannot read the UKI's signature")?;
     match sigs.first() {
         None => Ok(None),

@@ -295,6 +295,13 @@ impl Target for Libvirt {
     }
 
     fn put_image(&mut self, img: &Image, _parent: Option<&Image>) -> Result<Upload> {
+        anyhow::ensure!(
+            img.meta.arch == crate::arch::Arch::Amd64,
+            "the libvirt target runs amd64 images (q35 + OVMF); {} is {}: deploy it to an aws \
+             environment with an arm64 instance type, or run it with `fuse run`",
+            img.digest,
+            img.meta.arch
+        );
         self.ensure_pool()?;
         let vol = Self::volume_name(img);
         let size = std::fs::metadata(&img.path)

@@ -298,11 +298,32 @@ pub fn build(stub: &[u8], sections: &Sections) -> Result<Vec<u8>> {
     let gap = out
         .get(old_table_end..new_table_end)
         .context("EFI stub is shorter than its own headers")?;
-    ensure!(
-        gap.iter().all(|&b| b == 0),
-        "EFI stub has non-zero bytes after its section table ({old_table_end:#x}..{new_table_end:#x}); \
-         refusing to overwrite them"
-    );
+    if gap.iter().any(|&b| b != 0) {
+        // Header padding the linker filled (the arm64 stub of gnu-efi's crt0 pads its header
+        // page with NOP instructions) may be overwritten only when nothing points into it:
+        // not the entry point, not a data directory (the header area's RVAs are its file
+        // offsets); the section data start at or after `limit`, checked above.
+        let gap_range = old_table_end as u64..new_table_end as u64;
+        let overlaps =
+            |start: u64, len: u64| start < gap_range.end && gap_range.start < start + len.max(1);
+        let entry = u64::from(rd32(&out, pe.opt + 16)?);
+        ensure!(
+            !overlaps(entry, 1),
+            "EFI stub's entry point {entry:#x} lies right after its section table; refusing to overwrite it"
+        );
+        for i in 0..pe.number_of_rva_and_sizes.min(16) as usize {
+            let d = pe.opt + 112 + 8 * i;
+            let (rva, size) = (u64::from(rd32(&out, d)?), u64::from(rd32(&out, d + 4)?));
+            ensure!(
+                size == 0 || !overlaps(rva, size),
+                "EFI stub has non-zero bytes after its section table ({old_table_end:#x}..{new_table_end:#x}) \
+                 that data directory {i} points into; refusing to overwrite them"
+            );
+        }
+        tracing::debug!(
+            "EFI stub: header padding {old_table_end:#x}..{new_table_end:#x} (unreferenced) becomes section headers"
+        );
+    }
 
     let sa = u64::from(pe.section_alignment);
     let fa = u64::from(pe.file_alignment);
@@ -603,6 +624,35 @@ pub(crate) mod tests {
         // Already a UKI.
         let uki = build(&good, &secs(&p)).unwrap();
         assert!(err(&uki).contains("already"), "{}", err(&uki));
+    }
+
+    #[test]
+    fn header_padding_after_the_table_is_reused_only_when_unreferenced() {
+        let p = payload();
+        // Table ends at 0x188 + 2*40 = 0x1d8; fill the rest of the header page with NOPs
+        // (arm64's `d503201f`), as the arm64 stub's crt0 does.
+        let mut b = synthetic(false);
+        for (i, v) in b[0x1d8..0x400].iter_mut().enumerate() {
+            *v = [0x1f, 0x20, 0x03, 0xd5][i % 4];
+        }
+        let uki = build(&b, &secs(&p)).unwrap();
+        let names: Vec<String> = read_sections(&uki)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.0)
+            .collect();
+        assert!(names.contains(&".linux".to_string()), "{names:?}");
+        // A data directory (the debug one, 6) pointing into that padding: refused.
+        let opt = 0x84 + 20;
+        wr32(&mut b, opt + 112 + 8 * 6, 0x200);
+        wr32(&mut b, opt + 112 + 8 * 6 + 4, 0x1c);
+        let e = format!("{:#}", build(&b, &secs(&p)).unwrap_err());
+        assert!(e.contains("data directory 6"), "{e}");
+        // The entry point there: refused.
+        wr32(&mut b, opt + 112 + 8 * 6 + 4, 0);
+        wr32(&mut b, opt + 16, 0x1e0);
+        let e = format!("{:#}", build(&b, &secs(&p)).unwrap_err());
+        assert!(e.contains("entry point"), "{e}");
     }
 
     #[test]

@@ -480,6 +480,7 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
     boot.changed = !boot.fields.is_empty();
 
     let mut app = AppDiff::default();
+    field(&mut app.fields, "arch", &a.arch, &b.arch);
     field(&mut app.fields, "kind", &a.app.kind, &b.app.kind);
     field(&mut app.fields, "argv", &a.app.argv, &b.app.argv);
     field(&mut app.fields, "workdir", &a.app.workdir, &b.app.workdir);
@@ -638,6 +639,7 @@ pub(crate) mod tests {
             format: 1,
             name: "hello".into(),
             version: "1.0.0".into(),
+            arch: crate::arch::Arch::Amd64,
             digest: Some(digest.into()),
             inputs: Inputs {
                 manifest_sha256: "m".into(),

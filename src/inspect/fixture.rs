@@ -175,6 +175,7 @@ pub(crate) fn build_full(
         format: 1,
         name: "hello".into(),
         version: "1.0.0".into(),
+        arch: crate::arch::Arch::Amd64,
         digest: None,
         inputs: Inputs {
             manifest_sha256: "1".repeat(64),

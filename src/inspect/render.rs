@@ -128,6 +128,7 @@ fn shell_word(s: &str) -> String {
 pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     let mut o = String::new();
     o.push_str(&format!("{} {}  {}\n", m.name, m.version, img.digest));
+    o.push_str(&format!("  arch      {}\n", m.arch));
     o.push_str(&format!(
         "  file      {file} ({} bytes, {})\n",
         img.size,

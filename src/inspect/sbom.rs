@@ -417,8 +417,9 @@ pub fn spdx(m: &ImageMeta, layers: &[LayerContent]) -> serde_json::Value {
             checksum_value: digest_hex(&digest).into(),
         }],
         source_info: Some(format!(
-            "built by fuse {} from {} (archive {}), manifest sha256 {}, app sha256 {}{}",
+            "built by fuse {} for {} from {} (archive {}), manifest sha256 {}, app sha256 {}{}",
             m.inputs.fuse_version,
+            m.arch,
             m.inputs.distribution,
             m.inputs.archive_date.as_deref().unwrap_or("date unknown"),
             m.inputs.manifest_sha256,

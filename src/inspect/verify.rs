@@ -5,7 +5,7 @@
 //! padding after it), and the copy of image.json written beside the image. Pure.
 
 use crate::digest::sha256_hex;
-use crate::disk::{self, ImageMeta, ESP_BOOT_PATH, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
+use crate::disk::{self, ImageMeta, ESP_IMAGE_JSON, ESP_PARTITION_NAME};
 use crate::format::{fat, gpt, squashfs};
 use crate::tree::Tree;
 use serde::Serialize;
@@ -254,7 +254,10 @@ fn read_parts(disk: &[u8]) -> Parts {
         );
     }
     check_esp(&meta, esp_bytes, &esp_tree, &mut r);
-    if let Some(uki) = esp_tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) {
+    if let Some(uki) = esp_tree
+        .get(meta.arch.esp_boot_path())
+        .and_then(|n| n.data())
+    {
         check_boot_plan(&meta, uki, &mut r);
     }
     let signatures = check_signature(&meta, &esp_tree, &mut r);
@@ -553,7 +556,7 @@ fn check_signature(
     tree: &Tree,
     r: &mut Report,
 ) -> Vec<crate::sign::SignatureReport> {
-    let Some(uki) = tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) else {
+    let Some(uki) = tree.get(meta.arch.esp_boot_path()).and_then(|n| n.data()) else {
         return Vec::new();
     };
     r.check("UKI Secure Boot signature (Authenticode) against its embedded certificate");
@@ -646,17 +649,18 @@ fn unallocated_nonzero(disk: &[u8], info: &gpt::DiskInfo) -> Option<String> {
 }
 
 fn check_esp(meta: &ImageMeta, esp_bytes: &[u8], tree: &Tree, r: &mut Report) {
+    let boot_path = meta.arch.esp_boot_path();
     r.check(format!(
-        "/{ESP_BOOT_PATH} (the UKI) matches boot.uki_sha256 and boot.uki_size"
+        "/{boot_path} (the UKI) matches boot.uki_sha256 and boot.uki_size"
     ));
-    match tree.get(ESP_BOOT_PATH).and_then(|n| n.data()) {
-        None => r.fail("uki", format!("no /{ESP_BOOT_PATH} on the ESP")),
+    match tree.get(meta.arch.esp_boot_path()).and_then(|n| n.data()) {
+        None => r.fail("uki", format!("no /{boot_path} on the ESP")),
         Some(uki) => {
             if uki.len() as u64 != meta.boot.uki_size {
                 r.fail(
                     "uki",
                     format!(
-                        "/{ESP_BOOT_PATH} is {} bytes, image.json says {}",
+                        "/{boot_path} is {} bytes, image.json says {}",
                         uki.len(),
                         meta.boot.uki_size
                     ),
@@ -667,7 +671,7 @@ fn check_esp(meta: &ImageMeta, esp_bytes: &[u8], tree: &Tree, r: &mut Report) {
                 r.fail(
                     "uki",
                     format!(
-                        "/{ESP_BOOT_PATH} has sha256 {sha}, image.json says {}",
+                        "/{boot_path} has sha256 {sha}, image.json says {}",
                         meta.boot.uki_sha256
                     ),
                 );

@@ -261,6 +261,7 @@ pub fn trim(tree: &mut Tree, packages: &BTreeSet<String>, extra: &Modules) -> Re
             .next()
             .unwrap_or("")
             .trim_end_matches("-amd64")
+            .trim_end_matches("-arm64")
     );
     let mut files_removed = 0;
     let mut bytes_removed = 0;

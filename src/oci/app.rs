@@ -21,9 +21,6 @@ use std::sync::{Arc, OnceLock};
 
 /// Longest chain of symbolic links followed while resolving a path.
 const MAX_LINKS: usize = 40;
-/// The architecture images are built for.
-pub const ARCH: &str = "amd64";
-
 /// Whether a registry host is reached over plain HTTP: loopback only (as Docker does).
 fn loopback_registry(src: &Source) -> bool {
     match src {
@@ -46,7 +43,7 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     let store = store.context("internal error: kind oci needs the download cache")?;
     let src = source::parse_source(reference)?;
     let opts = source::Options {
-        arch: ARCH,
+        arch: m.arch.name(),
         insecure: loopback_registry(&src),
         username: None,
         offline: false,
@@ -68,9 +65,10 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         cfg.os
     );
     ensure!(
-        cfg.architecture.is_empty() || cfg.architecture == ARCH,
-        "container image {reference} is for architecture {:?}; fuse builds {ARCH} images",
-        cfg.architecture
+        cfg.architecture.is_empty() || cfg.architecture == m.arch.name(),
+        "container image {reference} is for architecture {:?}; the image is {} (`[image] arch`)",
+        cfg.architecture,
+        m.arch
     );
     ensure!(
         cfg.diff_ids.is_empty() || cfg.diff_ids.len() == fetched.layers.len(),

@@ -92,24 +92,12 @@ pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
     })
 }
 
-/// ELF `e_machine` of x86-64, the only architecture images are built for.
+/// ELF `e_machine` of x86-64 (each architecture's: [`crate::arch::Arch::elf_machine`]).
 pub const EM_X86_64: u16 = 62;
 
 /// A readable name of an ELF `e_machine` value.
 pub fn machine_name(machine: u16) -> String {
-    match machine {
-        3 => "i386".into(),
-        8 => "MIPS".into(),
-        20 => "PowerPC".into(),
-        21 => "PowerPC64".into(),
-        22 => "S/390".into(),
-        40 => "ARM".into(),
-        62 => "x86-64".into(),
-        183 => "AArch64".into(),
-        243 => "RISC-V".into(),
-        258 => "LoongArch".into(),
-        m => format!("machine {m}"),
-    }
+    crate::arch::elf_machine_name(machine)
 }
 
 /// What decides whether one ELF object can run in the image: its platform, what it asks
@@ -325,10 +313,13 @@ pub fn version_numbers(name: &str, prefix: &str) -> Option<Vec<u32>> {
     rest.split('.').map(|p| p.parse().ok()).collect()
 }
 
-/// The directories the dynamic linker searches on Debian amd64, in order.
+/// The directories the dynamic linker searches on Debian, in order: amd64's and arm64's
+/// multiarch directories (a tree of one architecture's packages holds only its own).
 pub const LIB_DIRS: &[&str] = &[
     "lib/x86_64-linux-gnu",
     "usr/lib/x86_64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
     "lib64",
     "usr/lib64",
     "lib",

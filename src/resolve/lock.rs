@@ -42,6 +42,9 @@ pub struct ArchiveSnapshot {
 #[serde(deny_unknown_fields)]
 pub struct ResolveInputs {
     pub distribution: String,
+    /// `[image] arch` (written only when not amd64, so older locks stay valid).
+    #[serde(default, skip_serializing_if = "crate::arch::Arch::is_amd64")]
+    pub arch: crate::arch::Arch,
     pub kernel: String,
     /// `[system] packages` of the manifest, sorted.
     pub packages: Vec<String>,
@@ -200,6 +203,12 @@ impl Lock {
                 "package {p} is in the lock but no longer in the manifest"
             ));
         }
+        if l.arch != current.arch {
+            d.push(format!(
+                "architecture: lock has {}, manifest has {}",
+                l.arch, current.arch
+            ));
+        }
         if l.jsp != current.jsp {
             d.push(if current.jsp {
                 "the war now holds JSP pages: Tomcat needs its JSP compiler".to_string()
@@ -267,6 +276,7 @@ mod tests {
             },
             inputs: ResolveInputs {
                 distribution: "debian/bookworm".into(),
+                arch: crate::arch::Arch::Amd64,
                 kernel: "linux-image-amd64".into(),
                 packages: vec![],
                 interpreter: Some("/lib64/ld-linux-x86-64.so.2".into()),

@@ -4,8 +4,11 @@
 //! need from those libraries. Pure: the app's tree in, the needs out; resolution turns the
 //! needs into packages (src/commands/build.rs) through the Contents index.
 
+use crate::arch::Arch;
 use crate::format::zip;
-use crate::resolve::elf::{self, Object, EM_X86_64};
+#[cfg(test)]
+use crate::resolve::elf::EM_X86_64;
+use crate::resolve::elf::{self, Object};
 use crate::tree::{Kind, Tree};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,8 +43,10 @@ pub struct Found {
 }
 
 impl Found {
-    fn is_native(&self) -> bool {
-        self.object.class64 && self.object.little_endian && self.object.machine == EM_X86_64
+    fn is_native(&self, arch: Arch) -> bool {
+        self.object.class64
+            && self.object.little_endian
+            && self.object.machine == arch.elf_machine()
     }
 
     fn is_musl(&self) -> bool {
@@ -219,19 +224,19 @@ fn runpath_dir(entry: &str, dir: Option<&str>) -> Option<String> {
 /// Errors: an object for another architecture (or 32-bit) without a native build of the
 /// same file beside it; one linked against musl libc, unless its path or a glibc build of
 /// the same file marks it as one platform of several.
-pub fn needs(tree: &Tree, objects: &[Found], java: bool) -> Result<AppNeeds> {
+pub fn needs(tree: &Tree, objects: &[Found], java: bool, arch: Arch) -> Result<AppNeeds> {
     let mut out = AppNeeds {
         objects: objects.len(),
         ..AppNeeds::default()
     };
     let native_names: BTreeSet<&str> = objects
         .iter()
-        .filter(|f| f.is_native() && !f.is_musl())
+        .filter(|f| f.is_native(arch) && !f.is_musl())
         .map(|f| f.name.as_str())
         .collect();
     // Names under which the app's own native libraries can be found.
     let mut provided: BTreeMap<&str, &str> = BTreeMap::new();
-    for f in objects.iter().filter(|f| f.is_native() && !f.is_musl()) {
+    for f in objects.iter().filter(|f| f.is_native(arch) && !f.is_musl()) {
         provided
             .entry(f.name.as_str())
             .or_insert(f.display.as_str());
@@ -240,16 +245,18 @@ pub fn needs(tree: &Tree, objects: &[Found], java: bool) -> Result<AppNeeds> {
         }
     }
     for f in objects {
-        if !f.is_native() {
+        if !f.is_native(arch) {
             if native_names.contains(f.name.as_str()) {
                 out.skipped
                     .push(format!("{} ({})", f.display, f.platform()));
                 continue;
             }
             bail!(
-                "{} is built for {}, but the image is x86-64 (rebuild it, or install the app's dependencies for linux x86_64)",
+                "{} is built for {}, but the image is {} ({arch}): rebuild it, or install the app's dependencies for linux {}",
                 f.display,
-                f.platform()
+                f.platform(),
+                arch.elf_name(),
+                arch.triple_cpu()
             );
         }
         if f.is_musl() {
@@ -314,9 +321,9 @@ pub fn needs(tree: &Tree, objects: &[Found], java: bool) -> Result<AppNeeds> {
 }
 
 /// [`find_objects`] then [`needs`].
-pub fn scan(tree: &Tree, java: bool) -> Result<AppNeeds> {
+pub fn scan(tree: &Tree, java: bool, arch: Arch) -> Result<AppNeeds> {
     let objects = find_objects(tree)?;
-    needs(tree, &objects, java)
+    needs(tree, &objects, java, arch)
 }
 
 /// Checks that each library in `found` (soname -> tree path of the library chosen for it,
@@ -565,13 +572,13 @@ pub(crate) mod tests {
             so(&["libz.so.1"], None),
         )
         .unwrap();
-        let n = scan(&t, false).unwrap();
+        let n = scan(&t, false, Arch::Amd64).unwrap();
         assert_eq!(n.objects, 1);
         assert_eq!(n.needed.iter().collect::<Vec<_>>(), ["libz.so.1"]);
         // an ET_DYN object with the same defect is still an error naming it
         o[0x10] = 3;
         t.insert("app/bad.so", Node::file(o, 0o755)).unwrap();
-        let e = format!("{:#}", scan(&t, false).unwrap_err());
+        let e = format!("{:#}", scan(&t, false, Arch::Amd64).unwrap_err());
         assert!(e.contains("/app/bad.so"), "{e}");
     }
 
@@ -605,7 +612,7 @@ pub(crate) mod tests {
         t.insert("app/bin/tool", so(&["libz.so.1"], None)).unwrap();
         t.insert("app/README", Node::file(b"text".to_vec(), 0o644))
             .unwrap();
-        let n = scan(&t, false).unwrap();
+        let n = scan(&t, false, Arch::Amd64).unwrap();
         assert_eq!(n.objects, 3);
         assert_eq!(
             n.needed.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -652,12 +659,12 @@ pub(crate) mod tests {
                 "/app/app.jar!/BOOT-INF/lib/fast.jar!/native/linux-aarch64/libfast.so"
             ]
         );
-        let n = needs(&t, &objects, true).unwrap();
+        let n = needs(&t, &objects, true, Arch::Amd64).unwrap();
         assert_eq!(n.needed.iter().collect::<Vec<_>>(), ["libz.so.1"]);
         assert_eq!(n.skipped.len(), 1, "the aarch64 twin is skipped");
         assert!(n.skipped[0].contains("AArch64"));
         // Without the JVM, libjvm.so is a need like any other.
-        let n = needs(&t, &objects, false).unwrap();
+        let n = needs(&t, &objects, false, Arch::Amd64).unwrap();
         assert!(n.needed.contains("libjvm.so"));
     }
 
@@ -669,11 +676,28 @@ pub(crate) mod tests {
             Node::file(fake_so(183, None, &["libc.so.6"], None, &[], &[]), 0o755),
         )
         .unwrap();
-        let e = format!("{:#}", scan(&t, false).unwrap_err());
+        let e = format!("{:#}", scan(&t, false, Arch::Amd64).unwrap_err());
         assert!(
             e.contains("/app/site/_speedups.cpython-311-aarch64-linux-gnu.so")
                 && e.contains("AArch64")
                 && e.contains("x86-64"),
+            "{e}"
+        );
+        // In an arm64 image the same object is native and an x86-64 one is the foreign one.
+        let n = scan(&t, false, Arch::Arm64).unwrap();
+        assert_eq!(n.needed.iter().collect::<Vec<_>>(), ["libc.so.6"]);
+        let mut x = Tree::new();
+        x.insert(
+            "app/hello",
+            Node::file(
+                fake_so(EM_X86_64, None, &["libc.so.6"], None, &[], &[]),
+                0o755,
+            ),
+        )
+        .unwrap();
+        let e = format!("{:#}", scan(&x, false, Arch::Arm64).unwrap_err());
+        assert!(
+            e.contains("/app/hello") && e.contains("x86-64") && e.contains("AArch64 (arm64)"),
             "{e}"
         );
         let mut t = Tree::new();
@@ -685,7 +709,7 @@ pub(crate) mod tests {
             ),
         )
         .unwrap();
-        let e = format!("{:#}", scan(&t, false).unwrap_err());
+        let e = format!("{:#}", scan(&t, false, Arch::Amd64).unwrap_err());
         assert!(e.contains("/app/x.so") && e.contains("musl"), "{e}");
         // ...unless the path says it is the musl build of a multi-platform bundle
         let mut t = Tree::new();
@@ -697,7 +721,7 @@ pub(crate) mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(scan(&t, false).unwrap().skipped.len(), 1);
+        assert_eq!(scan(&t, false, Arch::Amd64).unwrap().skipped.len(), 1);
     }
 
     #[test]
@@ -718,7 +742,7 @@ pub(crate) mod tests {
             ),
         )
         .unwrap();
-        let n = scan(&t, false).unwrap();
+        let n = scan(&t, false, Arch::Amd64).unwrap();
         let mut dist = Tree::new();
         dist.insert(
             "usr/lib/x86_64-linux-gnu/libc.so.6",

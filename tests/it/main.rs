@@ -2,6 +2,7 @@
 //! boots under QEMU + OVMF, reproducibility, hostile input. One test binary, modules per area.
 
 mod apps;
+mod arm64;
 mod aws;
 mod boot;
 mod build;

@@ -463,6 +463,40 @@ impl Vm {
         }
     }
 
+    /// Boot an arm64 `image` as `fuse run` does (qemu-system-aarch64, virt, AAVMF, TCG),
+    /// read-only, the app's `guest_port` forwarded to a free loopback port.
+    pub fn boot_arm64(image: &Path, guest_port: u16) -> Vm {
+        use fuse::arch::Arch;
+        let dir = tempfile::tempdir().unwrap();
+        let (code, template) =
+            fuse::vm::firmware(Arch::Arm64).expect("AAVMF (package qemu-efi-aarch64) is needed");
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy(&template, &vars).unwrap();
+        let port = fuse::vm::free_port().unwrap();
+        let forwards = [(port, guest_port)];
+        let spec = fuse::vm::BootSpec {
+            arch: Arch::Arm64,
+            image,
+            vars: &vars,
+            code: &code,
+            accel: "tcg",
+            memory_mib: 512,
+            forwards: &forwards,
+            config: None,
+        };
+        let qemu = fuse::vm::qemu_binary_for(Arch::Arm64)
+            .expect("qemu-system-aarch64 (package qemu-system-arm) is needed");
+        let mut cmd = fuse::vm::command(&qemu, &spec);
+        eprintln!("booting {} under {}", image.display(), qemu.display());
+        let (child, console, _) = spawn_collected(&mut cmd, "console");
+        Vm {
+            child,
+            console,
+            port,
+            _dir: dir,
+        }
+    }
+
     pub fn console(&self) -> String {
         self.console.lock().unwrap().clone()
     }

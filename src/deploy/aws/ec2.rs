@@ -106,13 +106,18 @@ fn tag_spec(n: usize, resource: &str, tags: &[(&str, &str)]) -> Vec<(String, Str
     p
 }
 
-/// The parameters of RegisterImage for a snapshot: UEFI, ENA, IMDSv2 required, HVM, one
-/// gp3 root volume deleted with the instance.
-pub fn register_params(name: &str, description: &str, snapshot: &str) -> Vec<(String, String)> {
+/// The parameters of RegisterImage for a snapshot: the image's architecture, UEFI, ENA,
+/// IMDSv2 required, HVM, one gp3 root volume deleted with the instance.
+pub fn register_params(
+    name: &str,
+    description: &str,
+    snapshot: &str,
+    arch: crate::arch::Arch,
+) -> Vec<(String, String)> {
     [
         ("Name", name),
         ("Description", description),
-        ("Architecture", "x86_64"),
+        ("Architecture", arch.ec2()),
         ("VirtualizationType", "hvm"),
         ("BootMode", "uefi"),
         ("EnaSupport", "true"),
@@ -280,7 +285,12 @@ impl Target for Ec2 {
         };
         let xml = self.query(
             "RegisterImage",
-            register_params(&name, &format!("fuse image {}", img.digest), &snapshot),
+            register_params(
+                &name,
+                &format!("fuse image {}", img.digest),
+                &snapshot,
+                img.meta.arch,
+            ),
         )?;
         let doc = parse("ec2:RegisterImage", &xml)?;
         let ami = texts(doc.root(), "imageId")
@@ -540,9 +550,12 @@ mod tests {
 
     #[test]
     fn the_ami_boots_uefi_with_ena_and_imdsv2() {
-        let p = register_params("hello-1.0.0-abc", "d", "snap-1");
+        let p = register_params("hello-1.0.0-abc", "d", "snap-1", crate::arch::Arch::Amd64);
         let get = |k: &str| p.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         assert_eq!(get("BootMode"), Some("uefi"));
+        assert_eq!(get("Architecture"), Some("x86_64"));
+        let arm = register_params("h", "d", "snap-1", crate::arch::Arch::Arm64);
+        assert!(arm.contains(&("Architecture".into(), "arm64".into())));
         assert_eq!(get("EnaSupport"), Some("true"));
         assert_eq!(get("ImdsSupport"), Some("v2.0"));
         assert_eq!(get("BlockDeviceMapping.1.Ebs.SnapshotId"), Some("snap-1"));
