@@ -865,6 +865,10 @@ pub fn cyclonedx(m: &ImageMeta, layers: &[LayerContent]) -> serde_json::Value {
                         value: digest.clone(),
                     },
                     Property {
+                        name: "fuse:image:arch",
+                        value: m.arch.name().into(),
+                    },
+                    Property {
                         name: "fuse:kernel:cmdline",
                         value: m.kernel.cmdline.clone(),
                     },

@@ -138,6 +138,18 @@ fn arm64_static_app_is_reproducible_boots_under_aavmf_and_answers() {
     let out = fuse(&["inspect", h.image.to_str().unwrap()], &[]);
     let shown = ok(&out, "fuse inspect");
     assert!(shown.contains("arch      arm64"), "{shown}");
+    let out = fuse(
+        &["inspect", h.image.to_str().unwrap(), "--sbom", "cyclonedx"],
+        &[],
+    );
+    let cdx: serde_json::Value = serde_json::from_str(&ok(&out, "fuse inspect --sbom")).unwrap();
+    let props = cdx["metadata"]["component"]["properties"].as_array().unwrap();
+    assert!(
+        props
+            .iter()
+            .any(|p| p["name"] == "fuse:image:arch" && p["value"] == "arm64"),
+        "{props:?}"
+    );
 
     // fuse test picks qemu-system-aarch64 + AAVMF and waits for the app's answer.
     let out = fuse(

@@ -387,4 +387,11 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
         cdx["metadata"]["component"]["hashes"][0]["content"],
         b.digest.trim_start_matches("sha256:")
     );
+    let props = cdx["metadata"]["component"]["properties"].as_array().unwrap();
+    assert!(
+        props
+            .iter()
+            .any(|p| p["name"] == "fuse:image:arch" && p["value"] == "amd64"),
+        "{props:?}"
+    );
 }
