@@ -143,13 +143,47 @@ fn arm64_static_app_is_reproducible_boots_under_aavmf_and_answers() {
         &[],
     );
     let cdx: serde_json::Value = serde_json::from_str(&ok(&out, "fuse inspect --sbom")).unwrap();
-    let props = cdx["metadata"]["component"]["properties"].as_array().unwrap();
+    let props = cdx["metadata"]["component"]["properties"]
+        .as_array()
+        .unwrap();
     assert!(
         props
             .iter()
             .any(|p| p["name"] == "fuse:image:arch" && p["value"] == "arm64"),
         "{props:?}"
     );
+
+    // Every export format carries the arm64 image: each verifies and says arm64.
+    let exports = tempfile::tempdir().unwrap();
+    for format in ["qcow2", "vmdk", "ova", "vhd", "gce", "raw"] {
+        let dir = exports.path().join(format);
+        let o = fuse(
+            &[
+                "export",
+                h.image.to_str().unwrap(),
+                "--format",
+                format,
+                "--out",
+                dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let printed = ok(&o, &format!("fuse export --format {format}"));
+        let out = printed
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let shown = ok(
+            &fuse(&["inspect", &out], &[]),
+            &format!("fuse inspect of the {format} export"),
+        );
+        assert!(
+            shown.contains("arch      arm64") && shown.contains(&h.digest),
+            "{format}: {shown}"
+        );
+    }
 
     // fuse test picks qemu-system-aarch64 + AAVMF and waits for the app's answer.
     let out = fuse(

@@ -387,7 +387,9 @@ fn spdx_sbom_validates_and_lists_what_each_layer_holds() {
         cdx["metadata"]["component"]["hashes"][0]["content"],
         b.digest.trim_start_matches("sha256:")
     );
-    let props = cdx["metadata"]["component"]["properties"].as_array().unwrap();
+    let props = cdx["metadata"]["component"]["properties"]
+        .as_array()
+        .unwrap();
     assert!(
         props
             .iter()
