@@ -506,6 +506,12 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
     );
     field(
         &mut app.fields,
+        "stop_signal",
+        &a.app.stop_signal,
+        &b.app.stop_signal,
+    );
+    field(
+        &mut app.fields,
         "writable",
         &a.app.writable,
         &b.app.writable,
@@ -676,6 +682,7 @@ pub(crate) mod tests {
                 health_http: Some("/".into()),
                 env_args: None,
                 stop_timeout: Some(30),
+                stop_signal: None,
                 writable: Vec::new(),
                 x86_64_level: None,
                 container: None,

@@ -256,7 +256,7 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             o.push_str(&format!("  config      {}\n", one_line(&c.config_digest)));
             if let Some(sig) = &c.stop_signal {
                 o.push_str(&format!(
-                    "  stopsignal  {} (not used: the init stops the app with SIGTERM)\n",
+                    "  stopsignal  {} (the container's)\n",
                     one_line(sig)
                 ));
             }
@@ -276,7 +276,8 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     ));
     if let Some(t) = a.stop_timeout {
         o.push_str(&format!(
-            "  stop        power button: SIGTERM, SIGKILL after {t} s\n"
+            "  stop        power button: {}, SIGKILL after {t} s\n",
+            crate::util::text::one_line(a.stop_signal.as_deref().unwrap_or("SIGTERM"))
         ));
     }
     if let Some(l) = a.x86_64_level {
@@ -402,6 +403,36 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         &[],
         "  ",
     ));
+    for db in m.app.container.iter().flat_map(|c| &c.packages) {
+        use crate::util::text::one_line;
+        o.push_str(&format!(
+            "
+container packages ({}, {} in layer {}, {})
+",
+            db.installed.len(),
+            one_line(&db.path),
+            one_line(&db.layer),
+            one_line(db.distro.as_deref().unwrap_or(&db.vendor))
+        ));
+        let rows: Vec<Vec<String>> = db
+            .installed
+            .iter()
+            .map(|p| {
+                vec![
+                    one_line(&p.name).into_owned(),
+                    one_line(&p.version).into_owned(),
+                    one_line(&p.arch).into_owned(),
+                    one_line(p.source.as_deref().unwrap_or("-")).into_owned(),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &["NAME", "VERSION", "ARCH", "SOURCE"],
+            &rows,
+            &[],
+            "  ",
+        ));
+    }
     o
 }
 
