@@ -4,6 +4,7 @@
 use super::diff::{FieldChange, ImageDiff, Status};
 use super::verify::Image;
 use crate::disk::ImageMeta;
+use crate::util::text::one_line;
 use serde_json::Value;
 
 /// `12.0 MiB`, `4.0 KiB`, `512 B`.
@@ -240,7 +241,6 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     o.push_str(&format!("  workdir     {}\n", a.workdir));
     match &a.container {
         Some(c) => {
-            use crate::util::text::one_line;
             o.push_str(&format!(
                 "  user        {}:{}{} (the container's User {:?})\n",
                 a.uid,
@@ -404,7 +404,6 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         "  ",
     ));
     for db in m.app.container.iter().flat_map(|c| &c.packages) {
-        use crate::util::text::one_line;
         o.push_str(&format!(
             "
 container packages ({}, {} in layer {}, {})
@@ -663,6 +662,19 @@ pub fn diff(d: &ImageDiff) -> String {
                     e.name,
                     shell_word(f),
                     shell_word(t)
+                )),
+                (None, None) => {}
+            }
+        }
+        for c in &d.app.container_packages {
+            let what = format!("{} ({}, {})", one_line(&c.name), c.kind, one_line(&c.arch));
+            match (&c.from, &c.to) {
+                (None, Some(t)) => o.push_str(&format!("  + package {what} {}\n", one_line(t))),
+                (Some(f), None) => o.push_str(&format!("  - package {what} {}\n", one_line(f))),
+                (Some(f), Some(t)) => o.push_str(&format!(
+                    "  ~ package {what}: {} -> {}\n",
+                    one_line(f),
+                    one_line(t)
                 )),
                 (None, None) => {}
             }
