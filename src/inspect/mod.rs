@@ -699,24 +699,59 @@ mod tests {
                 stop_signal: None,
                 labels: Default::default(),
                 layers: vec![],
-                packages: vec![ContainerPackages {
-                    kind: "deb".into(),
-                    path: "/var/lib/dpkg/status".into(),
-                    layer: "app".into(),
-                    vendor: "debian".into(),
-                    distro: Some("debian-12".into()),
-                    installed: vec![ContainerPackage {
-                        name: "python3".into(),
-                        version: "3.11.2-1+b1".into(),
-                        arch: "amd64".into(),
-                        source: Some("python3-defaults".into()),
-                        license: None,
-                    }],
-                }],
+                packages: vec![
+                    ContainerPackages {
+                        kind: "deb".into(),
+                        path: "/var/lib/dpkg/status".into(),
+                        layer: "app".into(),
+                        vendor: "debian".into(),
+                        distro: Some("debian-12".into()),
+                        installed: vec![ContainerPackage {
+                            name: "python3".into(),
+                            version: "3.11.2-1+b1".into(),
+                            arch: "amd64".into(),
+                            source: Some("python3-defaults".into()),
+                            license: None,
+                        }],
+                    },
+                    ContainerPackages {
+                        kind: "apk".into(),
+                        path: "/lib/apk/db/installed".into(),
+                        layer: "base".into(),
+                        vendor: "alpine".into(),
+                        distro: None,
+                        installed: vec![ContainerPackage {
+                            name: "musl".into(),
+                            version: "1.2.4_git20230717-r4".into(),
+                            arch: "x86_64".into(),
+                            source: Some("musl".into()),
+                            license: Some("MIT".into()),
+                        }],
+                    },
+                ],
             });
         });
         let mut img = verify::read(&f.disk, None);
         let doc = sbom(&f.disk, &mut img, SbomFormat::Spdx).expect("an SBOM");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spdx-schema-2.3.json");
+        let schema: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let musl = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "musl")
+            .expect("musl in the SPDX document");
+        assert_eq!(
+            musl["externalRefs"][0]["referenceLocator"],
+            "pkg:apk/alpine/musl@1.2.4_git20230717-r4?arch=x86_64"
+        );
+        assert!(doc["relationships"].as_array().unwrap().iter().any(|r| {
+            r["spdxElementId"] == "SPDXRef-Layer-base" && r["relatedSpdxElement"] == musl["SPDXID"]
+        }));
         let py = doc["packages"]
             .as_array()
             .unwrap()
