@@ -128,6 +128,9 @@ pub struct OciApp {
     pub workdir: String,
     /// `[app] port`, else the first of ExposedPorts.
     pub port: u16,
+    /// The container's StopSignal (a name of `oci::container::STOP_SIGNALS`), when not
+    /// SIGTERM.
+    pub stop_signal: Option<String>,
 }
 
 /// The app's layers for the log: `name (N entries, X MiB), ...`.

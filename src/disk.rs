@@ -92,6 +92,10 @@ pub struct AppMeta {
     /// Seconds between SIGTERM and SIGKILL on the power button (absent in older images).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stop_timeout: Option<u32>,
+    /// The signal the power button sends the app when it is not SIGTERM (a container's
+    /// StopSignal).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stop_signal: Option<String>,
     /// Directories mounted as tmpfs owned by the app user.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub writable: Vec<String>,
@@ -125,6 +129,45 @@ pub struct ContainerSource {
     pub labels: BTreeMap<String, String>,
     /// Per image layer (bottom to top, after `base`): the container layers it holds.
     pub layers: Vec<Vec<String>>,
+    /// The packages the container's package databases list as installed (dpkg, apk), one
+    /// entry per database file; empty when it has none. The SBOM and `fuse inspect` show
+    /// them.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub packages: Vec<ContainerPackages>,
+}
+
+/// One package database of a container and what it lists (see `oci::packages`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerPackages {
+    /// The package URL type: `deb` (a dpkg database) or `apk`.
+    pub kind: String,
+    /// The database file in the image (`/var/lib/dpkg/status`, `/lib/apk/db/installed`).
+    pub path: String,
+    /// The image layer that holds it.
+    pub layer: String,
+    /// The distribution, from the container's /etc/os-release `ID` (when it has none:
+    /// `debian` for dpkg, `alpine` for apk).
+    pub vendor: String,
+    /// `ID-VERSION_ID` of its os-release (`debian-12`, `alpine-3.19.1`), when it says.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub distro: Option<String>,
+    /// Sorted by name, architecture, version.
+    pub installed: Vec<ContainerPackage>,
+}
+
+/// A package a container's package database lists as installed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerPackage {
+    pub name: String,
+    pub version: String,
+    /// As the database writes it (`amd64`, `x86_64`, `all`; empty when it does not say).
+    pub arch: String,
+    /// The source package (dpkg `Source`, apk origin), when it is named.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+    /// The licence the database states (apk `L:`); dpkg databases state none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub license: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -389,6 +432,7 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
             gid: i.app.gid,
             env_args: i.app.env_args,
             stop_timeout: Some(i.app.stop_timeout),
+            stop_signal: i.app.stop_signal,
             writable: i.app.writable,
             x86_64_level: i.x86_64_level,
             container: i.container,

@@ -91,6 +91,10 @@ pub struct AppPlan {
     /// button); `[app] stop_timeout`.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: u32,
+    /// The signal that asks the app to stop (a container's StopSignal: `SIGINT`,
+    /// `SIGQUIT`, ...); absent: SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
     /// Directories the init mounts as tmpfs owned by the app user; `[app] writable`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writable: Vec<String>,
@@ -272,6 +276,7 @@ pub fn app_plan(m: &Manifest) -> Result<AppPlan> {
             at,
         }),
         stop_timeout: m.stop_timeout,
+        stop_signal: None,
         writable: m.writable.clone(),
     })
 }

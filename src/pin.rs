@@ -292,6 +292,27 @@ pub fn lock_differences(lock: &Lock, m: &Manifest, inputs: &ResolveInputs) -> Ve
     diffs
 }
 
+/// For a container app (kind oci), the lock's app digest is the container image's manifest
+/// digest it was built from: when the image now resolves to another one (a tag that moved,
+/// a layout or archive that changed), what moved, naming the reference and both digests.
+pub fn container_moved(
+    lock: &Lock,
+    m: &Manifest,
+    app: &AppScan,
+    lock_path: &Path,
+) -> Option<String> {
+    if m.kind != crate::manifest::AppKind::Oci || lock.app.sha256 == app.sha256 {
+        return None;
+    }
+    Some(format!(
+        "container image {} now resolves to sha256:{}, but {} pins sha256:{}",
+        m.oci_image.as_deref().unwrap_or("?"),
+        app.sha256,
+        lock_path.display(),
+        lock.app.sha256
+    ))
+}
+
 /// The lock to build from: fuse.lock when it matches the manifest and app (and `--update`
 /// was not asked), else a fresh resolution (refused with `--locked`, saying what differs).
 /// Returns the lock and whether it must still be written (fresh or updated): `fuse build`
@@ -309,6 +330,16 @@ pub fn obtain_lock(
         let diffs = lock_differences(lock, m, &inputs);
         if diffs.is_empty() && !opts.update {
             tracing::info!("using {}", lock_path.display());
+            if let Some(moved) = container_moved(lock, m, app, &lock_path) {
+                if opts.locked {
+                    bail!(
+                        "{moved} (--locked): `fuse lock --update`, or a build without \
+                         --locked, takes the new image; name the image by digest to keep the \
+                         one locked"
+                    );
+                }
+                tracing::info!("{moved}: fuse.lock takes the new digest");
+            }
             if lock.app.sha256 != app.sha256 && !opts.locked {
                 let mut l = lock.clone();
                 l.app.sha256 = app.sha256.clone();

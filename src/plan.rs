@@ -603,6 +603,7 @@ pub fn app_plan(m: &Manifest, app: &AppScan) -> Result<AppPlan> {
             gid: o.gid,
             env_args: None,
             stop_timeout: m.stop_timeout,
+            stop_signal: o.stop_signal.clone(),
             writable: m.writable.clone(),
         });
     }

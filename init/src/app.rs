@@ -14,6 +14,39 @@ use crate::console;
 /// PATH the app starts with.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The signals the app may be stopped with (boot.json `app.stop_signal`, a container's
+/// StopSignal), by name; the builder's `oci::container::STOP_SIGNALS` has the same names.
+pub const STOP_SIGNALS: [(&str, libc::c_int); 11] = [
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGABRT", libc::SIGABRT),
+    ("SIGKILL", libc::SIGKILL),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGUSR2", libc::SIGUSR2),
+    ("SIGALRM", libc::SIGALRM),
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGWINCH", libc::SIGWINCH),
+    ("SIGPWR", libc::SIGPWR),
+];
+
+/// The number of a signal of [`STOP_SIGNALS`] named exactly so.
+pub fn stop_signal_number(name: &str) -> Option<libc::c_int> {
+    STOP_SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+}
+
+/// The signal that stops `app`: its `stop_signal` (validated with the boot plan), else
+/// SIGTERM.
+pub fn stop_signal_of(app: &AppConfig) -> libc::c_int {
+    app.stop_signal
+        .as_deref()
+        .and_then(stop_signal_number)
+        .unwrap_or(libc::SIGTERM)
+}
+
 /// Signals PID 1 passes on to the app.
 pub const FORWARDED: [libc::c_int; 6] = [
     libc::SIGTERM,
@@ -290,7 +323,10 @@ pub fn signal_name(sig: i32) -> &'static str {
         libc::SIGSEGV => "SIGSEGV",
         libc::SIGUSR2 => "SIGUSR2",
         libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGPWR => "SIGPWR",
         _ => "other",
     }
 }
@@ -317,17 +353,23 @@ fn reap(app: libc::pid_t) -> Option<Exit> {
 /// How long init keeps looking for a power button that has not appeared yet.
 const BUTTON_SEARCH: Duration = Duration::from_secs(10);
 
-/// The graceful stop in progress: when SIGTERM went out, and whether SIGKILL followed.
+/// The graceful stop in progress: when the stop signal went out, and whether SIGKILL followed.
 struct Stopping {
     since: Instant,
     killed: bool,
 }
 
 /// Runs as PID 1 until the app exits: forwards [`FORWARDED`] signals to it, reaps every
-/// zombie, and on the ACPI power button stops it: SIGTERM, then SIGKILL (to its whole
-/// process group) when it is still running `stop_timeout` later. `mask` is the set blocked
-/// by [`block_signals`].
-pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t, stop_timeout: Duration) -> Result<Exit> {
+/// zombie, and on the ACPI power button stops it: `stop_signal` (SIGTERM unless the boot
+/// plan names another), then SIGKILL (to its whole process group) when it is still running
+/// `stop_timeout` later. `mask` is the set blocked by [`block_signals`].
+pub fn supervise(
+    app: libc::pid_t,
+    mask: &libc::sigset_t,
+    stop_signal: libc::c_int,
+    stop_timeout: Duration,
+) -> Result<Exit> {
+    let stop_name = signal_name(stop_signal);
     // SAFETY: mask is a valid sigset; -1 asks for a new signalfd.
     let fd = unsafe { libc::signalfd(-1, mask, libc::SFD_CLOEXEC) };
     if fd < 0 {
@@ -369,7 +411,7 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t, stop_timeout: Duration
         if let Some(s) = &mut stopping {
             if !s.killed && s.since.elapsed() >= stop_timeout {
                 crate::log!(
-                    "app still running {} s after SIGTERM (stop_timeout): sending SIGKILL",
+                    "app still running {} s after {stop_name} (stop_timeout): sending SIGKILL",
                     stop_timeout.as_secs()
                 );
                 // SAFETY: plain kill(2); the app leads its own process group (setsid).
@@ -405,18 +447,18 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t, stop_timeout: Duration
                 Ok(true) => match &stopping {
                     None => {
                         crate::log!(
-                            "power button: stopping the app: SIGTERM, SIGKILL if still running after {} s",
+                            "power button: stopping the app: {stop_name}, SIGKILL if still running after {} s",
                             stop_timeout.as_secs()
                         );
                         // SAFETY: plain kill(2).
-                        unsafe { libc::kill(app, libc::SIGTERM) };
+                        unsafe { libc::kill(app, stop_signal) };
                         stopping = Some(Stopping {
                             since: Instant::now(),
                             killed: false,
                         });
                     }
                     Some(s) => crate::log!(
-                        "power button again: already stopping ({:.1} s since SIGTERM)",
+                        "power button again: already stopping ({:.1} s since {stop_name})",
                         s.since.elapsed().as_secs_f64()
                     ),
                 },
@@ -452,7 +494,7 @@ pub fn supervise(app: libc::pid_t, mask: &libc::sigset_t, stop_timeout: Duration
             if let Some(exit) = reap(app) {
                 if let Some(s) = &stopping {
                     crate::log!(
-                        "app stopped {:.1} s after SIGTERM",
+                        "app stopped {:.1} s after {stop_name}",
                         s.since.elapsed().as_secs_f64()
                     );
                 }
@@ -483,6 +525,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stop_signal_is_the_plans_else_sigterm() {
+        let mut app = AppConfig {
+            argv: vec!["/app".into()],
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+            uid: 1000,
+            gid: 1000,
+            env_args: None,
+            stop_timeout: 30,
+            stop_signal: None,
+            writable: Vec::new(),
+        };
+        assert_eq!(stop_signal_of(&app), libc::SIGTERM);
+        for (name, sig) in [
+            ("SIGINT", 2),
+            ("SIGQUIT", 3),
+            ("SIGHUP", 1),
+            ("SIGUSR1", 10),
+            ("SIGUSR2", 12),
+            ("SIGWINCH", 28),
+        ] {
+            app.stop_signal = Some(name.into());
+            assert_eq!(stop_signal_of(&app), sig, "{name}");
+            assert_eq!(signal_name(sig), name);
+        }
+        for (name, sig) in STOP_SIGNALS {
+            assert_eq!(signal_name(sig), name, "signal_name({sig})");
+        }
+        assert_eq!(stop_signal_number("SIGSTOP"), None);
+        assert_eq!(stop_signal_number("sigint"), None);
+    }
+
+    #[test]
     fn env_args_words_go_after_the_defaults() {
         let app = AppConfig {
             argv: vec![
@@ -500,6 +575,7 @@ mod tests {
                 at: 2,
             }),
             stop_timeout: 30,
+            stop_signal: None,
             writable: Vec::new(),
         };
         let mut env = BTreeMap::new();

@@ -78,6 +78,10 @@ pub struct AppConfig {
     /// button).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: u32,
+    /// The signal that asks the app to stop (a container's StopSignal: one of
+    /// [`crate::app::STOP_SIGNALS`] by name); absent: SIGTERM.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
     /// Absolute directories mounted as tmpfs owned by the app user (their content in the
     /// image copied in), so an app can write next to itself.
     #[serde(default)]
@@ -326,6 +330,18 @@ impl BootConfig {
                 app.stop_timeout
             );
         }
+        if let Some(s) = &app.stop_signal {
+            if crate::app::stop_signal_number(s).is_none() {
+                bail!(
+                    "boot.json: app.stop_signal {s:?} is not one of {}",
+                    crate::app::STOP_SIGNALS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
         for (i, w) in app.writable.iter().enumerate() {
             if let Err(why) = check_writable(w) {
                 bail!("boot.json: app.writable {w:?} {why}");
@@ -419,6 +435,30 @@ mod tests {
         }
         let long = SAMPLE.replace("\"gid\": 1000", "\"gid\": 1000, \"stop_timeout\": 3601");
         assert!(format!("{:#}", parse(&long).unwrap_err()).contains("stop_timeout"));
+    }
+
+    #[test]
+    fn stop_signal_by_name_and_unknown_names_refused() {
+        assert_eq!(parse(SAMPLE).unwrap().app.stop_signal, None);
+        let quit = SAMPLE.replace(
+            "\"gid\": 1000",
+            "\"gid\": 1000, \"stop_signal\": \"SIGQUIT\"",
+        );
+        assert_eq!(
+            parse(&quit).unwrap().app.stop_signal.as_deref(),
+            Some("SIGQUIT")
+        );
+        for bad in ["\"SIGFOO\"", "\"SIGSTOP\"", "\"quit\"", "\"3\"", "3"] {
+            let text = SAMPLE.replace(
+                "\"gid\": 1000",
+                &format!("\"gid\": 1000, \"stop_signal\": {bad}"),
+            );
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(
+                e.contains("stop_signal") || e.contains("string"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

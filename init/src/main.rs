@@ -161,7 +161,7 @@ fn run() -> Result<()> {
     );
     let pid = app::spawn(&prepared)?;
     let stop_timeout = Duration::from_secs(u64::from(cfg.app.stop_timeout));
-    let exit = app::supervise(pid, &mask, stop_timeout)?;
+    let exit = app::supervise(pid, &mask, app::stop_signal_of(&cfg.app), stop_timeout)?;
     log!("app {exit}");
     Ok(())
 }

@@ -171,12 +171,62 @@ pub struct EnvChange {
     pub to: Option<String>,
 }
 
+/// A package of the container's own databases (image.json `app.container.packages`)
+/// added, removed or at another version.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ContainerPackageChange {
+    /// `deb` or `apk`
+    pub kind: String,
+    pub name: String,
+    pub arch: String,
+    /// null when the package is new
+    pub from: Option<String>,
+    /// null when the package was removed
+    pub to: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct AppDiff {
     pub changed: bool,
     /// kind, argv (the entrypoint), workdir, uid, gid, port, health_http
     pub fields: Vec<FieldChange>,
     pub env: Vec<EnvChange>,
+    /// Kind oci: what the container's package databases list, by (kind, name, arch).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container_packages: Vec<ContainerPackageChange>,
+}
+
+/// The container packages of two images' image.json, keyed by (kind, name, arch).
+pub fn diff_container_packages(a: &ImageMeta, b: &ImageMeta) -> Vec<ContainerPackageChange> {
+    let of = |m: &ImageMeta| -> BTreeMap<(String, String, String), String> {
+        m.app
+            .container
+            .iter()
+            .flat_map(|c| &c.packages)
+            .flat_map(|db| {
+                db.installed.iter().map(|p| {
+                    (
+                        (db.kind.clone(), p.name.clone(), p.arch.clone()),
+                        p.version.clone(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (pa, pb) = (of(a), of(b));
+    let keys: BTreeSet<&(String, String, String)> = pa.keys().chain(pb.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (from, to) = (pa.get(k), pb.get(k));
+            (from != to).then(|| ContainerPackageChange {
+                kind: k.0.clone(),
+                name: k.1.clone(),
+                arch: k.2.clone(),
+                from: from.cloned(),
+                to: to.cloned(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -507,6 +557,12 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
     );
     field(
         &mut app.fields,
+        "stop_signal",
+        &a.app.stop_signal,
+        &b.app.stop_signal,
+    );
+    field(
+        &mut app.fields,
         "writable",
         &a.app.writable,
         &b.app.writable,
@@ -522,7 +578,9 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
             });
         }
     }
-    app.changed = !app.fields.is_empty() || !app.env.is_empty();
+    app.container_packages = diff_container_packages(a, b);
+    app.changed =
+        !app.fields.is_empty() || !app.env.is_empty() || !app.container_packages.is_empty();
 
     let mut inputs = Vec::new();
     let (ia, ib) = (&a.inputs, &b.inputs);
@@ -580,6 +638,7 @@ pub fn diff(old_file: &str, a: &ImageMeta, new_file: &str, b: &ImageMeta) -> Ima
         + boot.fields.len()
         + app.fields.len()
         + app.env.len()
+        + app.container_packages.len()
         + inputs.len();
     let mut notes = Vec::new();
     if !identical && differences == 0 {
@@ -678,6 +737,7 @@ pub(crate) mod tests {
                 health_http: Some("/".into()),
                 env_args: None,
                 stop_timeout: Some(30),
+                stop_signal: None,
                 writable: Vec::new(),
                 x86_64_level: None,
                 container: None,
@@ -852,6 +912,73 @@ pub(crate) mod tests {
         );
         assert_eq!(d.kernel.fields[0].field, "cmdline");
         assert!(d.inputs.iter().any(|f| f.field == "app_sha256"));
+    }
+
+    #[test]
+    fn container_packages_added_removed_and_upgraded() {
+        use crate::disk::{ContainerPackage, ContainerPackages, ContainerSource};
+        let with = |digest: &str, pkgs: &[(&str, &str)]| {
+            let mut m = meta(digest, vec![], 700);
+            m.app.container = Some(ContainerSource {
+                reference: "r".into(),
+                pinned: None,
+                manifest_digest: "sha256:m".into(),
+                config_digest: "sha256:c".into(),
+                user: String::new(),
+                stop_signal: None,
+                labels: Default::default(),
+                layers: vec![],
+                packages: vec![ContainerPackages {
+                    kind: "deb".into(),
+                    path: "/var/lib/dpkg/status".into(),
+                    layer: "app".into(),
+                    vendor: "debian".into(),
+                    distro: None,
+                    installed: pkgs
+                        .iter()
+                        .map(|(n, v)| ContainerPackage {
+                            name: n.to_string(),
+                            version: v.to_string(),
+                            arch: "amd64".into(),
+                            source: None,
+                            license: None,
+                        })
+                        .collect(),
+                }],
+            });
+            m
+        };
+        let a = with(
+            "sha256:aa",
+            &[("gone", "1"), ("python3", "3.11.2-1"), ("same", "1")],
+        );
+        let b = with(
+            "sha256:bb",
+            &[("new", "2"), ("python3", "3.11.2-1+b1"), ("same", "1")],
+        );
+        let d = diff("a.img", &a, "b.img", &b);
+        let got: Vec<(&str, Option<&str>, Option<&str>)> = d
+            .app
+            .container_packages
+            .iter()
+            .map(|c| (c.name.as_str(), c.from.as_deref(), c.to.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gone", Some("1"), None),
+                ("new", None, Some("2")),
+                ("python3", Some("3.11.2-1"), Some("3.11.2-1+b1")),
+            ]
+        );
+        assert!(d.app.changed);
+        let text = crate::inspect::render::diff(&d);
+        assert!(
+            text.contains("~ package python3 (deb, amd64): 3.11.2-1 -> 3.11.2-1+b1"),
+            "{text}"
+        );
+        assert!(text.contains("- package gone (deb, amd64) 1"), "{text}");
+        assert!(!text.contains("package same"), "{text}");
     }
 
     #[test]

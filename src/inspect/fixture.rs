@@ -126,6 +126,7 @@ pub(crate) fn build_full(
         health_http: Some("/".into()),
         env_args: None,
         stop_timeout: Some(30),
+        stop_signal: None,
         writable: Vec::new(),
         x86_64_level: None,
         container: None,
@@ -162,6 +163,7 @@ pub(crate) fn build_full(
             gid: app_meta.gid,
             env_args: None,
             stop_timeout: 30,
+            stop_signal: app_meta.stop_signal.clone(),
             writable: vec![],
         },
     };

@@ -213,12 +213,13 @@ mod tests {
                 p.app.gid = 0;
                 p.app.argv = vec!["/bin/sh".into()];
                 p.app.env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+                p.app.stop_signal = Some("SIGKILL".into());
             },
             |_| {},
         );
         let img = verify::read(&f.disk, None);
         let text = format!("{:?}", img.report.problems);
-        for field in ["app user", "app.argv", "app.env"] {
+        for field in ["app user", "app.argv", "app.env", "app.stop_signal"] {
             assert!(text.contains(field), "{field}: {text}");
         }
         assert!(img.verified("x").is_err());
@@ -275,6 +276,7 @@ mod tests {
                 gid: 0,
                 env_args: None,
                 stop_timeout: 30,
+                stop_signal: None,
                 writable: vec![],
             },
         };
@@ -682,6 +684,112 @@ mod tests {
             app["components"][0]["hashes"][1]["content"],
             sha256_hex(b"app v1")
         );
+    }
+
+    #[test]
+    fn a_containers_own_packages_are_in_both_sboms_in_the_layer_holding_its_database() {
+        use crate::disk::{ContainerPackage, ContainerPackages, ContainerSource};
+        let f = fixture::build(b"app v1", |m| {
+            m.app.container = Some(ContainerSource {
+                reference: "127.0.0.1:5000/team/web:v1".into(),
+                pinned: None,
+                manifest_digest: format!("sha256:{}", "c".repeat(64)),
+                config_digest: format!("sha256:{}", "d".repeat(64)),
+                user: "web".into(),
+                stop_signal: None,
+                labels: Default::default(),
+                layers: vec![],
+                packages: vec![
+                    ContainerPackages {
+                        kind: "deb".into(),
+                        path: "/var/lib/dpkg/status".into(),
+                        layer: "app".into(),
+                        vendor: "debian".into(),
+                        distro: Some("debian-12".into()),
+                        installed: vec![ContainerPackage {
+                            name: "python3".into(),
+                            version: "3.11.2-1+b1".into(),
+                            arch: "amd64".into(),
+                            source: Some("python3-defaults".into()),
+                            license: None,
+                        }],
+                    },
+                    ContainerPackages {
+                        kind: "apk".into(),
+                        path: "/lib/apk/db/installed".into(),
+                        layer: "base".into(),
+                        vendor: "alpine".into(),
+                        distro: None,
+                        installed: vec![ContainerPackage {
+                            name: "musl".into(),
+                            version: "1.2.4_git20230717-r4".into(),
+                            arch: "x86_64".into(),
+                            source: Some("musl".into()),
+                            license: Some("MIT".into()),
+                        }],
+                    },
+                ],
+            });
+        });
+        let mut img = verify::read(&f.disk, None);
+        let doc = sbom(&f.disk, &mut img, SbomFormat::Spdx).expect("an SBOM");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spdx-schema-2.3.json");
+        let schema: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let musl = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "musl")
+            .expect("musl in the SPDX document");
+        assert_eq!(
+            musl["externalRefs"][0]["referenceLocator"],
+            "pkg:apk/alpine/musl@1.2.4_git20230717-r4?arch=x86_64"
+        );
+        assert!(doc["relationships"].as_array().unwrap().iter().any(|r| {
+            r["spdxElementId"] == "SPDXRef-Layer-base" && r["relatedSpdxElement"] == musl["SPDXID"]
+        }));
+        let py = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "python3")
+            .expect("python3 in the SPDX document");
+        assert_eq!(py["versionInfo"], "3.11.2-1+b1");
+        assert_eq!(
+            py["externalRefs"][0]["referenceLocator"],
+            "pkg:deb/debian/python3@3.11.2-1%2Bb1?arch=amd64&distro=debian-12"
+        );
+        assert!(py.get("checksums").is_none(), "{py}");
+        let contained = doc["relationships"].as_array().unwrap().iter().any(|r| {
+            r["spdxElementId"] == "SPDXRef-Layer-app"
+                && r["relatedSpdxElement"] == py["SPDXID"]
+                && r["relationshipType"] == "CONTAINS"
+        });
+        assert!(contained, "{}", doc["relationships"]);
+
+        let cdx = sbom(
+            &f.disk,
+            &mut verify::read(&f.disk, None),
+            SbomFormat::CycloneDx,
+        )
+        .unwrap();
+        let app = cdx["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "layer app")
+            .unwrap();
+        let py = app["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "python3")
+            .expect("python3 in the app layer's components");
+        assert_eq!(py["version"], "3.11.2-1+b1");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::diff::{FieldChange, ImageDiff, Status};
 use super::verify::Image;
 use crate::disk::ImageMeta;
+use crate::util::text::one_line;
 use serde_json::Value;
 
 /// `12.0 MiB`, `4.0 KiB`, `512 B`.
@@ -241,7 +242,6 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     o.push_str(&format!("  workdir     {}\n", a.workdir));
     match &a.container {
         Some(c) => {
-            use crate::util::text::one_line;
             o.push_str(&format!(
                 "  user        {}:{}{} (the container's User {:?})\n",
                 a.uid,
@@ -257,7 +257,7 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
             o.push_str(&format!("  config      {}\n", one_line(&c.config_digest)));
             if let Some(sig) = &c.stop_signal {
                 o.push_str(&format!(
-                    "  stopsignal  {} (not used: the init stops the app with SIGTERM)\n",
+                    "  stopsignal  {} (the container's)\n",
                     one_line(sig)
                 ));
             }
@@ -277,7 +277,8 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
     ));
     if let Some(t) = a.stop_timeout {
         o.push_str(&format!(
-            "  stop        power button: SIGTERM, SIGKILL after {t} s\n"
+            "  stop        power button: {}, SIGKILL after {t} s\n",
+            crate::util::text::one_line(a.stop_signal.as_deref().unwrap_or("SIGTERM"))
         ));
     }
     if let Some(l) = a.x86_64_level {
@@ -403,6 +404,35 @@ pub fn summary(file: &str, img: &Image, m: &ImageMeta) -> String {
         &[],
         "  ",
     ));
+    for db in m.app.container.iter().flat_map(|c| &c.packages) {
+        o.push_str(&format!(
+            "
+container packages ({}, {} in layer {}, {})
+",
+            db.installed.len(),
+            one_line(&db.path),
+            one_line(&db.layer),
+            one_line(db.distro.as_deref().unwrap_or(&db.vendor))
+        ));
+        let rows: Vec<Vec<String>> = db
+            .installed
+            .iter()
+            .map(|p| {
+                vec![
+                    one_line(&p.name).into_owned(),
+                    one_line(&p.version).into_owned(),
+                    one_line(&p.arch).into_owned(),
+                    one_line(p.source.as_deref().unwrap_or("-")).into_owned(),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &["NAME", "VERSION", "ARCH", "SOURCE"],
+            &rows,
+            &[],
+            "  ",
+        ));
+    }
     o
 }
 
@@ -633,6 +663,19 @@ pub fn diff(d: &ImageDiff) -> String {
                     e.name,
                     shell_word(f),
                     shell_word(t)
+                )),
+                (None, None) => {}
+            }
+        }
+        for c in &d.app.container_packages {
+            let what = format!("{} ({}, {})", one_line(&c.name), c.kind, one_line(&c.arch));
+            match (&c.from, &c.to) {
+                (None, Some(t)) => o.push_str(&format!("  + package {what} {}\n", one_line(t))),
+                (Some(f), None) => o.push_str(&format!("  - package {what} {}\n", one_line(f))),
+                (Some(f), Some(t)) => o.push_str(&format!(
+                    "  ~ package {what}: {} -> {}\n",
+                    one_line(f),
+                    one_line(t)
                 )),
                 (None, None) => {}
             }

@@ -5,7 +5,7 @@
 //! (serde structs, not maps).
 
 use crate::digest::sha256_hex;
-use crate::disk::{ImageMeta, LayerMeta};
+use crate::disk::{ContainerPackage, ContainerPackages, ImageMeta, LayerMeta};
 use crate::layers::PackageRef;
 use crate::tree::{Kind, Tree};
 use serde::Serialize;
@@ -59,6 +59,42 @@ fn pct(s: &str) -> String {
         }
     }
     o
+}
+
+/// The package URL of a package a container's database lists:
+/// `pkg:deb/debian/python3@3.11.2-1%2Bb1?arch=amd64&distro=debian-12`,
+/// `pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=alpine-3.19.1`.
+pub fn container_purl(db: &ContainerPackages, p: &ContainerPackage) -> String {
+    let mut q = Vec::new();
+    if !p.arch.is_empty() {
+        q.push(format!("arch={}", pct(&p.arch)));
+    }
+    if let Some(d) = &db.distro {
+        q.push(format!("distro={}", pct(d)));
+    }
+    format!(
+        "pkg:{}/{}/{}@{}{}{}",
+        pct(&db.kind),
+        pct(&db.vendor),
+        pct(&p.name),
+        pct(&p.version),
+        if q.is_empty() { "" } else { "?" },
+        q.join("&")
+    )
+}
+
+/// The container's package databases, if the app is a container.
+fn container_dbs(m: &ImageMeta) -> &[ContainerPackages] {
+    m.app.container.as_ref().map_or(&[], |c| &c.packages)
+}
+
+fn container_package_id(db: &ContainerPackages, p: &ContainerPackage) -> String {
+    format!(
+        "SPDXRef-Package-{}-{}-{}",
+        id_part(&db.kind),
+        id_part(&p.name),
+        &sha256_hex(container_purl(db, p).as_bytes())[..12]
+    )
 }
 
 /// The package URL of a Debian package: `pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12`.
@@ -283,6 +319,7 @@ struct SpdxPackage {
     package_verification_code: Option<VerificationCode>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     has_files: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     checksums: Vec<Checksum>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_info: Option<String>,
@@ -595,6 +632,61 @@ pub fn spdx(m: &ImageMeta, layers: &[LayerContent]) -> serde_json::Value {
         }
     }
 
+    // The container's own packages (its dpkg or apk database), in the layer holding it.
+    let reference = m
+        .app
+        .container
+        .as_ref()
+        .map(|c| format!("{} ({})", c.reference, c.manifest_digest))
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for db in container_dbs(m) {
+        for p in &db.installed {
+            let id = container_package_id(db, p);
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            packages.push(SpdxPackage {
+                spdxid: id.clone(),
+                name: p.name.clone(),
+                version_info: p.version.clone(),
+                package_file_name: None,
+                supplier: Some(format!("Organization: {}", db.vendor)),
+                download_location: "NOASSERTION",
+                files_analyzed: false,
+                package_verification_code: None,
+                has_files: Vec::new(),
+                checksums: Vec::new(),
+                source_info: p
+                    .source
+                    .as_ref()
+                    .map(|s| format!("built from the {} source package {s}", db.vendor)),
+                license_concluded: "NOASSERTION",
+                license_declared: "NOASSERTION".into(),
+                license_comments: p
+                    .license
+                    .as_ref()
+                    .map(|l| format!("the {} database states: {l}", db.kind)),
+                copyright_text: "NOASSERTION",
+                primary_package_purpose: None,
+                external_refs: vec![ExternalRef {
+                    reference_category: "PACKAGE-MANAGER",
+                    reference_type: "purl",
+                    reference_locator: container_purl(db, p),
+                }],
+                comment: Some(format!(
+                    "installed in the container image {reference}, as its {} says",
+                    db.path
+                )),
+            });
+            rels.push(Relationship {
+                spdx_element_id: format!("SPDXRef-Layer-{}", id_part(&db.layer)),
+                relationship_type: "CONTAINS",
+                related_spdx_element: id,
+            });
+        }
+    }
+
     let doc = SpdxDocument {
         spdx_version: "SPDX-2.3",
         data_license: "CC0-1.0",
@@ -771,7 +863,38 @@ pub fn cyclonedx(m: &ImageMeta, layers: &[LayerContent]) -> serde_json::Value {
             .iter()
             .map(|p| deb_component(p, &m.inputs.distribution, "library"))
             .collect();
+        for db in container_dbs(m).iter().filter(|d| d.layer == l.meta.name) {
+            for p in &db.installed {
+                let purl = container_purl(db, p);
+                nested.push(Component {
+                    kind: "library",
+                    bom_ref: Some(purl.clone()),
+                    name: p.name.clone(),
+                    version: Some(p.version.clone()),
+                    licenses: p
+                        .license
+                        .iter()
+                        .map(|l| serde_json::json!({ "license": { "name": l } }))
+                        .collect(),
+                    purl: Some(purl),
+                    properties: p
+                        .source
+                        .iter()
+                        .map(|s| Property {
+                            name: "fuse:container:source",
+                            value: s.clone(),
+                        })
+                        .chain(std::iter::once(Property {
+                            name: "fuse:container:database",
+                            value: db.path.clone(),
+                        }))
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+        }
         nested.sort_by(|a, b| a.bom_ref.cmp(&b.bom_ref));
+        nested.dedup_by(|a, b| a.bom_ref == b.bom_ref);
         for (path, data, mode, uid, gid) in regular_files(l.tree) {
             nested.push(Component {
                 kind: "file",

@@ -449,6 +449,11 @@ fn check_boot_plan(meta: &ImageMeta, uki: &[u8], r: &mut Report) {
         ),
     );
     diff(
+        "app.stop_signal",
+        format!("{:?}", plan.app.stop_signal),
+        format!("{:?}", a.stop_signal),
+    );
+    diff(
         "layers",
         format!("{:?}", plan.layers),
         format!(

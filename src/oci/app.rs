@@ -8,11 +8,12 @@
 //! its modules and the init are fuse's, as for every image.
 
 use super::container::{self, FsEntry, FsKind, LayerInput, Limits};
+use super::packages;
 use super::source::{self, Source};
 use crate::app::{AppPart, AppScan, Entry, EntryKind, FileSource, OciApp};
 use crate::digest::sha256_hex;
-use crate::disk::ContainerSource;
 use crate::disk::FileMeta;
+use crate::disk::{ContainerPackages, ContainerSource};
 use crate::manifest::{Manifest, MAX_APP_LAYERS, OCI_LAYER_PREFIX};
 use crate::store::Store;
 use anyhow::{bail, ensure, Context, Result};
@@ -102,12 +103,31 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     );
 
     // The merged view: each final path once (directories, repeated in several groups,
-    // carry the same final metadata).
+    // carry the same final metadata), and the group that holds it.
     let view: BTreeMap<&str, &FsEntry> = groups
         .iter()
         .flat_map(|g| g.entries.iter())
         .map(|e| (e.path.as_str(), e))
         .collect();
+    let group_of: BTreeMap<&str, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, g)| g.entries.iter().map(move |e| (e.path.as_str(), i)))
+        .collect();
+    let n = groups.len();
+    let package_dbs = container_packages(&view, &|p: &str| {
+        part_name(group_of.get(p).copied().unwrap_or(n - 1), n)
+    })
+    .with_context(|| format!("container image {reference}: its package database"))?;
+    for db in &package_dbs {
+        tracing::info!(
+            "container packages: {} installed in {} ({}, layer {})",
+            db.installed.len(),
+            db.path,
+            db.distro.as_deref().unwrap_or(&db.vendor),
+            db.layer
+        );
+    }
 
     let mut argv = cfg.entrypoint.clone();
     if m.args.is_empty() {
@@ -143,22 +163,17 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         file_of("etc/group"),
     )
     .with_context(|| format!("container image {reference}: its User"))?;
-    let workdir = match cfg.working_dir.as_deref() {
-        None | Some("") => "/".to_string(),
-        Some(w) if w.starts_with('/') => w.to_string(),
-        Some(w) => bail!("container image {reference}: WorkingDir {w:?} is not an absolute path"),
-    };
-    let workdir = crate::tree::normalize(&workdir)
-        .map(|p| format!("/{p}"))
-        .with_context(|| format!("container image {reference}: WorkingDir {workdir:?}"))?;
-    let workdir = if workdir == "/" {
-        workdir
-    } else {
-        workdir.trim_end_matches('/').to_string()
-    };
+    let workdir = workdir_of(cfg.working_dir.as_deref())
+        .with_context(|| format!("container image {reference}"))?;
     // `docker run` makes a missing WorkingDir: so does the image's top layer.
     let rel = workdir.trim_start_matches('/');
     let missing_workdir = !rel.is_empty() && lookup(&view, rel).is_none();
+    let stop_signal = match cfg.stop_signal.as_deref() {
+        None => None,
+        Some(s) => container::stop_signal(s)
+            .with_context(|| format!("container image {reference}"))?
+            .map(str::to_string),
+    };
     let port = match (m.port, cfg.exposed_ports.first()) {
         (0, Some(p)) => *p,
         (0, None) => bail!(
@@ -168,6 +183,7 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         (p, _) => p,
     };
     drop(view);
+    drop(group_of);
     if missing_workdir {
         let top = groups.last_mut().context("no layers")?;
         let mut path = String::new();
@@ -190,7 +206,6 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     }
 
     // The app's entries and parts: group i is image layer `oci-<i+1>`, the top one `app`.
-    let n = groups.len();
     let mut tagged: Vec<(String, usize, Entry)> = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
         for e in &g.entries {
@@ -200,11 +215,7 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
     tagged.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut parts: Vec<AppPart> = (0..n)
         .map(|i| AppPart {
-            name: if i + 1 == n {
-                crate::app::CODE_LAYER.to_string()
-            } else {
-                format!("{OCI_LAYER_PREFIX}{}", i + 1)
-            },
+            name: part_name(i, n),
             listing_sha256: String::new(),
             entries: Vec::new(),
             bytes: 0,
@@ -233,6 +244,7 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         stop_signal: cfg.stop_signal.clone(),
         labels: cfg.labels.clone(),
         layers: groups.iter().map(|g| g.layers.clone()).collect(),
+        packages: package_dbs,
     };
     tracing::info!(
         "app: container {} as uid {uid}:{gid} in {workdir}: {}",
@@ -261,8 +273,92 @@ pub fn scan(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
             gid,
             workdir,
             port,
+            stop_signal,
         }),
     })
+}
+
+/// The app's working directory from the config's `WorkingDir`: absolute and normalized;
+/// `/` when unset or the root (a path `tree::normalize` refuses as empty).
+fn workdir_of(w: Option<&str>) -> Result<String> {
+    let w = match w {
+        None | Some("") => return Ok("/".to_string()),
+        Some(w) if w.starts_with('/') => w,
+        Some(w) => bail!("WorkingDir {w:?} is not an absolute path"),
+    };
+    if w.split('/').all(|c| c.is_empty() || c == ".") {
+        return Ok("/".to_string());
+    }
+    crate::tree::normalize(w)
+        .map(|p| format!("/{p}"))
+        .with_context(|| format!("WorkingDir {w:?}"))
+}
+
+/// The image layer of group `i` of `n`: `oci-1`, ..., the top one `app`.
+fn part_name(i: usize, n: usize) -> String {
+    if i + 1 == n {
+        crate::app::CODE_LAYER.to_string()
+    } else {
+        format!("{OCI_LAYER_PREFIX}{}", i + 1)
+    }
+}
+
+/// The container's package databases (dpkg status, distroless status.d files, apk
+/// installed) and what they list; a database that is not there is no error, one that is
+/// not a regular file or does not parse is (the message names the file).
+fn container_packages(
+    view: &BTreeMap<&str, &FsEntry>,
+    layer_of: &dyn Fn(&str) -> String,
+) -> Result<Vec<ContainerPackages>> {
+    let (id, release) = match lookup(view, packages::OS_RELEASE)
+        .or_else(|| lookup(view, "usr/lib/os-release"))
+        .map(|e| &e.kind)
+    {
+        Some(FsKind::File(d)) => packages::parse_os_release(d),
+        _ => (None, None),
+    };
+    // (purl type, path, whether entries need a Status)
+    let mut files: Vec<(&str, String, bool)> = vec![("deb", packages::DPKG_STATUS.into(), true)];
+    let status_d = format!("{}/", packages::DPKG_STATUS_D);
+    for (p, e) in view.range(status_d.as_str()..) {
+        let Some(name) = p.strip_prefix(status_d.as_str()) else {
+            break;
+        };
+        if !name.contains('/') && !name.ends_with(".md5sums") && matches!(e.kind, FsKind::File(_)) {
+            files.push(("deb", p.to_string(), false));
+        }
+    }
+    files.push(("apk", packages::APK_INSTALLED.into(), false));
+    let mut out = Vec::new();
+    for (kind, path, status_required) in files {
+        let Some(e) = lookup(view, &path) else {
+            continue;
+        };
+        let FsKind::File(data) = &e.kind else {
+            bail!("/{path} is not a regular file");
+        };
+        let installed = if kind == "apk" {
+            packages::parse_apk(data)
+        } else {
+            packages::parse_dpkg(data, status_required)
+        }
+        .with_context(|| format!("/{path}"))?;
+        let vendor = id
+            .clone()
+            .unwrap_or_else(|| if kind == "apk" { "alpine" } else { "debian" }.into());
+        out.push(ContainerPackages {
+            kind: kind.into(),
+            path: format!("/{path}"),
+            layer: layer_of(&e.path),
+            distro: id
+                .as_ref()
+                .zip(release.as_ref())
+                .map(|(i, r)| format!("{i}-{r}")),
+            vendor,
+            installed,
+        });
+    }
+    Ok(out)
 }
 
 fn entry_of(e: &FsEntry) -> Entry {
@@ -390,6 +486,99 @@ mod tests {
         assert!(lookup(&view, "loop").is_none());
         assert!(lookup(&view, "usr/bin/python2").is_none());
         assert!(lookup(&view, "").is_none());
+    }
+
+    #[test]
+    fn package_databases_are_read_from_the_merged_file_system() {
+        let file = |t: &str| FsKind::File(Arc::new(t.as_bytes().to_vec()));
+        let status = "Package: python3\nStatus: install ok installed\nArchitecture: amd64\n\
+                      Source: python3-defaults (3.11.2-1)\nVersion: 3.11.2-1+b1\n";
+        let mut entries: Vec<FsEntry> = [
+            "etc",
+            "usr",
+            "usr/lib",
+            "var",
+            "var/lib",
+            "var/lib/dpkg",
+            "var/lib/dpkg/status.d",
+            "lib",
+            "lib/apk",
+            "lib/apk/db",
+        ]
+        .into_iter()
+        .map(|d| e(d, FsKind::Dir, 0o755))
+        .collect();
+        entries.extend([
+            e(
+                "etc/os-release",
+                FsKind::Symlink("../usr/lib/os-release".into()),
+                0o777,
+            ),
+            e(
+                "usr/lib/os-release",
+                file("ID=debian\nVERSION_ID=\"12\"\n"),
+                0o644,
+            ),
+            e("var/lib/dpkg/status", file(status), 0o644),
+            e(
+                "var/lib/dpkg/status.d/libssl3",
+                file("Package: libssl3\nVersion: 3.0.11-1\nArchitecture: amd64\n"),
+                0o644,
+            ),
+            e(
+                "var/lib/dpkg/status.d/libssl3.md5sums",
+                file("0 x\n"),
+                0o644,
+            ),
+        ]);
+        let layer_of = |p: &str| {
+            if p == "var/lib/dpkg/status" {
+                "oci-1".to_string()
+            } else {
+                "app".to_string()
+            }
+        };
+        let dbs = {
+            let view: BTreeMap<&str, &FsEntry> =
+                entries.iter().map(|e| (e.path.as_str(), e)).collect();
+            container_packages(&view, &layer_of).unwrap()
+        };
+        assert_eq!(dbs.len(), 2, "{dbs:?}");
+        assert_eq!(
+            (
+                dbs[0].kind.as_str(),
+                dbs[0].path.as_str(),
+                dbs[0].layer.as_str()
+            ),
+            ("deb", "/var/lib/dpkg/status", "oci-1")
+        );
+        assert_eq!(dbs[0].distro.as_deref(), Some("debian-12"));
+        assert_eq!(dbs[0].installed[0].name, "python3");
+        assert_eq!(dbs[0].installed[0].version, "3.11.2-1+b1");
+        assert_eq!(dbs[1].path, "/var/lib/dpkg/status.d/libssl3");
+        assert_eq!(dbs[1].installed[0].name, "libssl3");
+
+        // No database: no packages. A broken one: an error naming it.
+        let none: BTreeMap<&str, &FsEntry> = BTreeMap::new();
+        assert!(container_packages(&none, &layer_of).unwrap().is_empty());
+        entries.push(e("lib/apk/db/installed", file("P:musl\n"), 0o644));
+        let view: BTreeMap<&str, &FsEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        let err = format!("{:#}", container_packages(&view, &layer_of).unwrap_err());
+        assert!(
+            err.contains("/lib/apk/db/installed") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn workdir_unset_or_root_is_the_root() {
+        for w in [None, Some(""), Some("/"), Some("//"), Some("/.")] {
+            assert_eq!(workdir_of(w).unwrap(), "/", "{w:?}");
+        }
+        assert_eq!(workdir_of(Some("/srv/work/")).unwrap(), "/srv/work");
+        assert_eq!(workdir_of(Some("/srv/./work")).unwrap(), "/srv/work");
+        assert!(workdir_of(Some("srv")).is_err());
+        assert!(workdir_of(Some("/srv/../..")).is_err());
     }
 
     #[test]

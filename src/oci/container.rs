@@ -85,6 +85,56 @@ impl Default for Limits {
     }
 }
 
+/// The signals the init can stop an app with (a container's `StopSignal`), with their
+/// numbers in Linux's generic numbering (x86-64, arm64); fuse-init's `STOP_SIGNALS` has
+/// the same names (a test checks).
+pub const STOP_SIGNALS: &[(&str, u8)] = &[
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGABRT", 6),
+    ("SIGKILL", 9),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGALRM", 14),
+    ("SIGTERM", 15),
+    ("SIGWINCH", 28),
+    ("SIGPWR", 30),
+];
+
+/// A container's `StopSignal` as Docker reads it (`SIGINT`, `INT`, `sigint` or `2`), as the
+/// name the boot plan carries; `None` for SIGTERM, the init's default. A signal not in
+/// [`STOP_SIGNALS`] is refused.
+pub fn stop_signal(s: &str) -> Result<Option<&'static str>> {
+    let t = s.trim();
+    let found = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u8>()
+            .ok()
+            .and_then(|n| STOP_SIGNALS.iter().find(|(_, k)| *k == n))
+    } else {
+        let up = t.to_ascii_uppercase();
+        let name = if up.starts_with("SIG") {
+            up
+        } else {
+            format!("SIG{up}")
+        };
+        STOP_SIGNALS.iter().find(|(k, _)| *k == name)
+    };
+    match found {
+        Some(("SIGTERM", _)) => Ok(None),
+        Some((name, _)) => Ok(Some(name)),
+        None => bail!(
+            "StopSignal {:?} is not a signal fuse-init stops an app with (one of {}, or its number)",
+            crate::util::text::one_line(s),
+            STOP_SIGNALS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Bytes of tar headers, padding and extension records allowed per entry, on top of the
 /// file bytes, in the cap on the decompressed stream.
 const STREAM_BYTES_PER_ENTRY: u64 = 4096;
@@ -1686,6 +1736,53 @@ mod tests {
         assert!(e.contains("relative path"), "{e}");
         assert!(resolve_program("/missing", None, is).is_err());
         assert!(resolve_program("", None, is).is_err());
+    }
+
+    #[test]
+    fn stop_signals_by_name_or_number() {
+        assert_eq!(stop_signal("SIGINT").unwrap(), Some("SIGINT"));
+        assert_eq!(stop_signal("quit").unwrap(), Some("SIGQUIT"));
+        assert_eq!(stop_signal("SIGWINCH").unwrap(), Some("SIGWINCH"));
+        assert_eq!(stop_signal("10").unwrap(), Some("SIGUSR1"));
+        assert_eq!(stop_signal("sigterm").unwrap(), None);
+        assert_eq!(stop_signal("15").unwrap(), None);
+        for bad in [
+            "SIGFOO",
+            "SIGSTOP",
+            "19",
+            "0",
+            "300",
+            "",
+            "SIGRTMIN+3",
+            "SIG INT",
+        ] {
+            let e = format!("{:#}", stop_signal(bad).unwrap_err());
+            assert!(
+                e.contains("StopSignal") && e.contains("SIGUSR2"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn stop_signals_are_the_inits() {
+        let init = include_str!("../../init/src/app.rs");
+        for (name, _) in STOP_SIGNALS {
+            assert!(
+                init.contains(&format!("(\"{name}\", libc::{name})")),
+                "init/src/app.rs's STOP_SIGNALS lacks {name}"
+            );
+        }
+        let table = init
+            .split_once("pub const STOP_SIGNALS")
+            .and_then(|(_, t)| t.split_once("];"))
+            .map(|(t, _)| t)
+            .expect("init/src/app.rs has STOP_SIGNALS");
+        assert_eq!(
+            table.matches(", libc::SIG").count(),
+            STOP_SIGNALS.len(),
+            "init/src/app.rs's STOP_SIGNALS has signals oci::container::STOP_SIGNALS lacks"
+        );
     }
 
     #[test]

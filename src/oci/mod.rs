@@ -15,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod container;
+pub mod packages;
 pub mod source;
 
 use crate::digest::sha256_hex;

@@ -73,7 +73,9 @@ pub struct ResolveInputs {
 #[serde(deny_unknown_fields)]
 pub struct AppPin {
     /// sha256 of the app artifact the lock was last written for (informational: a new app
-    /// build keeps the pins as long as its resolution inputs are unchanged).
+    /// build keeps the pins as long as its resolution inputs are unchanged). For a container
+    /// app (kind oci), the manifest digest its image resolved to: `--locked` refuses a
+    /// build whose image resolves to another (a tag that moved).
     pub sha256: String,
 }
 

@@ -1,10 +1,12 @@
 //! A container image as the app (`[app] kind = "oci"`), made with the standard tools: a
 //! minimal Debian root file system with Python from `mmdebstrap`, turned into an OCI image
 //! with `umoci` (a user added, the app in an upper layer, a file deleted and a directory
-//! made opaque in the layers above, Entrypoint, Cmd, Env, User, WorkingDir, ExposedPorts and
-//! a label set), pushed to a local `docker-registry` and written as a docker-archive with
-//! `skopeo`. Built by digest from the registry, booted once; the same file system from the
-//! `oci-layout:` and `docker-archive:` sources; rebuilt `--locked` offline from the cache.
+//! made opaque in the layers above, Entrypoint, Cmd, Env, User, WorkingDir, ExposedPorts,
+//! StopSignal and a label set), pushed to a local `docker-registry` and written as a
+//! docker-archive with `skopeo`. Built by digest from the registry, booted once (stopped with
+//! the power button: the container's StopSignal); its dpkg packages in the SBOM; the same
+//! file system from the `oci-layout:` and `docker-archive:` sources; rebuilt `--locked`
+//! offline from the cache.
 
 use crate::registry::Registry;
 use crate::support::*;
@@ -37,6 +39,8 @@ struct Container {
     layout: PathBuf,
     /// `docker save`-style archive of the same image.
     archive: PathBuf,
+    /// The version of python3 the container's dpkg status says is installed.
+    python3_version: String,
 }
 
 fn sh(cmd: &mut Command) {
@@ -99,6 +103,24 @@ fn container() -> Option<&'static Container> {
         sh(Command::new("umoci")
             .args(["raw", "add-layer", "--image", &image])
             .arg(&rootfs));
+        // The version of python3 as the container's own dpkg database records it.
+        let status = Command::new("tar")
+            .arg("-xOf")
+            .arg(&rootfs)
+            .arg("./var/lib/dpkg/status")
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "var/lib/dpkg/status from the rootfs"
+        );
+        let status = String::from_utf8(status.stdout).unwrap();
+        let python3_version = status
+            .split("\n\n")
+            .find(|s| s.lines().any(|l| l == "Package: python3"))
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Version: ")))
+            .expect("python3 in the container's dpkg status")
+            .to_string();
         let users = d.join("users");
         std::fs::create_dir_all(users.join("etc")).unwrap();
         let etc_of = |file: &str| {
@@ -155,6 +177,8 @@ fn container() -> Option<&'static Container> {
             "8080/tcp",
             "--config.label",
             "org.example.team=web",
+            "--config.stopsignal",
+            "SIGINT",
         ]));
         let archive = d.join("web.tar");
         sh(Command::new("skopeo")
@@ -165,6 +189,7 @@ fn container() -> Option<&'static Container> {
             _dir: dir,
             layout,
             archive,
+            python3_version,
         })
     })
     .as_ref()
@@ -240,11 +265,21 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     );
     let layers = app_layers(&img);
     assert!(layers.len() >= 2, "{meta}");
+    // The container's StopSignal is the one the power button sends.
+    assert_eq!(meta["app"]["stop_signal"], "SIGINT", "{meta}");
+    let dpkg = &meta["app"]["container"]["packages"][0];
+    assert_eq!(dpkg["path"], "/var/lib/dpkg/status", "{meta}");
+    assert_eq!(dpkg["distro"], "debian-12", "{dpkg}");
 
     // Boots and answers as the container says: its user (from its /etc/passwd and
     // /etc/group), working directory (made: it is not in any layer), Env ([app.env] on
     // top); the deleted file and the opaque directory's lower content absent.
-    let mut vm = Vm::boot(&img, 8080, &[]);
+    let qmp = dir.path().join("qmp.sock");
+    let extra = [
+        "-qmp".to_string(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+    ];
+    let mut vm = Vm::boot(&img, 8080, &extra);
     let body = vm
         .get_until_ok("/", Duration::from_secs(600))
         .unwrap_or_else(|| panic!("no answer:\n{}", vm.console()));
@@ -256,6 +291,20 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     assert_eq!(v["greeting"], "from-the-manifest", "{v}");
     assert_eq!(v["old"], false, "{v}");
     assert_eq!(v["data"], serde_json::json!(["c"]), "{v}");
+    // The power button: the init sends the container's StopSignal (Python stops on SIGINT).
+    fuse::vm::qmp(&qmp, "system_powerdown").unwrap();
+    assert!(
+        vm.wait_exit(Duration::from_secs(120)),
+        "the VM did not power off; console:\n{}",
+        vm.console()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("power button: stopping the app: SIGINT"),
+        "{console}"
+    );
+    assert!(console.contains("app stopped"), "{console}");
+    assert!(!console.contains("sending SIGKILL"), "{console}");
     drop(vm);
 
     // `fuse inspect` verifies it and shows the container and its user.
@@ -266,6 +315,32 @@ fn a_container_image_boots_as_its_user_with_its_env_workdir_and_deletions() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(shown.contains(&by_digest), "{shown}");
     assert!(shown.contains("1000:1001"), "{shown}");
+    assert!(shown.contains("power button: SIGINT"), "{shown}");
+
+    // The SBOM lists the container's own packages as its dpkg database says, python3 with
+    // the version installed in it.
+    let out = Fuse::new([
+        "inspect".as_ref(),
+        img.as_os_str(),
+        "--sbom".as_ref(),
+        "spdx".as_ref(),
+    ])
+    .data(&data)
+    .output();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let py = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "python3")
+        .unwrap_or_else(|| panic!("no python3 in the SBOM: {doc}"));
+    assert_eq!(py["versionInfo"], c.python3_version.as_str(), "{py}");
+    let purl = py["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+    assert!(
+        purl.starts_with("pkg:deb/debian/python3@") && purl.contains("distro=debian-12"),
+        "{purl}"
+    );
 
     // The same file system from the layout and from the docker-archive.
     for image in [

@@ -373,3 +373,76 @@ fn umoci_layouts_and_their_skopeo_copies_read_the_same() {
         assert_eq!(p.manifest_digest, r.manifest_digest);
     }
 }
+
+/// `fuse lock` pins the digest a tag resolves to; once the tag is pointed at another image,
+/// `fuse build --locked` refuses, naming the tag and both digests, before building anything;
+/// `fuse lock` (no --locked) takes the new digest.
+#[test]
+fn locked_refuses_a_container_tag_that_moved() {
+    let reg = Registry::start();
+    let host = format!("127.0.0.1:{}", reg.port);
+    let tagged = format!("{host}/team/moving:v1");
+    let r = fuse::oci::Reference::parse(&tagged).unwrap();
+    let c = fuse::oci::client::connect(&r, true, None, true).unwrap();
+    // Two amd64 images (OCI and Docker media types: different manifests), the tag on each in turn.
+    let push = |docker: bool| -> String {
+        let (m, cfg, layer) = image("amd64", docker);
+        for b in [&cfg, &layer] {
+            c.upload_blob(&digest(b), b).unwrap();
+        }
+        let mt = if docker {
+            source::DOCKER_MANIFEST
+        } else {
+            fuse::oci::MANIFEST_TYPE
+        };
+        c.put_manifest_as("v1", &m, mt).unwrap();
+        digest(&m)
+    };
+    let first = push(false);
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("fuse.toml"),
+        format!(
+            "[image]\nname = \"moving\"\nversion = \"1\"\n\n[app]\nkind = \"oci\"\nimage = \"{tagged}\"\n\
+             port = 8080\n\n[system]\ndistribution = \"debian/bookworm\"\nkernel = \"linux-image-amd64\"\n"
+        ),
+    )
+    .unwrap();
+    let lock = app.join("fuse.lock");
+    let locked = |want: &str| {
+        let text = std::fs::read_to_string(&lock).unwrap();
+        let pinned = text
+            .lines()
+            .skip_while(|l| l.trim() != "[app]")
+            .find_map(|l| l.trim().strip_prefix("sha256 = "))
+            .unwrap_or_else(|| panic!("no [app] sha256 in:\n{text}"));
+        assert_eq!(pinned.trim_matches('"'), want.trim_start_matches("sha256:"));
+    };
+    ok(
+        &Fuse::new(["lock".as_ref(), app.as_os_str()]).output(),
+        "fuse lock",
+    );
+    locked(&first);
+
+    let second = push(true);
+    assert_ne!(first, second);
+    let out = Fuse::new(["build".as_ref(), app.as_os_str(), "--locked".as_ref()]).output();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&tagged) && err.contains(&first) && err.contains(&second),
+        "{err}"
+    );
+    assert!(err.contains("--locked"), "{err}");
+    assert!(!app.join("fuse-out").exists());
+    locked(&first);
+
+    // Without --locked the lock follows the tag.
+    ok(
+        &Fuse::new(["lock".as_ref(), app.as_os_str()]).output(),
+        "fuse lock",
+    );
+    locked(&second);
+}
