@@ -337,8 +337,12 @@ pub struct RollbackArgs {
 #[derive(Args, Debug)]
 pub struct PushArgs {
     /// The image: a file, or NAME:VERSION, digest or unique prefix in the local store.
-    pub image: String,
+    /// Several images (one name and version, one per architecture) are pushed as one OCI
+    /// image index under the tag, an entry per image with its platform.
+    #[arg(required = true, num_args = 1.., value_name = "IMAGE")]
+    pub images: Vec<String>,
     /// REGISTRY/REPOSITORY[:TAG] (the tag defaults to the image's version).
+    #[arg(value_name = "REF")]
     pub reference: String,
     /// Send the raw disk as one blob instead of one blob per partition.
     #[arg(long)]
@@ -349,11 +353,16 @@ pub struct PushArgs {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:<manifest digest>.
+    /// REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:<manifest or image index digest>.
     pub reference: String,
     /// Where to write <name>-<version>.img and .json (default: the current directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The architecture to pull (amd64 or arm64): from an image index, its entry for
+    /// linux/ARCH (default: the only entry, else this host's architecture); a single image
+    /// must be of ARCH.
+    #[arg(long, value_name = "ARCH", value_parser = crate::arch::Arch::parse)]
+    pub arch: Option<crate::arch::Arch>,
     #[command(flatten)]
     pub reg: RegistryArgs,
 }

@@ -135,20 +135,20 @@ fn find_in_registry(reference: &str, args: &PromoteArgs, disk: &[u8]) -> Result<
     let c = crate::oci::client::connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
     for whole in [false, true] {
         let art = oci::artifact(disk, whole)?;
-        if c.manifest_exists(&art.manifest_digest)? {
-            let bytes = c.get_manifest(&art.manifest_digest)?;
-            if sha256_hex(&bytes) != art.manifest_digest["sha256:".len()..] {
-                bail!(
-                    "the registry's manifest {} does not match its digest",
-                    art.manifest_digest
-                );
+        // As this fuse pushes it, then as a fuse before the arch annotation did.
+        for digest in [art.manifest_digest.clone(), art.manifest_without_arch()?.1] {
+            if c.manifest_exists(&digest)? {
+                let bytes = c.get_manifest(&digest)?;
+                if sha256_hex(&bytes) != digest["sha256:".len()..] {
+                    bail!("the registry's manifest {digest} does not match its digest");
+                }
+                return Ok(TagMove {
+                    shown: format!("{r}@{digest}"),
+                    client: c,
+                    tag,
+                    manifest: bytes,
+                });
             }
-            return Ok(TagMove {
-                shown: format!("{r}@{}", art.manifest_digest),
-                client: c,
-                tag,
-                manifest: bytes,
-            });
         }
     }
     bail!(

@@ -1,11 +1,14 @@
-//! `fuse push IMAGE REF` and `fuse pull REF`: images through any OCI registry. Push skips the
-//! blobs the registry already has and reports the bytes it sent; pull verifies every blob
-//! and the whole image before writing anything.
+//! `fuse push IMAGE [IMAGE...] REF` and `fuse pull REF [--arch ARCH]`: images through any OCI
+//! registry. Push skips the blobs the registry already has and reports the bytes it sent;
+//! several images of one name and version (one per architecture) go up as an OCI image index
+//! under the tag. Pull takes an index's entry for the architecture asked for and verifies
+//! every blob and the whole image before writing anything.
 
+use crate::arch::Arch;
 use crate::cli::{PullArgs, PushArgs, RegistryArgs};
 use crate::image_store::{resolve_image_ref, Images};
 use crate::oci::client::{connect, Client};
-use crate::oci::{self, Artifact, Reference};
+use crate::oci::{self, index, Artifact, Reference};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -67,35 +70,37 @@ pub fn push_artifact(c: &Client, art: &Artifact, disk: &[u8], tag: &str) -> Resu
     Ok(stats)
 }
 
-pub fn push(args: &PushArgs) -> Result<u8> {
-    let path = resolve_image_ref(&args.image)?;
+/// An image named on the command line, read and mapped to its artifact.
+struct Local {
+    /// As the user named it (for messages).
+    name: String,
+    disk: Vec<u8>,
+    art: Artifact,
+}
+
+fn load(image: &str, whole: bool) -> Result<Local> {
+    let path = resolve_image_ref(image)?;
     let disk =
         std::fs::read(&path).with_context(|| format!("cannot read image {}", path.display()))?;
-    let art = oci::artifact(&disk, args.whole)
+    let art = oci::artifact(&disk, whole)
         .with_context(|| format!("{} is not a fuse image", path.display()))?;
-    let r = Reference::parse(&args.reference)?;
-    ensure!(
-        r.digest.is_none(),
-        "push to a tag, not a digest: the manifest's digest follows from the image"
-    );
-    let tag = match &r.tag {
-        Some(t) => t.clone(),
-        None if oci::valid_tag(&art.meta.version) => art.meta.version.clone(),
-        None => bail!(
-            "the image version {:?} is not a valid OCI tag: give REF a :TAG",
-            art.meta.version
-        ),
-    };
-    let r = r.with_tag(&tag);
-    tracing::info!(
-        "pushing {} {} ({}) to {r}: {} blobs",
-        art.meta.name,
-        art.meta.version,
-        art.image_digest,
-        art.blobs.len() + 1
-    );
-    let c = connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
-    let s = push_artifact(&c, &art, &disk, &tag)?;
+    Ok(Local {
+        name: image.to_string(),
+        disk,
+        art,
+    })
+}
+
+/// REF's tag, else the image version when it is a valid tag.
+fn tag_of(r: &Reference, version: &str) -> Result<String> {
+    match &r.tag {
+        Some(t) => Ok(t.clone()),
+        None if oci::valid_tag(version) => Ok(version.to_string()),
+        None => bail!("the image version {version:?} is not a valid OCI tag: give REF a :TAG"),
+    }
+}
+
+fn log_stats(s: &PushStats) {
     tracing::info!(
         "push: {} bytes sent in {} blobs; {} blobs ({} bytes) already in the registry; manifest {} bytes",
         s.sent_bytes,
@@ -104,31 +109,189 @@ pub fn push(args: &PushArgs) -> Result<u8> {
         s.skipped_bytes,
         s.manifest_bytes
     );
+}
+
+pub fn push(args: &PushArgs) -> Result<u8> {
+    let r = Reference::parse(&args.reference)?;
+    ensure!(
+        r.digest.is_none(),
+        "push to a tag, not a digest: the manifest's digest follows from the image"
+    );
+    let images = args
+        .images
+        .iter()
+        .map(|i| load(i, args.whole))
+        .collect::<Result<Vec<_>>>()?;
+    match images.as_slice() {
+        [one] => push_one(args, &r, one),
+        _ => push_index(args, &r, &images),
+    }
+}
+
+/// One image: its manifest under the tag.
+fn push_one(args: &PushArgs, r: &Reference, img: &Local) -> Result<u8> {
+    let art = &img.art;
+    let tag = tag_of(r, &art.meta.version)?;
+    let r = r.with_tag(&tag);
+    tracing::info!(
+        "pushing {} {} {} ({}) to {r}: {} blobs",
+        art.meta.name,
+        art.meta.version,
+        art.meta.arch.name(),
+        art.image_digest,
+        art.blobs.len() + 1
+    );
+    let c = connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
+    let s = push_artifact(&c, art, &img.disk, &tag)?;
+    log_stats(&s);
     println!("{r}@{}", art.manifest_digest);
     println!("{}", art.image_digest);
     Ok(0)
 }
 
-/// Downloads and verifies an image: (disk bytes, image.json bytes, meta, digest).
-pub fn fetch_image(
+/// Several images of one name and version, one per architecture: each manifest by its
+/// digest, then an OCI image index listing them (with their platforms) under the tag.
+fn push_index(args: &PushArgs, r: &Reference, images: &[Local]) -> Result<u8> {
+    let arts: Vec<&Artifact> = images.iter().map(|i| &i.art).collect();
+    index::check_set(&arts, |i| format!("{:?}", images[i].name))?;
+    let (_, bytes, digest) = index::build(&arts)?;
+    let meta = &images[0].art.meta;
+    let tag = tag_of(r, &meta.version)?;
+    let r = r.with_tag(&tag);
+    let mut sorted: Vec<&Local> = images.iter().collect();
+    sorted.sort_by_key(|i| i.art.meta.arch);
+    tracing::info!(
+        "pushing {} {} for {} to {r} as one image index",
+        meta.name,
+        meta.version,
+        sorted
+            .iter()
+            .map(|i| format!("linux/{}", i.art.meta.arch.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let c = connect(&r, args.reg.insecure, args.reg.username.as_deref(), true)?;
+    let mut total = PushStats::default();
+    for img in &sorted {
+        let art = &img.art;
+        tracing::info!(
+            "{} ({}): manifest {}, {} blobs",
+            art.meta.arch.name(),
+            art.image_digest,
+            art.manifest_digest,
+            art.blobs.len() + 1
+        );
+        let s = push_artifact(&c, art, &img.disk, &art.manifest_digest)
+            .with_context(|| format!("pushing {} ({})", img.name, art.meta.arch.name()))?;
+        total.sent_blobs += s.sent_blobs;
+        total.sent_bytes += s.sent_bytes;
+        total.skipped_blobs += s.skipped_blobs;
+        total.skipped_bytes += s.skipped_bytes;
+        total.manifest_bytes += s.manifest_bytes;
+    }
+    let reported = c.put_manifest_as(&tag, &bytes, index::INDEX_TYPE)?;
+    total.manifest_bytes += bytes.len() as u64;
+    if let Some(d) = reported {
+        ensure!(
+            d == digest,
+            "the registry stored the image index as {d}, expected {digest}"
+        );
+    }
+    log_stats(&total);
+    println!("{r}@{digest}");
+    for img in &sorted {
+        let art = &img.art;
+        println!(
+            "{} {} {}/{}@{}",
+            art.meta.arch.name(),
+            art.image_digest,
+            r.registry,
+            r.repository,
+            art.manifest_digest
+        );
+    }
+    Ok(0)
+}
+
+/// The manifest `r` names for `arch`: `r` itself when it is an image manifest; when it is an
+/// image index, its entry for linux/`arch` (see [`index::pick`]: without `arch`, the only
+/// entry or the host's architecture), fetched by digest and verified against the entry.
+/// Returns the manifest bytes and the architecture the image must have (`arch`, else the
+/// platform of the index entry taken).
+fn resolve_manifest(
+    c: &Client,
     r: &Reference,
-    reg: &RegistryArgs,
-) -> Result<(Vec<u8>, Vec<u8>, crate::disk::ImageMeta, String)> {
+    arch: Option<Arch>,
+) -> Result<(Vec<u8>, Option<Arch>)> {
     let reference = match (&r.digest, &r.tag) {
         (Some(d), _) => d.clone(),
         (None, Some(t)) => t.clone(),
         (None, None) => bail!("{r}: name a tag (:TAG) or a manifest digest (@sha256:...)"),
     };
-    let c = connect(r, reg.insecure, reg.username.as_deref(), false)?;
-    let manifest = c.get_manifest(&reference)?;
+    let (top, content_type) =
+        c.get_manifest_as(&reference, &[oci::MANIFEST_TYPE, index::INDEX_TYPE])?;
     if let Some(d) = &r.digest {
-        let got = format!("sha256:{}", crate::digest::sha256_hex(&manifest));
+        let got = format!("sha256:{}", crate::digest::sha256_hex(&top));
         ensure!(
             &got == d,
             "the registry answered {d} with a manifest whose digest is {got}"
         );
     }
+    if !index::is_index(&top, content_type.as_deref()) {
+        return Ok((top, arch));
+    }
+    let ix = index::parse(&top).with_context(|| format!("{r}"))?;
+    let e = index::pick(&ix, arch).with_context(|| format!("{r}"))?;
+    let platform = index::entry_arch(e);
+    tracing::info!(
+        "{r} is an image index of {} images: taking {} {}",
+        ix.manifests.len(),
+        e.platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "(no platform)".into()),
+        e.digest
+    );
+    let (bytes, _) = c.get_manifest_as(&e.digest, &[oci::MANIFEST_TYPE])?;
+    let d = oci::Descriptor {
+        media_type: e.media_type.clone(),
+        digest: e.digest.clone(),
+        size: e.size,
+        annotations: Default::default(),
+    };
+    oci::verify_blob(&d, &bytes).with_context(|| format!("{r}: the index entry's manifest"))?;
+    Ok((bytes, arch.or(platform)))
+}
+
+/// Downloads and verifies an image: (disk bytes, image.json bytes, meta, digest). When `r`
+/// is an image index, the entry for `arch` is pulled (see [`resolve_manifest`]); the image's
+/// architecture must be `arch` when given (and the index entry's platform).
+pub fn fetch_image(
+    r: &Reference,
+    reg: &RegistryArgs,
+    arch: Option<Arch>,
+) -> Result<(Vec<u8>, Vec<u8>, crate::disk::ImageMeta, String)> {
+    let c = connect(r, reg.insecure, reg.username.as_deref(), false)?;
+    let (manifest, want) = resolve_manifest(&c, r, arch)?;
     let (m, digest, size) = oci::parse_manifest(&manifest).with_context(|| format!("{r}"))?;
+    let wrong = |got: Arch, want: Arch| {
+        anyhow::anyhow!(
+            "{r} is an {} image, not {}{}: nothing was written",
+            got.name(),
+            want.name(),
+            if arch.is_some() {
+                " (--arch)"
+            } else {
+                " (its platform in the index)"
+            }
+        )
+    };
+    // Before any blob is fetched, when the manifest says its architecture.
+    if let (Some(want), Some(got)) = (want, m.arch().with_context(|| format!("{r}"))?) {
+        if got != want {
+            return Err(wrong(got, want));
+        }
+    }
     tracing::info!(
         "pulling {r}: image {digest}, {size} bytes in {} blobs",
         m.layers.len()
@@ -145,12 +308,17 @@ pub fn fetch_image(
             .with_context(|| format!("fetching {name} ({})", d.digest))
     })
     .with_context(|| format!("pulling {r}: nothing was written"))?;
+    if let Some(want) = want {
+        if meta.arch != want {
+            return Err(wrong(meta.arch, want));
+        }
+    }
     Ok((disk, config, meta, digest))
 }
 
 pub fn pull(args: &PullArgs) -> Result<u8> {
     let r = Reference::parse(&args.reference)?;
-    let (disk, config, meta, digest) = fetch_image(&r, &args.reg)?;
+    let (disk, config, meta, digest) = fetch_image(&r, &args.reg, args.arch)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
     let stem = format!("{}-{}", meta.name, meta.version);
     ensure!(

@@ -8,16 +8,21 @@
 //! partition, the backup GPT), so a second version that only changed its app sends only the
 //! blobs that changed; or, with `whole`, as one blob. Every layer descriptor carries its
 //! byte offset in the disk ([`ANN_OFFSET`]); the manifest carries the raw disk's digest and
-//! size. The manifest is a pure function of the image bytes, so the same image always has
-//! the same manifest digest (which is what lets `fuse promote --registry` tag it by digest).
+//! size and the image's architecture ([`ANN_ARCH`]; its OS is always linux). The manifest is a
+//! pure function of the image bytes, so the same image always has the same manifest digest
+//! (which is what lets `fuse promote --registry` tag it by digest). Images of one name and
+//! version in several architectures are pushed as an OCI image index ([`index`]) whose
+//! entries carry each manifest's `platform`.
 
 pub mod app;
 pub mod auth;
 pub mod client;
 pub mod container;
+pub mod index;
 pub mod packages;
 pub mod source;
 
+use crate::arch::Arch;
 use crate::digest::sha256_hex;
 use crate::disk::{read_meta, ImageMeta};
 use crate::format::{fat, gpt};
@@ -40,6 +45,9 @@ pub const DISK_TYPE: &str = "application/vnd.fuse.image.disk.v1.raw";
 pub const ANN_DIGEST: &str = "vnd.fuse.image.digest";
 /// Manifest annotation: the raw disk's size in bytes.
 pub const ANN_SIZE: &str = "vnd.fuse.image.size";
+/// Manifest annotation: the image's architecture (`amd64`, `arm64`: OCI's
+/// `platform.architecture`; the OS is linux). Manifests pushed by an older fuse have none.
+pub const ANN_ARCH: &str = "vnd.fuse.image.arch";
 /// Layer annotation: where the blob's bytes start in the raw disk.
 pub const ANN_OFFSET: &str = "vnd.fuse.chunk.offset";
 pub const ANN_TITLE: &str = "org.opencontainers.image.title";
@@ -411,6 +419,19 @@ fn fat_extents(part: &[u8]) -> Vec<(String, Range<usize>)> {
     found
 }
 
+impl Manifest {
+    /// The architecture the manifest's [`ANN_ARCH`] annotation names (`None` in a manifest
+    /// pushed before the annotation existed).
+    pub fn arch(&self) -> Result<Option<Arch>> {
+        self.annotations
+            .get(ANN_ARCH)
+            .map(|a| {
+                Arch::parse(a).with_context(|| format!("the manifest's {ANN_ARCH} annotation"))
+            })
+            .transpose()
+    }
+}
+
 /// Everything `push` sends for one image.
 #[derive(Clone, Debug)]
 pub struct Artifact {
@@ -424,6 +445,18 @@ pub struct Artifact {
     pub manifest_digest: String,
     /// Each layer's descriptor and its byte range in the disk.
     pub blobs: Vec<(Descriptor, Range<usize>)>,
+}
+
+impl Artifact {
+    /// The manifest as a fuse without the [`ANN_ARCH`] annotation pushed it (bytes, digest):
+    /// how `fuse promote --registry` finds an image pushed before the annotation existed.
+    pub fn manifest_without_arch(&self) -> Result<(Vec<u8>, String)> {
+        let mut m = self.manifest.clone();
+        m.annotations.remove(ANN_ARCH);
+        let bytes = serde_json::to_vec(&m)?;
+        let digest = format!("sha256:{}", sha256_hex(&bytes));
+        Ok((bytes, digest))
+    }
 }
 
 /// image.json as `fuse build` writes it beside the image: the embedded copy plus the digest
@@ -480,6 +513,7 @@ pub fn artifact(disk: &[u8], whole: bool) -> Result<Artifact> {
         annotations: BTreeMap::from([
             (ANN_DIGEST.to_string(), image_digest.clone()),
             (ANN_SIZE.to_string(), disk.len().to_string()),
+            (ANN_ARCH.to_string(), meta.arch.name().to_string()),
             (ANN_TITLE.to_string(), meta.name.clone()),
             (ANN_VERSION.to_string(), meta.version.clone()),
         ]),
@@ -620,6 +654,14 @@ pub fn reassemble(
         expected_config == config,
         "the config blob is not this image's image.json"
     );
+    if let Some(a) = m.arch()? {
+        ensure!(
+            a == meta.arch,
+            "the manifest says {} ({ANN_ARCH}), the image is {}",
+            a.name(),
+            meta.arch.name()
+        );
+    }
     Ok((disk, meta, digest))
 }
 

@@ -11,6 +11,7 @@
 //! [`MAX_BLOB`] / [`MAX_TOTAL`], more than [`MAX_LAYERS`] layers.
 
 use super::client::{self, Client};
+use super::index::{self, Platform};
 use super::{Descriptor, Reference, MANIFEST_TYPE, MAX_CONFIG_SIZE};
 use crate::digest::sha256_hex;
 use crate::store::Store;
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub use super::index::{INDEX_TYPE as OCI_INDEX, MAX_INDEX_ENTRIES};
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
@@ -42,8 +43,6 @@ pub const MAX_BLOB: u64 = 4 << 30;
 pub const MAX_TOTAL: u64 = 16 << 30;
 /// Most layers in one image (Docker itself stops at 127).
 pub const MAX_LAYERS: usize = 256;
-/// Most entries in one image index.
-pub const MAX_INDEX_ENTRIES: usize = 1024;
 /// Indexes nested in indexes, at most.
 const MAX_DEPTH: usize = 4;
 /// Most members in a docker-archive.
@@ -199,26 +198,6 @@ impl Desc {
 
     fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
     }
 }
 
@@ -399,32 +378,15 @@ fn parse_doc(bytes: &[u8], hint: Option<&str>) -> Result<Parsed> {
     Ok(Parsed::Image { config, layers })
 }
 
-/// Whether an index entry is the image for linux/`arch` (any variant for amd64; none or
-/// `v8` preferred for arm64, see [`select_platform`]).
+/// Whether an index entry is the image for linux/`arch` (any variant).
 fn matches(d: &Desc, arch: &str) -> bool {
-    d.platform
-        .as_ref()
-        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+    d.platform.as_ref().is_some_and(|p| p.is_linux(arch))
 }
 
-/// The index entry for linux/`arch`, or `Err(platforms offered)`. Several matching entries
-/// (variants): the first without a variant (or `v8` for arm64), else the first.
+/// The index entry for linux/`arch`, or `Err(platforms offered)`
+/// ([`index::select_platform`]: a variant-less entry, or `v8` for arm64, first).
 fn select_platform<'a>(entries: &'a [Desc], arch: &str) -> Result<&'a Desc, Vec<String>> {
-    let found: Vec<&Desc> = entries.iter().filter(|d| matches(d, arch)).collect();
-    let plain = found.iter().find(|d| {
-        let v = d.platform.as_ref().and_then(|p| p.variant.as_deref());
-        v.is_none() || (arch == "arm64" && v == Some("v8"))
-    });
-    match plain.or(found.first()) {
-        Some(d) => Ok(d),
-        None => Err(entries
-            .iter()
-            .map(|d| match &d.platform {
-                Some(p) => p.to_string(),
-                None => format!("(no platform: {})", d.digest),
-            })
-            .collect()),
-    }
+    index::select_platform(entries, arch, |d| d.platform.as_ref(), |d| &d.digest)
 }
 
 /// The outcome of following a document down to an image for one architecture.

@@ -21,7 +21,7 @@ fn arm64_tools() -> bool {
 }
 
 /// `src` cross-compiled static for aarch64 into `out`.
-fn aarch64_static(src: &Path, out: &Path) {
+pub(crate) fn aarch64_static(src: &Path, out: &Path) {
     let st = Command::new("aarch64-linux-gnu-gcc")
         .args(["-static", "-Os", "-s", "-o"])
         .arg(out)
@@ -32,7 +32,7 @@ fn aarch64_static(src: &Path, out: &Path) {
 }
 
 /// examples/hello's manifest for arm64 (no kernel named: the architecture's default).
-fn arm64_manifest(app: &Path) {
+pub(crate) fn arm64_manifest(app: &Path) {
     let text = std::fs::read_to_string(repo_root().join("examples/hello/fuse.toml")).unwrap();
     let text = text
         .replace(

@@ -378,3 +378,65 @@ fn promote_writes_the_ledger_line_before_moving_the_registry_tag() {
     );
     assert_eq!(fuse::ledger::read(&ledger).unwrap().len(), 101);
 }
+
+/// An image pushed by a fuse before the manifests carried `vnd.fuse.image.arch` (the same
+/// manifest without that annotation) is still found by `promote --registry`, and pulls.
+#[test]
+fn promote_finds_a_manifest_pushed_before_the_arch_annotation() {
+    let a = shared_image();
+    let reg = Registry::start();
+    let project = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (p, d) = (project.path(), data.path());
+    let repo = format!("127.0.0.1:{}/hello", reg.port);
+    let disk = std::fs::read(&a.image).unwrap();
+    let mut art = fuse::oci::artifact(&disk, false).unwrap();
+    let (old_bytes, old_digest) = art.manifest_without_arch().unwrap();
+    let old: serde_json::Value = serde_json::from_slice(&old_bytes).unwrap();
+    assert!(old["annotations"].get(fuse::oci::ANN_ARCH).is_none());
+    assert_ne!(old_digest, art.manifest_digest);
+    art.manifest_bytes = old_bytes;
+    art.manifest_digest = old_digest.clone();
+    let r = fuse::oci::Reference::parse(&format!("{repo}:old")).unwrap();
+    let c = fuse::oci::client::Client::new(&r, true, None, true);
+    fuse::commands::registry::push_artifact(&c, &art, &disk, "old").unwrap();
+    let out = ok(
+        &fuse_in(
+            p,
+            d,
+            &[
+                "promote",
+                a.image.to_str().unwrap(),
+                "test",
+                "--registry",
+                &repo,
+                "--insecure",
+            ],
+            &[],
+        ),
+        "promote --registry of an old push",
+    );
+    assert!(
+        out.contains(&format!("tagged {repo}:test@{old_digest}")),
+        "{out}"
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let pulled = ok(
+        &fuse_in(
+            p,
+            d,
+            &[
+                "pull",
+                &format!("{repo}:test"),
+                "--arch",
+                "amd64",
+                "--insecure",
+                "--out",
+                out_dir.path().to_str().unwrap(),
+            ],
+            &[],
+        ),
+        "pull the old manifest with --arch (checked from image.json)",
+    );
+    assert_eq!(pulled.lines().last().unwrap(), a.digest);
+}

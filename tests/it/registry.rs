@@ -675,3 +675,265 @@ fn bearer_token_and_basic_auth_are_answered() {
         "push with Docker config credentials",
     );
 }
+
+/// examples/hello cross-compiled for aarch64 (`aarch64-linux-gnu-gcc -static`) and built as
+/// an arm64 image (never booted here); `None` (a visible skip) without the cross compiler or
+/// the arm64 init.
+fn arm64_image() -> Option<Build> {
+    if !(require_tool("aarch64-linux-gnu-gcc")
+        && require(
+            fuse::plan::init_for(fuse::arch::Arch::Arm64).is_ok(),
+            "this fuse was built without the arm64 init (scripts/setup.sh installs its toolchain)",
+        ))
+    {
+        return None;
+    }
+    let dir = tmp_root().join("registry-arm64");
+    let _ = std::fs::remove_dir_all(&dir);
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    crate::arm64::aarch64_static(
+        &repo_root().join("examples/hello/hello.c"),
+        &app.join("hello"),
+    );
+    crate::arm64::arm64_manifest(&app);
+    Some(build(&app, &[], &[]))
+}
+
+/// GET a manifest or index over plain HTTP, accepting `accept`: (Content-Type, body).
+fn get_manifest(port: u16, path: &str, accept: &str) -> (String, Vec<u8>) {
+    let mut resp = ureq::get(&format!("http://127.0.0.1:{port}/v2/{path}"))
+        .header("Accept", accept)
+        .call()
+        .unwrap();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (ct, resp.body_mut().read_to_vec().unwrap())
+}
+
+/// `fuse pull ARGS... --insecure --out DIR` into a fresh directory: (output, the directory).
+fn pull_into(data: &Path, args: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut a = vec!["pull"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--insecure", "--out", out_dir.path().to_str().unwrap()]);
+    (fuse_with(data, &a, &[]), out_dir)
+}
+
+#[test]
+fn amd64_and_arm64_images_push_as_one_index_and_pull_by_arch() {
+    use fuse::arch::Arch;
+    use fuse::oci::index::INDEX_TYPE;
+    let Some(arm) = arm64_image() else {
+        return;
+    };
+    let amd = shared_image();
+    let reg = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let repo = format!("127.0.0.1:{}/team/hello", reg.port);
+    let disk_amd = std::fs::read(&amd.image).unwrap();
+    let disk_arm = std::fs::read(&arm.image).unwrap();
+    let art_amd = fuse::oci::artifact(&disk_amd, false).unwrap();
+    let art_arm = fuse::oci::artifact(&disk_arm, false).unwrap();
+    // Each artifact's manifest says its architecture.
+    assert_eq!(art_amd.manifest.annotations[fuse::oci::ANN_ARCH], "amd64");
+    assert_eq!(art_arm.manifest.annotations[fuse::oci::ANN_ARCH], "arm64");
+    assert_ne!(amd.digest, arm.digest);
+
+    // Two images of one architecture, or a lone image with a foreign tag: refused before
+    // anything is sent.
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            amd.image.to_str().unwrap(),
+            amd.image.to_str().unwrap(),
+            &repo,
+            "--insecure",
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("both amd64 images") && stderr.contains("one image per architecture"),
+        "{stderr}"
+    );
+    assert!(
+        get_manifest_status(reg.port, "team/hello/manifests/1.0.0") == 404,
+        "a refused push tagged something"
+    );
+
+    // amd64 + arm64 (named arm64 first: the index is ordered by architecture).
+    let out = fuse_with(
+        data.path(),
+        &[
+            "push",
+            arm.image.to_str().unwrap(),
+            amd.image.to_str().unwrap(),
+            &repo,
+            "--insecure",
+        ],
+        &[],
+    );
+    let stdout = ok(&out, "push amd64 + arm64");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let index_digest = lines[0]
+        .strip_prefix(&format!("{repo}:1.0.0@"))
+        .unwrap_or_else(|| panic!("first line is not REF:TAG@<index digest>: {stdout}"))
+        .to_string();
+    assert_eq!(
+        lines[1],
+        format!("amd64 {} {repo}@{}", amd.digest, art_amd.manifest_digest)
+    );
+    assert_eq!(
+        lines[2],
+        format!("arm64 {} {repo}@{}", arm.digest, art_arm.manifest_digest)
+    );
+
+    // The tag is an OCI image index with one linux entry per architecture.
+    let (ct, body) = get_manifest(reg.port, "team/hello/manifests/1.0.0", INDEX_TYPE);
+    assert_eq!(ct, INDEX_TYPE);
+    assert_eq!(
+        format!("sha256:{}", fuse::digest::sha256_hex(&body)),
+        index_digest
+    );
+    let ix: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ix["mediaType"], INDEX_TYPE);
+    let entries = ix["manifests"].as_array().unwrap();
+    let platforms: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["platform"]["os"].as_str().unwrap().to_string(),
+                e["platform"]["architecture"].as_str().unwrap().to_string(),
+                e["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            (
+                "linux".into(),
+                "amd64".into(),
+                art_amd.manifest_digest.clone()
+            ),
+            (
+                "linux".into(),
+                "arm64".into(),
+                art_arm.manifest_digest.clone()
+            ),
+        ]
+    );
+    // Each entry's manifest is in the repository, by digest, as fuse computes it.
+    for art in [&art_amd, &art_arm] {
+        let (_, m) = get_manifest(
+            reg.port,
+            &format!("team/hello/manifests/{}", art.manifest_digest),
+            fuse::oci::MANIFEST_TYPE,
+        );
+        assert_eq!(m, art.manifest_bytes);
+    }
+
+    // Pull by --arch: each architecture's image, byte for byte.
+    for (arch, digest, disk) in [
+        ("amd64", &amd.digest, &disk_amd),
+        ("arm64", &arm.digest, &disk_arm),
+    ] {
+        let (out, dir) = pull_into(data.path(), &[&format!("{repo}:1.0.0"), "--arch", arch]);
+        let stdout = ok(&out, &format!("pull --arch {arch}"));
+        assert_eq!(stdout.lines().last().unwrap(), digest.as_str(), "{arch}");
+        let file = dir.path().join("hello-1.0.0.img");
+        assert_eq!(&sha256_file(&file), digest, "{arch}");
+        assert_eq!(&std::fs::read(&file).unwrap(), disk, "{arch}");
+    }
+    // Without --arch: this host's architecture; by the index's digest: the same.
+    let host = if Arch::host() == Arch::Arm64 {
+        &arm.digest
+    } else {
+        &amd.digest
+    };
+    let (out, dir) = pull_into(data.path(), &[&format!("{repo}@{index_digest}")]);
+    ok(&out, "pull the index by digest, no --arch");
+    assert_eq!(&sha256_file(&dir.path().join("hello-1.0.0.img")), host);
+
+    // A single image and --arch of another architecture: an error, nothing written or stored.
+    ok(
+        &fuse_with(
+            data.path(),
+            &[
+                "push",
+                arm.image.to_str().unwrap(),
+                &format!("{repo}:arm-only"),
+                "--insecure",
+            ],
+            &[],
+        ),
+        "push arm64 alone",
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let (out, dir) = pull_into(
+        fresh.path(),
+        &[&format!("{repo}:arm-only"), "--arch", "amd64"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is an arm64 image, not amd64"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let ls = ok(&fuse_with(fresh.path(), &["ls", "--json"], &[]), "ls");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ls).unwrap(),
+        serde_json::json!([])
+    );
+    let (out, dir) = pull_into(
+        fresh.path(),
+        &[&format!("{repo}:arm-only"), "--arch", "arm64"],
+    );
+    ok(&out, "pull arm-only --arch arm64");
+    assert_eq!(sha256_file(&dir.path().join("hello-1.0.0.img")), arm.digest);
+
+    // An index without the architecture asked for: an error naming the platforms it has.
+    let mut one: serde_json::Value = ix.clone();
+    one["manifests"] = serde_json::json!([entries[0].clone()]);
+    let one = serde_json::to_vec(&one).unwrap();
+    let r = fuse::oci::Reference::parse(&format!("{repo}:amd-only")).unwrap();
+    fuse::oci::client::Client::new(&r, true, None, true)
+        .put_manifest_as("amd-only", &one, INDEX_TYPE)
+        .unwrap();
+    let (out, _dir) = pull_into(
+        fresh.path(),
+        &[&format!("{repo}:amd-only"), "--arch", "arm64"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no image for linux/arm64") && stderr.contains("it has linux/amd64"),
+        "{stderr}"
+    );
+    // ...and without --arch its only entry is taken.
+    let (out, dir) = pull_into(fresh.path(), &[&format!("{repo}:amd-only")]);
+    ok(&out, "pull a one-entry index");
+    assert_eq!(sha256_file(&dir.path().join("hello-1.0.0.img")), amd.digest);
+}
+
+/// The HTTP status of a manifest GET (any manifest or index type accepted).
+fn get_manifest_status(port: u16, path: &str) -> u16 {
+    let accept = format!(
+        "{}, {}",
+        fuse::oci::MANIFEST_TYPE,
+        fuse::oci::index::INDEX_TYPE
+    );
+    let resp = ureq::get(&format!("http://127.0.0.1:{port}/v2/{path}"))
+        .header("Accept", &accept)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    resp.status().as_u16()
+}
