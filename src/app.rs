@@ -607,9 +607,9 @@ fn java_classes<'a>(m: &Manifest, files: &'a Tree) -> Result<Vec<(String, &'a [u
         // directory, the directory's other files: read too, which can only keep more of
         // the JRE).
         let on_class_path = |rel: &str| {
-            j.class_path.iter().any(|c| {
-                rel == c.as_str() || (c.ends_with('/') && rel.starts_with(c.as_str()))
-            })
+            j.class_path
+                .iter()
+                .any(|c| rel == c.as_str() || (c.ends_with('/') && rel.starts_with(c.as_str())))
         };
         out.extend(exploded("app/", &j.main, &on_class_path));
     } else {
@@ -774,7 +774,9 @@ impl Walk<'_> {
             anyhow::anyhow!(
                 "{}: its entry {} is where the app directory has a file",
                 src.display(),
-                path.strip_prefix(dest).unwrap_or(path).trim_start_matches('/')
+                path.strip_prefix(dest)
+                    .unwrap_or(path)
+                    .trim_start_matches('/')
             )
         };
         for (rel, data) in files {
@@ -959,7 +961,9 @@ impl Walk<'_> {
 fn artifact_index(m: &Manifest, entries: &[Entry]) -> Option<usize> {
     if m.kind.is_dir()
         || m.kind == AppKind::War
-        || m.jar.as_ref().is_some_and(|j| j.dir || j.spring_boot.is_some())
+        || m.jar
+            .as_ref()
+            .is_some_and(|j| j.dir || j.spring_boot.is_some())
     {
         return None;
     }
@@ -984,7 +988,9 @@ pub(crate) fn explode_zip(zip: &[u8]) -> Result<Vec<(String, Option<Vec<u8>>)>> 
         if name.is_empty()
             || name.starts_with('/')
             || name.contains(['\\', '\0'])
-            || name.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
         {
             bail!(
                 "entry {:?}: not a plain relative path (absolute, `..`, `.` or empty parts, \
@@ -1573,7 +1579,10 @@ mod tests {
             ]
         );
         let t = scan.tree("deps", 7).unwrap();
-        assert_eq!(t.get("app/ROOT/WEB-INF/lib/u.jar").unwrap().data().unwrap(), lib);
+        assert_eq!(
+            t.get("app/ROOT/WEB-INF/lib/u.jar").unwrap().data().unwrap(),
+            lib
+        );
         // the same war again: the same listings (the layout does not depend on the walk)
         let again = scan_app(&m, None).unwrap();
         assert_eq!(again.listing_sha256, scan.listing_sha256);
@@ -1591,10 +1600,16 @@ mod tests {
             ["app", "app/ROOT", "app/ROOT/a", "app/ROOT/a/p.jsp"]
         );
         // a hostile entry is refused, naming it
-        let evil = zip(&[("WEB-INF/web.xml", b"<web-app/>"), ("../../etc/cron.d/x", b"x")]);
+        let evil = zip(&[
+            ("WEB-INF/web.xml", b"<web-app/>"),
+            ("../../etc/cron.d/x", b"x"),
+        ]);
         std::fs::write(d.path().join("hello.war"), &evil).unwrap();
         let e = format!("{:#}", scan_app(&m, None).unwrap_err());
-        assert!(e.contains("hello.war") && e.contains("../../etc/cron.d/x"), "{e}");
+        assert!(
+            e.contains("hello.war") && e.contains("../../etc/cron.d/x"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1636,7 +1651,10 @@ mod tests {
                    Spring-Boot-Lib: BOOT-INF/lib/\r\n\r\n";
         let jar = zip(&[
             ("META-INF/MANIFEST.MF", mf),
-            ("org/springframework/boot/loader/launch/JarLauncher.class", b"\xca\xfe"),
+            (
+                "org/springframework/boot/loader/launch/JarLauncher.class",
+                b"\xca\xfe",
+            ),
             ("BOOT-INF/classes/demo/App.class", b"\xca\xfe"),
             ("BOOT-INF/classpath.idx", b"- \"BOOT-INF/lib/l.jar\"\n"),
             ("BOOT-INF/lib/l.jar", &lib),
@@ -1644,12 +1662,20 @@ mod tests {
         std::fs::write(d.path().join("app.jar"), &jar).unwrap();
         let m = java_manifest(d.path(), "jar", "app.jar");
         let boot = m.jar.as_ref().unwrap().spring_boot.clone().unwrap();
-        assert_eq!((boot.classes.as_str(), boot.lib.as_str()), ("BOOT-INF/classes/", "BOOT-INF/lib/"));
+        assert_eq!(
+            (boot.classes.as_str(), boot.lib.as_str()),
+            ("BOOT-INF/classes/", "BOOT-INF/lib/")
+        );
         let scan = scan_app(&m, None).unwrap();
         assert_eq!(scan.sha256, sha256_hex(&jar));
         assert_eq!(
             layer_files(&scan, "deps"),
-            ["app", "app/BOOT-INF", "app/BOOT-INF/lib", "app/BOOT-INF/lib/l.jar"]
+            [
+                "app",
+                "app/BOOT-INF",
+                "app/BOOT-INF/lib",
+                "app/BOOT-INF/lib/l.jar"
+            ]
         );
         let code = layer_files(&scan, "app");
         for f in [
@@ -1667,11 +1693,18 @@ mod tests {
         let at = at.unwrap();
         assert_eq!(
             argv[at..],
-            ["-cp", "/app", "org.springframework.boot.loader.launch.JarLauncher"]
+            [
+                "-cp",
+                "/app",
+                "org.springframework.boot.loader.launch.JarLauncher"
+            ]
         );
         // a plain fat jar (no Spring-Boot-* attributes) stays one file, run with -jar
         let plain = zip(&[
-            ("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\r\nMain-Class: a.B\r\n\r\n"),
+            (
+                "META-INF/MANIFEST.MF",
+                b"Manifest-Version: 1.0\r\nMain-Class: a.B\r\n\r\n",
+            ),
             ("BOOT-INF/lib/l.jar", &lib),
         ]);
         std::fs::write(d.path().join("app.jar"), &plain).unwrap();
@@ -1680,7 +1713,9 @@ mod tests {
         let scan = scan_app(&m, None).unwrap();
         assert_eq!(layer_files(&scan, "app"), ["app", "app/app.jar"]);
         assert!(scan.part("deps").is_none());
-        assert_eq!(crate::runtimes::argv(&m).unwrap().0.last().unwrap(), "/app/app.jar");
+        assert_eq!(
+            crate::runtimes::argv(&m).unwrap().0.last().unwrap(),
+            "/app/app.jar"
+        );
     }
-
 }

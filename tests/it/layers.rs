@@ -421,7 +421,11 @@ fn a_wars_web_inf_lib_is_a_layer_of_its_own_and_tomcat_serves_it_exploded() {
     // a servlet change: only the code layer is built again, WEB-INF/lib is the same layer
     let servlet = app.join("src/hello/HelloServlet.java");
     let s = std::fs::read_to_string(&servlet).unwrap();
-    std::fs::write(&servlet, s.replace("hello from a war", "hello again from a war")).unwrap();
+    std::fs::write(
+        &servlet,
+        s.replace("hello from a war", "hello again from a war"),
+    )
+    .unwrap();
     let war_app_again = war_app(&app, &lib);
     let r2 = build_json(&war_app_again);
     assert_ne!(r2["digest"], r["digest"]);
@@ -474,12 +478,14 @@ fn a_spring_boot_jars_nested_libraries_are_a_layer_of_their_own_and_it_runs_expl
     ] {
         assert!(code.contains(&f.to_string()), "{f}: {code:?}");
     }
-    assert!(!code.iter().any(|f| f.contains("BOOT-INF/lib/")), "{code:?}");
+    assert!(
+        !code.iter().any(|f| f.contains("BOOT-INF/lib/")),
+        "{code:?}"
+    );
     assert!(!code.contains(&"/app/boot.jar".to_string()), "{code:?}");
-    let meta: Value = serde_json::from_slice(
-        &std::fs::read(dir.join("fuse-out/bootjar-1.0.0.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fuse-out/bootjar-1.0.0.json")).unwrap())
+            .unwrap();
     let argv: Vec<&str> = meta["app"]["argv"]
         .as_array()
         .unwrap()
