@@ -4,6 +4,8 @@
 #   flask: a Flask app vendoring numpy, pandas and scipy (`pip install --target vendor`, PyPI)
 #   node:  an express app with its node_modules (npm registry)
 #   jar:   the jar example with a Class-Path library
+#   war:   the war example with the same library in WEB-INF/lib (laid out exploded)
+#   boot:  a Spring Boot-style jar (fixtures/bootjar) with the library nested in BOOT-INF/lib
 # Goals: code change <= 0.1x cold, no-op <= 0.02x cold; push of a code change <= 5 MB.
 #
 # "Cold": packages downloaded, runtime units cached (a first build ran), the app's layers,
@@ -11,7 +13,7 @@
 # figures only. FUSE_BIN: the fuse binary to measure (default: a release build).
 # Wall times on a shared machine grow with its load: the CPU time (user + system) of each
 # build is printed too. BENCH_LOGS=DIR keeps each build's log and report there.
-# Usage: bench/layers.sh [flask] [node] [jar]
+# Usage: bench/layers.sh [flask] [node] [jar] [war] [boot]
 set -eu
 cd "$(dirname "$0")/.."
 if [ -n "${FUSE_BIN:-}" ]; then FUSE=$FUSE_BIN; else cargo build --release -q; FUSE=$PWD/target/release/fuse; fi
@@ -89,6 +91,41 @@ EOF
     build_main_jar "$d"
     printf '[image]\nname = "jar"\nversion = "1.0.0"\n[app]\nkind = "jar"\npath = "hello.jar"\nport = 8080\n[runtime]\njava = "17"\n' > "$d/fuse.toml"
 }
+# a library of some weight: 4000 classes, in $1/big.jar
+make_big_jar() {
+    mkdir -p "$1/src/lib"
+    python3 - "$1/src/lib" <<'EOF2'
+import sys, os
+for i in range(4000):
+    open(os.path.join(sys.argv[1], f"C{i}.java"), "w").write(f"package lib; public class C{i} {{ public static int f() {{ return {i}; }} }}\n")
+EOF2
+    javac --release 17 -d "$1/libclasses" "$1"/src/lib/*.java
+    jar --create --file "$1/big.jar" -C "$1/libclasses" .
+}
+make_war() {
+    d=$work/war; mkdir -p "$d/lib/WEB-INF/lib"
+    cp -r examples/war-hello/. "$d/"
+    rm -rf "$d/fuse-out" "$d/fuse.lock"
+    make_big_jar "$d/libsrc"
+    cp "$d/libsrc/big.jar" "$d/lib/WEB-INF/lib/big.jar"
+    build_war "$d"
+    sed -i 's/^name = "war-hello"/name = "war"/' "$d/fuse.toml"
+}
+build_war() {
+    "$1/build.sh" >/dev/null
+    jar --update --file "$1/hello.war" -C "$1/lib" WEB-INF/lib/big.jar
+}
+make_boot() {
+    d=$work/boot; mkdir -p "$d"
+    make_big_jar "$d/libsrc"
+    build_boot "$d"
+    printf '[image]\nname = "boot"\nversion = "1.0.0"\n[app]\nkind = "jar"\npath = "boot.jar"\nport = 8080\n[runtime]\njava = "17"\n' > "$d/fuse.toml"
+}
+build_boot() {
+    fixtures/bootjar/build.sh "$1"
+    mkdir -p "$1/nest/BOOT-INF/lib"; cp "$1/libsrc/big.jar" "$1/nest/BOOT-INF/lib/big.jar"
+    jar --update --no-compress --file "$1/boot.jar" -C "$1/nest" BOOT-INF/lib/big.jar
+}
 build_main_jar() {
     rm -rf "$1/classes"; javac --release 17 -d "$1/classes" "$1/src/hello/Main.java"
     printf 'Class-Path: lib/big.jar\n' > "$1/mf.txt"
@@ -99,6 +136,8 @@ change() {
         flask) echo "# one more line" >> "$work/flask/main.py" ;;
         node) echo "// one more line" >> "$work/node/server.js" ;;
         jar) sed -i 's/"greeting", "hello"/"greeting", "howdy"/' "$work/jar/src/hello/Main.java"; build_main_jar "$work/jar" ;;
+        war) sed -i 's/hello from a war/hello again from a war/' "$work/war/src/hello/HelloServlet.java"; build_war "$work/war" ;;
+        boot) export GREETING=howdy; build_boot "$work/boot"; unset GREETING ;;
     esac
 }
 layer_sizes() {
@@ -114,7 +153,7 @@ for ex in ${*:-flask node jar}; do
     "$FUSE" build "$d" >/dev/null 2>&1                   # downloads, lock, runtime units
     rm -rf "$d/fuse-out"
     # what the image takes of it (the jar's sources and classes are not part of the app)
-    case $ex in jar) app="$d/hello.jar $d/lib" ;; *) app=$d ;; esac
+    case $ex in jar) app="$d/hello.jar $d/lib" ;; war) app=$d/hello.war ;; boot) app=$d/boot.jar ;; *) app=$d ;; esac
     # shellcheck disable=SC2086
     files=$(find $app -type f | wc -l); mb=$(du -scm $app | tail -1 | cut -f1)
     # forget the app's units and images: every layer but base/runtime/server, the UKI and

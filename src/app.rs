@@ -24,8 +24,13 @@ use std::sync::{Arc, OnceLock};
 /// The top app layer's name: the app's own code (what changes on every commit).
 pub const CODE_LAYER: &str = "app";
 /// The layer of the app's dependencies when the kind splits them off (installed Python
-/// distributions, node_modules, a jar's Class-Path jars).
+/// distributions, node_modules, a jar's Class-Path jars, a Spring Boot jar's nested
+/// libraries, a war's WEB-INF/lib).
 pub const DEPS_LAYER: &str = "deps";
+
+/// Where a war is laid out exploded: `/app/ROOT`, the ROOT context of Tomcat's Host
+/// (appBase /app).
+pub const WAR_ROOT: &str = "ROOT";
 
 /// Version of the stat cache and of the scan record: bump when what they hold changes.
 const SCAN_FORMAT: u32 = 1;
@@ -365,12 +370,18 @@ pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         new: BTreeMap::new(),
         entries: Vec::new(),
         pending: Vec::new(),
+        skip: None,
+        archive_sha256: None,
+        archives_read: 0,
     };
     walk.app(m)?;
-    let files_read = walk.pending.len();
+    let files_read = walk.pending.len() + walk.archives_read;
     walk.hash_pending()?;
     let Walk {
-        new, mut entries, ..
+        new,
+        mut entries,
+        archive_sha256,
+        ..
     } = walk;
     if let (Some(venv), Some(rt)) = (&m.python_venv, &m.runtime) {
         retarget_venv(&mut entries, venv, &rt.version)?;
@@ -400,6 +411,9 @@ pub fn scan_app(m: &Manifest, store: Option<&Store>) -> Result<AppScan> {
         .is_some_and(|j| j.dir || !j.class_path.is_empty());
     let sha256 = if m.kind.is_dir() || several {
         listing_sha256.clone()
+    } else if let Some(a) = archive_sha256 {
+        // a war or Spring Boot jar laid out exploded: still identified by the archive
+        a
     } else {
         let i = artifact_idx
             .with_context(|| format!("the app {} holds no file", m.app_path.display()))?;
@@ -515,8 +529,12 @@ fn scan_code(m: &Manifest, scan: &AppScan, artifact_idx: Option<usize>) -> Resul
         (BTreeSet::new(), None)
     };
     let jsp = if m.kind == AppKind::War {
-        let war = artifact()?;
-        crate::runtimes::war_has_jsp(&war)
+        let root = format!("app/{WAR_ROOT}/");
+        let pages: Vec<(&str, &[u8])> = files
+            .iter()
+            .filter_map(|(p, n)| Some((p.strip_prefix(&root)?, n.data()?)))
+            .collect();
+        crate::runtimes::war_files_have_jsp(&pages)
             .with_context(|| format!("cannot list the pages of {}", m.app_path.display()))?
     } else {
         false
@@ -569,16 +587,42 @@ fn scan_native(m: &Manifest, files: &Tree) -> Result<crate::resolve::native::App
 /// Class-Path names (jars, and the class files of class directories), named as errors
 /// show them.
 fn java_classes<'a>(m: &Manifest, files: &'a Tree) -> Result<Vec<(String, &'a [u8])>> {
+    // the class files and jars of an archive laid out exploded under `root`, named as the
+    // archive's entries (`hello.war!/WEB-INF/classes/...`)
+    let exploded = |root: &str, name: &str, skip: &dyn Fn(&str) -> bool| {
+        files
+            .iter()
+            .filter_map(|(p, n)| {
+                let rel = p.strip_prefix(root)?;
+                let d = n.data()?;
+                ((rel.ends_with(".class") || rel.ends_with(".jar")) && !skip(rel))
+                    .then(|| (format!("{name}!/{rel}"), d))
+            })
+            .collect::<Vec<_>>()
+    };
     let Some(j) = &m.jar else {
-        return Ok(vec![(java_artifact_name(m), artifact(m, files)?)]);
+        let root = format!("app/{WAR_ROOT}/");
+        return Ok(exploded(&root, &java_artifact_name(m), &|_| false));
     };
     let mut out = Vec::new();
-    let main = format!("app/{}", j.main);
-    let bytes = files
-        .get(&main)
-        .and_then(|n| n.data())
-        .with_context(|| format!("the app has no /{main}"))?;
-    out.push((j.main.clone(), bytes));
+    if j.spring_boot.is_some() {
+        // The jar's entries are /app's files, beside the Class-Path's (and, for an app
+        // directory, the directory's other files: read too, which can only keep more of
+        // the JRE).
+        let on_class_path = |rel: &str| {
+            j.class_path
+                .iter()
+                .any(|c| rel == c.as_str() || (c.ends_with('/') && rel.starts_with(c.as_str())))
+        };
+        out.extend(exploded("app/", &j.main, &on_class_path));
+    } else {
+        let main = format!("app/{}", j.main);
+        let bytes = files
+            .get(&main)
+            .and_then(|n| n.data())
+            .with_context(|| format!("the app has no /{main}"))?;
+        out.push((j.main.clone(), bytes));
+    }
     for rel in &j.class_path {
         let at = format!("app/{rel}");
         if rel.ends_with('/') {
@@ -608,15 +652,6 @@ fn java_artifact_name(m: &Manifest) -> String {
     }
 }
 
-/// The artifact of a file kind (binary, jar, war): the one file under `app/`.
-fn artifact<'a>(m: &Manifest, files: &'a Tree) -> Result<&'a [u8]> {
-    files
-        .iter()
-        .find(|(p, n)| p.matches('/').count() == 1 && n.data().is_some())
-        .and_then(|(_, n)| n.data())
-        .with_context(|| format!("the app {} holds no file", m.app_path.display()))
-}
-
 /// Names never taken from an app directory: fuse's own files and version control.
 const APP_DIR_SKIP: &[&str] = &["fuse.toml", "fuse.lock", "fuse-out", ".git"];
 
@@ -630,49 +665,84 @@ struct Walk<'a> {
     entries: Vec<Entry>,
     /// Files whose digest the stat cache does not vouch for: (entry index, host path, stat).
     pending: Vec<(usize, PathBuf, Stat)>,
+    /// A file of the app directory not taken as is (a Spring Boot jar, laid out exploded).
+    skip: Option<PathBuf>,
+    /// The sha256 of the archive laid out exploded (a war, a Spring Boot jar).
+    archive_sha256: Option<String>,
+    /// Archives read whole to be laid out exploded.
+    archives_read: usize,
 }
 
 impl Walk<'_> {
-    /// For file kinds (binary, jar, war) the artifact at `/app/<file name>` (a war as
-    /// `/app/ROOT.war`, Tomcat's ROOT context) and a jar's Class-Path; for directory kinds
-    /// (node, python) the app directory's files under `/app`. Root-owned, 0644 or 0755.
+    /// For file kinds (binary, jar) the artifact at `/app/<file name>` and a jar's
+    /// Class-Path; a war laid out exploded in `/app/ROOT` (Tomcat's ROOT context), a Spring
+    /// Boot jar in `/app`; for directory kinds (node, python) and a jar's directory the
+    /// directory's files under `/app`. Root-owned, 0644 or 0755.
     fn app(&mut self, m: &Manifest) -> Result<()> {
         self.dir(APP_DIR.trim_start_matches('/'));
+        let boot = m.jar.as_ref().filter(|j| j.spring_boot.is_some());
         if m.kind.is_dir() || m.jar.as_ref().is_some_and(|j| j.dir) {
+            if let Some(j) = boot {
+                self.skip = Some(m.app_path.join(&j.main));
+            }
             self.add_dir(&m.app_path, APP_DIR.trim_start_matches('/'), true)?;
+            if let Some(j) = boot {
+                self.explode(&m.app_path.join(&j.main), "app")?;
+            }
+        } else if m.kind == AppKind::War {
+            let root = format!("app/{WAR_ROOT}");
+            self.dir(&root);
+            self.explode(&m.app_path, &root)?;
         } else {
-            let file_name = match m.kind {
-                AppKind::War => "ROOT.war",
-                _ => m
+            if boot.is_some() {
+                self.explode(&m.app_path, "app")?;
+            } else {
+                let file_name = m
                     .app_path
                     .file_name()
                     .and_then(|f| f.to_str())
                     .with_context(|| {
                         format!("app path {} has no usable file name", m.app_path.display())
-                    })?,
-            };
-            let mode = if m.kind == AppKind::Binary {
-                0o755
-            } else {
-                0o644
-            };
-            let meta = std::fs::metadata(&m.app_path)
-                .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
-            self.file(&format!("app/{file_name}"), &m.app_path, &meta, mode)?;
+                    })?;
+                let mode = if m.kind == AppKind::Binary {
+                    0o755
+                } else {
+                    0o644
+                };
+                let meta = std::fs::metadata(&m.app_path)
+                    .with_context(|| format!("cannot read the app {}", m.app_path.display()))?;
+                self.file(&format!("app/{file_name}"), &m.app_path, &meta, mode)?;
+            }
             if let Some(j) = &m.jar {
                 let root = j.root(&m.app_path);
                 for rel in &j.class_path {
                     let rel = rel.trim_end_matches('/');
                     let mut parent = String::from("app");
                     let comps: Vec<&str> = rel.split('/').collect();
+                    let clash = || {
+                        anyhow::anyhow!(
+                            "Class-Path entry {rel} of {} is where the jar, laid out exploded \
+                             in /app, has a file",
+                            m.app_path.display()
+                        )
+                    };
                     for c in &comps[..comps.len().saturating_sub(1)] {
                         parent = format!("{parent}/{c}");
-                        if !self.entries.iter().any(|e| e.path == parent) {
-                            self.dir(&parent);
+                        match self.entries.iter().find(|e| e.path == parent) {
+                            None => self.dir(&parent),
+                            Some(e) if matches!(e.kind, EntryKind::Dir) => {}
+                            Some(_) => return Err(clash()),
                         }
                     }
                     let src = root.join(rel);
                     let dest = format!("app/{rel}");
+                    if self.entries.iter().any(|e| e.path == dest) {
+                        bail!(
+                            "Class-Path entry {rel} of {} is also an entry of the jar, which \
+                             is laid out exploded in /app",
+                            m.app_path.display()
+                        );
+                    }
                     if src.is_dir() {
                         self.dir(&dest);
                         self.add_dir(&src, &dest, false)?;
@@ -683,6 +753,68 @@ impl Walk<'_> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The archive `src` (a war, a Spring Boot jar) laid out exploded under `dest`: its
+    /// files 0644 (their bytes kept from this one reading), its directories 0755. An entry
+    /// where the app directory has a file already is an error.
+    fn explode(&mut self, src: &Path, dest: &str) -> Result<()> {
+        let zip = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        self.archives_read += 1;
+        self.archive_sha256 = Some(sha256_hex(&zip));
+        let files = explode_zip(&zip)
+            .with_context(|| format!("cannot lay out {} exploded", src.display()))?;
+        drop(zip);
+        // path -> is a directory
+        let mut have: BTreeMap<String, bool> = self
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), matches!(e.kind, EntryKind::Dir)))
+            .collect();
+        let conflict = |path: &str| {
+            anyhow::anyhow!(
+                "{}: its entry {} is where the app directory has a file",
+                src.display(),
+                path.strip_prefix(dest)
+                    .unwrap_or(path)
+                    .trim_start_matches('/')
+            )
+        };
+        for (rel, data) in files {
+            let path = format!("{dest}/{rel}");
+            let dirs = rel
+                .match_indices('/')
+                .map(|(k, _)| format!("{dest}/{}", &rel[..k]))
+                .chain(data.is_none().then(|| path.clone()));
+            for d in dirs {
+                match have.get(&d) {
+                    Some(true) => {}
+                    Some(false) => return Err(conflict(&d)),
+                    None => {
+                        self.dir(&d);
+                        have.insert(d, true);
+                    }
+                }
+            }
+            let Some(data) = data else { continue };
+            if have.insert(path.clone(), false).is_some() {
+                return Err(conflict(&path));
+            }
+            let b = Arc::new(data);
+            self.push(Entry {
+                path,
+                kind: EntryKind::File {
+                    size: b.len() as u64,
+                    sha256: sha256_hex(&b),
+                    source: FileSource::Bytes(b.clone()),
+                    data: Arc::new(OnceLock::from(b)),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            })?;
         }
         Ok(())
     }
@@ -790,6 +922,9 @@ impl Walk<'_> {
             if top && APP_DIR_SKIP.contains(&name) {
                 continue;
             }
+            if self.skip.as_deref() == Some(e.path().as_path()) {
+                continue;
+            }
             let path = format!("{dest}/{name}");
             let ft = e
                 .file_type()
@@ -827,12 +962,67 @@ impl Walk<'_> {
 
 /// The artifact of a file kind (binary, jar, war): the one file directly under `app/`.
 fn artifact_index(m: &Manifest, entries: &[Entry]) -> Option<usize> {
-    if m.kind.is_dir() || m.jar.as_ref().is_some_and(|j| j.dir) {
+    if m.kind.is_dir()
+        || m.kind == AppKind::War
+        || m.jar
+            .as_ref()
+            .is_some_and(|j| j.dir || j.spring_boot.is_some())
+    {
         return None;
     }
     entries
         .iter()
         .position(|e| e.path.matches('/').count() == 1 && matches!(e.kind, EntryKind::File { .. }))
+}
+
+/// The files and directories of a zip archive (a war, a jar), each path relative to its
+/// root, sorted, a file with its bytes (a directory `None`). Refused: names that are
+/// absolute, empty, or have `.`, `..` or empty components, a backslash or a NUL; a name
+/// twice; an entry inside another that is a file; an entry inflating to other than the
+/// size its header says; inflation past the archive's budget ([`crate::format::zip::Budget`]:
+/// a zip bomb).
+pub(crate) fn explode_zip(zip: &[u8]) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+    use crate::format::zip;
+    let entries = zip::entries(zip)?;
+    let mut budget = zip::Budget::for_input(zip.len());
+    let mut out: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    for e in &entries {
+        let name = e.name.strip_suffix('/').unwrap_or(&e.name);
+        if name.is_empty()
+            || name.starts_with('/')
+            || name.contains(['\\', '\0'])
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            bail!(
+                "entry {:?}: not a plain relative path (absolute, `..`, `.` or empty parts, \
+                 a backslash or NUL): a crafted archive",
+                e.name
+            );
+        }
+        let data = if e.is_dir() {
+            None
+        } else {
+            Some(budget.read_exact(zip, e)?)
+        };
+        if out.insert(name.to_string(), data).is_some() {
+            bail!("entry {name} is in the archive twice");
+        }
+        if out.len() > MAX_ENTRIES {
+            bail!("the archive has more than {MAX_ENTRIES} entries");
+        }
+    }
+    for path in out.keys() {
+        let mut p = path.as_str();
+        while let Some(k) = p.rfind('/') {
+            p = &p[..k];
+            if let Some(Some(_)) = out.get(p) {
+                bail!("entry {path} is inside {p}, which is a file");
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// Does `pattern` (`*` within a path component, `**` across them, `?` one character)
@@ -874,7 +1064,8 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 /// python: installed distributions (anything under `site-packages`/`dist-packages`, a
 /// virtualenv's `lib/`, and every directory below the app's top holding a `*.dist-info` or
 /// `*.egg-info`, as `pip install --target` lays them out); node: `node_modules`; jar: the
-/// Class-Path's jars and class directories; war and binary: one layer.
+/// Class-Path's jars and class directories, a Spring Boot jar's `Spring-Boot-Lib`
+/// (`BOOT-INF/lib/`); war: `WEB-INF/lib`; binary: one layer.
 fn kind_layer(m: &Manifest, rel: &str, targets: &BTreeSet<String>) -> &'static str {
     let comps: Vec<&str> = rel.split('/').collect();
     let deps = match m.kind {
@@ -901,9 +1092,15 @@ fn kind_layer(m: &Manifest, rel: &str, targets: &BTreeSet<String>) -> &'static s
             j.class_path.iter().any(|c| {
                 let c = c.trim_end_matches('/');
                 rel == c || (rel.starts_with(c) && rel.as_bytes().get(c.len()) == Some(&b'/'))
-            })
+            }) || j
+                .spring_boot
+                .as_ref()
+                .is_some_and(|b| rel.starts_with(b.lib.as_str()))
         }),
-        AppKind::War | AppKind::Binary => false,
+        AppKind::War => rel
+            .strip_prefix(WAR_ROOT)
+            .is_some_and(|r| r.starts_with("/WEB-INF/lib/")),
+        AppKind::Binary => false,
     };
     if deps {
         DEPS_LAYER
@@ -1321,6 +1518,207 @@ mod tests {
                 "app/node_modules/express",
                 "app/node_modules/express/index.js"
             ]
+        );
+    }
+
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let e: Vec<(&str, &[u8], bool)> = entries.iter().map(|(n, d)| (*n, *d, true)).collect();
+        crate::format::zip::tests::make(&e)
+    }
+
+    fn java_manifest(dir: &Path, kind: &str, path: &str) -> Manifest {
+        let server = if kind == "war" {
+            "[server]\ntomcat = \"10\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"{kind}\"\npath = \"{path}\"\nport = 8080\n{server}"
+        );
+        crate::manifest::parse(&text, &dir.join("fuse.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_war_is_laid_out_exploded_with_web_inf_lib_in_the_deps_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let lib = zip(&[("u/U.class", b"\xca\xfe")]);
+        let war = zip(&[
+            ("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\r\n"),
+            ("WEB-INF/", b""),
+            ("WEB-INF/web.xml", b"<web-app/>"),
+            ("WEB-INF/classes/h/H.class", b"\xca\xfe"),
+            ("WEB-INF/lib/u.jar", &lib),
+            ("index.html", b"hi"),
+        ]);
+        std::fs::write(d.path().join("hello.war"), &war).unwrap();
+        let m = java_manifest(d.path(), "war", "hello.war");
+        let scan = scan_app(&m, None).unwrap();
+        // identified by the war's bytes, as before the layout changed
+        assert_eq!(scan.sha256, sha256_hex(&war));
+        assert_eq!(scan.files_read, 1);
+        assert_eq!(
+            layer_files(&scan, "deps"),
+            [
+                "app",
+                "app/ROOT",
+                "app/ROOT/WEB-INF",
+                "app/ROOT/WEB-INF/lib",
+                "app/ROOT/WEB-INF/lib/u.jar"
+            ]
+        );
+        assert_eq!(
+            layer_files(&scan, "app"),
+            [
+                "app",
+                "app/ROOT",
+                "app/ROOT/META-INF",
+                "app/ROOT/META-INF/MANIFEST.MF",
+                "app/ROOT/WEB-INF",
+                "app/ROOT/WEB-INF/classes",
+                "app/ROOT/WEB-INF/classes/h",
+                "app/ROOT/WEB-INF/classes/h/H.class",
+                "app/ROOT/WEB-INF/web.xml",
+                "app/ROOT/index.html"
+            ]
+        );
+        let t = scan.tree("deps", 7).unwrap();
+        assert_eq!(
+            t.get("app/ROOT/WEB-INF/lib/u.jar").unwrap().data().unwrap(),
+            lib
+        );
+        // the same war again: the same listings (the layout does not depend on the walk)
+        let again = scan_app(&m, None).unwrap();
+        assert_eq!(again.listing_sha256, scan.listing_sha256);
+        // a JSP page is found in the exploded files
+        assert!(!scan.jsp);
+        let war2 = zip(&[("WEB-INF/web.xml", b"<web-app/>"), ("a/p.jsp", b"<%= 1 %>")]);
+        std::fs::write(d.path().join("hello.war"), &war2).unwrap();
+        assert!(scan_app(&m, None).unwrap().jsp);
+        // `[app] layers` patterns see the war's files under ROOT/
+        let text = "[image]\nname = \"p\"\nversion = \"1\"\n[app]\nkind = \"war\"\npath = \"hello.war\"\nport = 8080\nlayers = [{ name = \"pages\", paths = [\"ROOT/a/\"] }]\n[server]\ntomcat = \"10\"\n";
+        let m2 = crate::manifest::parse(text, &d.path().join("fuse.toml")).unwrap();
+        let scan = scan_app(&m2, None).unwrap();
+        assert_eq!(
+            layer_files(&scan, "pages"),
+            ["app", "app/ROOT", "app/ROOT/a", "app/ROOT/a/p.jsp"]
+        );
+        // a hostile entry is refused, naming it
+        let evil = zip(&[
+            ("WEB-INF/web.xml", b"<web-app/>"),
+            ("../../etc/cron.d/x", b"x"),
+        ]);
+        std::fs::write(d.path().join("hello.war"), &evil).unwrap();
+        let e = format!("{:#}", scan_app(&m, None).unwrap_err());
+        assert!(
+            e.contains("hello.war") && e.contains("../../etc/cron.d/x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hostile_archive_entries_are_refused() {
+        let ok = explode_zip(&zip(&[("b/", b""), ("b/c.txt", b"c"), ("a.txt", b"a")])).unwrap();
+        let names: Vec<(&str, bool)> = ok.iter().map(|(n, d)| (n.as_str(), d.is_some())).collect();
+        assert_eq!(names, [("a.txt", true), ("b", false), ("b/c.txt", true)]);
+        for (entries, what) in [
+            (vec![("../x", &b"x"[..])], "../x"),
+            (vec![("a/../../x", b"x")], "a/../../x"),
+            (vec![("/etc/passwd", b"x")], "/etc/passwd"),
+            (vec![("a/./b", b"x")], "a/./b"),
+            (vec![("a//b", b"x")], "a//b"),
+            (vec![("a\\..\\b", b"x")], "a\\\\..\\\\b"),
+            (vec![("", b"x")], "\"\""),
+            (vec![("x", b"1"), ("x", b"2")], "twice"),
+            (vec![("d/", b""), ("d", b"2")], "twice"),
+            (vec![("a", b"1"), ("a/b", b"2")], "which is a file"),
+        ] {
+            let z = zip(&entries);
+            let e = format!("{:#}", explode_zip(&z).unwrap_err());
+            assert!(e.contains(what), "{entries:?}: {e}");
+        }
+        // a size bomb: an entry declaring more than any entry may inflate to
+        let mut z = zip(&[("big", b"0123")]);
+        let eocd = z.len() - 22;
+        let cd = u32::from_le_bytes(z[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        z[cd + 24..cd + 28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = format!("{:#}", explode_zip(&z).unwrap_err());
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn a_spring_boot_jar_is_laid_out_exploded_with_its_nested_libraries_in_the_deps_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let lib = zip(&[("l/L.class", b"\xca\xfe")]);
+        let mf = b"Manifest-Version: 1.0\r\nMain-Class: org.springframework.boot.loader.launch.JarLauncher\r\n\
+                   Start-Class: demo.App\r\nSpring-Boot-Classes: BOOT-INF/classes/\r\n\
+                   Spring-Boot-Lib: BOOT-INF/lib/\r\n\r\n";
+        let jar = zip(&[
+            ("META-INF/MANIFEST.MF", mf),
+            (
+                "org/springframework/boot/loader/launch/JarLauncher.class",
+                b"\xca\xfe",
+            ),
+            ("BOOT-INF/classes/demo/App.class", b"\xca\xfe"),
+            ("BOOT-INF/classpath.idx", b"- \"BOOT-INF/lib/l.jar\"\n"),
+            ("BOOT-INF/lib/l.jar", &lib),
+        ]);
+        std::fs::write(d.path().join("app.jar"), &jar).unwrap();
+        let m = java_manifest(d.path(), "jar", "app.jar");
+        let boot = m.jar.as_ref().unwrap().spring_boot.clone().unwrap();
+        assert_eq!(
+            (boot.classes.as_str(), boot.lib.as_str()),
+            ("BOOT-INF/classes/", "BOOT-INF/lib/")
+        );
+        let scan = scan_app(&m, None).unwrap();
+        assert_eq!(scan.sha256, sha256_hex(&jar));
+        assert_eq!(
+            layer_files(&scan, "deps"),
+            [
+                "app",
+                "app/BOOT-INF",
+                "app/BOOT-INF/lib",
+                "app/BOOT-INF/lib/l.jar"
+            ]
+        );
+        let code = layer_files(&scan, "app");
+        for f in [
+            "app/META-INF/MANIFEST.MF",
+            "app/BOOT-INF/classes/demo/App.class",
+            "app/BOOT-INF/classpath.idx",
+            "app/org/springframework/boot/loader/launch/JarLauncher.class",
+        ] {
+            assert!(code.contains(&f.to_string()), "{f}: {code:?}");
+        }
+        assert!(!code.iter().any(|f| f.contains("BOOT-INF/lib")), "{code:?}");
+        assert!(!code.contains(&"app/app.jar".to_string()));
+        // it runs from the directory: the launcher the manifest names, /app on the class path
+        let (argv, at) = crate::runtimes::argv(&m).unwrap();
+        let at = at.unwrap();
+        assert_eq!(
+            argv[at..],
+            [
+                "-cp",
+                "/app",
+                "org.springframework.boot.loader.launch.JarLauncher"
+            ]
+        );
+        // a plain fat jar (no Spring-Boot-* attributes) stays one file, run with -jar
+        let plain = zip(&[
+            (
+                "META-INF/MANIFEST.MF",
+                b"Manifest-Version: 1.0\r\nMain-Class: a.B\r\n\r\n",
+            ),
+            ("BOOT-INF/lib/l.jar", &lib),
+        ]);
+        std::fs::write(d.path().join("app.jar"), &plain).unwrap();
+        let m = java_manifest(d.path(), "jar", "app.jar");
+        assert!(m.jar.as_ref().unwrap().spring_boot.is_none());
+        let scan = scan_app(&m, None).unwrap();
+        assert_eq!(layer_files(&scan, "app"), ["app", "app/app.jar"]);
+        assert!(scan.part("deps").is_none());
+        assert_eq!(
+            crate::runtimes::argv(&m).unwrap().0.last().unwrap(),
+            "/app/app.jar"
         );
     }
 }

@@ -148,6 +148,45 @@ pub struct JarApp {
     /// Jars and class directories (`x/`) the Class-Path reaches, transitively, relative to
     /// /app, sorted; only those that exist (the others are warned about).
     pub class_path: Vec<String>,
+    /// A Spring Boot executable jar (its manifest names `Spring-Boot-Classes` and
+    /// `Spring-Boot-Lib`): laid out exploded in /app, its nested libraries a layer apart.
+    pub spring_boot: Option<SpringBoot>,
+}
+
+/// Where a Spring Boot executable jar keeps the app's classes and its nested libraries
+/// (the manifest's `Spring-Boot-Classes`, `Spring-Boot-Lib`), relative to the jar's root,
+/// each ending in `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpringBoot {
+    pub classes: String,
+    pub lib: String,
+}
+
+impl SpringBoot {
+    /// The Spring Boot layout a jar's manifest declares, if it declares one (both
+    /// attributes); a value that is not a plain relative directory is an error.
+    pub fn of_jar(jar: &[u8]) -> Result<Option<SpringBoot>> {
+        let classes = crate::format::jar::jar_attribute(jar, "Spring-Boot-Classes")?;
+        let lib = crate::format::jar::jar_attribute(jar, "Spring-Boot-Lib")?;
+        let (Some(classes), Some(lib)) = (classes, lib) else {
+            return Ok(None);
+        };
+        let dir = |name: &str, v: String| -> Result<String> {
+            let t = v.trim_end_matches('/');
+            if t.is_empty()
+                || t.starts_with('/')
+                || t.contains('\\')
+                || t.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                bail!("{name}: {v:?} is not a directory inside the jar");
+            }
+            Ok(format!("{t}/"))
+        };
+        Ok(Some(SpringBoot {
+            classes: dir("Spring-Boot-Classes", classes)?,
+            lib: dir("Spring-Boot-Lib", lib)?,
+        }))
+    }
 }
 
 impl JarApp {
@@ -721,6 +760,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             main,
             dir,
             class_path: Vec::new(),
+            spring_boot: None,
         })
     } else {
         None
@@ -764,6 +804,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                 tracing::warn!("Class-Path entry {m} does not exist: the JVM skips it");
             }
             j.class_path = cp.entries;
+            if let Some(jar) = &main_jar_bytes {
+                j.spring_boot = SpringBoot::of_jar(jar).map_err(|e| {
+                    cx.err(
+                        "app.path",
+                        rel_span.clone(),
+                        format!("{}: {e:#}", j.root(&app_path).join(&j.main).display()),
+                    )
+                })?;
+            }
             Some(j)
         }
         None => None,
@@ -1265,7 +1314,7 @@ pub fn runtime_of(kind: AppKind) -> Option<(&'static str, &'static str)> {
 
 /// The layers an app of `kind` may get (the names a `[budget.layers]` key may use): with
 /// `[app] layers` (`rules`, their names) those and `app`, else the kind's split (`deps`
-/// below `app` for python, node and jar; the `deps` layer is left out of an image whose app
+/// below `app` for python, node, jar and war; the `deps` layer is left out of an image whose app
 /// has no dependency files).
 pub fn layer_names(kind: AppKind, rules: Option<&[String]>) -> Vec<String> {
     let system: &[&str] = match kind {
@@ -1281,7 +1330,11 @@ pub fn layer_names(kind: AppKind, rules: Option<&[String]>) -> Vec<String> {
     };
     let app: Vec<String> = match rules {
         Some(r) => r.to_vec(),
-        None if matches!(kind, AppKind::Jar | AppKind::Node | AppKind::Python) => {
+        None if matches!(
+            kind,
+            AppKind::Jar | AppKind::War | AppKind::Node | AppKind::Python
+        ) =>
+        {
             vec!["deps".into()]
         }
         None => vec![],
@@ -1476,6 +1529,10 @@ http = "/"
             ["base", "runtime", "deps", "app"]
         );
         assert_eq!(layer_names(AppKind::Binary, None), ["base", "app"]);
+        assert_eq!(
+            layer_names(AppKind::War, None),
+            ["base", "runtime", "server", "deps", "app"]
+        );
         // `[app] layers`: those names, and no `deps`
         let with_rules = GOOD.replace(
             "port = 8080",

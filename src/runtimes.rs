@@ -224,12 +224,26 @@ pub fn argv(m: &Manifest) -> Result<(Vec<String>, Option<usize>)> {
             (a, None)
         }
         AppKind::Jar => {
-            let file_name = &m.jar.as_ref().context("kind jar without its jar")?.main;
+            let j = m.jar.as_ref().context("kind jar without its jar")?;
             let mut a = vec![format!("{}/bin/java", java_home(&version, m.arch))];
             a.extend(JAVA_DEFAULTS.iter().map(|s| s.to_string()));
             let at = a.len();
-            a.push("-jar".into());
-            a.push(format!("{APP_DIR}/{file_name}"));
+            if j.spring_boot.is_some() {
+                // Laid out exploded in /app: its launcher (the Main-Class) runs from the
+                // directory, as Spring Boot's JarLauncher does from an unpacked jar; the
+                // Class-Path jars the manifest named are on the class path as `-jar` put them.
+                let main = m
+                    .main_class
+                    .as_ref()
+                    .context("a Spring Boot jar without its Main-Class")?;
+                let cp: Vec<String> = std::iter::once(APP_DIR.to_string())
+                    .chain(j.class_path.iter().map(|c| format!("{APP_DIR}/{c}")))
+                    .collect();
+                a.extend(["-cp".into(), cp.join(":"), main.clone()]);
+            } else {
+                a.push("-jar".into());
+                a.push(format!("{APP_DIR}/{}", j.main));
+            }
             a.extend(m.args.iter().cloned());
             (a, Some(at))
         }
@@ -345,8 +359,8 @@ const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 "#;
 
 /// Tomcat's catalina.base for the image, laid out in the server layer (read-only): the
-/// server configuration (the `[app] port`, the ROOT context from `/app/ROOT.war` run
-/// without unpacking, the work directory in the /tmp tmpfs, no shutdown port), logging
+/// server configuration (the `[app] port`, the ROOT context from the war laid out
+/// exploded in `/app/ROOT` (the Host's appBase is /app), the work directory in the /tmp tmpfs, no shutdown port), logging
 /// to the console only, and the global web.xml.
 pub fn tomcat_base(
     version: &str,
@@ -357,7 +371,7 @@ pub fn tomcat_base(
     use crate::tree::{Node, Tree};
     let server_xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by fuse: Tomcat {version} serving /app/ROOT.war as the ROOT context. -->
+<!-- Written by fuse: Tomcat {version} serving the war exploded in /app/ROOT as the ROOT context. -->
 <Server port="-1" shutdown="SHUTDOWN">
   <Listener className="org.apache.catalina.startup.VersionLoggerListener" />
   <Listener className="org.apache.catalina.core.JreMemoryLeakPreventionListener" />
@@ -443,30 +457,23 @@ pub fn unused_packages(r: &Request, jsp: bool) -> Vec<&'static str> {
     }
 }
 
-/// Does a war hold JSP pages or tag files (in the war, or as Servlet 3 resources in
-/// `META-INF/resources` of a jar under `WEB-INF/lib`)? Only then does Tomcat need its JSP
-/// compiler. A war that cannot be read is an error naming the entry.
-pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
-    fn is_jsp(name: &str) -> bool {
-        let n = name.to_ascii_lowercase();
-        [".jsp", ".jspx", ".jspf", ".tag", ".tagx"]
-            .iter()
-            .any(|ext| n.ends_with(ext))
+fn is_jsp(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [".jsp", ".jspx", ".jspf", ".tag", ".tagx"]
+        .iter()
+        .any(|ext| n.ends_with(ext))
+}
+
+/// Does a war laid out as files (each name relative to the war's root, with its bytes)
+/// hold JSP pages or tag files, as [`war_has_jsp`] asks of the archive?
+pub fn war_files_have_jsp<'a>(files: &[(&'a str, &'a [u8])]) -> Result<bool> {
+    if files.iter().any(|(n, _)| is_jsp(n)) {
+        return Ok(true);
     }
-    let entries = crate::format::zip::entries(war)?;
-    let mut budget = crate::format::zip::Budget::for_input(war.len());
-    for e in &entries {
-        if is_jsp(&e.name) {
-            return Ok(true);
-        }
-    }
-    for e in &entries {
-        if e.name.starts_with("WEB-INF/lib/") && e.name.ends_with(".jar") {
-            let jar = budget
-                .read(war, e)
-                .with_context(|| format!("cannot read {} in the war", e.name))?;
-            let inner = crate::format::zip::entries(&jar)
-                .with_context(|| format!("cannot read {} in the war", e.name))?;
+    for (name, jar) in files {
+        if name.starts_with("WEB-INF/lib/") && name.ends_with(".jar") {
+            let inner = crate::format::zip::entries(jar)
+                .with_context(|| format!("cannot read {name} in the war"))?;
             if inner
                 .iter()
                 .any(|i| i.name.starts_with("META-INF/resources/") && is_jsp(&i.name))
@@ -476,6 +483,27 @@ pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Does a war hold JSP pages or tag files (in the war, or as Servlet 3 resources in
+/// `META-INF/resources` of a jar under `WEB-INF/lib`)? Only then does Tomcat need its JSP
+/// compiler. A war that cannot be read is an error naming the entry.
+pub fn war_has_jsp(war: &[u8]) -> Result<bool> {
+    let entries = crate::format::zip::entries(war)?;
+    let mut budget = crate::format::zip::Budget::for_input(war.len());
+    let mut files = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let data = if e.name.starts_with("WEB-INF/lib/") && e.name.ends_with(".jar") {
+            budget
+                .read(war, e)
+                .with_context(|| format!("cannot read {} in the war", e.name))?
+        } else {
+            Vec::new()
+        };
+        files.push((e.name.as_str(), data));
+    }
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    war_files_have_jsp(&files)
 }
 
 #[cfg(test)]

@@ -145,6 +145,40 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// An entry's whole data as [`Budget::read`], inflated no further than the size its
+    /// central directory header says: an entry inflating to more (or less) is an error
+    /// (a size bomb hiding behind a small declared size costs nothing past it).
+    pub fn read_exact(&mut self, zip: &[u8], e: &Entry) -> Result<Vec<u8>> {
+        if e.size > MAX_ENTRY {
+            bail!("zip entry {} is too large ({} bytes)", e.name, e.size);
+        }
+        if e.size > self.left {
+            bail!(
+                "zip entry {}: the archive inflates to more than {} bytes in all (a crafted \
+                 archive?)",
+                e.name,
+                self.total
+            );
+        }
+        let out = read_prefix(zip, e, e.size + 1)?;
+        if out.len() as u64 != e.size {
+            bail!(
+                "zip entry {} inflates to {} bytes, its header says {}",
+                e.name,
+                if out.len() as u64 > e.size {
+                    "more than that".to_string()
+                } else {
+                    out.len().to_string()
+                },
+                e.size
+            );
+        }
+        self.left -= e.size;
+        Ok(out)
+    }
+}
+
 /// The compressed bytes of an entry.
 fn raw<'a>(zip: &'a [u8], e: &Entry) -> Result<&'a [u8]> {
     if zip.get(e.local..e.local + 4) != Some(&b"PK\x03\x04"[..]) {
@@ -345,6 +379,26 @@ pub(crate) mod tests {
         let e = format!("{:#}", b.read(&z, &es[2]).unwrap_err());
         assert!(e.contains("in all"), "{e}");
         assert_eq!(Budget::for_input(1 << 20).total, (128 << 20) + (16 << 20));
+    }
+
+    #[test]
+    fn read_exact_inflates_no_further_than_the_declared_size() {
+        let z = make(&[("a", &[7u8; 1000], true), ("b", b"0123", false)]);
+        let es = entries(&z).unwrap();
+        let mut b = Budget::for_input(z.len());
+        assert_eq!(b.read_exact(&z, &es[0]).unwrap(), [7u8; 1000]);
+        // the central directory says 10 bytes for a: refused, only 11 inflated
+        let mut lie = z.clone();
+        let eocd = lie.len() - 22;
+        let cd = u32::from_le_bytes(lie[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        lie[cd + 24..cd + 28].copy_from_slice(&10u32.to_le_bytes());
+        let es = entries(&lie).unwrap();
+        let e = format!("{:#}", b.read_exact(&lie, &es[0]).unwrap_err());
+        assert!(e.contains("header says 10"), "{e}");
+        // more than the budget left
+        let mut small = Budget { left: 3, total: 3 };
+        let e = format!("{:#}", small.read_exact(&z, &es[1]).unwrap_err());
+        assert!(e.contains("in all"), "{e}");
     }
 
     #[test]

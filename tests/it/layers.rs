@@ -1,5 +1,6 @@
-//! App layers by rate of change (issue 26): a python app's installed distributions and a
-//! node app's node_modules are a `deps` layer below the code's `app` layer; `[app] layers`
+//! App layers by rate of change (issue 26): a python app's installed distributions, a
+//! node app's node_modules, a war's WEB-INF/lib and a Spring Boot jar's BOOT-INF/lib (both
+//! laid out exploded) are a `deps` layer below the code's `app` layer; `[app] layers`
 //! overrides the split; a code change rebuilds only the code layer (and the boot units), a
 //! dependency change the dependency layer; the split shows in `build --json`, image.json and
 //! `inspect --json`; a push of a code-only change sends far fewer bytes than the image.
@@ -328,4 +329,196 @@ fn a_push_of_a_code_only_change_sends_far_fewer_bytes_than_the_image() {
         second * 4 < size,
         "a code change sends far less than the image"
     );
+}
+
+/// examples/war-hello copied into `dir` and built with its build.sh, with a library jar
+/// added under WEB-INF/lib (the example has none): the same `greet.jar` bytes each time.
+fn war_app(dir: &Path, lib: &Path) -> PathBuf {
+    let src = repo_root().join("examples/war-hello");
+    for f in [
+        "fuse.toml",
+        "build.sh",
+        "WEB-INF/web.xml",
+        "src/hello/HelloServlet.java",
+    ] {
+        let to = dir.join(f);
+        if !to.exists() {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(src.join(f), &to).unwrap();
+        }
+    }
+    run_ok(&mut std::process::Command::new(dir.join("build.sh")));
+    run_ok(
+        std::process::Command::new("jar")
+            .args(["--update", "--file"])
+            .arg(dir.join("hello.war"))
+            .arg("-C")
+            .arg(lib)
+            .arg("WEB-INF/lib/greet.jar"),
+    );
+    dir.to_path_buf()
+}
+
+/// A war is laid out exploded in /app/ROOT: WEB-INF/lib is the `deps` layer, the rest the
+/// `app` layer; the lock still names the war's sha256; a servlet change rebuilds only the
+/// code layer; Tomcat serves the exploded ROOT context (one boot).
+#[test]
+fn a_wars_web_inf_lib_is_a_layer_of_its_own_and_tomcat_serves_it_exploded() {
+    if !require_tool("javac") || !require_tool("jar") {
+        return;
+    }
+    let dir = tmp_root().join("layers-war");
+    let _ = std::fs::remove_dir_all(&dir);
+    // the library: a jar of one resource, made once
+    let lib = dir.join("lib-src");
+    write(&lib, &[("greet/hello.txt", "a library of the war\n")]);
+    std::fs::create_dir_all(lib.join("WEB-INF/lib")).unwrap();
+    run_ok(
+        std::process::Command::new("jar")
+            .args(["--create", "--file"])
+            .arg(lib.join("WEB-INF/lib/greet.jar"))
+            .arg("-C")
+            .arg(&lib)
+            .arg("greet"),
+    );
+    let app = war_app(&dir.join("app"), &lib);
+    let r = build_json(&app);
+    assert_eq!(names(&r), ["base", "runtime", "server", "deps", "app"]);
+    let image = PathBuf::from(r["image"].as_str().unwrap());
+    let deps = inspect_files(&image, "deps");
+    assert!(
+        deps.contains(&"/app/ROOT/WEB-INF/lib/greet.jar".to_string()),
+        "{deps:?}"
+    );
+    assert!(!deps.iter().any(|f| f.contains("classes")), "{deps:?}");
+    let code = inspect_files(&image, "app");
+    for f in [
+        "/app/ROOT/WEB-INF/classes/hello/HelloServlet.class",
+        "/app/ROOT/WEB-INF/web.xml",
+    ] {
+        assert!(code.contains(&f.to_string()), "{f}: {code:?}");
+    }
+    assert!(!code.iter().any(|f| f.contains("WEB-INF/lib/")), "{code:?}");
+    assert!(!code.iter().any(|f| f.ends_with(".war")), "{code:?}");
+    // the lock and image.json still identify the app by the war's bytes
+    let war_sha = fuse::digest::sha256_hex(&std::fs::read(app.join("hello.war")).unwrap());
+    let lock = std::fs::read_to_string(app.join("fuse.lock")).unwrap();
+    assert!(lock.contains(&war_sha), "{war_sha} not in {lock}");
+
+    // one boot: Tomcat deploys /app/ROOT as the ROOT context
+    let start = std::time::Instant::now();
+    let mut vm = Vm::boot(&image, 8080, &[]);
+    let body = vm.get_until_ok("/", std::time::Duration::from_secs(600));
+    let body = body.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()));
+    assert!(body.contains("hello from a war"), "{body}");
+    assert!(body.contains("server=Apache Tomcat/10."), "{body}");
+    eprintln!(
+        "BOOT war exploded: answered {:.1} s after QEMU started",
+        start.elapsed().as_secs_f64()
+    );
+    drop(vm);
+
+    // a servlet change: only the code layer is built again, WEB-INF/lib is the same layer
+    let servlet = app.join("src/hello/HelloServlet.java");
+    let s = std::fs::read_to_string(&servlet).unwrap();
+    std::fs::write(
+        &servlet,
+        s.replace("hello from a war", "hello again from a war"),
+    )
+    .unwrap();
+    let war_app_again = war_app(&app, &lib);
+    let r2 = build_json(&war_app_again);
+    assert_ne!(r2["digest"], r["digest"]);
+    for l in ["base", "runtime", "server", "deps"] {
+        assert_eq!(layer(&r2, l)["digest"], layer(&r, l)["digest"], "{l}");
+        assert_ne!(layer(&r2, l)["source"], "built", "{l}");
+    }
+    assert_ne!(layer(&r2, "app")["digest"], layer(&r, "app")["digest"]);
+    assert_eq!(layer(&r2, "app")["source"], "built");
+}
+
+/// A Spring Boot-style jar (fixtures/bootjar: its own launcher named as the Main-Class, as
+/// Spring Boot's JarLauncher runs from an unpacked jar) is laid out exploded in /app, its
+/// BOOT-INF/lib the `deps` layer, and runs as `java -cp /app <Main-Class>` (one boot); an
+/// app class change rebuilds only the code layer, a library change the deps layer.
+#[test]
+fn a_spring_boot_jars_nested_libraries_are_a_layer_of_their_own_and_it_runs_exploded() {
+    if !require_tool("javac") || !require_tool("jar") {
+        return;
+    }
+    let dir = tmp_root().join("layers-bootjar");
+    let _ = std::fs::remove_dir_all(&dir);
+    let build_jar = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(repo_root().join("fixtures/bootjar/build.sh"));
+        c.arg(&dir).envs(env.iter().copied());
+        run_ok(&mut c);
+    };
+    build_jar(&[]);
+    write(
+        &dir,
+        &[(
+            "fuse.toml",
+            "[image]\nname = \"bootjar\"\nversion = \"1.0.0\"\n[app]\nkind = \"jar\"\n\
+             path = \"boot.jar\"\nport = 8080\n[runtime]\njava = \"17\"\n[health]\nhttp = \"/\"\n",
+        )],
+    );
+    let r = build_json(&dir);
+    assert_eq!(names(&r), ["base", "runtime", "deps", "app"]);
+    let image = PathBuf::from(r["image"].as_str().unwrap());
+    let deps = inspect_files(&image, "deps");
+    assert!(
+        deps.contains(&"/app/BOOT-INF/lib/greet.jar".to_string()),
+        "{deps:?}"
+    );
+    let code = inspect_files(&image, "app");
+    for f in [
+        "/app/BOOT-INF/classes/demo/App.class",
+        "/app/META-INF/MANIFEST.MF",
+        "/app/org/fusetest/boot/JarLauncher.class",
+    ] {
+        assert!(code.contains(&f.to_string()), "{f}: {code:?}");
+    }
+    assert!(
+        !code.iter().any(|f| f.contains("BOOT-INF/lib/")),
+        "{code:?}"
+    );
+    assert!(!code.contains(&"/app/boot.jar".to_string()), "{code:?}");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fuse-out/bootjar-1.0.0.json")).unwrap())
+            .unwrap();
+    let argv: Vec<&str> = meta["app"]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv[argv.len() - 3..],
+        ["-cp", "/app", "org.fusetest.boot.JarLauncher"],
+        "{argv:?}"
+    );
+
+    let start = std::time::Instant::now();
+    let mut vm = Vm::boot(&image, 8080, &[]);
+    let body = vm.get_until_ok("/", std::time::Duration::from_secs(400));
+    let body = body.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()));
+    assert!(body.contains("hello from BOOT-INF/lib"), "{body}");
+    assert!(body.contains("launcher=exploded"), "{body}");
+    eprintln!(
+        "BOOT spring boot jar exploded: answered {:.1} s after QEMU started",
+        start.elapsed().as_secs_f64()
+    );
+    drop(vm);
+
+    // the app's class changes: only the code layer
+    build_jar(&[("GREETING", "howdy")]);
+    let r2 = build_json(&dir);
+    assert_eq!(layer(&r2, "deps")["digest"], layer(&r, "deps")["digest"]);
+    assert_ne!(layer(&r2, "deps")["source"], "built");
+    assert_ne!(layer(&r2, "app")["digest"], layer(&r, "app")["digest"]);
+    // the library changes: the deps layer
+    build_jar(&[("GREETING", "howdy"), ("LIB_GREETING", "v2")]);
+    let r3 = build_json(&dir);
+    assert_ne!(layer(&r3, "deps")["digest"], layer(&r2, "deps")["digest"]);
+    assert_eq!(layer(&r3, "deps")["source"], "built");
 }
