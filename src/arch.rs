@@ -1,6 +1,6 @@
 //! The image's CPU architecture (`[image] arch`) and every fact that follows from it: the
 //! archive's package architecture, the ELF and PE machine numbers, the EFI stub and boot path,
-//! the multiarch library directories, the dynamic loader, the QEMU that boots it.
+//! the default kernel, the QEMU that boots it, the cloud's name for it.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -92,22 +92,6 @@ impl Arch {
         match self {
             Arch::Amd64 => "linux-image-amd64",
             Arch::Arm64 => "linux-image-arm64",
-        }
-    }
-
-    /// Debian's multiarch tuple (`/usr/lib/<tuple>`).
-    pub fn multiarch(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64-linux-gnu",
-            Arch::Arm64 => "aarch64-linux-gnu",
-        }
-    }
-
-    /// The glibc dynamic loader's absolute path (`PT_INTERP`).
-    pub fn interpreter(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "/lib64/ld-linux-x86-64.so.2",
-            Arch::Arm64 => "/lib/ld-linux-aarch64.so.1",
         }
     }
 

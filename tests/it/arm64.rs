@@ -10,9 +10,19 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Whether the tools of these tests are here (a visible skip otherwise, a failure under CI).
-fn arm64_tools() -> bool {
+/// Whether an arm64 image can be built here: the cross compiler for the test app and a fuse
+/// built with the arm64 init (a visible skip otherwise, a failure under CI).
+pub(crate) fn arm64_build_tools() -> bool {
     require_tool("aarch64-linux-gnu-gcc")
+        && require(
+            fuse::plan::init_for(Arch::Arm64).is_ok(),
+            "this fuse was built without the arm64 init (scripts/setup.sh installs its toolchain)",
+        )
+}
+
+/// [`arm64_build_tools`], and QEMU and AAVMF to boot arm64 images.
+fn arm64_tools() -> bool {
+    arm64_build_tools()
         && require_tool("qemu-system-aarch64")
         && require(
             fuse::vm::firmware(Arch::Arm64).is_ok(),
@@ -21,7 +31,7 @@ fn arm64_tools() -> bool {
 }
 
 /// `src` cross-compiled static for aarch64 into `out`.
-pub(crate) fn aarch64_static(src: &Path, out: &Path) {
+fn aarch64_static(src: &Path, out: &Path) {
     let st = Command::new("aarch64-linux-gnu-gcc")
         .args(["-static", "-Os", "-s", "-o"])
         .arg(out)
@@ -32,7 +42,7 @@ pub(crate) fn aarch64_static(src: &Path, out: &Path) {
 }
 
 /// examples/hello's manifest for arm64 (no kernel named: the architecture's default).
-pub(crate) fn arm64_manifest(app: &Path) {
+fn arm64_manifest(app: &Path) {
     let text = std::fs::read_to_string(repo_root().join("examples/hello/fuse.toml")).unwrap();
     let text = text
         .replace(
@@ -44,16 +54,16 @@ pub(crate) fn arm64_manifest(app: &Path) {
     std::fs::write(app.join("fuse.toml"), text).unwrap();
 }
 
-struct Arm64Hello {
-    app: PathBuf,
-    image: PathBuf,
-    digest: String,
-    json: serde_json::Value,
+pub(crate) struct Arm64Hello {
+    pub(crate) app: PathBuf,
+    pub(crate) image: PathBuf,
+    pub(crate) digest: String,
+    pub(crate) json: serde_json::Value,
 }
 
 /// The hello example cross-compiled for aarch64 and built as an arm64 image (with
 /// `--verify`: a second build without any unit cache gives the same bytes), once per run.
-fn arm64_hello() -> &'static Arm64Hello {
+pub(crate) fn arm64_hello() -> &'static Arm64Hello {
     static B: OnceLock<Arm64Hello> = OnceLock::new();
     B.get_or_init(|| {
         let dir = tmp_root().join("arm64-hello");
@@ -73,17 +83,6 @@ fn arm64_hello() -> &'static Arm64Hello {
             json: b.json,
         }
     })
-}
-
-/// The byte range of GPT partition `name` in a raw image.
-fn partition(disk: &[u8], name: &str) -> std::ops::Range<usize> {
-    fuse::format::gpt::read_disk(disk)
-        .unwrap()
-        .partitions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no partition {name}"))
-        .byte_range()
 }
 
 #[test]

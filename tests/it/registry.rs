@@ -676,30 +676,6 @@ fn bearer_token_and_basic_auth_are_answered() {
     );
 }
 
-/// examples/hello cross-compiled for aarch64 (`aarch64-linux-gnu-gcc -static`) and built as
-/// an arm64 image (never booted here); `None` (a visible skip) without the cross compiler or
-/// the arm64 init.
-fn arm64_image() -> Option<Build> {
-    if !(require_tool("aarch64-linux-gnu-gcc")
-        && require(
-            fuse::plan::init_for(fuse::arch::Arch::Arm64).is_ok(),
-            "this fuse was built without the arm64 init (scripts/setup.sh installs its toolchain)",
-        ))
-    {
-        return None;
-    }
-    let dir = tmp_root().join("registry-arm64");
-    let _ = std::fs::remove_dir_all(&dir);
-    let app = dir.join("app");
-    std::fs::create_dir_all(&app).unwrap();
-    crate::arm64::aarch64_static(
-        &repo_root().join("examples/hello/hello.c"),
-        &app.join("hello"),
-    );
-    crate::arm64::arm64_manifest(&app);
-    Some(build(&app, &[], &[]))
-}
-
 /// GET a manifest or index over plain HTTP, accepting `accept`: (Content-Type, body).
 fn get_manifest(port: u16, path: &str, accept: &str) -> (String, Vec<u8>) {
     let mut resp = ureq::get(&format!("http://127.0.0.1:{port}/v2/{path}"))
@@ -727,9 +703,11 @@ fn pull_into(data: &Path, args: &[&str]) -> (std::process::Output, tempfile::Tem
 fn amd64_and_arm64_images_push_as_one_index_and_pull_by_arch() {
     use fuse::arch::Arch;
     use fuse::oci::index::INDEX_TYPE;
-    let Some(arm) = arm64_image() else {
+    // examples/hello as an arm64 image (never booted here), shared with the arm64 tests.
+    if !crate::arm64::arm64_build_tools() {
         return;
-    };
+    }
+    let arm = crate::arm64::arm64_hello();
     let amd = shared_image();
     let reg = Registry::start();
     let data = tempfile::tempdir().unwrap();

@@ -339,6 +339,17 @@ pub fn example_image(name: &str, edit: impl FnOnce(&Path)) -> Built {
     }
 }
 
+/// The byte range of GPT partition `name` in a raw image.
+pub fn partition(disk: &[u8], name: &str) -> std::ops::Range<usize> {
+    fuse::format::gpt::read_disk(disk)
+        .unwrap()
+        .partitions
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no partition {name}"))
+        .byte_range()
+}
+
 pub fn sha256_file(p: &Path) -> String {
     format!(
         "sha256:{}",

@@ -18,17 +18,6 @@ const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
 const SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 const SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 
-/// The byte range of GPT partition `name` in a raw image.
-fn partition(disk: &[u8], name: &str) -> std::ops::Range<usize> {
-    fuse::format::gpt::read_disk(disk)
-        .unwrap()
-        .partitions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no partition {name}"))
-        .byte_range()
-}
-
 /// Boots `image` and requires: no HTTP answer ever, and the machine stopped because of
 /// `layer`: either the init's FATAL line naming it (it powers off), or dm-verity finding
 /// a corrupted block on that layer's partition (blocks are verified as they are read) and
