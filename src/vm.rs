@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use crate::arch::Arch;
 
 pub const QEMU: &str = "qemu-system-x86_64";
-/// OVMF firmware as Debian's `ovmf` package installs it.
+/// OVMF firmware as Debian's `ovmf` package installs it, the first found used. The 2 MiB
+/// build reaches the boot entry 0.8 s sooner than the 4 MiB one under TCG (3.8 against
+/// 4.6 s, four alternating boots each, docs/image-format.md); neither enforces Secure Boot.
 pub const OVMF_CODE: &[&str] = &[
-    "/usr/share/OVMF/OVMF_CODE_4M.fd",
     "/usr/share/OVMF/OVMF_CODE.fd",
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
 ];
 /// AAVMF, the arm64 build of the same firmware, as Debian's `qemu-efi-aarch64` installs it.
 pub const AAVMF_CODE: &[&str] = &["/usr/share/AAVMF/AAVMF_CODE.fd"];
@@ -458,6 +460,18 @@ impl Launch {
         let accel = choose_accel_for(accel, arch)?;
         let image = bootable_disk(&img.opened.raw, tmp.path())?;
         drop(img);
+        // Without --config the init is told so (an empty env over fw_cfg) instead of
+        // searching the machine's disks for a config disk, which waits for every
+        // controller's driver (q35's SATA controller: 0.4 s under TCG).
+        let no_config = tmp.path().join("no-config.env");
+        let config = match config {
+            Some(c) => c,
+            None => {
+                std::fs::write(&no_config, b"")
+                    .with_context(|| format!("cannot write {}", no_config.display()))?;
+                no_config.as_path()
+            }
+        };
         let spec = BootSpec {
             arch,
             image: &image,
@@ -466,7 +480,7 @@ impl Launch {
             accel,
             memory_mib,
             forwards,
-            config,
+            config: Some(config),
         };
         let mut cmd = command(&qemu, &spec);
         cmd.args(qmp_args(&qmp))

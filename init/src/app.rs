@@ -207,8 +207,8 @@ fn child_fail(argv0: &str, what: &str) -> ! {
 /// state, exec. Never returns.
 fn child(p: &Prepared) -> ! {
     let a0 = p.argv0.as_str();
-    // SAFETY: all calls below take valid pointers prepared before fork; the process is
-    // single-threaded, so this is as safe as any code after fork.
+    // SAFETY: all calls below take valid pointers prepared before fork; the child process
+    // is single-threaded and touches no lock another parent thread could have held.
     unsafe {
         if libc::setsid() < 0 {
             child_fail(a0, "setsid");
@@ -270,7 +270,9 @@ fn child(p: &Prepared) -> ! {
 
 /// Forks and starts the app; returns its pid.
 pub fn spawn(p: &Prepared) -> Result<libc::pid_t> {
-    // SAFETY: init is single-threaded, so the child may run ordinary code.
+    // SAFETY: the child runs only `child`: system calls on pointers prepared before the
+    // fork and Vec allocations (glibc's fork keeps malloc usable in the child even when
+    // the device poller thread is still running in the parent).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork: {}", io::Error::last_os_error());

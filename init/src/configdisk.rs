@@ -85,6 +85,12 @@ pub fn find() -> Option<PathBuf> {
     None
 }
 
+/// Whether an NVMe controller is present (`/sys/class/nvme`): its namespaces, and so a
+/// config disk on it, may appear after its driver has loaded.
+pub fn nvme_present() -> bool {
+    std::fs::read_dir("/sys/class/nvme").is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Mounts `dev` read-only, reads `/env`, unmounts.
 pub fn read_env(dev: &Path) -> Result<Vec<u8>> {
     mkdir_p(MOUNT_DIR, 0o700)?;

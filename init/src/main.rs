@@ -30,6 +30,8 @@ const PARTITION_WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 /// How often to look for new devices that need a driver, until the app starts.
 const HOTPLUG_POLL: Duration = Duration::from_millis(50);
+/// How long the config disk search waits for the drivers of the devices present.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 fn main() {
     console::ensure_stdio();
@@ -125,30 +127,27 @@ fn run() -> Result<()> {
     let layers_ms = t.elapsed().as_millis();
 
     let t = Instant::now();
-    let overrides = userconfig::load();
-    let config_ms = t.elapsed().as_millis();
-    let t = Instant::now();
     net::finish(network, mounts::NEWROOT);
     let network_ms = t.elapsed().as_millis();
+    // After the network: the last source is the cloud's user data.
+    let t = Instant::now();
+    let overrides = userconfig::load(&|| {
+        if !hotplug.wait_settled(SETTLE_WAIT) {
+            log!(
+                "device drivers still loading after {} s; looking for the config disk anyway",
+                SETTLE_WAIT.as_secs()
+            );
+        }
+    });
+    let config_ms = t.elapsed().as_millis();
     let env = app::build_env(&cfg.app.workdir, &cfg.app.env, &overrides);
     log!(
         "environment: {} variables ({})",
         env.len(),
         env.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    let mut device_ms = 0;
-    if let Some(l) = hotplug.stop() {
-        device_ms = l.load_time.as_millis();
-        log!(
-            "loaded {} of {} device modules for the devices present ({} ms): {}",
-            l.names.len(),
-            cfg.device_modules.len(),
-            l.load_time.as_millis(),
-            l.names.join(" ")
-        );
-    }
     log!(
-        "boot steps (ms): modules {modules_ms}, layers {layers_ms}, network {network_ms}, config {config_ms}, devices {device_ms}"
+        "boot steps (ms): modules {modules_ms}, layers {layers_ms}, network {network_ms}, config {config_ms}"
     );
     let prepared = app::Prepared::new(mounts::NEWROOT, &cfg.app, &env)?;
     let argv0 = cfg.app.argv.first().map(String::as_str).unwrap_or("");
@@ -159,7 +158,28 @@ fn run() -> Result<()> {
         cfg.app.workdir,
         started.elapsed().as_millis()
     );
+    // The device poller ends after the driver it is loading; the app does not wait for
+    // that. Forking beside it is safe: the child makes only system calls and allocations
+    // (glibc's fork leaves malloc usable), and the poller holds nothing else it touches.
+    hotplug.request_stop();
     let pid = app::spawn(&prepared)?;
+    if let Some(l) = hotplug.stop() {
+        log!(
+            "loaded {} of {} device modules for the devices present ({} ms): {}{}",
+            l.names.len(),
+            cfg.device_modules.len(),
+            l.load_time.as_millis(),
+            l.names.join(" "),
+            if l.pending() {
+                " (more after the app started)"
+            } else {
+                ""
+            }
+        );
+        // Drivers no device on the app's path needed (a SATA controller, a second NIC)
+        // load in a child process at the lowest priority.
+        modules::finish_in_background(l);
+    }
     let stop_timeout = Duration::from_secs(u64::from(cfg.app.stop_timeout));
     let exit = app::supervise(pid, &mask, app::stop_signal_of(&cfg.app), stop_timeout)?;
     log!("app {exit}");

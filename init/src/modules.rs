@@ -264,17 +264,34 @@ impl DeviceLoader {
         }
     }
 
+    /// The first module (in plan order) some seen device calls for, not loaded yet.
+    fn next_wanted(&self) -> Option<usize> {
+        closure(&self.mods, &self.matched, &self.loaded)
+            .into_iter()
+            .next()
+    }
+
+    /// Whether a device seen so far still waits for its driver.
+    pub fn pending(&self) -> bool {
+        self.next_wanted().is_some()
+    }
+
     /// Loads, one at a time, the first module (in plan order) that the devices seen call
     /// for, and looks for new devices after each: a bus driver (virtio_pci, hv_vmbus)
     /// reveals the devices its own drivers serve, which then come before slower drivers
     /// of other controllers. Returns how many modules were loaded.
     pub fn poll(&mut self) -> usize {
+        self.poll_until(&|| false)
+    }
+
+    /// [`poll`](Self::poll), returning before the next module once `stop()` says so.
+    pub fn poll_until(&mut self, stop: &dyn Fn() -> bool) -> usize {
         self.scan();
         let mut n = 0;
-        while let Some(i) = closure(&self.mods, &self.matched, &self.loaded)
-            .into_iter()
-            .next()
-        {
+        while let Some(i) = self.next_wanted() {
+            if stop() {
+                break;
+            }
             let m = &self.mods[i];
             self.loaded.insert(i);
             let t = Instant::now();
@@ -305,6 +322,8 @@ impl DeviceLoader {
 /// and whatever bus drivers reveal) until [`stop`](Hotplug::stop).
 pub struct Hotplug {
     stop: Arc<AtomicBool>,
+    /// Set after a poll that left no seen device without its driver.
+    settled: Arc<AtomicBool>,
     loader: Arc<Mutex<DeviceLoader>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -315,14 +334,16 @@ impl Hotplug {
     /// thread, polls once here.
     pub fn start(loader: DeviceLoader, interval: Duration) -> Hotplug {
         let stop = Arc::new(AtomicBool::new(false));
+        let settled = Arc::new(AtomicBool::new(false));
         let loader = Arc::new(Mutex::new(loader));
-        let (flag, l) = (stop.clone(), loader.clone());
+        let (flag, done, l) = (stop.clone(), settled.clone(), loader.clone());
         let handle = std::thread::Builder::new()
             .name("hotplug".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     if let Ok(mut l) = l.lock() {
-                        l.poll();
+                        l.poll_until(&|| flag.load(Ordering::Relaxed));
+                        done.store(!l.pending(), Ordering::Relaxed);
                     }
                     std::thread::sleep(interval);
                 }
@@ -334,26 +355,87 @@ impl Hotplug {
                 if let Ok(mut l) = loader.lock() {
                     l.poll();
                 }
+                settled.store(true, Ordering::Relaxed);
                 None
             }
         };
         Hotplug {
             stop,
+            settled,
             loader,
             handle,
         }
     }
 
-    /// Stops polling (before the app is forked, so PID 1 is single-threaded again) and
-    /// returns the loader for its summary.
-    pub fn stop(self) -> Option<DeviceLoader> {
+    /// Waits (at most `limit`) until every device seen has its driver loaded: a disk
+    /// behind a controller whose driver was still to load is then there to be found.
+    /// Returns whether that point was reached.
+    pub fn wait_settled(&self, limit: Duration) -> bool {
+        let t = Instant::now();
+        while !self.settled.load(Ordering::Relaxed) {
+            if t.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Tells the poller to end after the module it is loading, without waiting.
+    pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops polling after the module being loaded (PID 1 is single-threaded again), and
+    /// returns the loader for its summary and for [`finish_in_background`].
+    pub fn stop(self) -> Option<DeviceLoader> {
+        self.request_stop();
         if let Some(h) = self.handle {
             let _ = h.join();
         }
         let m = Arc::try_unwrap(self.loader).ok()?;
         m.into_inner().ok()
     }
+}
+
+/// Loads the drivers still wanted by devices present (a SATA controller the app does not
+/// use, a second NIC) in a child process at the lowest priority, so that the app, started
+/// meanwhile, does not wait for them. The child logs its summary and exits; PID 1 reaps it
+/// like any zombie. Call with no thread running (it forks).
+pub fn finish_in_background(mut loader: DeviceLoader) {
+    if !loader.pending() {
+        return;
+    }
+    // SAFETY: fork in a single-threaded process; the child runs ordinary code and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        crate::log!(
+            "warning: cannot fork the device loader ({}); drivers left unloaded",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    if pid > 0 {
+        return;
+    }
+    // SAFETY: plain setpriority on this process.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    let before = loader.names.len();
+    let t = Instant::now();
+    while loader.pending() {
+        if loader.poll() == 0 {
+            break;
+        }
+    }
+    let names = &loader.names[before..];
+    crate::log!(
+        "loaded {} more device modules after the app started ({} ms): {}",
+        names.len(),
+        t.elapsed().as_millis(),
+        names.join(" ")
+    );
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(0) }
 }
 
 #[cfg(test)]
@@ -440,5 +522,35 @@ mod tests {
     fn missing_file_is_an_error_with_errno() {
         let e = load("/nonexistent/fuse-init-test.ko").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn poll_until_stops_before_the_next_module_and_pending_says_what_is_left() {
+        // Two wanted drivers (a device's modalias matched "b", which needs "a"); their
+        // files do not exist, so each load fails quickly and counts as done.
+        let mods = vec![dm("a", &[], &[]), dm("b", &["a"], &["fuse-test:nothing*"])];
+        let mut l = DeviceLoader::new(mods);
+        l.matched.insert(1);
+        assert!(l.pending());
+        assert_eq!(l.poll_until(&|| true), 0);
+        assert!(
+            l.loaded.is_empty(),
+            "a stop asked before the first module loads none"
+        );
+        assert!(l.pending());
+        let asked = std::cell::Cell::new(0);
+        l.poll_until(&|| {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        });
+        assert_eq!(
+            l.loaded.iter().copied().collect::<Vec<_>>(),
+            vec![0],
+            "the dependency first, then the stop"
+        );
+        assert!(l.pending());
+        l.poll();
+        assert_eq!(l.loaded.len(), 2);
+        assert!(!l.pending());
     }
 }

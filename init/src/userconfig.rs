@@ -17,7 +17,8 @@ use crate::{cloud, configdisk, log};
 
 /// Where QEMU's fw_cfg entry `opt/fuse/env` appears.
 pub const FW_CFG_ENV: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/fuse/env/raw";
-/// A second look for the config disk after this long (NVMe probes asynchronously).
+/// A second look for the config disk after this long, when an NVMe controller is present
+/// (NVMe finds its namespaces after its driver has loaded).
 const DISK_RESCAN: Duration = Duration::from_millis(300);
 
 /// Parses an env file from `source`, logging key names and bad line numbers only.
@@ -34,14 +35,20 @@ fn parse(source: &str, data: &[u8]) -> BTreeMap<String, String> {
     f.vars
 }
 
-/// The overrides for the app's environment (empty when no source is present).
-pub fn load() -> BTreeMap<String, String> {
+/// The overrides for the app's environment (empty when no source is present). `settle`
+/// waits until the devices present have their drivers (the config disk may sit behind a
+/// controller whose driver loads late); fw_cfg does not wait for it.
+pub fn load(settle: &dyn Fn()) -> BTreeMap<String, String> {
     match std::fs::read(FW_CFG_ENV) {
         Ok(data) => return parse("fw_cfg opt/fuse/env", &data),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => log!("warning: cannot read {FW_CFG_ENV}: {e}"),
     }
+    settle();
     let disk = configdisk::find().or_else(|| {
+        if !configdisk::nvme_present() {
+            return None;
+        }
         std::thread::sleep(DISK_RESCAN);
         configdisk::find()
     });

@@ -238,6 +238,15 @@ fn boot_and_answer(disk: &[String], nic: &str, extra: &[String]) -> (String, Str
     let body = vm.get_until_ok("/", Duration::from_secs(400));
     let console = vm.console();
     let body = body.unwrap_or_else(|| panic!("no HTTP answer; console:\n{console}"));
+    // The init prints the summary once the driver being loaded at the app's start is in.
+    let t = std::time::Instant::now();
+    let mut console = console;
+    while !console.contains("device modules for the devices present")
+        && t.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        console = vm.console();
+    }
     (body, loaded_modules(&console))
 }
 
