@@ -66,3 +66,43 @@ fn fuse_run_injects_config_without_changing_the_image_or_printing_secrets() {
     );
     assert_eq!(sha256_file(&b.image), before, "booting changed the image");
 }
+
+/// The cloud flavour of Debian's kernel (`[system] kernel = "linux-image-cloud-amd64"`:
+/// LZ4-compressed, virtio, NVMe, ENA, gVNIC and Hyper-V drivers, no SATA or Intel NICs)
+/// builds into an image that passes `fuse test`, with every boot phase reported.
+#[test]
+fn cloud_kernel_image_passes_fuse_test() {
+    let b = example_image("cloud-kernel", |app| {
+        let m = app.join("fuse.toml");
+        let t = std::fs::read_to_string(&m).unwrap().replace(
+            "kernel = \"linux-image-amd64\"",
+            "kernel = \"linux-image-cloud-amd64\"",
+        );
+        assert!(t.contains("linux-image-cloud-amd64"), "{t}");
+        std::fs::write(&m, t).unwrap();
+    });
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&b.json).unwrap()).unwrap();
+    let kernel = meta["kernel"]["package"]["name"].as_str().unwrap_or("");
+    assert!(
+        kernel.starts_with("linux-image-") && kernel.ends_with("-cloud-amd64"),
+        "{kernel}"
+    );
+    let out = fuse(
+        &[
+            "test",
+            b.image.to_str().unwrap(),
+            "--json",
+            "--accel",
+            "tcg",
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["result"], "pass", "{v}");
+    for k in ["firmware_ms", "kernel_ms", "init_ms", "app_ms"] {
+        assert!(v["phases"][k].is_u64(), "no {k}: {v}");
+    }
+    eprintln!("cloud kernel: {}", v["phases"]);
+}
