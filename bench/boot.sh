@@ -23,15 +23,14 @@ export FUSE_DATA_DIR="$work/data"
 if [ -z "${BASE_BIN:-}" ]; then
     base=${BASE:-HEAD~1}
     git worktree add --detach -q "$work/base-src" "$base"
-    # Shares this tree's target directory: only the workspace's own crates are rebuilt.
-    (cd "$work/base-src" && CARGO_TARGET_DIR="$root/target" cargo build -q)
-    cp "$root/target/debug/fuse" "$work/fuse-base"
+    # Its own target directory: cargo names a workspace crate's build-script output by
+    # package, not by path, so a shared one would leave the other tree's init embedded in
+    # whichever binary was built second (the build script looks fresh to it).
+    (cd "$work/base-src" && CARGO_TARGET_DIR="$root/target/bench-base" cargo build -q)
+    cp "$root/target/bench-base/debug/fuse" "$work/fuse-base"
     BASE_BIN=$work/fuse-base
 fi
 if [ -z "${FUSE_BIN:-}" ]; then
-    # The base build above put its binary at target/debug/fuse; a fresh (unchanged) tree
-    # would not be linked again and cargo would leave that one there: relink this tree's.
-    touch src/main.rs
     cargo build -q
     cp "$root/target/debug/fuse" "$work/fuse-new"
     FUSE_BIN=$work/fuse-new
