@@ -170,3 +170,102 @@ pub fn save(
     };
     store.put_named(&format!("image-{key}"), &serde_json::to_vec(&rec)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(img: &Path, json: &Path) -> Built {
+        Built {
+            image: img.to_path_buf(),
+            json: json.to_path_buf(),
+            digest: String::new(),
+            parts: Vec::new(),
+            layers: Vec::new(),
+            boot: Vec::new(),
+            lock_sha256: String::new(),
+            lock_changed: false,
+            debs_read: 0,
+            pushed: 0,
+            duration: 0.0,
+        }
+    }
+
+    /// Sets a file's mtime back to `secs` (ns 0) since the epoch; its ctime becomes now.
+    fn set_mtime(path: &Path, secs: i64) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let t = libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        };
+        // SAFETY: a NUL-terminated path and two valid timespecs.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) },
+            0
+        );
+    }
+
+    fn record(store: &store::Store, key: &str) -> ImageRecord {
+        serde_json::from_slice(&store.get_named(&format!("image-{key}")).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn outputs_are_trusted_by_stat_only_once_settled_and_an_edit_shows_in_ctime() {
+        let d = tempfile::tempdir().unwrap();
+        let store = store::Store::open(&d.path().join("cache")).unwrap();
+        let (img, json) = (d.path().join("a.img"), d.path().join("a.json"));
+        let key = "k".repeat(64);
+        std::fs::write(&img, b"image bytes").unwrap();
+        std::fs::write(&json, b"{}\n").unwrap();
+        // Both files dated well in the past, as an output that has settled.
+        set_mtime(&img, 1_000_000_000);
+        set_mtime(&json, 1_000_000_000);
+        let digest = format!("sha256:{}", crate::digest::sha256_hex(b"image bytes"));
+        save(&store, &key, &img, &digest, b"{}\n", &built(&img, &json)).unwrap();
+        // Just written, the stats are not trusted (their ctime is too close to the
+        // record's): the files are hashed, and found unchanged.
+        assert!(up_to_date(&store, &key, &img, &json).unwrap().is_some());
+        // A same-size edit within the stat's clock tick, its mtime put back: hashed, so
+        // seen.
+        std::fs::write(&img, b"IMAGE bytes").unwrap();
+        set_mtime(&img, 1_000_000_000);
+        assert!(up_to_date(&store, &key, &img, &json).unwrap().is_none());
+        std::fs::write(&img, b"image bytes").unwrap();
+        set_mtime(&img, 1_000_000_000);
+        // Once the files settled (their ctime 2 s before a check that hashed them), the
+        // record holds their stats: the next check reads neither.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(up_to_date(&store, &key, &img, &json).unwrap().is_some());
+        let rec = record(&store, &key);
+        assert_eq!(rec.image_stat, stat(&img));
+        assert_eq!(rec.json_stat, stat(&json));
+        // Evidence that nothing is read: a record whose digests no file has, with the
+        // files' stats, still finds them up to date (and is not rewritten).
+        let mut lying = record(&store, &key);
+        (lying.image_sha256, lying.json_sha256) = ("0".repeat(64), "0".repeat(64));
+        let name = format!("image-{key}");
+        store
+            .put_named(&name, &serde_json::to_vec(&lying).unwrap())
+            .unwrap();
+        assert!(up_to_date(&store, &key, &img, &json).unwrap().is_some());
+        assert_eq!(
+            record(&store, &key).stat_ns,
+            rec.stat_ns,
+            "rewritten without need"
+        );
+        let mut honest = lying;
+        (honest.image_sha256, honest.json_sha256) = (rec.image_sha256, rec.json_sha256);
+        store
+            .put_named(&name, &serde_json::to_vec(&honest).unwrap())
+            .unwrap();
+        // The same-size edit with its mtime put back, now: its ctime moved, so the stat
+        // differs, the file is hashed and the edit seen.
+        std::fs::write(&img, b"IMAGE bytes").unwrap();
+        set_mtime(&img, 1_000_000_000);
+        assert_eq!(
+            stat(&img).unwrap().mtime_ns,
+            rec.image_stat.unwrap().mtime_ns
+        );
+        assert!(up_to_date(&store, &key, &img, &json).unwrap().is_none());
+    }
+}
