@@ -274,17 +274,17 @@ pub fn write_layer(l: &Layer, opts: &squashfs::Options) -> Result<BuiltLayer> {
 }
 
 /// The boot plan's per-layer entries: partition GUID and verity parameters.
-pub fn boot_verity(
-    layers: &[BuiltLayer],
+pub fn boot_verity<'a>(
+    layers: impl IntoIterator<Item = &'a LayerMeta>,
 ) -> Result<std::collections::BTreeMap<String, crate::layers::LayerVerity>> {
     layers
-        .iter()
-        .map(|l| {
-            let v = l.meta.verity.as_ref().context("layer without verity")?;
+        .into_iter()
+        .map(|m| {
+            let v = m.verity.as_ref().context("layer without verity")?;
             Ok((
-                l.meta.name.clone(),
+                m.name.clone(),
                 crate::layers::LayerVerity {
-                    partuuid: l.meta.partuuid.clone().context("layer without GUID")?,
+                    partuuid: m.partuuid.clone().context("layer without GUID")?,
                     data_blocks: v.data_blocks,
                     hash_start_block: v.hash_start_block(),
                     root_hash: v.root_hash.clone(),
@@ -444,17 +444,17 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
     };
     // The ESP size is known only once the ESP is written, and the ESP holds image.json:
     // size it with a provisional copy, then write the final copy into an ESP of that size.
-    let esp_tree = |meta: &ImageMeta| -> Result<Tree> {
-        let mut t = Tree::new();
-        let mut u = crate::tree::Node::file(uki.to_vec(), 0o644);
-        u.mtime = i.epoch;
-        t.insert(i.arch.esp_boot_path(), u)?;
+    // One tree (one copy of the UKI); only image.json is replaced between the two.
+    let mut esp_files = Tree::new();
+    let mut u = crate::tree::Node::file(uki.to_vec(), 0o644);
+    u.mtime = i.epoch;
+    esp_files.insert(i.arch.esp_boot_path(), u)?;
+    let esp_json = |t: &mut Tree, meta: &ImageMeta| -> Result<()> {
         let mut j = serde_json::to_vec_pretty(meta)?;
         j.push(b'\n');
         let mut n = crate::tree::Node::file(j, 0o644);
         n.mtime = i.epoch;
-        t.insert(ESP_IMAGE_JSON, n)?;
-        Ok(t)
+        t.insert(ESP_IMAGE_JSON, n)
     };
     let volume_id = u32::from_le_bytes(hex_prefix4(&meta.boot.uki_sha256));
     let fat_opts = |min_size| fat::Options {
@@ -463,12 +463,14 @@ pub fn assemble(i: DiskInputs) -> Result<Disk> {
         min_size,
     };
     meta.boot.esp_size = u64::MAX; // widest number: the provisional copy is never shorter than the final one
-    let provisional =
-        fat::write(&esp_tree(&meta)?, &fat_opts(0)).context("cannot write the ESP")?;
+    let provisional = {
+        esp_json(&mut esp_files, &meta)?;
+        fat::write(&esp_files, &fat_opts(0)).context("cannot write the ESP")?
+    };
     meta.boot.esp_size = provisional.len() as u64;
     let esp = timed("ESP written", || {
-        fat::write(&esp_tree(&meta)?, &fat_opts(provisional.len() as u64))
-            .context("cannot write the ESP")
+        esp_json(&mut esp_files, &meta)?;
+        fat::write(&esp_files, &fat_opts(provisional.len() as u64)).context("cannot write the ESP")
     })?;
     if esp.len() != provisional.len() {
         anyhow::bail!(

@@ -574,6 +574,38 @@ mod tests {
     }
 
     #[test]
+    fn an_added_file_is_a_copy_an_edit_of_the_output_does_not_reach() {
+        // The store's bytes are its own (copied by the kernel, not hard-linked): a build
+        // output edited in place afterwards (as root, whatever its mode) leaves the stored
+        // image as it was, under its digest.
+        use std::os::unix::fs::MetadataExt;
+        let (d, s) = store();
+        let out = d.path().join("out.img");
+        std::fs::write(&out, b"built image").unwrap();
+        let digest = format!("sha256:{}", sha256_hex(b"built image"));
+        s.add_file(&out, &digest, "hello", "1.0.0").unwrap();
+        let blob = s.resolve("hello:1.0.0").unwrap().path;
+        let (o, b) = (
+            std::fs::metadata(&out).unwrap(),
+            std::fs::metadata(&blob).unwrap(),
+        );
+        assert_ne!(
+            (o.dev(), o.ino()),
+            (b.dev(), b.ino()),
+            "the store shares the output's inode"
+        );
+        assert_eq!(b.mode() & 0o777, 0o444);
+        let mut f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+        std::io::Write::write_all(&mut f, b"EDITED").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&blob).unwrap(), b"built image");
+        assert_eq!(
+            format!("sha256:{}", sha256_hex(&std::fs::read(&blob).unwrap())),
+            digest
+        );
+    }
+
+    #[test]
     fn add_resolve_by_tag_name_digest_and_prefix() {
         let (_d, s) = store();
         let a = s.add_with(b"image a", "hello", "1.0.0").unwrap();

@@ -105,6 +105,15 @@ impl Store {
         Ok(path)
     }
 
+    /// Store bytes under the sha256 this computes of them (once: no caller-supplied digest
+    /// to check them against). Returns the digest and the blob's path.
+    pub fn add(&self, data: &[u8]) -> Result<(String, PathBuf)> {
+        let sha256 = sha256_hex(data);
+        let path = self.blob_path(&sha256);
+        write_atomic(&path, data)?;
+        Ok((sha256, path))
+    }
+
     /// Where the partial download of a blob lives while one process fetches it.
     pub fn partial_path(&self, sha256: &str) -> PathBuf {
         self.root.join("partial").join(format!("{sha256}.part"))

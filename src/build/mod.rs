@@ -100,9 +100,10 @@ pub fn build(
         .url)
     };
     let debs = Debs::new(&s.store, &s.fetcher, &mirror_url);
-    let units = units::build_units(&plan, &cache, &debs, &app, workers)?;
-    // 5. The disk.
-    let layers: Vec<disk::BuiltLayer> = units.layers.iter().map(|(l, _)| l.clone()).collect();
+    let mut units = units::build_units(&plan, &cache, &debs, &app, workers)?;
+    // 5. The disk (the units' bytes moved, not copied: a layer is tens of MB).
+    let (layers, sources): (Vec<disk::BuiltLayer>, Vec<crate::cache::Source>) =
+        std::mem::take(&mut units.layers).into_iter().unzip();
     let app_plan = plan.initramfs.inputs.boot.app.clone();
     let uki = match signer {
         Some(s) => {
@@ -115,7 +116,7 @@ pub fn build(
             );
             signed
         }
-        None => units.uki.clone(),
+        None => std::mem::take(&mut units.uki),
     };
     let t = Instant::now();
     let disk = disk::assemble(DiskInputs {
@@ -215,7 +216,7 @@ pub fn build(
     let layer_reports = plan
         .layers
         .iter()
-        .zip(&units.layers)
+        .zip(layers.iter().zip(&sources))
         .map(|(p, (l, src))| UnitReport {
             name: p.name.clone(),
             key: p.key.clone(),
@@ -261,7 +262,14 @@ pub fn build(
         duration,
     };
     if default_store {
-        record::save(&s.store, &image_key, &disk.bytes, &json, &built)?;
+        record::save(
+            &s.store,
+            &image_key,
+            &built.image,
+            &built.digest,
+            &json,
+            &built,
+        )?;
     }
     Ok(built)
 }

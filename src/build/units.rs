@@ -41,6 +41,15 @@ pub struct KernelRecord {
 }
 
 impl KernelRecord {
+    /// The kernel image of this record's cached bytes, without copying them (the UKI
+    /// needs nothing else of the unit).
+    pub fn vmlinuz<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8]> {
+        usize::try_from(self.vmlinuz)
+            .ok()
+            .and_then(|n| bytes.get(..n))
+            .context("kernel bytes shorter than their record")
+    }
+
     /// The kernel of this record from its cached bytes.
     pub fn decode(&self, bytes: &[u8]) -> Result<Kernel> {
         let mut at = 0usize;
@@ -608,8 +617,7 @@ pub fn build_units(
                 let (always, device) = crate::kernel::boot_modules(&k)?;
                 boot.modules = always;
                 boot.device_modules = device;
-                let built: Vec<BuiltLayer> = layers.iter().map(|(l, _)| l.clone()).collect();
-                boot.verity = disk::boot_verity(&built)?;
+                boot.verity = disk::boot_verity(layers.iter().map(|(l, _)| &l.meta))?;
                 let core = match core.take() {
                     Some(b) => b,
                     None => match cache.get::<()>(UnitKind::InitramfsCore, &core_key)? {
@@ -638,7 +646,7 @@ pub fn build_units(
         (Some((rec, bytes, source)), _) => (bytes, rec.meta.stub, source),
         (None, None) => bail!("internal error: the initramfs is needed for the UKI"),
         (None, Some(initrd)) => {
-            let k = kernel.decode(&kernel_bytes)?;
+            let vmlinuz = kernel.vmlinuz(&kernel_bytes)?;
             let stub_pin = &up.inputs.stub;
             // The stub is cached on its own (keyed by its package and path): every layer
             // change rebuilds the UKI (the root hashes are in it), and that must not need
@@ -668,7 +676,7 @@ pub fn build_units(
                 &stub,
                 &up.inputs.os_release,
                 &up.inputs.cmdline,
-                &k.vmlinuz,
+                vmlinuz,
                 &initrd,
             )?;
             let rec = UkiRecord { stub: stub_ref };

@@ -16,7 +16,6 @@ pub mod registry;
 
 pub use record::{Record, RECORD_FORMAT};
 
-use crate::digest::sha256_hex;
 use crate::plan::UnitKind;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -335,17 +334,19 @@ impl Cache {
         bytes: &[u8],
     ) -> Result<Record<M>> {
         let kind = kind.as_str();
+        // The digest is computed once, here, from the bytes that are written.
+        let (sha256, _) = self
+            .store
+            .add(bytes)
+            .with_context(|| format!("cannot cache {kind} {key}"))?;
         let rec = Record {
             format: RECORD_FORMAT,
             kind: kind.into(),
             key: key.into(),
-            sha256: sha256_hex(bytes),
+            sha256,
             size: bytes.len() as u64,
             meta: meta.clone(),
         };
-        self.store
-            .put(&rec.sha256, bytes)
-            .with_context(|| format!("cannot cache {kind} {key}"))?;
         self.put_record(&rec)?;
         Ok(rec)
     }
