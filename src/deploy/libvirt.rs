@@ -375,14 +375,13 @@ impl Target for Libvirt {
         let nvram = self.state_file(&spec.name, "vars.fd");
         let _ = std::fs::remove_file(&console);
         let _ = std::fs::remove_file(&nvram);
-        let config = match spec.config {
-            Some(data) => {
-                let p = self.state_file(&spec.name, "env");
-                write_atomic(&p, data)?;
-                crate::util::fs::set_mode(&p, 0o644)?;
-                Some(p)
-            }
-            None => None,
+        // An environment without config gets an empty one: the init then knows there is
+        // none instead of searching the server's disks for a config disk (docs/config.md).
+        let config = {
+            let p = self.state_file(&spec.name, "env");
+            write_atomic(&p, spec.config.unwrap_or_default())?;
+            crate::util::fs::set_mode(&p, 0o644)?;
+            Some(p)
         };
         let port = crate::vm::free_port_on(&self.forward)?;
         let xml = domain_xml(&DomainSpec {
