@@ -30,6 +30,7 @@ pub mod oci;
 pub mod pin;
 pub mod plan;
 pub mod pool;
+pub mod pyc;
 pub mod resolve;
 pub mod runtimes;
 pub mod sign;

@@ -244,6 +244,9 @@ pub struct Manifest {
     pub server: Option<Request>,
     /// `[runtime] modules` (Java kinds): modules added to the analysis, or "all".
     pub java_modules: crate::java::Modules,
+    /// `[runtime] bytecode` (kind python): compile the image's Python modules at build time
+    /// (`pyc`); default on for amd64 images, off for arm64 (no emulation in the build).
+    pub python_bytecode: bool,
     /// A jar's Main-Class (kind jar).
     pub main_class: Option<String>,
     /// Kind jar: which jar runs and what its `Class-Path` brings in.
@@ -613,6 +616,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
 
     let health_http = health(&cx, raw.health)?;
     let mut java_modules = crate::java::Modules::default();
+    let mut python_bytecode = None;
     let runtime = match (runtime_of(kind), raw.runtime) {
         (None, Some(r)) => bail!(cx.err(
             "runtime",
@@ -663,6 +667,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
                             "must be a list of JDK module names or \"all\""
                         )),
                     };
+                    continue;
+                }
+                if k == "bytecode" && want == "python" {
+                    match v.as_bool() {
+                        Some(b) => python_bytecode = Some(b),
+                        None => {
+                            bail!(cx.err("runtime.bytecode", span.clone(), "must be true or false"))
+                        }
+                    }
                     continue;
                 }
                 if k != want {
@@ -920,6 +933,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         keep: sys.keep,
         runtime,
         java_modules,
+        python_bytecode: python_bytecode.unwrap_or(arch == crate::arch::Arch::Amd64),
         server,
         main_class,
         jar: jar_app,

@@ -296,6 +296,32 @@ pub struct LayerInputs {
     /// A Java runtime layer trimmed to the app (docs/runtimes.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jre: Option<JreInputs>,
+    /// Python bytecode compiled for the layer's `.py` files (`pyc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode: Option<BytecodeInputs>,
+}
+
+/// The invalidation mode of the Python bytecode fuse compiles (`pyc`), as
+/// [`BytecodeInputs`] records it.
+pub const PYC_MODE: &str = "unchecked-hash";
+
+/// What decides a layer's Python bytecode: the compiling interpreter (the image's Python
+/// packages) and the kind of pyc written.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BytecodeInputs {
+    /// "3.11"
+    pub python: String,
+    /// The image's architecture (the interpreter runs on a build host of it).
+    pub arch: Arch,
+    /// [`PYC_MODE`]
+    pub mode: String,
+    /// The Python packages of the image: the compiler whose output the pycs are.
+    pub interpreter: Vec<Pin>,
+    /// The base packages the interpreter runs on (its C library). Not a key input: the
+    /// compiler's output does not depend on them, and a security update of the base layer
+    /// must not rebuild (and re-send) the app's layers.
+    #[serde(skip)]
+    pub loader: Vec<Pin>,
 }
 
 /// What decides a trimmed JRE: the JDK packages the app refers to, the server packages
@@ -431,6 +457,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         server: None,
         app: None,
         jre: None,
+        bytecode: None,
     };
     let mut packages = lock.packages.clone();
     packages.sort();
@@ -500,6 +527,27 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
             listing_sha256: part.listing_sha256.clone(),
         });
         layers.push(l);
+    }
+    // Python: the bytecode of the standard library and of the app's layers, compiled by the
+    // image's own interpreter (`pyc`).
+    if let Some(r) = m
+        .runtime
+        .as_ref()
+        .filter(|r| r.name == "python" && m.python_bytecode)
+    {
+        let bytecode = BytecodeInputs {
+            python: r.version.clone(),
+            arch: m.arch,
+            mode: PYC_MODE.into(),
+            interpreter: pins_of("runtime"),
+            loader: pins_of("base"),
+        };
+        for l in layers
+            .iter_mut()
+            .filter(|l| l.name == "runtime" || l.app.is_some())
+        {
+            l.bytecode = Some(bytecode.clone());
+        }
     }
     let layers = layers
         .into_iter()
@@ -795,6 +843,20 @@ mod tests {
             .filter
             .runtime
             .contains(&"usr/lib/python3.11/test/".to_string()));
+        // Bytecode for the standard library and the app, compiled by the Python packages
+        // (run on the base's, which are not a key input).
+        assert!(p.layers[0].inputs.bytecode.is_none());
+        for l in &p.layers[1..] {
+            let bc = l.inputs.bytecode.as_ref().unwrap();
+            assert_eq!(bc.interpreter[0].name, "python3.11-minimal");
+            assert_eq!(bc.loader[0].name, "libc6");
+            assert!(!serde_json::to_string(&l.inputs).unwrap().contains("libc6"));
+        }
+        let mut no_pyc = m.clone();
+        no_pyc.python_bytecode = false;
+        let p0 = plan(&no_pyc, &l, &scan, 5).unwrap();
+        assert!(p0.layers.iter().all(|l| l.inputs.bytecode.is_none()));
+        assert_ne!(p0.layers[1].key, p.layers[1].key);
         // Same inputs, same keys (a plan is a function).
         let again = plan(&m, &l, &scan, 5).unwrap();
         for (a, b) in p.layers.iter().zip(&again.layers) {

@@ -226,11 +226,14 @@ pub fn package_files(data: &Tree, f: &Filter, epoch: u64) -> Result<(Tree, u64)>
 }
 
 /// The file tree of a layer, from its inputs.
+/// `tools` is the unit store's directory, where build tools (the interpreter that compiles
+/// Python bytecode) are laid out.
 pub fn layer_tree(
     i: &LayerInputs,
     debs: &Debs,
     kernel: &KernelRecord,
     app: &AppScan,
+    tools: &std::path::Path,
 ) -> Result<Layer> {
     let epoch = i.epoch;
     let mut tree = Tree::new();
@@ -307,6 +310,27 @@ pub fn layer_tree(
             bail!("internal error: the app changed between planning and building");
         }
         tree.merge(&app.tree(&i.name, epoch)?)?;
+    }
+    if let Some(bc) = &i.bytecode {
+        if bc.loader.is_empty() {
+            bail!(
+                "internal error: layer {}'s bytecode names no base packages to run Python on",
+                i.name
+            );
+        }
+        let pins: Vec<Pin> = bc.loader.iter().chain(&bc.interpreter).cloned().collect();
+        let files = || -> Result<Tree> {
+            let mut files = Tree::new();
+            for pin in &pins {
+                let deb = debs.read(pin)?;
+                files
+                    .merge(&deb.data)
+                    .with_context(|| format!("package {}", pin.name))?;
+            }
+            Ok(files)
+        };
+        let interp = crate::pyc::Interpreter::prepare(tools, &pins, &bc.python, bc.arch, &files)?;
+        crate::pyc::compile(&mut tree, &interp, tools, epoch)?;
     }
     Ok(Layer {
         name: i.name.clone(),
@@ -557,7 +581,7 @@ pub fn build_units(
             }
             Job::Layer(i) => {
                 let l = &plan.layers[*i];
-                let tree = layer_tree(&l.inputs, debs, &kernel, app)
+                let tree = layer_tree(&l.inputs, debs, &kernel, app, cache.store().root())
                     .with_context(|| format!("layer {}", l.name))?;
                 let built = disk::write_layer(&tree, &squashfs_options(&l.inputs))?;
                 let rec: Record<LayerMeta> =

@@ -185,6 +185,30 @@ fn a_python_apps_distributions_are_a_layer_of_their_own_and_a_code_change_rebuil
 }
 
 #[test]
+fn python_modules_get_bytecode_in_their_own_layer_and_one_that_does_not_compile_stays_source() {
+    let dir = python_app(&tmp_root().join("layers-pyc"), "");
+    // Python 2 syntax (and a template named .py): no bytecode, the build goes on
+    write(&dir, &[("legacy.py", "print 'hello'\n")]);
+    let r = build_json(&dir);
+    let image = PathBuf::from(r["image"].as_str().unwrap());
+    let deps = inspect_files(&image, "deps");
+    assert!(
+        deps.contains(&"/app/vendor/greet/__pycache__/__init__.cpython-311.pyc".to_string()),
+        "{deps:?}"
+    );
+    let code = inspect_files(&image, "app");
+    assert!(
+        code.contains(&"/app/__pycache__/main.cpython-311.pyc".to_string()),
+        "{code:?}"
+    );
+    assert!(code.contains(&"/app/legacy.py".to_string()));
+    assert!(
+        !code.iter().any(|f| f.contains("legacy.cpython")),
+        "{code:?}"
+    );
+}
+
+#[test]
 fn app_layers_patterns_override_the_split() {
     let dir = python_app(
         &tmp_root().join("layers-override"),
@@ -423,7 +447,11 @@ fn a_wars_web_inf_lib_is_a_layer_of_its_own_and_tomcat_serves_it_exploded() {
     let s = std::fs::read_to_string(&servlet).unwrap();
     std::fs::write(
         &servlet,
-        s.replace("hello from a war", "hello again from a war"),
+        // unique to this run: the target directory's unit cache outlives a run
+        s.replace(
+            "hello from a war",
+            &format!("hello again from a war ({})", run_nonce()),
+        ),
     )
     .unwrap();
     let war_app_again = war_app(&app, &lib);
@@ -517,7 +545,9 @@ fn a_spring_boot_jars_nested_libraries_are_a_layer_of_their_own_and_it_runs_expl
     assert_ne!(layer(&r2, "deps")["source"], "built");
     assert_ne!(layer(&r2, "app")["digest"], layer(&r, "app")["digest"]);
     // the library changes: the deps layer
-    build_jar(&[("GREETING", "howdy"), ("LIB_GREETING", "v2")]);
+    // unique to this run: the target directory's unit cache outlives a run
+    let v2 = format!("v2 ({})", run_nonce());
+    build_jar(&[("GREETING", "howdy"), ("LIB_GREETING", &v2)]);
     let r3 = build_json(&dir);
     assert_ne!(layer(&r3, "deps")["digest"], layer(&r2, "deps")["digest"]);
     assert_eq!(layer(&r3, "deps")["source"], "built");

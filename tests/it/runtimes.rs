@@ -300,11 +300,99 @@ fn python_app_boots_on_the_distribution_python() {
         .any(|p| p.contains("python3.11")));
     assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3.11");
     assert_eq!(meta["app"]["workdir"], "/app");
+    python_bytecode_is_valid(&app.join("fuse-out/python-hello-1.0.0.img"));
     let body = boot_and_get(&app, &[], 240);
     assert!(body.contains("uid=1000 "), "{body}");
     assert!(body.contains("python=3.11."), "{body}");
     assert!(body.contains("cwd=/app "), "{body}");
     assert!(body.contains("hello from python"), "{body}");
+}
+
+/// The file tree of the layer `name` of an image.
+fn layer_tree(image: &Path, name: &str) -> fuse::tree::Tree {
+    let img = std::fs::read(image).unwrap();
+    let disk = fuse::format::gpt::read_disk(&img).unwrap();
+    let part = disk
+        .partitions
+        .iter()
+        .find(|p| p.name == format!("fuse-{name}"))
+        .unwrap_or_else(|| panic!("no layer {name}"));
+    fuse::format::squashfs::read(&img[part.byte_range()]).unwrap()
+}
+
+/// Every module of the standard library (runtime layer) and of the app (app layer) has
+/// its bytecode beside it, and the host's Python 3.11 (the same version as the image's)
+/// takes it as the image's interpreter does: its magic, unchecked hash-based (flags 1),
+/// the SipHash of the source in the image, the image path as the code's file name.
+fn python_bytecode_is_valid(image: &Path) {
+    let check = tempfile::tempdir().unwrap();
+    let mut listed = String::new();
+    for (layer, prefix) in [("runtime", "usr/lib/python3.11/"), ("app", "app/")] {
+        let tree = layer_tree(image, layer);
+        let mut sources = 0;
+        for (path, node) in tree.iter() {
+            let Some(stem) = path.strip_suffix(".py") else {
+                continue;
+            };
+            if !path.starts_with(prefix) || node.data().is_none() {
+                continue;
+            }
+            sources += 1;
+            let (dir, name) = stem.rsplit_once('/').unwrap();
+            let pyc = format!("{dir}/__pycache__/{name}.cpython-311.pyc");
+            let bytes = tree
+                .get(&pyc)
+                .and_then(|n| n.data())
+                .unwrap_or_else(|| panic!("/{path} has no /{pyc} in layer {layer}"));
+            let (src, bc) = (
+                check.path().join(format!("{sources}-{layer}.py")),
+                check.path().join(format!("{sources}-{layer}.pyc")),
+            );
+            std::fs::write(&src, node.data().unwrap()).unwrap();
+            std::fs::write(&bc, bytes).unwrap();
+            listed.push_str(&format!("{}\t{}\t/{path}\n", src.display(), bc.display()));
+        }
+        assert!(
+            sources > if layer == "runtime" { 400 } else { 1 },
+            "{layer}: {sources} modules"
+        );
+    }
+    if !require_tool("python3.11") {
+        return;
+    }
+    let list = check.path().join("list");
+    std::fs::write(&list, listed).unwrap();
+    let script = r#"
+import importlib.util, marshal, sys
+n = 0
+for line in open(sys.argv[1]):
+    src, pyc, path = line.rstrip("\n").split("\t")
+    data = open(pyc, "rb").read()
+    assert data[:4] == importlib.util.MAGIC_NUMBER, (path, data[:4])
+    assert int.from_bytes(data[4:8], "little") == 1, (path, "not unchecked-hash")
+    assert data[8:16] == importlib.util.source_hash(open(src, "rb").read()), (path, "source hash")
+    assert marshal.loads(data[16:]).co_filename == path, path
+    n += 1
+print(n)
+"#;
+    let out = run_ok(Command::new("python3.11").args(["-c", script]).arg(&list));
+    assert!(out.trim().parse::<usize>().unwrap() > 400, "{out}");
+}
+
+#[test]
+fn python_bytecode_can_be_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("python-hello", dir.path());
+    let m = std::fs::read_to_string(app.join("fuse.toml")).unwrap();
+    std::fs::write(
+        app.join("fuse.toml"),
+        m.replace("python = \"3.11\"", "python = \"3.11\"\nbytecode = false"),
+    )
+    .unwrap();
+    build(&app);
+    let tree = layer_tree(&app.join("fuse-out/python-hello-1.0.0.img"), "runtime");
+    assert!(tree.get("usr/lib/python3.11/os.py").is_some());
+    assert!(!tree.iter().any(|(p, _)| p.ends_with(".pyc")));
 }
 
 #[test]

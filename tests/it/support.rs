@@ -16,6 +16,15 @@ pub fn tmp_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
+/// A string no earlier test run used (nanoseconds since the epoch): for an edit whose
+/// build must not find its units in the cache that `target/tmp` keeps across runs.
+pub fn run_nonce() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_default()
+}
+
 /// One download cache for the whole test run (the kernel package is large).
 pub fn cache_dir() -> PathBuf {
     tmp_root().join("fuse-cache")
