@@ -77,21 +77,25 @@ fn sample_tree() -> Tree {
 
 fn squashfs_seeds() -> Vec<Vec<u8>> {
     let t = sample_tree();
-    [squashfs::Compression::Gzip, squashfs::Compression::Xz]
-        .into_iter()
-        .map(|c| {
-            squashfs::write(
-                &t,
-                &squashfs::Options {
-                    compression: c,
-                    block_size: 4096,
-                    mkfs_time: 1_700_000_000,
-                    threads: 0,
-                },
-            )
-            .unwrap()
-        })
-        .collect()
+    [
+        squashfs::Compression::Gzip,
+        squashfs::Compression::Xz,
+        squashfs::Compression::Zstd,
+    ]
+    .into_iter()
+    .map(|c| {
+        squashfs::write(
+            &t,
+            &squashfs::Options {
+                compression: c,
+                block_size: 4096,
+                mkfs_time: 1_700_000_000,
+                threads: 0,
+            },
+        )
+        .unwrap()
+    })
+    .collect()
 }
 
 fn fat_seed() -> Vec<u8> {

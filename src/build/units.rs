@@ -463,6 +463,7 @@ fn squashfs_options(i: &LayerInputs) -> crate::format::squashfs::Options {
         compression: match i.fs.compression {
             FsCompression::Xz => Compression::Xz,
             FsCompression::Gzip => Compression::Gzip,
+            FsCompression::Zstd => Compression::Zstd,
         },
         block_size: i.fs.block_size,
         mkfs_time: i.fs.mkfs_time,

@@ -108,6 +108,11 @@ const FLAG_NO_XATTRS: u16 = 0x0200;
 /// Squashfs compressor ids (superblock `compression`).
 const COMP_GZIP: u16 = 1;
 const COMP_XZ: u16 = 4;
+const COMP_ZSTD: u16 = 6;
+
+/// The zstd level of data and metadata blocks (each block one frame whose window is the
+/// block itself, as the kernel's decoder, sized to the block size, requires).
+const ZSTD_LEVEL: i32 = 19;
 
 /// Memory limit given to the xz decoder (the kernel's own is the block size).
 const XZ_DECODER_MEMLIMIT: u64 = 64 << 20;
@@ -119,6 +124,8 @@ pub enum Compression {
     Gzip,
     /// An xz stream with one LZMA2 filter and a CRC32 check, squashfs compressor id 4.
     Xz,
+    /// One zstd frame with its content size, squashfs compressor id 6.
+    Zstd,
 }
 
 impl Compression {
@@ -126,6 +133,7 @@ impl Compression {
         match self {
             Compression::Gzip => COMP_GZIP,
             Compression::Xz => COMP_XZ,
+            Compression::Zstd => COMP_ZSTD,
         }
     }
 }
@@ -276,8 +284,8 @@ impl Superblock {
             sb.block_size
         );
         ensure!(
-            sb.compression == COMP_GZIP || sb.compression == COMP_XZ,
-            "unsupported squashfs compressor id {} (only 1 = gzip and 4 = xz are read)",
+            [COMP_GZIP, COMP_XZ, COMP_ZSTD].contains(&sb.compression),
+            "unsupported squashfs compressor id {} (only 1 = gzip, 4 = xz and 6 = zstd are read)",
             sb.compression
         );
         ensure!(
@@ -341,6 +349,9 @@ impl Compressor {
                 e.finish().context("zlib compression failed")?
             }
             Compression::Xz => xz_compress(data, self.block_size)?,
+            Compression::Zstd => {
+                zstd::bulk::compress(data, ZSTD_LEVEL).context("zstd compression failed")?
+            }
         };
         Ok(if out.len() < data.len() {
             Some(out)
@@ -382,6 +393,8 @@ fn decompress(kind: u16, input: &[u8], limit: usize) -> Result<Vec<u8>> {
     match kind {
         COMP_GZIP => inflate(input, limit),
         COMP_XZ => unxz(input, limit),
+        COMP_ZSTD => zstd::bulk::decompress(input, limit)
+            .map_err(|e| anyhow!("corrupt zstd block ({} bytes): {e}", input.len())),
         other => bail!("unsupported compressor id {other}"),
     }
 }
@@ -2102,9 +2115,9 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_gzip_and_xz() {
+    fn round_trip_gzip_xz_and_zstd() {
         let t = sample_tree();
-        for c in [Compression::Gzip, Compression::Xz] {
+        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
             let img = write(&t, &opts(c)).unwrap();
             assert_eq!(img.len() % 4096, 0, "{c:?}: image not padded to 4 KiB");
             assert_same(&read(&img).unwrap(), &t);
@@ -2122,7 +2135,7 @@ mod tests {
         };
         assert_same(&read(&write(&t, &o).unwrap()).unwrap(), &t);
         let empty = Tree::new();
-        for c in [Compression::Gzip, Compression::Xz] {
+        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
             let img = write(&empty, &opts(c)).unwrap();
             assert_eq!(img.len(), 4096);
             assert!(read(&img).unwrap().is_empty());
@@ -2132,7 +2145,7 @@ mod tests {
     #[test]
     fn output_is_deterministic() {
         let t = sample_tree();
-        for c in [Compression::Gzip, Compression::Xz] {
+        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
             let a = write(&t, &opts(c)).unwrap();
             let b = write(&t.clone(), &opts(c)).unwrap();
             assert!(a == b, "{c:?}: two writes of the same tree differ");
@@ -2214,7 +2227,7 @@ mod tests {
     #[test]
     fn large_directory_has_extended_inode_with_valid_index() {
         let t = sample_tree();
-        for c in [Compression::Gzip, Compression::Xz] {
+        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
             let img = write(&t, &opts(c)).unwrap();
             let mut r = Reader::open(&img).unwrap();
             let ino = find_inode(&mut r, "big");
@@ -2630,7 +2643,7 @@ mod tests {
         let root = running_as_root();
         let t = sample_tree();
         let dir = tempfile::tempdir().unwrap();
-        for c in [Compression::Gzip, Compression::Xz] {
+        for c in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
             let img = dir.path().join(format!("{c:?}.sqfs"));
             std::fs::write(&img, write(&t, &opts(c)).unwrap()).unwrap();
             let s = Command::new("unsquashfs")
