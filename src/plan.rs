@@ -262,6 +262,9 @@ pub struct SystemFiles {
 pub struct ServerFiles {
     pub tomcat: String,
     pub port: u16,
+    /// The version of the catalina.base fuse writes ([`crate::runtimes::CATALINA_BASE_LAYOUT`]).
+    #[serde(default)]
+    pub layout: u32,
 }
 
 /// The app's files in an app layer (the layer's name is the app part's).
@@ -520,6 +523,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         sv.server = Some(ServerFiles {
             tomcat: server.version.clone(),
             port: m.port,
+            layout: crate::runtimes::CATALINA_BASE_LAYOUT,
         });
         layers.push(sv);
     }
