@@ -13,9 +13,13 @@ const POLL: Duration = Duration::from_millis(500);
 pub const TAIL: usize = 15;
 
 /// The layer roots the init printed (`fuse-init: verity roots: NAME=ROOT ...`), if it did.
+/// Only a whole line counts: the console is read while the guest writes it (at 115200
+/// baud, a line of four roots takes 30 ms), and a line cut short names fewer roots, or a
+/// root cut short, which is not a different identity.
 pub fn printed_roots(console: &str) -> Option<BTreeMap<String, String>> {
     let line = console
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .find_map(|l| l.split("fuse-init: verity roots: ").nth(1))?;
     let mut out = BTreeMap::new();
     for kv in line.split_whitespace() {
@@ -255,6 +259,12 @@ mod tests {
         assert_eq!(r["app"], "bb");
         assert_eq!(r.len(), 2);
         assert!(printed_roots("fuse-init: layer base: verified").is_none());
+        // a line still being written is not read (the deploy test caught one cut short)
+        assert!(printed_roots("boot\r\nfuse-init: verity roots: base=aa app=b").is_none());
+        assert_eq!(
+            printed_roots("fuse-init: verity roots: base=aa app=bb\n").map(|r| r.len()),
+            Some(2)
+        );
         assert!(dead("x\nfuse-init: app exited with code 3\n").is_some());
         assert!(dead("fuse-init: starting").is_none());
     }
