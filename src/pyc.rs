@@ -175,11 +175,10 @@ impl Interpreter {
         let python = format!("usr/bin/python{version}");
         let (real, node) = crate::resolve::elf::follow(files, &python)
             .with_context(|| format!("the Python packages have no /{python}"))?;
-        let bytes = match node.data() {
-            Some(d) => d.to_vec(),
-            None => bail!("/{real} is not a file"),
+        let Some(bytes) = node.data() else {
+            bail!("/{real} is not a file");
         };
-        let interp = crate::resolve::elf::dynamic(&bytes)
+        let interp = crate::resolve::elf::dynamic(bytes)
             .with_context(|| format!("/{real}"))?
             .interpreter
             .with_context(|| format!("/{real} names no dynamic linker"))?;
@@ -202,6 +201,21 @@ impl Interpreter {
             cache_tag: format!("cpython-{}", version.replace('.', "")),
         }
         .under(root))
+    }
+
+    /// The bytecode this directory holds for the image file `path` of `tree`, when the
+    /// directory's copy of that file is the same source.
+    fn compiled(&self, path: &str, tree: &Tree) -> Option<Vec<u8>> {
+        let source = tree.get(path)?.data()?;
+        let own = std::fs::read(self.root.join(path)).ok()?;
+        if own != source {
+            return None;
+        }
+        std::fs::read(
+            self.root
+                .join(cache_path(path, &self.paths.cache_tag).ok()?),
+        )
+        .ok()
     }
 
     /// Compile `files` (paths relative to `src`, which mirrors the image) into `out`
@@ -309,34 +323,53 @@ pub fn compile(tree: &mut Tree, interp: &Interpreter, tools: &Path, epoch: u64) 
         return Ok(0);
     }
     let t = std::time::Instant::now();
-    let dir = tools.join("python");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-pyc-")
-        .tempdir_in(&dir)
-        .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
-    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
-    for f in &files {
-        let data = tree.get(f).and_then(|n| n.data()).unwrap_or_default();
-        let path = src.join(f);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+    // The interpreter's directory already holds the bytecode of its own standard library,
+    // compiled by the same interpreter under the same image paths: a source identical to
+    // the directory's takes that (a file's bytecode does not depend on what is compiled
+    // beside it), so the runtime layer's standard library is not compiled a second time.
+    let mut pycs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut to_compile: Vec<String> = Vec::new();
+    for f in files {
+        match interp.compiled(&f, tree) {
+            Some(pyc) => pycs.push((f, pyc)),
+            None => to_compile.push(f),
         }
-        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let skipped = interp.run(&src, &out, &files)?;
+    let reused = pycs.len();
+    let mut skipped = 0;
+    if !to_compile.is_empty() {
+        let dir = tools.join("python");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-pyc-")
+            .tempdir_in(&dir)
+            .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        for f in &to_compile {
+            let data = tree.get(f).and_then(|n| n.data()).unwrap_or_default();
+            let path = src.join(f);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&path, data)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        skipped = interp.run(&src, &out, &to_compile)?;
+        for f in to_compile {
+            if let Ok(bytes) = std::fs::read(out.join(format!("{f}c"))) {
+                pycs.push((f, bytes));
+            }
+        }
+    }
     let mut added = 0;
-    for f in &files {
-        let pyc = out.join(format!("{f}c"));
-        let Ok(bytes) = std::fs::read(&pyc) else {
-            continue;
-        };
+    for (f, bytes) in pycs {
         let source = tree
-            .get(f)
+            .get(&f)
             .cloned()
             .context("internal error: source vanished")?;
-        let dest = cache_path(f, &interp.paths.cache_tag)?;
+        let dest = cache_path(&f, &interp.paths.cache_tag)?;
         let (cache_dir, _) = dest.rsplit_once('/').unwrap_or(("", ""));
         if tree.get(cache_dir).is_none() {
             let mut d = Node::dir(0o755);
@@ -356,9 +389,9 @@ pub fn compile(tree: &mut Tree, interp: &Interpreter, tools: &Path, epoch: u64) 
         added += 1;
     }
     tracing::info!(
-        "compiled {added} Python modules to bytecode{} in {:.2}s",
+        "compiled {added} Python modules to bytecode ({reused} taken from the interpreter's own){} in {:.2}s",
         if skipped > 0 {
-            format!(" ({skipped} that do not compile left as source)")
+            format!(", {skipped} that do not compile left as source")
         } else {
             String::new()
         },

@@ -311,13 +311,7 @@ fn python_app_boots_on_the_distribution_python() {
 /// The file tree of the layer `name` of an image.
 fn layer_tree(image: &Path, name: &str) -> fuse::tree::Tree {
     let img = std::fs::read(image).unwrap();
-    let disk = fuse::format::gpt::read_disk(&img).unwrap();
-    let part = disk
-        .partitions
-        .iter()
-        .find(|p| p.name == format!("fuse-{name}"))
-        .unwrap_or_else(|| panic!("no layer {name}"));
-    fuse::format::squashfs::read(&img[part.byte_range()]).unwrap()
+    fuse::format::squashfs::read(&img[partition(&img, &format!("fuse-{name}"))]).unwrap()
 }
 
 /// Every module of the standard library (runtime layer) and of the app (app layer) has
