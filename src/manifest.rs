@@ -242,6 +242,8 @@ pub struct Manifest {
     pub runtime: Option<Request>,
     /// The app server (`[server]`, kind war).
     pub server: Option<Request>,
+    /// `[server] mbeans` (kind war): keep Tomcat's MBean registry (JMX); off by default.
+    pub server_mbeans: bool,
     /// `[runtime] modules` (Java kinds): modules added to the analysis, or "all".
     pub java_modules: crate::java::Modules,
     /// `[runtime] bytecode` (kind python): compile the image's Python modules at build time
@@ -709,6 +711,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             })
         }
     };
+    let mut server_mbeans = false;
     let server = match (kind, raw.server) {
         (AppKind::War, None) => bail!(cx.err(
             "server",
@@ -720,6 +723,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
             let table = s.into_inner();
             let mut out = None;
             for (k, v) in &table {
+                if k == "mbeans" {
+                    server_mbeans = v.as_bool().ok_or_else(|| {
+                        cx.err("server.mbeans", span.clone(), "must be true or false")
+                    })?;
+                    continue;
+                }
                 if k != "tomcat" {
                     bail!(cx.err(
                         &format!("server.{k}"),
@@ -935,6 +944,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
         java_modules,
         python_bytecode: python_bytecode.unwrap_or(arch == crate::arch::Arch::Amd64),
         server,
+        server_mbeans,
         main_class,
         jar: jar_app,
         node_main,
@@ -1669,6 +1679,30 @@ http = "/"
         assert!(
             e.contains("`server`") && e.contains("tomcat = \"10\""),
             "{e}"
+        );
+        // [server] mbeans must be a boolean
+        let e = format!(
+            "{:#}",
+            load_in(
+                d.path(),
+                &format!("{HEAD}[app]\nkind = \"war\"\npath = \"app.war\"\nport = 8080\n[server]\ntomcat = \"10\"\nmbeans = \"yes\"\n")
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("server.mbeans") && e.contains("true or false"),
+            "{e}"
+        );
+        let war = crate::format::zip::tests::make(&[("WEB-INF/web.xml", b"<web-app/>", false)]);
+        std::fs::write(d.path().join("good.war"), war).unwrap();
+        let war_manifest = |server: &str| {
+            format!("{HEAD}[app]\nkind = \"war\"\npath = \"good.war\"\nport = 8080\n[server]\ntomcat = \"10\"\n{server}")
+        };
+        assert!(!load_in(d.path(), &war_manifest("")).unwrap().server_mbeans);
+        assert!(
+            load_in(d.path(), &war_manifest("mbeans = true\n"))
+                .unwrap()
+                .server_mbeans
         );
         // a jar that is not a zip / has no Main-Class
         let e = format!(

@@ -265,6 +265,9 @@ pub struct ServerFiles {
     /// The version of the catalina.base fuse writes ([`crate::runtimes::CATALINA_BASE_LAYOUT`]).
     #[serde(default)]
     pub layout: u32,
+    /// `[server] mbeans`: Tomcat's MBean registry kept (else turned off at start-up).
+    #[serde(default)]
+    pub mbeans: bool,
 }
 
 /// The app's files in an app layer (the layer's name is the app part's).
@@ -524,6 +527,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
             tomcat: server.version.clone(),
             port: m.port,
             layout: crate::runtimes::CATALINA_BASE_LAYOUT,
+            mbeans: m.server_mbeans,
         });
         layers.push(sv);
     }

@@ -170,13 +170,15 @@ pub fn dead_weight(r: &Request, arch: crate::arch::Arch) -> Vec<String> {
 }
 
 /// The default JVM flags: heap sized from the VM's memory, no perf-data file, serial GC
-/// (one or two CPUs). `JAVA_OPTS` words are inserted after these, so they win.
+/// (one or two CPUs), C1 only, compiling after 5x the usual invocation counts (fewer
+/// compilations during start-up; docs/runtimes.md). `JAVA_OPTS` words are inserted after these, so they win.
 pub const JAVA_DEFAULTS: &[&str] = &[
     "-XX:MaxRAMPercentage=75",
     "-XX:InitialRAMPercentage=25",
     "-XX:+UseSerialGC",
     "-XX:-UsePerfData",
     "-XX:TieredStopAtLevel=1",
+    "-XX:CompileThresholdScaling=5",
     "-Djava.security.egd=file:/dev/urandom",
 ];
 
@@ -360,7 +362,7 @@ const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 /// The version of what [`tomcat_base`] writes, a key input of the server layer: 2 added
 /// `conf/context.xml`.
-pub const CATALINA_BASE_LAYOUT: u32 = 2;
+pub const CATALINA_BASE_LAYOUT: u32 = 3;
 
 /// Tomcat's catalina.base for the image, laid out in the server layer (read-only): the
 /// server configuration (the `[app] port`, the ROOT context from the war laid out
@@ -370,6 +372,7 @@ pub fn tomcat_base(
     version: &str,
     port: u16,
     jsp_compiler: bool,
+    mbeans: bool,
     epoch: u64,
 ) -> Result<crate::tree::Tree> {
     use crate::tree::{Node, Tree};
@@ -377,10 +380,7 @@ pub fn tomcat_base(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by fuse: Tomcat {version} serving the war exploded in /app/ROOT as the ROOT context. -->
 <Server port="-1" shutdown="SHUTDOWN">
-  <Listener className="org.apache.catalina.startup.VersionLoggerListener" />
-  <Listener className="org.apache.catalina.core.JreMemoryLeakPreventionListener" />
-  <Listener className="org.apache.catalina.mbeans.GlobalResourcesLifecycleListener" />
-  <Listener className="org.apache.catalina.core.ThreadLocalLeakPreventionListener" />
+{no_mbeans}  <Listener className="org.apache.catalina.startup.VersionLoggerListener" />
   <Service name="Catalina">
     <Connector port="{port}" protocol="HTTP/1.1" connectionTimeout="20000" />
     <Engine name="Catalina" defaultHost="localhost">
@@ -389,7 +389,15 @@ pub fn tomcat_base(
     </Engine>
   </Service>
 </Server>
-"#
+"#,
+        no_mbeans = if mbeans {
+            String::new()
+        } else {
+            format!(
+                "  <Listener className=\"{}\" />\n",
+                crate::java::listener::NO_MBEAN_REGISTRY
+            )
+        },
     );
     let logging = "handlers = java.util.logging.ConsoleHandler\n\
         .handlers = java.util.logging.ConsoleHandler\n\
@@ -437,6 +445,19 @@ pub fn tomcat_base(
         stamp(Node::dir(0o755)),
     )?;
     t.insert(&format!("{base}/lib"), stamp(Node::dir(0o755)))?;
+    if !mbeans {
+        t.insert(&format!("{base}/lib/fuse"), stamp(Node::dir(0o755)))?;
+        t.insert(
+            &format!(
+                "{base}/lib/{}",
+                crate::java::listener::NO_MBEAN_REGISTRY_FILE
+            ),
+            stamp(Node::file(
+                crate::java::listener::no_mbean_registry_class(),
+                0o644,
+            )),
+        )?;
+    }
     if jsp_compiler {
         t.insert(
             &format!("{base}/lib/ecj.jar"),
@@ -650,11 +671,42 @@ pub(crate) mod tests {
 
     #[test]
     fn jasper_finds_the_jsp_compiler_in_catalina_base_lib() {
-        let with = tomcat_base("10", 8080, true, 0).unwrap();
+        let with = tomcat_base("10", 8080, true, false, 0).unwrap();
         let link = format!("{}/lib/ecj.jar", CATALINA_BASE.trim_start_matches('/'));
         assert!(with.get(&link).is_some());
-        let without = tomcat_base("10", 8080, false, 0).unwrap();
+        let without = tomcat_base("10", 8080, false, false, 0).unwrap();
         assert!(without.get(&link).is_none());
+    }
+
+    #[test]
+    fn the_mbean_registry_is_off_unless_the_manifest_keeps_it() {
+        let base = CATALINA_BASE.trim_start_matches('/');
+        let class = format!(
+            "{base}/lib/{}",
+            crate::java::listener::NO_MBEAN_REGISTRY_FILE
+        );
+        let server_xml = |t: &crate::tree::Tree| {
+            let n = t.get(&format!("{base}/conf/server.xml")).unwrap();
+            String::from_utf8(n.data().unwrap().to_vec()).unwrap()
+        };
+        let off = tomcat_base("10", 8080, false, false, 0).unwrap();
+        let xml = server_xml(&off);
+        let listener = format!(
+            "<Listener className=\"{}\" />",
+            crate::java::listener::NO_MBEAN_REGISTRY
+        );
+        // first, so the registry is off before the server's own registration
+        assert!(
+            xml.find(&listener).unwrap() < xml.find("VersionLoggerListener").unwrap(),
+            "{xml}"
+        );
+        assert_eq!(
+            off.get(&class).unwrap().data().unwrap(),
+            crate::java::listener::no_mbean_registry_class().as_slice()
+        );
+        let on = tomcat_base("10", 8080, false, true, 0).unwrap();
+        assert!(!server_xml(&on).contains(&listener));
+        assert!(on.get(&class).is_none());
     }
 
     #[test]

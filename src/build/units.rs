@@ -298,6 +298,7 @@ pub fn layer_tree(
             &server.tomcat,
             server.port,
             jsp_compiler,
+            server.mbeans,
             epoch,
         )?)?;
     }

@@ -3,6 +3,7 @@
 
 pub mod classfile;
 pub mod jimage;
+pub mod listener;
 pub mod modgraph;
 pub mod modules;
 pub mod trim;

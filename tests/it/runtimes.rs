@@ -518,6 +518,15 @@ fn war_is_served_by_tomcat_as_the_root_context() {
         "{console}"
     );
     assert!(!console.contains("Failed to scan"), "{console}");
+    // Tomcat's MBean registry is off (fuse's listener ran before anything registered):
+    // none of its MBeans, and no "cannot be disabled" warning.
+    let mbeans = vm.get_until_ok("/mbeans", Duration::from_secs(60));
+    assert_eq!(mbeans.as_deref(), Some("mbeans=0\n"), "{}", vm.console());
+    assert!(
+        !vm.console().contains("cannot be disabled"),
+        "{}",
+        vm.console()
+    );
 }
 
 #[test]
@@ -544,6 +553,13 @@ fn a_war_with_a_jsp_page_gets_the_jsp_compiler_and_serves_the_page() {
         .status()
         .unwrap();
     assert!(st.success(), "jar --update failed");
+    // ... and keeps Tomcat's MBeans (`[server] mbeans = true`)
+    let m = std::fs::read_to_string(app.join("fuse.toml")).unwrap();
+    std::fs::write(
+        app.join("fuse.toml"),
+        m.replace("tomcat = \"10\"", "tomcat = \"10\"\nmbeans = true"),
+    )
+    .unwrap();
     let meta = build(&app);
     assert!(
         packages_of(&meta, "server").contains(&fuse::runtimes::JSP_COMPILER_PACKAGE.to_string())
@@ -552,6 +568,10 @@ fn a_war_with_a_jsp_page_gets_the_jsp_compiler_and_serves_the_page() {
     let body = vm.get_until_ok("/hello.jsp", Duration::from_secs(600));
     let body = body.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()));
     assert!(body.contains("jsp says 42"), "{body}");
+    let mbeans = vm.get_until_ok("/mbeans", Duration::from_secs(60));
+    let mbeans = mbeans.unwrap_or_else(|| panic!("no answer; console:\n{}", vm.console()));
+    let n: i64 = mbeans.trim().trim_start_matches("mbeans=").parse().unwrap();
+    assert!(n > 10, "{mbeans}: Tomcat registered no MBeans");
 }
 
 #[test]
