@@ -8,7 +8,8 @@
 #   BASE     the commit to compare with (default HEAD~1; e.g. BASE=main)
 #   FUSE_BIN / BASE_BIN  use these binaries instead of building them
 #   flask    a pseudo-example: Flask + numpy 2.x from PyPI in a virtualenv
-#   hello-cloud  a pseudo-example: the static example with linux-image-cloud-amd64
+#   EXAMPLE-cloud  a pseudo-example: EXAMPLE (hello-cloud, jar-hello-cloud, ...) with
+#            linux-image-cloud-amd64
 set -eu
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -53,11 +54,15 @@ PY
         printf '[image]\nname = "flasknp"\nversion = "1.0.0"\n\n[app]\nkind = "python"\npath = "app"\nargs = ["server.py"]\nport = 8080\n\n[runtime]\npython = "3.11"\n\n[health]\nhttp = "/"\n' >"$d/fuse.toml"
         /usr/bin/python3.11 -m venv "$d/app/.venv"
         "$d/app/.venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: flask 'numpy>=2,<3'
-    elif [ "$1" = hello-cloud ]; then
-        # the static example with Debian's cloud kernel (LZ4; docs/manifest.md)
-        cp -r examples/hello "$work/src/$1"
+    elif [ "${1%-cloud}" != "$1" ]; then
+        # EXAMPLE-cloud: the example with Debian's cloud kernel (LZ4; docs/manifest.md)
+        cp -r "examples/${1%-cloud}" "$work/src/$1"
         rm -rf "$work/src/$1/fuse-out" "$work/src/$1/fuse.lock"
-        sed -i 's/^kernel = "linux-image-amd64"/kernel = "linux-image-cloud-amd64"/' "$work/src/$1/fuse.toml"
+        if grep -q '^kernel = ' "$work/src/$1/fuse.toml"; then
+            sed -i 's/^kernel = "linux-image-amd64"/kernel = "linux-image-cloud-amd64"/' "$work/src/$1/fuse.toml"
+        else
+            printf '\n[system]\nkernel = "linux-image-cloud-amd64"\n' >>"$work/src/$1/fuse.toml"
+        fi
         grep -q 'linux-image-cloud-amd64' "$work/src/$1/fuse.toml"
         "$work/src/$1/build.sh" >/dev/null
     else
