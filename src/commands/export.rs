@@ -30,6 +30,14 @@ pub fn run(a: &ExportArgs) -> Result<u8> {
             src.display()
         )
     })?;
+    for gap in export::missing_drivers(format, &meta.kernel.modules) {
+        tracing::warn!(
+            "{} has no driver the {format} format's hardware needs: {gap}; its kernel {} \
+             brought none into the image (build with the default kernel, docs/manifest.md)",
+            src.display(),
+            meta.kernel.package.name
+        );
+    }
     let digest = format!("sha256:{}", crate::digest::sha256_hex(&raw));
     let base = format!("{}-{}", meta.name, meta.version);
     let out_dir = match (&a.out, is_file) {

@@ -87,6 +87,52 @@ impl std::fmt::Display for Format {
     }
 }
 
+/// The drivers the hardware a format is meant for needs, as (what, any of these modules):
+/// the OVA's descriptors ask for a SATA disk and a vmxnet3 (VMware) or e1000 (VirtualBox)
+/// NIC; a VMDK is attached to SATA by VMware and VirtualBox; a raw disk goes to bare metal
+/// or a hypervisor emulating SATA and Intel NICs; VHD to Hyper-V and Azure; GCE's disk to
+/// virtio-scsi or NVMe with gVNIC or virtio-net; qcow2 to virtio (docs/targets.md, "Drivers").
+pub fn needed_drivers(format: Format) -> &'static [(&'static str, &'static [&'static str])] {
+    match format {
+        Format::Ova => &[
+            ("its SATA disk", &["ahci"]),
+            (
+                "its NIC (vmxnet3 in VMware, e1000 in VirtualBox)",
+                &["vmxnet3", "e1000"],
+            ),
+        ],
+        Format::Vmdk => &[("a SATA disk (VMware's and VirtualBox's default)", &["ahci"])],
+        Format::Raw => &[
+            ("a SATA disk", &["ahci"]),
+            ("an Intel NIC", &["e1000", "e1000e"]),
+        ],
+        Format::Vhd => &[
+            ("Hyper-V's disk", &["hv_storvsc"]),
+            ("Hyper-V's NIC", &["hv_netvsc"]),
+        ],
+        Format::Gce => &[
+            ("GCE's disk", &["virtio_scsi", "nvme"]),
+            ("GCE's NIC", &["gve", "virtio_net"]),
+        ],
+        Format::Qcow2 => &[
+            ("a virtio disk", &["virtio_blk", "virtio_scsi"]),
+            ("a virtio NIC", &["virtio_net"]),
+        ],
+    }
+}
+
+/// What `format`'s hardware needs that `modules` (image.json's `kernel.modules`, the
+/// drivers the kernel package brought into the initramfs) lacks: one line per device.
+/// A driver built into the kernel is not listed there; Debian's kernels build none of
+/// these in, and its cloud flavour has no SATA or Intel NIC driver at all.
+pub fn missing_drivers(format: Format, modules: &[String]) -> Vec<String> {
+    needed_drivers(format)
+        .iter()
+        .filter(|(_, any)| !any.iter().any(|m| modules.iter().any(|h| h == m)))
+        .map(|(what, any)| format!("{what} needs {}", any.join(" or ")))
+        .collect()
+}
+
 /// `raw` in `format`. `base` names the files inside formats that hold more than one
 /// (OVA) or name themselves (VMDK's extent line): `<name>-<version>`.
 pub fn export(format: Format, raw: &[u8], base: &str) -> Result<Vec<u8>> {
@@ -191,6 +237,44 @@ pub fn beside_json(path: &Path) -> std::path::PathBuf {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_kernel_without_sata_and_intel_nic_drivers_is_named_for_the_formats_that_need_them() {
+        let generic: Vec<String> = [
+            "virtio_blk",
+            "virtio_net",
+            "virtio_scsi",
+            "nvme",
+            "ahci",
+            "e1000",
+            "e1000e",
+            "vmxnet3",
+            "hv_storvsc",
+            "hv_netvsc",
+            "gve",
+        ]
+        .map(String::from)
+        .to_vec();
+        for f in Format::ALL {
+            assert!(missing_drivers(f, &generic).is_empty(), "{f}");
+        }
+        let cloud: Vec<String> = generic
+            .iter()
+            .filter(|m| !["ahci", "e1000", "e1000e"].contains(&m.as_str()))
+            .cloned()
+            .collect();
+        let ova = missing_drivers(Format::Ova, &cloud);
+        assert_eq!(ova.len(), 1, "{ova:?}");
+        assert!(
+            ova[0].contains("SATA") && ova[0].contains("ahci"),
+            "{ova:?}"
+        );
+        assert_eq!(missing_drivers(Format::Raw, &cloud).len(), 2);
+        for f in [Format::Qcow2, Format::Vhd, Format::Gce] {
+            assert!(missing_drivers(f, &cloud).is_empty(), "{f}");
+        }
+        assert_eq!(missing_drivers(Format::Qcow2, &[]).len(), 2);
+    }
+
     use super::*;
 
     /// A sparse disk-like buffer: data in the first cluster, one byte in the sixth, and the

@@ -105,4 +105,27 @@ fn cloud_kernel_image_passes_fuse_test() {
         assert!(v["phases"][k].is_u64(), "no {k}: {v}");
     }
     eprintln!("cloud kernel: {}", v["phases"]);
+    // Exported for hardware it has no driver for (an OVA's SATA disk), it is named; for
+    // virtio (qcow2), not.
+    let out_dir = tempfile::tempdir().unwrap();
+    for (format, warned) in [("ova", true), ("qcow2", false)] {
+        let out = fuse(
+            &[
+                "export",
+                b.image.to_str().unwrap(),
+                "--format",
+                format,
+                "--out",
+                out_dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(
+            err.contains("SATA disk needs ahci") && err.contains(kernel),
+            warned,
+            "{format}: {err}"
+        );
+    }
 }
