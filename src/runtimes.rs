@@ -361,8 +361,9 @@ const DEFAULT_WEB_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 "#;
 
 /// The version of what [`tomcat_base`] writes, a key input of the server layer: 2 added
-/// `conf/context.xml`.
-pub const CATALINA_BASE_LAYOUT: u32 = 3;
+/// `conf/context.xml`, 3 the MBean-registry listener, 4 wrote its class without repeated
+/// constants.
+pub const CATALINA_BASE_LAYOUT: u32 = 4;
 
 /// Tomcat's catalina.base for the image, laid out in the server layer (read-only): the
 /// server configuration (the `[app] port`, the ROOT context from the war laid out

@@ -1,79 +1,14 @@
 //! The one class fuse adds to Tomcat: a lifecycle listener that turns Tomcat's MBean
 //! registry off before the server registers anything (docs/runtimes.md, "Tomcat").
-//!
-//! Written here byte by byte (JVM specification, chapter 4) rather than compiled: the
-//! build has no Java compiler, and two straight-line methods need no stack map frames
-//! (class-file version 52 = Java 8, which every Tomcat 9+ JVM loads).
+//! Class-file version 52 (Java 8), which every Tomcat 9+ JVM loads.
+
+use crate::java::classwrite::ClassWriter;
 
 /// The listener's binary name, as server.xml's `<Listener className=...>` names it.
 pub const NO_MBEAN_REGISTRY: &str = "fuse.NoMBeanRegistry";
 
 /// Its class file's path below a class-path directory (catalina.base's `lib`).
 pub const NO_MBEAN_REGISTRY_FILE: &str = "fuse/NoMBeanRegistry.class";
-
-/// A constant pool under construction: entries are numbered from 1 in insertion order.
-struct Pool {
-    bytes: Vec<u8>,
-    count: u16,
-}
-
-impl Pool {
-    fn push(&mut self, entry: &[u8]) -> u16 {
-        self.bytes.extend_from_slice(entry);
-        self.count += 1;
-        self.count
-    }
-    fn utf8(&mut self, s: &str) -> u16 {
-        let mut e = vec![1u8];
-        e.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        e.extend_from_slice(s.as_bytes());
-        self.push(&e)
-    }
-    fn class(&mut self, name: &str) -> u16 {
-        let n = self.utf8(name);
-        let mut e = vec![7u8];
-        e.extend_from_slice(&n.to_be_bytes());
-        self.push(&e)
-    }
-    fn method_ref(&mut self, class: u16, name: &str, descriptor: &str) -> u16 {
-        let n = self.utf8(name);
-        let d = self.utf8(descriptor);
-        let mut nat = vec![12u8];
-        nat.extend_from_slice(&n.to_be_bytes());
-        nat.extend_from_slice(&d.to_be_bytes());
-        let nat = self.push(&nat);
-        let mut e = vec![10u8];
-        e.extend_from_slice(&class.to_be_bytes());
-        e.extend_from_slice(&nat.to_be_bytes());
-        self.push(&e)
-    }
-}
-
-/// One public method with a `Code` attribute (no exception table, no attributes).
-fn method(
-    out: &mut Vec<u8>,
-    name: u16,
-    descriptor: u16,
-    code_attr: u16,
-    stack: u16,
-    locals: u16,
-    code: &[u8],
-) {
-    const ACC_PUBLIC: u16 = 0x0001;
-    out.extend_from_slice(&ACC_PUBLIC.to_be_bytes());
-    out.extend_from_slice(&name.to_be_bytes());
-    out.extend_from_slice(&descriptor.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes()); // attributes: Code
-    out.extend_from_slice(&code_attr.to_be_bytes());
-    let len = 2 + 2 + 4 + code.len() + 2 + 2;
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.extend_from_slice(&stack.to_be_bytes());
-    out.extend_from_slice(&locals.to_be_bytes());
-    out.extend_from_slice(&(code.len() as u32).to_be_bytes());
-    out.extend_from_slice(code);
-    out.extend_from_slice(&0u16.to_be_bytes()); // exception table
-    out.extend_from_slice(&0u16.to_be_bytes()); // attributes
-}
 
 /// The class file of
 /// ```java
@@ -88,60 +23,34 @@ fn method(
 /// nothing, as embedded Tomcat in Spring Boot does by default; it only warns if a registry
 /// is already in use, and every later event is a no-op. Same bytes on every call.
 pub fn no_mbean_registry_class() -> Vec<u8> {
-    let mut p = Pool {
-        bytes: Vec::new(),
-        count: 0,
-    };
-    let object = p.class("java/lang/Object");
-    let object_init = p.method_ref(object, "<init>", "()V");
-    let registry = p.class("org/apache/tomcat/util/modeler/Registry");
-    let disable = p.method_ref(registry, "disableRegistry", "()V");
-    let this = p.class(&NO_MBEAN_REGISTRY.replace('.', "/"));
-    let iface = p.class("org/apache/catalina/LifecycleListener");
-    let code_attr = p.utf8("Code");
-    let init_name = p.utf8("<init>");
-    let void_descriptor = p.utf8("()V");
-    let event_name = p.utf8("lifecycleEvent");
-    let event_descriptor = p.utf8("(Lorg/apache/catalina/LifecycleEvent;)V");
-
-    let mut out = Vec::with_capacity(400);
-    out.extend_from_slice(&0xCAFE_BABEu32.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes()); // minor
-    out.extend_from_slice(&52u16.to_be_bytes()); // major: Java 8
-    out.extend_from_slice(&(p.count + 1).to_be_bytes());
-    out.extend_from_slice(&p.bytes);
+    const ACC_PUBLIC: u16 = 0x0001;
     const ACC_PUBLIC_SUPER: u16 = 0x0021;
-    out.extend_from_slice(&ACC_PUBLIC_SUPER.to_be_bytes());
-    out.extend_from_slice(&this.to_be_bytes());
-    out.extend_from_slice(&object.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&iface.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes()); // fields
-    out.extend_from_slice(&2u16.to_be_bytes()); // methods
-                                                // aload_0; invokespecial Object.<init>; return
+    let mut w = ClassWriter::default();
+    let object = w.class("java/lang/Object");
+    let object_init = w.method_ref(object, "<init>", "()V");
+    let registry = w.class("org/apache/tomcat/util/modeler/Registry");
+    let disable = w.method_ref(registry, "disableRegistry", "()V");
+    let this = w.class(&NO_MBEAN_REGISTRY.replace('.', "/"));
+    let listener = w.class("org/apache/catalina/LifecycleListener");
+    // aload_0; invokespecial Object.<init>; return
     let [hi, lo] = object_init.to_be_bytes();
-    method(
-        &mut out,
-        init_name,
-        void_descriptor,
-        code_attr,
-        1,
-        1,
+    w.method(
+        ACC_PUBLIC,
+        "<init>",
+        "()V",
+        (1, 1),
         &[0x2a, 0xb7, hi, lo, 0xb1],
     );
     // invokestatic Registry.disableRegistry; return
     let [hi, lo] = disable.to_be_bytes();
-    method(
-        &mut out,
-        event_name,
-        event_descriptor,
-        code_attr,
-        0,
-        2,
+    w.method(
+        ACC_PUBLIC,
+        "lifecycleEvent",
+        "(Lorg/apache/catalina/LifecycleEvent;)V",
+        (0, 2),
         &[0xb8, hi, lo, 0xb1],
     );
-    out.extend_from_slice(&0u16.to_be_bytes()); // class attributes
-    out
+    w.finish(52, ACC_PUBLIC_SUPER, this, object, &[listener]) // 52: Java 8
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! and module graph, and the trimmed runtime layer. docs/runtimes.md states the rule.
 
 pub mod classfile;
+pub mod classwrite;
 pub mod jimage;
 pub mod listener;
 pub mod modgraph;

@@ -3,6 +3,7 @@
 //! modules left out removed, `release`'s MODULES rewritten, and the CDS archive (made for
 //! the full image, which the JVM would refuse) left out.
 
+use super::classwrite::ClassWriter;
 use super::jimage::{self, Jimage};
 use super::modgraph::ModuleGraph;
 use super::modules::Modules;
@@ -329,61 +330,53 @@ pub const SYSTEM_MODULES_MAP: &str = "jdk/internal/module/SystemModulesMap.class
 /// `module-info.class` from the trimmed image at start-up and resolves the boot layer
 /// from what is there. jlink's generated copy describes every module of the full image,
 /// which would make the JVM define modules that are not there and load their services.
-/// Hand-assembled class file (version 61), five methods, no branches.
+/// Class-file version 61 (Java 17), five methods, no branches (`classwrite`).
 pub fn system_modules_map() -> Vec<u8> {
-    let mut c: Vec<u8> = vec![0xCA, 0xFE, 0xBA, 0xBE, 0, 0, 0, 61];
-    let pool: &[&[u8]] = &[
-        b"\x01jdk/internal/module/SystemModulesMap",  // 1
-        b"\x07\x00\x01",                              // 2 Class #1
-        b"\x01java/lang/Object",                      // 3
-        b"\x07\x00\x03",                              // 4 Class #3
-        b"\x01<init>",                                // 5
-        b"\x01()V",                                   // 6
-        b"\x0c\x00\x05\x00\x06",                      // 7 NameAndType #5 #6
-        b"\x0a\x00\x04\x00\x07",                      // 8 Methodref #4 #7
-        b"\x01Code",                                  // 9
-        b"\x01allSystemModules",                      // 10
-        b"\x01()Ljdk/internal/module/SystemModules;", // 11
-        b"\x01defaultSystemModules",                  // 12
-        b"\x01moduleNames",                           // 13
-        b"\x01()[Ljava/lang/String;",                 // 14
-        b"\x01classNames",                            // 15
-        b"\x01java/lang/String",                      // 16
-        b"\x07\x00\x10",                              // 17 Class #16
-    ];
-    c.extend_from_slice(&(pool.len() as u16 + 1).to_be_bytes());
-    for e in pool {
-        if e[0] == 1 {
-            c.push(1);
-            c.extend_from_slice(&((e.len() - 1) as u16).to_be_bytes());
-        }
-        c.extend_from_slice(if e[0] == 1 { &e[1..] } else { e });
+    const ACC_STATIC: u16 = 0x0008;
+    const ACC_FINAL_SUPER: u16 = 0x0030;
+    let mut w = ClassWriter::default();
+    // the constant pool, in this order
+    let this = w.class("jdk/internal/module/SystemModulesMap");
+    let object = w.class("java/lang/Object");
+    let object_init = w.method_ref(object, "<init>", "()V");
+    w.utf8("Code");
+    let system_modules = "()Ljdk/internal/module/SystemModules;";
+    let names = "()[Ljava/lang/String;";
+    for s in [
+        "allSystemModules",
+        system_modules,
+        "defaultSystemModules",
+        "moduleNames",
+        names,
+        "classNames",
+    ] {
+        w.utf8(s);
     }
-    // final class, super; this #2, super #4, no interfaces, no fields
-    c.extend_from_slice(&[0x00, 0x30, 0, 2, 0, 4, 0, 0, 0, 0]);
-    // (access, name, descriptor, max_stack, max_locals, code)
-    type Method<'a> = (u16, u16, u16, u16, u16, &'a [u8]);
-    let methods: &[Method] = &[
-        (0x0000, 5, 6, 1, 1, &[0x2a, 0xb7, 0x00, 0x08, 0xb1]), // aload_0 invokespecial #8 return
-        (0x0008, 10, 11, 1, 0, &[0x01, 0xb0]),                 // aconst_null areturn
-        (0x0008, 12, 11, 1, 0, &[0x01, 0xb0]),
-        (0x0008, 13, 14, 1, 0, &[0x03, 0xbd, 0x00, 0x11, 0xb0]), // iconst_0 anewarray #17
-        (0x0008, 15, 14, 1, 0, &[0x03, 0xbd, 0x00, 0x11, 0xb0]),
-    ];
-    c.extend_from_slice(&(methods.len() as u16).to_be_bytes());
-    for (acc, name, desc, stack, locals, code) in methods {
-        for v in [*acc, *name, *desc, 1, 9] {
-            c.extend_from_slice(&v.to_be_bytes());
-        }
-        c.extend_from_slice(&(12 + code.len() as u32).to_be_bytes());
-        c.extend_from_slice(&stack.to_be_bytes());
-        c.extend_from_slice(&locals.to_be_bytes());
-        c.extend_from_slice(&(code.len() as u32).to_be_bytes());
-        c.extend_from_slice(code);
-        c.extend_from_slice(&[0, 0, 0, 0]); // no exception table, no attributes
-    }
-    c.extend_from_slice(&[0, 0]); // no class attributes
-    c
+    let string = w.class("java/lang/String");
+    // aload_0; invokespecial Object.<init>; return
+    let [hi, lo] = object_init.to_be_bytes();
+    w.method(0, "<init>", "()V", (1, 1), &[0x2a, 0xb7, hi, lo, 0xb1]);
+    // aconst_null; areturn
+    w.method(
+        ACC_STATIC,
+        "allSystemModules",
+        system_modules,
+        (1, 0),
+        &[0x01, 0xb0],
+    );
+    w.method(
+        ACC_STATIC,
+        "defaultSystemModules",
+        system_modules,
+        (1, 0),
+        &[0x01, 0xb0],
+    );
+    // iconst_0; anewarray String; areturn
+    let [hi, lo] = string.to_be_bytes();
+    let empty = [0x03, 0xbd, hi, lo, 0xb0];
+    w.method(ACC_STATIC, "moduleNames", names, (1, 0), &empty);
+    w.method(ACC_STATIC, "classNames", names, (1, 0), &empty);
+    w.finish(61, ACC_FINAL_SUPER, this, object, &[])
 }
 
 #[cfg(test)]
