@@ -110,12 +110,7 @@ impl Interpreter {
         remove_stale_temps(&dir);
         if !root.join(".complete").exists() {
             let t = std::time::Instant::now();
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let tmp = tempfile::Builder::new()
-                .prefix(".tmp-")
-                .tempdir_in(&dir)
-                .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
+            let tmp = scratch_dir(&dir, ".tmp-")?;
             let files = files()?;
             write_tree(&files, tmp.path())?;
             let interp = Interpreter::at(tmp.path(), &files, version, arch)?;
@@ -339,12 +334,7 @@ pub fn compile(tree: &mut Tree, interp: &Interpreter, tools: &Path, epoch: u64) 
     let mut skipped = 0;
     if !to_compile.is_empty() {
         let dir = tools.join("python");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-pyc-")
-            .tempdir_in(&dir)
-            .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
+        let tmp = scratch_dir(&dir, ".tmp-pyc-")?;
         let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
         for f in &to_compile {
             let data = tree.get(f).and_then(|n| n.data()).unwrap_or_default();
@@ -398,6 +388,16 @@ pub fn compile(tree: &mut Tree, interp: &Interpreter, tools: &Path, epoch: u64) 
         t.elapsed().as_secs_f64()
     );
     Ok(added)
+}
+
+/// A temporary directory `<dir>/<prefix>*` (`dir` made if missing), removed when dropped;
+/// one a killed build left behind goes after an hour ([`remove_stale_temps`]).
+fn scratch_dir(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a directory in {}", dir.display()))
 }
 
 /// Remove what a killed build left in `dir` (`.tmp-*` directories over an hour old: a

@@ -92,7 +92,7 @@ impl std::fmt::Display for Format {
 /// NIC; a VMDK is attached to SATA by VMware and VirtualBox; a raw disk goes to bare metal
 /// or a hypervisor emulating SATA and Intel NICs; VHD to Hyper-V and Azure; GCE's disk to
 /// virtio-scsi or NVMe with gVNIC or virtio-net; qcow2 to virtio (docs/targets.md, "Drivers").
-pub fn needed_drivers(format: Format) -> &'static [(&'static str, &'static [&'static str])] {
+fn needed_drivers(format: Format) -> &'static [(&'static str, &'static [&'static str])] {
     match format {
         Format::Ova => &[
             ("its SATA disk", &["ahci"]),
