@@ -10,6 +10,9 @@
 #   flask    a pseudo-example: Flask + numpy 2.x from PyPI in a virtualenv
 #   EXAMPLE-cloud  a pseudo-example: EXAMPLE (hello-cloud, jar-hello-cloud, ...) with
 #            linux-image-cloud-amd64
+#   EXAMPLE-trixie  a pseudo-example: EXAMPLE on Debian 13 (distribution = "debian/trixie",
+#            with the runtime versions it has: Java 21, Python 3.13, Node.js 20)
+# A tree that cannot build an example (an older fuse and trixie) is reported and skipped.
 set -eu
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -65,6 +68,17 @@ PY
         fi
         grep -q 'linux-image-cloud-amd64' "$work/src/$1/fuse.toml"
         "$work/src/$1/build.sh" >/dev/null
+    elif [ "${1%-trixie}" != "$1" ]; then
+        cp -r "examples/${1%-trixie}" "$work/src/$1"
+        m=$work/src/$1/fuse.toml
+        rm -rf "$work/src/$1/fuse-out" "$work/src/$1/fuse.lock"
+        if grep -q '^distribution = ' "$m"; then
+            sed -i 's|^distribution = .*|distribution = "debian/trixie"|' "$m"
+        else
+            printf '\n[system]\ndistribution = "debian/trixie"\n' >>"$m"
+        fi
+        sed -i 's/^java = "17"/java = "21"/; s/^python = "3.11"/python = "3.13"/; s/^node = "18"/node = "20"/' "$m"
+        "$work/src/$1/build.sh" >/dev/null
     else
         cp -r "examples/$1" "$work/src/$1"
         rm -rf "$work/src/$1/fuse-out"
@@ -86,13 +100,19 @@ now() { date +%s.%N; }
 echo "base: ${BASE:-HEAD~1} ($BASE_BIN), this tree: $FUSE_BIN"
 for ex in ${*:-hello jar-hello war-hello flask}; do
     app "$ex"
+    trees=
     for tree in base new; do
         bin=$BASE_BIN; [ $tree = new ] && bin=$FUSE_BIN
-        rm -rf "$work/src/$ex/fuse-out"
-        "$bin" build "$work/src/$ex" --out "$work/out-$tree-$ex" >"$work/build.out" 2>"$work/build.log" || { cat "$work/build.log"; exit 1; }
+        rm -rf "$work/src/$ex/fuse-out" "$work/src/$ex/fuse.lock"
+        if "$bin" build "$work/src/$ex" --out "$work/out-$tree-$ex" >"$work/build.out" 2>"$work/build.log"; then
+            trees="$trees $tree"
+        else
+            printf '%-10s %-4s cannot build it: %s\n' "$ex" "$tree" "$(grep -m1 '^error' "$work/build.log")"
+            [ $tree = new ] && { cat "$work/build.log"; exit 1; }
+        fi
     done
     for run in $(seq "${RUNS:-1}"); do
-        for tree in base new; do
+        for tree in $trees; do
             bin=$BASE_BIN; [ $tree = new ] && bin=$FUSE_BIN
             img=$(ls "$work/out-$tree-$ex"/*.img)
             load=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -270,9 +270,87 @@ pub fn efi_kernel(vmlinuz: Arc<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
     Ok(Arc::new(out))
 }
 
-/// Kernel module names use '_' where file names may use '-'.
+/// Kernel module names use '_' where file names may use '-'; a compressed module's
+/// name is that of the `.ko` inside (`overlay.ko.xz` -> `overlay`).
 pub fn module_name(file_name: &str) -> String {
-    file_name.trim_end_matches(".ko").replace('-', "_")
+    let base = COMPRESSED_MODULE_SUFFIXES
+        .iter()
+        .find_map(|(ext, _)| file_name.strip_suffix(ext))
+        .unwrap_or(file_name);
+    base.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// How a kernel package may ship its modules (trixie's: `.ko.xz`), and the compression.
+const COMPRESSED_MODULE_SUFFIXES: &[(&str, ModuleCompression)] = &[
+    (".ko.xz", ModuleCompression::Xz),
+    (".ko.zst", ModuleCompression::Zstd),
+    (".ko.gz", ModuleCompression::Gzip),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ModuleCompression {
+    Xz,
+    Zstd,
+    Gzip,
+}
+
+/// The largest module a compressed `.ko.*` may expand to.
+const MAX_MODULE: u64 = 64 << 20;
+
+/// A module file of the package: its path as the initramfs holds it (always a plain `.ko`:
+/// the init loads it with `finit_module` without flags) and its bytes as packaged.
+struct ModuleFile {
+    path: String,
+    packaged: Arc<Vec<u8>>,
+    compression: Option<ModuleCompression>,
+    /// The plain `.ko`, once expanded.
+    plain: Option<Arc<Vec<u8>>>,
+}
+
+impl ModuleFile {
+    /// The module's `.ko` bytes, expanded (deterministically) from the packaged file the
+    /// first time they are asked for.
+    fn bytes(&mut self) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = &self.plain {
+            return Ok(b.clone());
+        }
+        let data = self.packaged.as_slice();
+        let mut out = Vec::new();
+        let read = match self.compression {
+            None => {
+                self.plain = Some(self.packaged.clone());
+                return Ok(self.packaged.clone());
+            }
+            Some(ModuleCompression::Xz) => {
+                let stream = liblzma::stream::Stream::new_stream_decoder(256 << 20, 0)
+                    .map_err(|e| anyhow::anyhow!("cannot start the xz decoder: {e}"))?;
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(
+                        liblzma::read::XzDecoder::new_stream(data, stream),
+                        MAX_MODULE + 1,
+                    ),
+                    &mut out,
+                )
+            }
+            Some(ModuleCompression::Zstd) => zstd::stream::read::Decoder::new(data).and_then(|d| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(d, MAX_MODULE + 1), &mut out)
+            }),
+            Some(ModuleCompression::Gzip) => std::io::Read::read_to_end(
+                &mut std::io::Read::take(flate2::read::GzDecoder::new(data), MAX_MODULE + 1),
+                &mut out,
+            ),
+        };
+        read.with_context(|| format!("cannot decompress the module {}", self.path))?;
+        if out.len() as u64 > MAX_MODULE {
+            bail!(
+                "module {} expands to more than {MAX_MODULE} bytes",
+                self.path
+            );
+        }
+        let out = Arc::new(out);
+        self.plain = Some(out.clone());
+        Ok(out)
+    }
 }
 
 /// Find the kernel release, vmlinuz and the module closure in a kernel image package's tree.
@@ -295,15 +373,33 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
         .find(|d| data.get(d).is_some())
         .with_context(|| format!("package {package} has no /lib/modules/{release}"))?;
 
-    // Index every .ko by module name.
-    let mut by_name: BTreeMap<String, (String, Arc<Vec<u8>>)> = BTreeMap::new();
+    // Index every module file (.ko, or compressed: .ko.xz, .ko.zst, .ko.gz) by module name.
+    let mut by_name: BTreeMap<String, ModuleFile> = BTreeMap::new();
     for (path, node) in data.iter() {
-        if !path.starts_with(&moddir) || !path.ends_with(".ko") {
+        if !path.starts_with(&moddir) {
             continue;
         }
+        let (plain_path, compression) = if path.ends_with(".ko") {
+            (path.to_string(), None)
+        } else if let Some((ext, c)) = COMPRESSED_MODULE_SUFFIXES
+            .iter()
+            .find(|(ext, _)| path.ends_with(ext))
+        {
+            (format!("{}.ko", &path[..path.len() - ext.len()]), Some(*c))
+        } else {
+            continue;
+        };
         if let Kind::File(d) = &node.kind {
             let file = path.rsplit('/').next().unwrap_or(path);
-            by_name.insert(module_name(file), (path.to_string(), d.clone()));
+            by_name.insert(
+                module_name(file),
+                ModuleFile {
+                    path: plain_path,
+                    packaged: d.clone(),
+                    compression,
+                    plain: None,
+                },
+            );
         }
     }
     let builtin: BTreeSet<String> = match data
@@ -325,7 +421,7 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
         if by_name.contains_key(&want) {
             visit(
                 &want,
-                &by_name,
+                &mut by_name,
                 &builtin,
                 &mut state,
                 &mut order,
@@ -339,13 +435,13 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
             tracing::debug!("kernel {release} has no {want}; skipped");
         }
     }
-    let modules = order
-        .into_iter()
-        .map(|name| {
-            let (path, data) = by_name[&name].clone();
-            (format!("/{path}"), data, name)
-        })
-        .collect();
+    let mut modules = Vec::with_capacity(order.len());
+    for name in order {
+        let m = by_name
+            .get_mut(&name)
+            .context("internal error: an ordered module is not indexed")?;
+        modules.push((format!("/{}", m.path), m.bytes()?, name));
+    }
     Ok(Kernel {
         release,
         vmlinuz,
@@ -355,7 +451,7 @@ pub fn from_package(data: &Tree, package: &str) -> Result<Kernel> {
 
 fn visit(
     name: &str,
-    by_name: &BTreeMap<String, (String, Arc<Vec<u8>>)>,
+    by_name: &mut BTreeMap<String, ModuleFile>,
     builtin: &BTreeSet<String>,
     state: &mut BTreeMap<String, bool>,
     order: &mut Vec<String>,
@@ -366,7 +462,7 @@ fn visit(
         Some(false) => bail!("module dependency cycle: {} -> {name}", chain.join(" -> ")),
         None => {}
     }
-    let Some((path, data)) = by_name.get(name) else {
+    let Some(file) = by_name.get_mut(name) else {
         if builtin.contains(name) {
             return Ok(());
         }
@@ -377,7 +473,8 @@ fn visit(
     };
     state.insert(name.to_string(), false);
     chain.push(name.to_string());
-    let info = modinfo(data).with_context(|| format!("cannot read .modinfo of {path}"))?;
+    let data = file.bytes()?;
+    let info = modinfo(&data).with_context(|| format!("cannot read .modinfo of {}", file.path))?;
     let deps: BTreeSet<String> = info
         .iter()
         .filter(|(k, _)| k == "depends")
@@ -596,6 +693,95 @@ mod tests {
         // load order kept: dependencies before their users
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("libata") < pos("libahci") && pos("libahci") < pos("ahci"));
+    }
+
+    /// `data` xz-compressed, as trixie's kernel packages ship their modules.
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut liblzma::read::XzEncoder::new(data, 6), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn compressed_modules_are_found_and_expanded_to_plain_ko() {
+        let mut t = Tree::new();
+        t.insert(
+            "boot/vmlinuz-6.12.9-amd64",
+            Node::file(b"MZ kernel".to_vec(), 0o644),
+        )
+        .unwrap();
+        let m = "usr/lib/modules/6.12.9-amd64";
+        let verity = fake_ko("depends=dm-bufio,dm-mod;");
+        let files: [(&str, Vec<u8>); 5] = [
+            ("drivers/virtio/virtio_pci.ko.xz", xz(&fake_ko("depends=;"))),
+            (
+                "drivers/block/virtio_blk.ko.zst",
+                zstd::encode_all(&fake_ko("depends=;")[..], 3).unwrap(),
+            ),
+            ("drivers/md/dm-verity.ko.xz", xz(&verity)),
+            ("drivers/md/dm-bufio.ko.gz", {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                std::io::Write::write_all(&mut e, &fake_ko("depends=;")).unwrap();
+                e.finish().unwrap()
+            }),
+            ("drivers/md/dm-mod.ko", fake_ko("depends=;")),
+        ];
+        for (f, data) in files {
+            t.insert(&format!("{m}/kernel/{f}"), Node::file(data, 0o644))
+                .unwrap();
+        }
+        t.insert(
+            &format!("{m}/modules.builtin"),
+            Node::file(
+                b"kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\n".to_vec(),
+                0o644,
+            ),
+        )
+        .unwrap();
+        let k = from_package(&t, "linux-image-test").unwrap();
+        let by_name: BTreeMap<&str, (&str, &Vec<u8>)> = k
+            .modules
+            .iter()
+            .map(|(p, d, n)| (n.as_str(), (p.as_str(), d.as_ref())))
+            .collect();
+        // every module in the initramfs is a plain .ko, expanded from what was packaged
+        for (name, (path, data)) in &by_name {
+            assert!(path.ends_with(".ko"), "{name}: {path}");
+            assert!(data.starts_with(b"\x7fELF"), "{name} not expanded");
+        }
+        assert_eq!(
+            by_name["dm_verity"],
+            (
+                "/usr/lib/modules/6.12.9-amd64/kernel/drivers/md/dm-verity.ko",
+                &verity
+            )
+        );
+        // dependencies read from the expanded .modinfo order the closure
+        let names: Vec<&str> = k.modules.iter().map(|m| m.2.as_str()).collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("dm_bufio") < pos("dm_verity") && pos("dm_mod") < pos("dm_verity"));
+        assert!(names.contains(&"virtio_blk") && names.contains(&"virtio_pci"));
+
+        // a corrupt compressed module is an error naming it
+        t.insert(
+            &format!("{m}/kernel/drivers/md/dm-verity.ko.xz"),
+            Node::file(b"\xfd7zXZ\0 not really".to_vec(), 0o644),
+        )
+        .unwrap();
+        let e = format!("{:#}", from_package(&t, "linux-image-test").unwrap_err());
+        assert!(
+            e.contains("dm-verity.ko") && e.contains("decompress"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn module_names_of_compressed_files() {
+        assert_eq!(module_name("overlay.ko.xz"), "overlay");
+        assert_eq!(module_name("dm-verity.ko.zst"), "dm_verity");
+        assert_eq!(module_name("virtio_net.ko.gz"), "virtio_net");
+        assert_eq!(module_name("dm-mod.ko"), "dm_mod");
     }
 
     #[test]

@@ -340,14 +340,29 @@ fn index_file(
         return Ok(b);
     }
     let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-    let rel = if release.acquire_by_hash {
-        format!("dists/{codename}/{dir}/by-hash/SHA256/{}", entry.sha256)
+    let by_name = join_url(base, &format!("dists/{codename}/{path}"));
+    // by-hash when the Release offers it (no race with the mirror's next update); a mirror
+    // that lacks the by-hash copy (seen for trixie's Contents) still has it by name, as apt
+    // falls back too. Either way the bytes must match the Release's sha256.
+    let (url, b) = if release.acquire_by_hash {
+        let url = join_url(
+            base,
+            &format!("dists/{codename}/{dir}/by-hash/SHA256/{}", entry.sha256),
+        );
+        tracing::info!("fetching {url}");
+        match fetcher.get(&url, Some(entry.size), entry.size) {
+            Ok(b) => (url, b),
+            Err(e) => {
+                tracing::info!("{e:#}; fetching {by_name}");
+                let b = fetcher.get(&by_name, Some(entry.size), entry.size)?;
+                (by_name, b)
+            }
+        }
     } else {
-        format!("dists/{codename}/{path}")
+        tracing::info!("fetching {by_name}");
+        let b = fetcher.get(&by_name, Some(entry.size), entry.size)?;
+        (by_name, b)
     };
-    let url = join_url(base, &rel);
-    tracing::info!("fetching {url}");
-    let b = fetcher.get(&url, Some(entry.size), entry.size)?;
     let got = sha256_hex(&b);
     if got != entry.sha256 {
         bail!(

@@ -306,6 +306,28 @@ pub struct LayerInputs {
     /// Python bytecode compiled for the layer's `.py` files (`pyc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytecode: Option<BytecodeInputs>,
+    /// A merged-/usr distribution (trixie on): the top-level directories that are links
+    /// into /usr (`bin` -> `usr/bin`, ...). Packages' files under them are laid out under
+    /// /usr, and the system layer holds the links (what trixie's base-files ships).
+    /// Empty for bookworm, whose packages still ship /lib, /bin and /sbin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usr_aliases: Vec<String>,
+}
+
+/// The top-level directories that a distribution with merged /usr makes links into /usr,
+/// for an image of `arch`: none for bookworm (its packages ship /lib, /bin, /sbin), and
+/// `bin`, `lib`, `sbin` (and on amd64 `lib64`, where the ELF interpreter is) from trixie
+/// on, as its base-files does.
+pub fn usr_aliases(codename: &str, arch: Arch) -> Vec<String> {
+    if codename == "bookworm" {
+        return Vec::new();
+    }
+    let mut a = vec!["bin", "lib", "sbin"];
+    if arch == Arch::Amd64 {
+        a.push("lib64");
+    }
+    a.sort_unstable();
+    a.into_iter().map(String::from).collect()
 }
 
 /// The invalidation mode of the Python bytecode fuse compiles (`pyc`), as
@@ -467,6 +489,7 @@ pub fn plan(m: &Manifest, lock: &Lock, app: &AppScan, epoch: u64) -> Result<Plan
         app: None,
         jre: None,
         bytecode: None,
+        usr_aliases: usr_aliases(&m.distribution.codename, m.arch),
     };
     let mut packages = lock.packages.clone();
     packages.sort();

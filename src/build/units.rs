@@ -210,7 +210,15 @@ pub fn is_dead_weight(f: &Filter, path: &str) -> bool {
 
 /// A package's files as they go into a layer: dead weight dropped, times clamped to the
 /// epoch. Returns the files and the bytes dropped.
-pub fn package_files(data: &Tree, f: &Filter, epoch: u64) -> Result<(Tree, u64)> {
+/// With `usr_aliases` (a merged-/usr distribution), what a package ships under an alias
+/// directory (`lib/...`) is laid out under /usr (`usr/lib/...`), where the alias's link
+/// leads (`plan::usr_aliases`).
+pub fn package_files(
+    data: &Tree,
+    f: &Filter,
+    epoch: u64,
+    usr_aliases: &[String],
+) -> Result<(Tree, u64)> {
     let mut out = Tree::new();
     let mut dropped = 0;
     for (path, node) in data.iter() {
@@ -220,9 +228,38 @@ pub fn package_files(data: &Tree, f: &Filter, epoch: u64) -> Result<(Tree, u64)>
         }
         let mut n = node.clone();
         n.mtime = n.mtime.min(epoch);
-        out.insert(path, n)?;
+        out.insert(&under_usr(path, usr_aliases), n)?;
     }
     Ok((out, dropped))
+}
+
+/// Where a package's `path` goes in a merged-/usr image: under /usr when its first
+/// component is one of `usr_aliases`.
+fn under_usr<'a>(path: &'a str, usr_aliases: &[String]) -> std::borrow::Cow<'a, str> {
+    let top = path.split('/').next().unwrap_or(path);
+    if usr_aliases.iter().any(|a| a == top) {
+        format!("usr/{path}").into()
+    } else {
+        path.into()
+    }
+}
+
+/// The merged-/usr links (`lib64` -> `usr/lib64`, ...) in `tree`, each with its target
+/// directory.
+fn add_usr_links(tree: &mut Tree, usr_aliases: &[String], epoch: u64) -> Result<()> {
+    for alias in usr_aliases {
+        let target = format!("usr/{alias}");
+        if tree.get(&target).is_none() {
+            let mut d = Node::dir(0o755);
+            d.mtime = epoch;
+            tree.insert(&target, d)?;
+        }
+        let mut link = Node::symlink(target);
+        link.mtime = epoch;
+        tree.insert(alias, link)
+            .with_context(|| format!("the merged-/usr link /{alias}"))?;
+    }
+    Ok(())
 }
 
 /// The file tree of a layer, from its inputs.
@@ -241,7 +278,7 @@ pub fn layer_tree(
     let mut dropped = 0;
     for pin in &i.packages {
         let deb = debs.read(pin)?;
-        let (files, d) = package_files(&deb.data, &i.filter, epoch)?;
+        let (files, d) = package_files(&deb.data, &i.filter, epoch, &i.usr_aliases)?;
         dropped += d;
         tree.merge(&files)
             .with_context(|| format!("package {}", pin.name))?;
@@ -288,6 +325,8 @@ pub fn layer_tree(
         };
         let base = layers::base_layer(&sys.name, &sys.version, &distro, &status, epoch)?;
         tree.merge(&base.tree)?;
+        // merged /usr: the links the packages expect (trixie's base-files ships them)
+        add_usr_links(&mut tree, &i.usr_aliases, epoch)?;
     }
     if let Some(server) = &i.server {
         let jsp_compiler = i
@@ -324,10 +363,13 @@ pub fn layer_tree(
             let mut files = Tree::new();
             for pin in &pins {
                 let deb = debs.read(pin)?;
-                files
-                    .merge(&deb.data)
-                    .with_context(|| format!("package {}", pin.name))?;
+                for (path, node) in deb.data.iter() {
+                    files
+                        .insert(&under_usr(path, &i.usr_aliases), node.clone())
+                        .with_context(|| format!("package {}", pin.name))?;
+                }
             }
+            add_usr_links(&mut files, &i.usr_aliases, epoch)?;
             Ok(files)
         };
         let interp = crate::pyc::Interpreter::prepare(tools, &pins, &bc.python, bc.arch, &files)?;
@@ -753,6 +795,69 @@ fn report(unit: &str, key: &str, source: Source) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_usr_lays_package_files_under_usr_and_links_the_aliases() {
+        let mut deb = Tree::new();
+        deb.insert(
+            "lib64/ld-linux-x86-64.so.2",
+            Node::symlink("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        deb.insert(
+            "lib/x86_64-linux-gnu/libc.so.6",
+            Node::file(b"libc".to_vec(), 0o644),
+        )
+        .unwrap();
+        deb.insert(
+            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            Node::file(b"ld".to_vec(), 0o755),
+        )
+        .unwrap();
+        deb.insert("usr/bin/env", Node::file(b"env".to_vec(), 0o755))
+            .unwrap();
+        deb.insert("etc/x.conf", Node::file(b"x".to_vec(), 0o644))
+            .unwrap();
+        let f = Filter {
+            common: Vec::new(),
+            runtime: Vec::new(),
+            keep: Vec::new(),
+        };
+        // bookworm: as packaged
+        let (same, _) = package_files(&deb, &f, 0, &[]).unwrap();
+        let paths = |t: &Tree| t.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(paths(&same), paths(&deb));
+        // trixie: under /usr, and the links resolve the ELF interpreter's path
+        let aliases = crate::plan::usr_aliases("trixie", crate::arch::Arch::Amd64);
+        let (mut merged, _) = package_files(&deb, &f, 0, &aliases).unwrap();
+        assert!(merged.get("usr/lib/x86_64-linux-gnu/libc.so.6").is_some());
+        assert!(merged.get("usr/lib64/ld-linux-x86-64.so.2").is_some());
+        assert!(merged.get("lib").is_none() && merged.get("lib64").is_none());
+        assert!(merged.get("etc/x.conf").is_some() && merged.get("usr/bin/env").is_some());
+        add_usr_links(&mut merged, &aliases, 0).unwrap();
+        for a in ["bin", "lib", "lib64", "sbin"] {
+            assert_eq!(
+                merged.get(a).map(|n| n.kind.clone()),
+                Some(crate::tree::Kind::Symlink(format!("usr/{a}"))),
+                "{a}"
+            );
+            assert!(
+                merged
+                    .get(&format!("usr/{a}"))
+                    .is_some_and(|n| n.kind == crate::tree::Kind::Dir),
+                "{a}"
+            );
+        }
+        let (real, _) =
+            crate::resolve::elf::follow(&merged, "/lib64/ld-linux-x86-64.so.2").unwrap();
+        assert_eq!(real, "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+        // arm64 has no /lib64 link (its interpreter is in /lib)
+        assert_eq!(
+            crate::plan::usr_aliases("trixie", crate::arch::Arch::Arm64),
+            ["bin", "lib", "sbin"]
+        );
+        assert!(crate::plan::usr_aliases("bookworm", crate::arch::Arch::Amd64).is_empty());
+    }
 
     #[test]
     fn one_filter_for_common_and_runtime_dead_weight() {

@@ -15,6 +15,8 @@ pub struct Archive {
     pub dir: tempfile::TempDir,
     gnupg: PathBuf,
     paragraphs: Vec<String>,
+    /// The Release says `Acquire-By-Hash: yes` (no by-hash copies are written).
+    pub by_hash: bool,
 }
 
 /// Create a throw-away signing key in `home`; returns its exported public keyring.
@@ -70,6 +72,7 @@ impl Archive {
             dir,
             gnupg,
             paragraphs: Vec::new(),
+            by_hash: false,
         }
     }
 
@@ -171,6 +174,9 @@ impl Archive {
         );
         if let Some(v) = valid_until {
             release.push_str(&format!("Valid-Until: {v}\n"));
+        }
+        if self.by_hash {
+            release.push_str("Acquire-By-Hash: yes\n");
         }
         release.push_str("Architectures: amd64\nComponents: main\nSHA256:\n");
         release.push_str(&format!(

@@ -15,6 +15,40 @@ fn digest_of(out: &std::process::Output) -> String {
     text(&out.stdout).lines().last().unwrap().to_string()
 }
 
+/// A Release that offers by-hash on a mirror without the by-hash copies (seen for trixie's
+/// Contents): the index is fetched by name, and checked against the Release all the same.
+#[test]
+fn indexes_missing_by_hash_are_fetched_by_name() {
+    let mut a = Archive::new();
+    a.by_hash = true;
+    a.add_kernel_and_stub();
+    a.add_package(
+        "libfoo1",
+        "1.0",
+        "",
+        &[("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo")],
+    );
+    a.publish(None, None);
+    let server = Server::start(&a.www());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let app = app_with(dir.path(), &server.url, &a.keyring(), &["libfoo1"]);
+    let out = build_with_cache(&app, &cache, &[]);
+    let err = text(&out.stderr);
+    assert!(digest_of(&out).starts_with("sha256:"), "{err}");
+    assert!(
+        err.contains("by-hash/SHA256/") && err.contains("HTTP 404"),
+        "{err}"
+    );
+    // by name, a Packages file that does not match the Release is still refused
+    std::fs::remove_file(app.join("fuse.lock")).unwrap();
+    a.tamper_packages();
+    let out = build_with_cache(&app, &dir.path().join("cache2"), &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not match InRelease"), "{err}");
+}
+
 #[test]
 fn a_locked_build_needs_no_network_and_a_changed_manifest_fails_locked() {
     let mut a = Archive::new();

@@ -309,6 +309,55 @@ fn python_app_boots_on_the_distribution_python() {
 }
 
 /// The file tree of the layer `name` of an image.
+/// The Python example on Debian 13 (`distribution = "debian/trixie"`, Python 3.13): its
+/// kernel ships its modules xz-compressed (expanded into the initramfs, or the init could
+/// not load virtio and dm-verity), and its packages expect merged /usr: the interpreter,
+/// dynamically linked, finds its loader through the base layer's /lib64 link (and the
+/// build ran it that way to compile the bytecode). It boots and answers.
+#[test]
+fn python_app_boots_on_trixie() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example("python-hello", dir.path());
+    let m = app.join("fuse.toml");
+    let t = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("python = \"3.11\"", "python = \"3.13\"");
+    assert!(t.contains("3.13"), "{t}");
+    std::fs::write(
+        &m,
+        format!("{t}\n[system]\ndistribution = \"debian/trixie\"\n"),
+    )
+    .unwrap();
+    let meta = build(&app);
+    let kernel = meta["kernel"]["package"]["name"].as_str().unwrap_or("");
+    assert!(kernel.contains("+deb13-"), "{kernel}");
+    assert_eq!(meta["app"]["argv"][0], "/usr/bin/python3.13");
+    let img = app.join("fuse-out/python-hello-1.0.0.img");
+    let base = layer_tree(&img, "base");
+    for (link, target) in [
+        ("lib64", "usr/lib64"),
+        ("lib", "usr/lib"),
+        ("bin", "usr/bin"),
+    ] {
+        assert_eq!(
+            base.get(link).map(|n| n.kind.clone()),
+            Some(fuse::tree::Kind::Symlink(target.into())),
+            "/{link}"
+        );
+    }
+    let runtime = layer_tree(&img, "runtime");
+    assert!(runtime
+        .iter()
+        .any(|(p, _)| p.starts_with("usr/lib/python3.13/__pycache__/")));
+    assert!(!runtime
+        .iter()
+        .any(|(p, _)| p == "lib" || p.starts_with("lib/")));
+    let body = boot_and_get(&app, &[], 240);
+    assert!(body.contains("uid=1000 "), "{body}");
+    assert!(body.contains("python=3.13."), "{body}");
+    assert!(body.contains("hello from python"), "{body}");
+}
+
 fn layer_tree(image: &Path, name: &str) -> fuse::tree::Tree {
     let img = std::fs::read(image).unwrap();
     fuse::format::squashfs::read(&img[partition(&img, &format!("fuse-{name}"))]).unwrap()
