@@ -8,6 +8,7 @@
 #   BASE     the commit to compare with (default HEAD~1; e.g. BASE=main)
 #   FUSE_BIN / BASE_BIN  use these binaries instead of building them
 #   flask    a pseudo-example: Flask + numpy 2.x from PyPI in a virtualenv
+#   flask-trixie  the same on Debian 13 (Python 3.13; the wheels in app/vendor)
 #   EXAMPLE-cloud  a pseudo-example: EXAMPLE (hello-cloud, jar-hello-cloud, ...) with
 #            linux-image-cloud-amd64
 #   EXAMPLE-trixie  a pseudo-example: EXAMPLE on Debian 13 (distribution = "debian/trixie",
@@ -41,10 +42,12 @@ if [ -z "${FUSE_BIN:-}" ]; then
 fi
 app() { # example name -> app directory in $work/src/$1
     mkdir -p "$work/src"
-    if [ "$1" = flask ]; then
-        d=$work/src/flask
+    if [ "$1" = flask ] || [ "$1" = flask-trixie ]; then
+        d=$work/src/$1
         mkdir -p "$d/app"
         cat >"$d/app/server.py" <<'PY'
+import sys
+sys.path.insert(0, "/app/vendor")
 import numpy as np
 from flask import Flask
 app = Flask(__name__)
@@ -55,8 +58,16 @@ if __name__ == "__main__":
     app.run(host="0.0.0.0", port=8080)
 PY
         printf '[image]\nname = "flasknp"\nversion = "1.0.0"\n\n[app]\nkind = "python"\npath = "app"\nargs = ["server.py"]\nport = 8080\n\n[runtime]\npython = "3.11"\n\n[health]\nhttp = "/"\n' >"$d/fuse.toml"
-        /usr/bin/python3.11 -m venv "$d/app/.venv"
-        "$d/app/.venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: flask 'numpy>=2,<3'
+        if [ "$1" = flask-trixie ]; then
+            # Python 3.13's wheels, for Debian 13's interpreter, beside the code
+            sed -i 's/^python = "3.11"/python = "3.13"/' "$d/fuse.toml"
+            printf '\n[system]\ndistribution = "debian/trixie"\n' >>"$d/fuse.toml"
+            python3 -m pip install -q --disable-pip-version-check --target "$d/app/vendor" --only-binary :all: \
+                --python-version 3.13 --implementation cp --platform manylinux_2_28_x86_64 flask 'numpy>=2,<3'
+        else
+            /usr/bin/python3.11 -m venv "$d/app/.venv"
+            "$d/app/.venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: flask 'numpy>=2,<3'
+        fi
     elif [ "${1%-cloud}" != "$1" ]; then
         # EXAMPLE-cloud: the example with Debian's cloud kernel (LZ4; docs/manifest.md)
         cp -r "examples/${1%-cloud}" "$work/src/$1"

@@ -315,8 +315,7 @@ impl ModuleFile {
             return Ok(b.clone());
         }
         let data = self.packaged.as_slice();
-        let mut out = Vec::new();
-        let read = match self.compression {
+        let decoder: Box<dyn std::io::Read + '_> = match self.compression {
             None => {
                 self.plain = Some(self.packaged.clone());
                 return Ok(self.packaged.clone());
@@ -324,22 +323,16 @@ impl ModuleFile {
             Some(ModuleCompression::Xz) => {
                 let stream = liblzma::stream::Stream::new_stream_decoder(256 << 20, 0)
                     .map_err(|e| anyhow::anyhow!("cannot start the xz decoder: {e}"))?;
-                std::io::Read::read_to_end(
-                    &mut std::io::Read::take(
-                        liblzma::read::XzDecoder::new_stream(data, stream),
-                        MAX_MODULE + 1,
-                    ),
-                    &mut out,
-                )
+                Box::new(liblzma::read::XzDecoder::new_stream(data, stream))
             }
-            Some(ModuleCompression::Zstd) => zstd::stream::read::Decoder::new(data).and_then(|d| {
-                std::io::Read::read_to_end(&mut std::io::Read::take(d, MAX_MODULE + 1), &mut out)
-            }),
-            Some(ModuleCompression::Gzip) => std::io::Read::read_to_end(
-                &mut std::io::Read::take(flate2::read::GzDecoder::new(data), MAX_MODULE + 1),
-                &mut out,
+            Some(ModuleCompression::Zstd) => Box::new(
+                zstd::stream::read::Decoder::new(data).context("cannot start the zstd decoder")?,
             ),
+            Some(ModuleCompression::Gzip) => Box::new(flate2::read::GzDecoder::new(data)),
         };
+        let mut out = Vec::new();
+        let read =
+            std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_MODULE + 1), &mut out);
         read.with_context(|| format!("cannot decompress the module {}", self.path))?;
         if out.len() as u64 > MAX_MODULE {
             bail!(
