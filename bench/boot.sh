@@ -40,6 +40,16 @@ if [ -z "${FUSE_BIN:-}" ]; then
     cp "$root/target/debug/fuse" "$work/fuse-new"
     FUSE_BIN=$work/fuse-new
 fi
+set_system() { # FILE KEY VALUE: KEY = "VALUE" in the manifest's [system] table
+    if grep -q "^$2 = " "$1"; then
+        sed -i "s|^$2 = .*|$2 = \"$3\"|" "$1"
+    elif grep -q '^\[system\]' "$1"; then
+        sed -i "/^\[system\]/a $2 = \"$3\"" "$1"
+    else
+        printf '\n[system]\n%s = "%s"\n' "$2" "$3" >>"$1"
+    fi
+    grep -q "^$2 = \"$3\"" "$1"
+}
 app() { # example name -> app directory in $work/src/$1
     mkdir -p "$work/src"
     if [ "$1" = flask ] || [ "$1" = flask-trixie ]; then
@@ -61,34 +71,26 @@ PY
         if [ "$1" = flask-trixie ]; then
             # Python 3.13's wheels, for Debian 13's interpreter, beside the code
             sed -i 's/^python = "3.11"/python = "3.13"/' "$d/fuse.toml"
-            printf '\n[system]\ndistribution = "debian/trixie"\n' >>"$d/fuse.toml"
+            set_system "$d/fuse.toml" distribution debian/trixie
             python3 -m pip install -q --disable-pip-version-check --target "$d/app/vendor" --only-binary :all: \
                 --python-version 3.13 --implementation cp --platform manylinux_2_28_x86_64 flask 'numpy>=2,<3'
         else
             /usr/bin/python3.11 -m venv "$d/app/.venv"
             "$d/app/.venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: flask 'numpy>=2,<3'
         fi
-    elif [ "${1%-cloud}" != "$1" ]; then
-        # EXAMPLE-cloud: the example with Debian's cloud kernel (LZ4; docs/manifest.md)
-        cp -r "examples/${1%-cloud}" "$work/src/$1"
+    elif [ "${1%-cloud}" != "$1" ] || [ "${1%-trixie}" != "$1" ]; then
+        base_ex=${1%-cloud}; base_ex=${base_ex%-trixie}
+        cp -r "examples/$base_ex" "$work/src/$1"
         rm -rf "$work/src/$1/fuse-out" "$work/src/$1/fuse.lock"
-        if grep -q '^kernel = ' "$work/src/$1/fuse.toml"; then
-            sed -i 's/^kernel = "linux-image-amd64"/kernel = "linux-image-cloud-amd64"/' "$work/src/$1/fuse.toml"
-        else
-            printf '\n[system]\nkernel = "linux-image-cloud-amd64"\n' >>"$work/src/$1/fuse.toml"
-        fi
-        grep -q 'linux-image-cloud-amd64' "$work/src/$1/fuse.toml"
-        "$work/src/$1/build.sh" >/dev/null
-    elif [ "${1%-trixie}" != "$1" ]; then
-        cp -r "examples/${1%-trixie}" "$work/src/$1"
         m=$work/src/$1/fuse.toml
-        rm -rf "$work/src/$1/fuse-out" "$work/src/$1/fuse.lock"
-        if grep -q '^distribution = ' "$m"; then
-            sed -i 's|^distribution = .*|distribution = "debian/trixie"|' "$m"
-        else
-            printf '\n[system]\ndistribution = "debian/trixie"\n' >>"$m"
-        fi
-        sed -i 's/^java = "17"/java = "21"/; s/^python = "3.11"/python = "3.13"/; s/^node = "18"/node = "20"/' "$m"
+        case $1 in
+            # Debian's cloud kernel (LZ4; docs/manifest.md)
+            *-cloud) set_system "$m" kernel linux-image-cloud-amd64 ;;
+            # Debian 13, with the runtime versions it has
+            *-trixie)
+                set_system "$m" distribution debian/trixie
+                sed -i 's/^java = "17"/java = "21"/; s/^python = "3.11"/python = "3.13"/; s/^node = "18"/node = "20"/' "$m" ;;
+        esac
         "$work/src/$1/build.sh" >/dev/null
     else
         cp -r "examples/$1" "$work/src/$1"
